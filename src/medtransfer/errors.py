@@ -1,0 +1,24 @@
+"""Exceptions a user sees: each names the file, key or value at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class MedTransferError(Exception):
+    """Base class of every error medtransfer raises on purpose."""
+
+
+class ConfigError(MedTransferError, ValueError):
+    """A config key or value is wrong; the message names the key path."""
+
+
+class DataError(MedTransferError, ValueError):
+    """Input data is unusable (missing, empty, corrupt, inconsistent)."""
+
+
+class ImageDecodeError(DataError):
+    """One image file could not be decoded; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
