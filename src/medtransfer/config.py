@@ -95,7 +95,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"'{where}': expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(v, a, _join(where, i)) for i, (v, a) in enumerate(zip(value, args)))
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(_convert(v, a, _join(where, i)) for i, (v, a) in pairs)
         item = args[0] if args else Any
         items = [_convert(v, item, _join(where, i)) for i, v in enumerate(value)]
         return tuple(items) if (origin or tp) is tuple else items

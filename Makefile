@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  make demo   and   make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/medtransfer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,dicom]'
+	touch $@
+
+setup: $(BIN)/medtransfer
+
+demo: setup
+	$(BIN)/medtransfer demo --out runs/demo
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python benchmarks/bench_alexnet.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""The ``medtransfer`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtransfer.errors import ConfigError, MedTransferError
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``a.b=1`` pairs into a nested override mapping (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.train.epochs=5")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("medtransfer") / "configs" / "demo.yaml"))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from medtransfer.study import load_study, run_study
+
+    overrides = _parse_set(args.set or [])
+    if args.device:
+        overrides["device"] = args.device
+    cfg = load_study(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    run_study(cfg, out, progress=not args.no_progress)
+    print(f"table: {out / 'summary.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a study config")
+    run.add_argument("config", help="study YAML file")
+    run.add_argument("--out", help="run directory (default: runs/<study name>)")
+    demo = sub.add_parser("demo", help="run the seed-000-shaped study on the embedded demo data")
+    demo.add_argument("--out", help="run directory (default: runs/demo)")
+    for p in (run, demo):
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set pretrain.train.epochs=5")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("models", help="list registered architectures")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "models":
+            from medtransfer.models import list_models
+
+            print("\n".join(list_models()))
+            return 0
+        if args.command == "demo":
+            args.config = demo_config_path()
+            args.out = args.out or "runs/demo"
+        return _run(args)
+    except MedTransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Content-addressed disk cache of decoded images and whole preprocessed arrays.
+
+Entries are keyed by the sha256 of the file's bytes plus :meth:`PreprocessConfig.key`, so renaming
+or copying a file still hits, editing it misses, and changing the size or colour mode gets its
+own entries. Files are written atomically (temp file in the same folder, then ``os.replace``), so
+parallel runs sharing one cache never see half-written entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from medtransfer.data.images import PreprocessConfig, decode_image
+
+_CHUNK = 1 << 20
+
+
+def default_cache_root() -> Path:
+    """``$MEDTRANSFER_CACHE`` if set, else ``~/.cache/medtransfer``."""
+    env = os.environ.get("MEDTRANSFER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medtransfer"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ImageCache:
+    """Disk cache for decoded images; ``hits``/``misses`` count lookups (thread-safe)."""
+
+    def __init__(self, root: Path | None = None, *, enabled: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._write_warned = False
+
+    @classmethod
+    def disabled(cls) -> ImageCache:
+        """A cache that stores nothing: every lookup decodes (counted as a miss)."""
+        return cls(enabled=False)
+
+    def __repr__(self) -> str:
+        state = str(self.root) if self.enabled else "disabled"
+        return f"ImageCache({state}, hits={self.hits}, misses={self.misses})"
+
+    def get_or_decode(self, path: Path, cfg: PreprocessConfig) -> np.ndarray:
+        """The decoded (C, H, W) array of ``path``, from the cache when its content was seen."""
+        if not self.enabled:
+            self._count(hit=False)
+            return decode_image(path, cfg)
+        try:
+            digest = file_sha256(path)
+        except OSError:
+            # Let the decoder report the unreadable file with its usual ImageDecodeError.
+            self._count(hit=False)
+            return decode_image(path, cfg)
+        entry = self.root / "images" / cfg.key() / digest[:2] / f"{digest}.npy"
+        cached = self._load(entry)
+        if cached is not None:
+            self._count(hit=True)
+            return cached
+        self._count(hit=False)
+        array = decode_image(path, cfg)
+        self._store(entry, array)
+        return array
+
+    def get_or_compute_array(self, key: str, fn: Callable[[], np.ndarray]) -> np.ndarray:
+        """The array stored under ``key``, computing and storing it with ``fn()`` on a miss."""
+        if not self.enabled:
+            self._count(hit=False)
+            return fn()
+        name = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        entry = self.root / "arrays" / name[:2] / f"{name}.npy"
+        cached = self._load(entry)
+        if cached is not None:
+            self._count(hit=True)
+            return cached
+        self._count(hit=False)
+        array = np.asarray(fn())
+        self._store(entry, array)
+        return array
+
+    def _count(self, *, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
+    def _load(self, entry: Path) -> np.ndarray | None:
+        if not entry.is_file():
+            return None
+        try:
+            return np.load(entry, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            # A damaged entry (disk trouble, foreign file) is recomputed and overwritten.
+            warnings.warn(f"ignoring unreadable cache entry {entry}: {exc}", stacklevel=3)
+            return None
+
+    def _store(self, entry: Path, array: np.ndarray) -> None:
+        tmp_name: str | None = None
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=entry.parent, prefix=f".{entry.stem[:16]}.", suffix=".tmp", delete=False
+            ) as handle:
+                tmp_name = handle.name
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp_name, entry)
+            tmp_name = None
+        except OSError as exc:
+            # A read-only or full cache must not stop a study; it only costs speed.
+            if not self._write_warned:
+                self._write_warned = True
+                warnings.warn(
+                    f"cannot write to image cache {self.root} ({exc}); continuing without "
+                    "caching. Set MEDTRANSFER_CACHE to a writable folder to enable it.",
+                    stacklevel=3,
+                )
+        finally:
+            if tmp_name is not None and os.path.exists(tmp_name):
+                os.unlink(tmp_name)

@@ -1,0 +1,228 @@
+"""Decode one image file into a (C, H, W) array at the configured size and colour mode.
+
+Policy, chosen once so every loader agrees:
+
+* **Bit depth is kept.** 8-bit sources give ``uint8``; 16-bit and higher-depth sources (PNG/TIFF
+  ``I;16``, PIL ``I``/``F`` modes, DICOM) give ``uint16``. Mode ``I`` values already in
+  0..65535 are kept as they are, anything else (``F``, wider ``I``) is min-max scaled to 0..65535.
+* **Colour.** ``grayscale`` gives C=1, RGB sources are reduced by ITU-R 601-2 luma (PIL's
+  ``convert("L")``). ``rgb`` gives C=3; grey sources are replicated into three channels.
+* **Alpha is dropped**, not composited: medical exports with an alpha channel almost always
+  have it fully opaque, and dropping it is what Keras' ``load_img`` does. Palette images are
+  expanded to RGB first.
+* **EXIF orientation** is applied (``ImageOps.exif_transpose``).
+* **Resize** to ``size`` with antialiased bilinear filtering; the aspect ratio is *not* kept
+  (like Keras' ``flow_from_directory(target_size=...)``), so pre-crop elongated images yourself.
+* **Truncated files fail.** We force a full ``load()`` and rely on Pillow's default
+  ``ImageFile.LOAD_TRUNCATED_IMAGES = False``; do not switch that global on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from medtransfer.errors import ConfigError, ImageDecodeError
+
+# Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
+PIPELINE_VERSION = 1
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+)
+
+_RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+_WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+class ColorMode(StrEnum):
+    """Channel layout of decoded images."""
+
+    GRAYSCALE = "grayscale"
+    RGB = "rgb"
+
+
+class OnError(StrEnum):
+    """What to do with an image that cannot be decoded."""
+
+    RAISE = "raise"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How files become arrays: size (int, or [height, width]), colour mode, error policy."""
+
+    size: int | tuple[int, int] = 224
+    color: ColorMode = ColorMode.GRAYSCALE
+    on_error: OnError = OnError.RAISE
+
+    def __post_init__(self) -> None:
+        dims = (self.size,) if isinstance(self.size, int) else tuple(self.size)
+        if len(dims) != (1 if isinstance(self.size, int) else 2) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims
+        ):
+            raise ConfigError(
+                f"'size': got {self.size!r}; expected a positive integer or [height, width]"
+            )
+        if not isinstance(self.size, int):
+            object.__setattr__(self, "size", (dims[0], dims[1]))
+        for name, enum_type in (("color", ColorMode), ("on_error", OnError)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum_type(value))
+            except ValueError:
+                allowed = ", ".join(m.value for m in enum_type)
+                raise ConfigError(f"'{name}': got {value!r}; allowed: {allowed}") from None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """Target (height, width)."""
+        if isinstance(self.size, int):
+            return (self.size, self.size)
+        return (self.size[0], self.size[1])
+
+    @property
+    def channels(self) -> int:
+        """Number of channels of decoded images."""
+        return 1 if self.color is ColorMode.GRAYSCALE else 3
+
+    def key(self) -> str:
+        """Short stable hash of the settings that change pixels (not ``on_error``)."""
+        spec = {"v": PIPELINE_VERSION, "hw": list(self.hw), "color": self.color.value}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decode_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
+    """Decode ``path`` into a (C, H, W) uint8/uint16 array; any failure is an ImageDecodeError."""
+    path = Path(path)
+    try:
+        array = _read_dicom(path) if path.suffix.lower() == ".dcm" else _read_pil(path)
+        return preprocess_array(array, cfg)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        # Pillow and pydicom raise many exception types on corrupt input (OSError, SyntaxError,
+        # struct.error, ValueError, ...); all of them mean "this file is unreadable".
+        raise ImageDecodeError(str(path), f"{type(exc).__name__}: {exc}") from exc
+
+
+def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8/uint16 array → (C, H, W) at ``cfg`` size and colour."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 pixels, got {array.dtype}")
+    height, width = cfg.hw
+    if array.dtype == np.uint8:
+        img = Image.fromarray(np.ascontiguousarray(array))
+        if cfg.color is ColorMode.GRAYSCALE and img.mode == "RGB":
+            img = img.convert("L")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        out = np.asarray(img)
+    else:
+        if array.ndim == 3:
+            array = _luma16(array) if cfg.color is ColorMode.GRAYSCALE else array
+        out = _resize16(array, height, width)
+    if out.ndim == 2:
+        out = out[None]
+        if cfg.color is ColorMode.RGB:
+            out = np.repeat(out, 3, axis=0)
+    else:
+        out = out.transpose(2, 0, 1)
+    return np.ascontiguousarray(out)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()  # Image.open is lazy: force the full decode so truncation surfaces here
+        return _pil_to_array(ImageOps.exif_transpose(img))
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return np.asarray(img)
+    if mode in ("1", "LA", "La"):
+        return np.asarray(img.convert("L"))
+    if mode in _RGB_MODES:
+        return np.asarray(img.convert("RGB"))
+    if mode in _WIDE_MODES:
+        return _to_uint16(np.asarray(img))
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def _to_uint16(values: np.ndarray) -> np.ndarray:
+    """Integer data already in 0..65535 is kept; anything else is min-max scaled to it."""
+    if values.dtype.kind in "ui":
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= 0 and hi <= 65535:
+            return values.astype(np.uint16)
+    data = values.astype(np.float64)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("pixel data contains NaN or infinite values")
+    lo_f, hi_f = float(data.min()), float(data.max())
+    if hi_f <= lo_f:
+        return np.zeros(data.shape, np.uint16)
+    scaled = (data - lo_f) * (65535.0 / (hi_f - lo_f))
+    return np.rint(scaled).astype(np.uint16)
+
+
+def _luma16(rgb: np.ndarray) -> np.ndarray:
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.clip(np.rint(rgb.astype(np.float64) @ weights), 0, 65535).astype(np.uint16)
+
+
+def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    if array.shape[:2] == (height, width):
+        return array
+    # Pillow's float mode resizes with the same antialiased filter as 8-bit images, losslessly.
+    planes = [array] if array.ndim == 2 else [array[:, :, c] for c in range(array.shape[2])]
+    out = []
+    for plane in planes:
+        img = Image.fromarray(plane.astype(np.float32), mode="F")
+        resized = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
+        out.append(np.clip(np.rint(resized), 0, 65535).astype(np.uint16))
+    return out[0] if array.ndim == 2 else np.stack(out, axis=2)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageDecodeError(
+            str(path), "reading DICOM needs pydicom: pip install 'medtransfer[dicom]'"
+        ) from None
+    ds: Any = pydicom.dcmread(path)
+    pixels = np.asarray(ds.pixel_array)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]  # multi-frame: the first frame only
+    if samples == 3:
+        if pixels.dtype == np.uint8:
+            return pixels
+        return _to_uint16(pixels)
+    data = pixels.astype(np.float64)
+    data = data * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+        getattr(ds, "RescaleIntercept", 0) or 0
+    )
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        data = data.max() + data.min() - data  # MONOCHROME1: low values are bright
+    # DICOM values are calibrated (e.g. Hounsfield units), not display levels: stretch them.
+    lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        return np.zeros(data.shape, np.uint16)
+    return np.rint((data - lo) * (65535.0 / (hi - lo))).astype(np.uint16)

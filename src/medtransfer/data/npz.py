@@ -1,0 +1,106 @@
+"""Read MedMNIST-style ``.npz`` archives: ``<split>_images`` (N, H, W[, 3]) and ``<split>_labels``.
+
+An optional ``classes`` key (a string array) names the label integers; the bundled demo files
+carry one. Preprocessed splits are cached as whole arrays keyed by the archive's content hash.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from medtransfer.data.cache import ImageCache, file_sha256
+from medtransfer.data.images import PreprocessConfig, preprocess_array
+from medtransfer.errors import DataError
+
+
+@dataclass
+class NpzSplit:
+    """One official split, preprocessed to (N, C, H, W)."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class NpzParts:
+    """The requested splits of an archive and its class names, if it stores them."""
+
+    splits: list[NpzSplit]
+    classes: list[str] | None
+
+
+def read_npz(
+    path: Path, splits: Sequence[str], pre: PreprocessConfig, cache: ImageCache
+) -> NpzParts:
+    """Read and preprocess ``splits`` of the archive at ``path``; errors name the key at fault."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single array, not a .npz archive of named arrays")
+    with archive:
+        keys = sorted(archive.files)
+        wanted = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
+        missing = [k for k in wanted if k not in keys]
+        if missing:
+            raise DataError(
+                f"{path}: missing key(s) {', '.join(missing)}; keys found: {', '.join(keys)}. "
+                "data.npz_splits chooses which <split>_images/<split>_labels pairs are read"
+            )
+        classes = _read_classes(archive, path) if "classes" in keys else None
+        digest = file_sha256(path)
+        out = []
+        for split in splits:
+            raw = archive[f"{split}_images"]
+            _check_images(raw, f"{path}: '{split}_images'")
+            labels = _labels(archive[f"{split}_labels"], len(raw), f"{path}: '{split}_labels'")
+            images = cache.get_or_compute_array(
+                f"npz:{digest}:{split}:{pre.key()}", partial(preprocess_stack, raw, pre)
+            )
+            out.append(NpzSplit(split, images, labels))
+    return NpzParts(out, classes)
+
+
+def preprocess_stack(raw: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
+    """(N, H, W[, C]) images → (N, C, H, W) at ``pre``'s size and colour, same dtype."""
+    height, width = pre.hw
+    out = np.empty((len(raw), pre.channels, height, width), dtype=raw.dtype)
+    for i in range(len(raw)):
+        out[i] = preprocess_array(raw[i], pre)
+    return out
+
+
+def _read_classes(archive: np.lib.npyio.NpzFile, path: Path) -> list[str]:
+    try:
+        names = archive["classes"]
+    except ValueError as exc:  # object arrays need pickle, which we never enable
+        raise DataError(f"{path}: key 'classes' is not a plain string array: {exc}") from exc
+    return [str(c) for c in names.reshape(-1)]
+
+
+def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise DataError(f"{where} has shape {labels.shape}: multi-label data is not supported")
+    if labels.dtype.kind not in "iu" or labels.ndim not in (1, 2) or labels.shape[0] != n:
+        raise DataError(
+            f"{where}: expected {n} integer labels of shape ({n},) or ({n}, 1), "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    return labels.reshape(-1).astype(np.int64)
+
+
+def _check_images(raw: np.ndarray, where: str) -> None:
+    ok_shape = raw.ndim == 3 or (raw.ndim == 4 and raw.shape[3] in (1, 3))
+    if not ok_shape or raw.dtype not in (np.uint8, np.uint16):
+        raise DataError(
+            f"{where}: expected uint8/uint16 images of shape (N, H, W) or (N, H, W, 3), "
+            f"got {raw.dtype} {raw.shape}"
+        )

@@ -1,0 +1,234 @@
+"""Reproducible, class-balanced train/validation/test splits of an image set.
+
+Order of operations (fixed, so a seed always means the same split):
+
+1. carve ``test_sets`` disjoint test sets of exactly ``test_per_class`` images per class
+   (or one stratified test set of ``test_fraction``);
+2. cap what is left at ``train_per_class`` images per class (the *training pool*, which still
+   includes the validation images);
+3. take a stratified ``val_fraction`` of the pool as the validation set; the rest is training.
+
+Everything random draws from ``np.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from medtransfer.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How to split: k balanced test sets or a test fraction, a per-class cap, a val fraction."""
+
+    test_sets: int = 0
+    test_per_class: int | None = None
+    test_fraction: float = 0.0
+    train_per_class: int | None = None
+    val_fraction: float = 0.1
+    use_official: bool = False
+
+    def __post_init__(self) -> None:
+        if self.test_sets < 0:
+            raise ConfigError(f"'test_sets': got {self.test_sets}; expected 0 or more")
+        if self.test_sets > 0 and (self.test_per_class is None or self.test_per_class < 1):
+            raise ConfigError(
+                f"'test_per_class': got {self.test_per_class!r}; test_sets={self.test_sets} "
+                "needs a positive number of images per class in each test set"
+            )
+        if self.test_sets == 0 and self.test_per_class is not None:
+            raise ConfigError(
+                f"'test_per_class': got {self.test_per_class}, but test_sets is 0; "
+                "set test_sets to 1 or more, or drop test_per_class"
+            )
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"'test_fraction': got {self.test_fraction}; expected 0 <= x < 1")
+        if self.test_sets > 0 and self.test_fraction > 0:
+            raise ConfigError(
+                f"'test_fraction': got {self.test_fraction} together with test_sets="
+                f"{self.test_sets}; use one or the other"
+            )
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(
+                f"'train_per_class': got {self.train_per_class}; expected a positive integer "
+                "or null for no cap"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"'val_fraction': got {self.val_fraction}; expected 0 <= x < 1")
+        if self.use_official and (self.test_sets > 0 or self.test_fraction > 0):
+            raise ConfigError(
+                "'use_official': true takes the official test split; it cannot be combined "
+                f"with test_sets={self.test_sets} or test_fraction={self.test_fraction}"
+            )
+
+
+@dataclass
+class Split:
+    """Index arrays into an ImageSet; all parts are pairwise disjoint and sorted."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tests: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def parts(self) -> dict[str, np.ndarray]:
+        """``train``, ``val`` and every test set, by name."""
+        return {"train": self.train, "val": self.val, **self.tests}
+
+    def summary(self, labels: np.ndarray, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """Images per class (and in total) of each part, as plain JSON-able data."""
+        labels = np.asarray(labels)
+        n_classes = len(classes) if classes is not None else int(labels.max(initial=-1)) + 1
+        names = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+        out: dict[str, Any] = {}
+        for part, idx in self.parts.items():
+            counts = np.bincount(labels[idx], minlength=n_classes)
+            out[part] = {name: int(counts[i]) for i, name in enumerate(names)}
+            out[part]["total"] = len(idx)
+        return out
+
+
+def make_split(
+    labels: np.ndarray,
+    cfg: SplitConfig,
+    seed: int,
+    *,
+    origin: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> Split:
+    """Split indices ``0..len(labels)-1`` per ``cfg``; the same seed gives the same split."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise DataError(f"make_split needs a non-empty 1-D label array, got shape {labels.shape}")
+    present = np.unique(labels)
+
+    def name(c: int) -> str:
+        return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
+
+    rng = np.random.default_rng(seed)
+    tests: dict[str, np.ndarray] = {}
+    val = np.empty(0, dtype=np.int64)
+    if cfg.use_official:
+        pool, val, tests = _official(labels, origin)
+    elif cfg.test_sets > 0:
+        per = int(cfg.test_per_class or 0)
+        k = cfg.test_sets
+        chunks: list[list[np.ndarray]] = [[] for _ in range(k)]
+        rest = []
+        for c in present.tolist():
+            members = np.flatnonzero(labels == c)
+            if len(members) < k * per:
+                raise DataError(
+                    f"test_sets={k} × test_per_class={per} needs {k * per} images of class "
+                    f"'{name(c)}' but it has {len(members)}"
+                )
+            shuffled = rng.permutation(members)
+            for j in range(k):
+                chunks[j].append(shuffled[j * per : (j + 1) * per])
+            rest.append(shuffled[k * per :])
+        tests = {f"test_{j + 1}": np.sort(np.concatenate(chunks[j])) for j in range(k)}
+        pool = np.concatenate(rest)
+    elif cfg.test_fraction > 0:
+        pool, test = _stratified(
+            np.arange(len(labels)), labels, cfg.test_fraction, rng, "test", name
+        )
+        tests = {"test": test}
+    else:
+        pool = np.arange(len(labels))
+
+    if cfg.train_per_class is not None:
+        capped = []
+        for c in present.tolist():
+            members = pool[labels[pool] == c]
+            if len(members) > cfg.train_per_class:
+                members = rng.choice(members, size=cfg.train_per_class, replace=False)
+            capped.append(members)
+        pool = np.concatenate(capped)
+    if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
+        pool, val = _stratified(pool, labels, cfg.val_fraction, rng, "val", name)
+
+    split = Split(
+        train=np.sort(pool), val=np.sort(val), tests={k: np.sort(v) for k, v in tests.items()}
+    )
+    _check_parts(split, labels, present, name, cfg)
+    return split
+
+
+def _stratified(
+    idx: np.ndarray,
+    labels: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    part: str,
+    name: Callable[[int], str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, part) with ``fraction`` of every class in ``part``."""
+    y = labels[idx]
+    values, counts = np.unique(y, return_counts=True)
+    if (counts < 2).any():
+        c = int(values[np.argmin(counts)])
+        raise DataError(
+            f"class '{name(c)}' has {counts.min()} image(s) left, too few to split off a {part} set"
+        )
+    n_part = int(np.ceil(fraction * len(idx)))
+    if n_part < len(values) or len(idx) - n_part < len(values):
+        raise DataError(
+            f"{part} fraction {fraction} of {len(idx)} images gives {n_part} {part} images, "
+            f"fewer than one per class ({len(values)} classes) on one side"
+        )
+    state = int(rng.integers(0, 2**31 - 1))
+    rest, taken = train_test_split(idx, test_size=fraction, stratify=y, random_state=state)
+    return np.asarray(rest, dtype=np.int64), np.asarray(taken, dtype=np.int64)
+
+
+def _official(
+    labels: np.ndarray, origin: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    if origin is None:
+        raise DataError(
+            "split.use_official needs each image's official split; only .npz (MedMNIST) "
+            "sources have one. Set use_official: false to split at random"
+        )
+    if len(origin) != len(labels):
+        raise DataError(f"origin has {len(origin)} entries for {len(labels)} labels")
+    where = np.asarray(origin)
+    found = sorted(set(where.tolist()))
+    for needed in ("train", "test"):
+        if needed not in found:
+            raise DataError(
+                f"split.use_official needs an official '{needed}' split; the data has "
+                f"{', '.join(found)} (check data.npz_splits)"
+            )
+    return (
+        np.flatnonzero(where == "train"),
+        np.flatnonzero(where == "val"),
+        {"test": np.flatnonzero(where == "test")},
+    )
+
+
+def _check_parts(
+    split: Split,
+    labels: np.ndarray,
+    present: np.ndarray,
+    name: Callable[[int], str],
+    cfg: SplitConfig,
+) -> None:
+    for part, idx in split.parts.items():
+        if part == "val" and cfg.val_fraction == 0 and len(idx) == 0:
+            continue
+        have = set(labels[idx].tolist())
+        lacking = [name(c) for c in present.tolist() if c not in have]
+        if lacking:
+            raise DataError(
+                f"the {part} part would get 0 images of class(es) "
+                f"{', '.join(map(repr, lacking))}: too few images for test_sets="
+                f"{cfg.test_sets}, test_per_class={cfg.test_per_class}, test_fraction="
+                f"{cfg.test_fraction}, train_per_class={cfg.train_per_class}, "
+                f"val_fraction={cfg.val_fraction}"
+            )

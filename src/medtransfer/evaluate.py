@@ -1,0 +1,192 @@
+"""Classification metrics from predicted probabilities, computed with scikit-learn.
+
+Every function returns plain Python floats (counts included) so results serialise as they are.
+Undefined rank metrics (AUC with a single class present) are NaN rather than an error, because a
+small validation fold can legitimately lack a class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from medtransfer.errors import DataError
+
+__all__ = [
+    "MeanSD",
+    "binary_metrics",
+    "compute_metrics",
+    "confusion",
+    "mean_sd",
+    "multiclass_metrics",
+]
+
+
+def _labels(y_true: object, name: str = "y_true") -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1 or y.size == 0:
+        raise DataError(f"{name}: expected a non-empty 1-D array of class indices, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name}: expected integer class indices, got dtype {y.dtype}")
+    return y.astype(np.int64, copy=False)
+
+
+def _finite_scores(scores: object, name: str, n: int, ndim: int) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != ndim or s.shape[0] != n:
+        expected = "(N,)" if ndim == 1 else "(N, K)"
+        raise DataError(f"{name}: expected shape {expected} with N={n}, got {s.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(s)))
+    if bad:
+        raise DataError(f"{name}: {bad} non-finite value(s); probabilities must be finite")
+    if s.size and (s.min() < 0.0 or s.max() > 1.0):
+        raise DataError(f"{name}: probabilities must lie in [0, 1], got [{s.min()}, {s.max()}]")
+    return s
+
+
+def binary_metrics(
+    y_true: object, proba_pos: object, threshold: float = 0.5
+) -> dict[str, float]:
+    """Threshold metrics (positive class = 1) and ROC AUC for a binary problem.
+
+    ``recall`` is the sensitivity; ``auc`` is NaN when ``y_true`` holds a single class.
+    Precision/recall/specificity/F1 are 0 when undefined (scikit-learn ``zero_division=0``).
+    """
+    y = _labels(y_true)
+    if not np.isin(y, (0, 1)).all():
+        raise DataError(f"y_true: binary labels must be 0 or 1, got {sorted(set(y.tolist()))}")
+    if not 0.0 <= threshold <= 1.0:
+        raise DataError(f"threshold: got {threshold!r}; allowed: a probability in [0, 1]")
+    p = _finite_scores(proba_pos, "proba_pos", len(y), ndim=1)
+    pred = (p >= threshold).astype(np.int64)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel().tolist()
+    auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "specificity": float(recall_score(y, pred, pos_label=0, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "auc": auc,
+        "tp": float(tp),
+        "tn": float(tn),
+        "fp": float(fp),
+        "fn": float(fn),
+    }
+
+
+def multiclass_metrics(y_true: object, proba: object) -> dict[str, float]:
+    """Argmax metrics, macro precision/recall/F1, one-vs-rest macro AUC and per-class recall.
+
+    Macro averages run over the classes present in ``y_true`` or the predictions (scikit-learn's
+    default); ``recall_<k>`` is reported for every class k < K and is 0 for a class with no
+    samples. ``auc`` is NaN unless every one of the K classes occurs in ``y_true``.
+    """
+    y = _labels(y_true)
+    p = _finite_scores(proba, "proba", len(y), ndim=2)
+    k = p.shape[1]
+    if k < 2:
+        raise DataError(f"proba: expected at least 2 columns (one per class), got {k}")
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"y_true: labels must lie in [0, {k - 1}] for {k} classes, got {y.max()}")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+        raise DataError("proba: each row must sum to 1 (class probabilities, not logits)")
+    pred = p.argmax(axis=1)
+    classes = list(range(k))
+    if len(np.unique(y)) == k:
+        # Renormalise in float64: float32 softmax rows can miss 1 by more than sklearn tolerates.
+        p_norm = p / p.sum(axis=1, keepdims=True)
+        auc = float(roc_auc_score(y, p_norm, multi_class="ovr", average="macro", labels=classes))
+    else:
+        auc = math.nan
+    out = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, average="macro", zero_division=0)),
+        "recall": float(recall_score(y, pred, average="macro", zero_division=0)),
+        "f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "auc": auc,
+    }
+    per_class = recall_score(y, pred, labels=classes, average=None, zero_division=0)
+    out.update({f"recall_{c}": float(r) for c, r in zip(classes, per_class, strict=True)})
+    return out
+
+
+def compute_metrics(y_true: object, proba: object, threshold: float = 0.5) -> dict[str, float]:
+    """Metrics for (N, K) class probabilities: binary on column 1 when K == 2, else multiclass."""
+    p = np.asarray(proba)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise DataError(f"proba: expected shape (N, K) with K >= 2 classes, got {p.shape}")
+    if p.shape[1] == 2:
+        return binary_metrics(y_true, p[:, 1], threshold=threshold)
+    return multiclass_metrics(y_true, p)
+
+
+def confusion(y_true: object, y_pred: object, num_classes: int) -> list[list[int]]:
+    """Confusion matrix as nested lists: rows are true classes, columns predicted classes."""
+    if num_classes < 1:
+        raise DataError(f"num_classes: got {num_classes!r}; allowed: an integer >= 1")
+    y = _labels(y_true)
+    pred = _labels(y_pred, "y_pred")
+    if len(pred) != len(y):
+        raise DataError(f"y_pred has {len(pred)} entries but y_true has {len(y)}")
+    for name, arr in (("y_true", y), ("y_pred", pred)):
+        if arr.min() < 0 or arr.max() >= num_classes:
+            raise DataError(
+                f"{name}: labels must lie in [0, {num_classes - 1}], got [{arr.min()}, {arr.max()}]"
+            )
+    cm = confusion_matrix(y, pred, labels=list(range(num_classes)))
+    return [[int(v) for v in row] for row in cm]
+
+
+class MeanSD(tuple[float, float]):
+    """``(mean, sd)`` that also records how many values were used (``n``) and how many NaNs were
+    skipped (``n_nan``); unpacks like a plain pair."""
+
+    n: int
+    n_nan: int
+
+    def __new__(cls, mean: float, sd: float, n: int, n_nan: int) -> MeanSD:
+        obj = super().__new__(cls, (mean, sd))
+        obj.n = n
+        obj.n_nan = n_nan
+        return obj
+
+    @property
+    def mean(self) -> float:
+        return self[0]
+
+    @property
+    def sd(self) -> float:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"MeanSD(mean={self[0]!r}, sd={self[1]!r}, n={self.n}, n_nan={self.n_nan})"
+
+
+def mean_sd(values: Iterable[float]) -> MeanSD:
+    """Mean and sample standard deviation (ddof=1) of the finite-or-infinite, non-NaN values.
+
+    NaNs (e.g. an undefined AUC in one fold) are left out and counted in ``n_nan``; sd is NaN for a
+    single value and both are NaN when nothing is left.
+    """
+    arr = np.asarray(list(values), dtype=np.float64).ravel()
+    nan = np.isnan(arr)
+    kept = arr[~nan]
+    n, n_nan = int(kept.size), int(nan.sum())
+    if n == 0:
+        return MeanSD(math.nan, math.nan, 0, n_nan)
+    mean = float(kept.mean())
+    sd = float(kept.std(ddof=1)) if n > 1 else math.nan
+    return MeanSD(mean, sd, n, n_nan)

@@ -1,0 +1,284 @@
+"""Run a study: load and split both data sets, pretrain each variant on the source, transfer it
+to the target, evaluate on every target test set, and write tidy results.
+
+Everything that can be checked is checked before the first epoch, and every finished unit is
+kept on disk, so a bad input or a crash loses nothing already computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from medtransfer.config import to_dict
+from medtransfer.data import (
+    Augmenter,
+    ImageCache,
+    ImageSet,
+    Split,
+    load_dataset,
+    make_split,
+)
+from medtransfer.data.demo import demo_path
+from medtransfer.errors import DataError
+from medtransfer.evaluate import compute_metrics
+from medtransfer.models import ModelConfig, build_model
+from medtransfer.study.config import StudyConfig, TaskConfig, Variant, resolve_variants
+from medtransfer.study.store import Unit, write_text_atomic
+from medtransfer.train import TrainConfig, fit, load_checkpoint, predict_proba
+from medtransfer.transfer import freeze, load_source_weights, train_mode
+
+log = logging.getLogger("medtransfer")
+
+
+@dataclass
+class LoadedTask:
+    name: str
+    images: ImageSet
+    split: Split
+    fingerprint: str
+
+    def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.images.images[idx], self.images.labels[idx]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fingerprint(images: ImageSet, split: Split) -> str:
+    """Hash of the pixels, labels and split: a unit is redone if any of them changes."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(images.images).tobytes())
+    h.update(images.labels.tobytes())
+    for name, idx in [("train", split.train), ("val", split.val), *sorted(split.tests.items())]:
+        h.update(name.encode())
+        h.update(np.asarray(idx, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
+    data = task.data
+    if str(data.path).startswith("demo:"):
+        data = type(data)(**{**data.__dict__, "path": demo_path(str(data.path)[5:])})
+    images = load_dataset(data, cfg.preprocess, cache)
+    try:
+        split = make_split(
+            images.labels, task.split, cfg.seed, origin=images.origin, classes=list(images.classes)
+        )
+    except DataError as exc:
+        raise DataError(f"{role} data {data.path}: {exc}") from None
+    return LoadedTask(role, images, split, _fingerprint(images, split))
+
+
+def _write_split(out: Path, task: LoadedTask) -> None:
+    rows = []
+    parts = [("train", task.split.train), ("val", task.split.val), *sorted(task.split.tests.items())]
+    for part, idx in parts:
+        for i in idx:
+            rows.append((part, task.images.ids[i], task.images.classes[task.images.labels[i]]))
+    path = out / "splits" / f"{task.name}.csv"
+    text = "part,id,label\n" + "".join(f"{p},{i},{c}\n" for p, i, c in rows)
+    write_text_atomic(path, text)
+
+
+def _check_models(variants: list[Variant], source: LoadedTask, target: LoadedTask, size: int) -> None:
+    """Build every model once and apply its freezing, so config errors surface before training."""
+    for v in variants:
+        for task in (source, target):
+            model = build_model(
+                v.model, num_classes=task.images.num_classes, in_chans=task.images.channels,
+                img_size=size,
+            )
+        freeze(model, v.transfer.freeze)
+
+
+def _metrics_rows(variant: str, stage: str, test_set: str, metrics: dict[str, float]) -> list[dict]:
+    return [
+        {"variant": variant, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
+        for k, v in sorted(metrics.items())
+    ]
+
+
+def _build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int) -> nn.Module:
+    """Build with initial weights drawn from ``seed`` without touching the global generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_cfg, num_classes=task.images.num_classes,
+                           in_chans=task.images.channels, img_size=size)
+
+
+class StudyRunner:
+    """Runs one study into one output folder."""
+
+    def __init__(self, cfg: StudyConfig, out: Path, *, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> None:
+        self.cfg, self.out, self.progress, self.echo = cfg, Path(out), progress, echo
+        self.variants = resolve_variants(cfg)
+        self.device = pick_device(cfg.device)
+        self.size = cfg.preprocess.size if isinstance(cfg.preprocess.size, int) else cfg.preprocess.size[0]
+
+    def run(self) -> Path:
+        cfg, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        cache = ImageCache(cfg.cache_dir)
+        t0 = time.perf_counter()
+        source = load_task("source", cfg.source, cfg, cache)
+        target = load_task("target", cfg.target, cfg, cache)
+        self.echo(
+            f"data: source {len(source.images)} images {source.images.class_counts()}, "
+            f"target {len(target.images)} images {target.images.class_counts()} "
+            f"({time.perf_counter() - t0:.1f} s, cache {cache.hits} hits / {cache.misses} decoded)"
+        )
+        if source.images.channels != target.images.channels:
+            raise DataError("source and target images have different channel counts")
+        _check_models(self.variants, source, target, self.size)
+        for task in (source, target):
+            _write_split(out, task)
+        data_summary = {
+            t.name: {
+                "path": str(getattr(cfg, t.name).data.path),
+                "classes": list(t.images.classes),
+                "positive_class": t.images.classes[-1] if t.images.num_classes == 2 else None,
+                "split": t.split.summary(t.images.labels, list(t.images.classes)),
+                "skipped_images": [{"id": i, "reason": r} for i, r in t.images.skipped],
+                "fingerprint": t.fingerprint,
+            }
+            for t in (source, target)
+        }
+        write_text_atomic(out / "data.yaml", yaml.safe_dump(data_summary, sort_keys=False))
+        rows: list[dict[str, Any]] = []
+        for t in (source, target):
+            rows += _metrics_rows("*", "data", t.name, {"skipped_images": len(t.images.skipped)})
+        pretrain_results = {}
+        for v in self.variants:
+            pre = self._pretrain(v, source)
+            pretrain_results[v.name] = pre
+            rows += _metrics_rows(v.name, "pretrain", "val", pre["val"])
+            tr = self._transfer(v, pre, source, target)
+            for test_set, metrics in tr["tests"].items():
+                rows += _metrics_rows(v.name, "transfer", test_set, metrics)
+        self._write_results(rows)
+        from medtransfer.report import write_summary
+
+        summary = write_summary(out, cfg, rows, data_summary)
+        self.echo(f"results: {out / 'results.csv'}\nsummary: {summary}")
+        return out
+
+    def _train_cfg(self, train: TrainConfig) -> TrainConfig:
+        return train if self.progress else dataclasses.replace(train, progress=False)
+
+    # -- units -------------------------------------------------------------------------------
+    def _pretrain(self, v: Variant, source: LoadedTask) -> dict[str, Any]:
+        cfg = self.cfg
+        spec = {
+            "stage": "pretrain", "model": to_dict(v.model), "pretrain": to_dict(v.pretrain),
+            "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
+        }
+        unit = Unit(self.out, "pretrain", v.name, spec)
+        if unit.done():
+            self.echo(f"[{v.name}] pretraining: done earlier, reused ({unit.dir.name})")
+            return {**unit.result(), "dir": str(unit.dir)}
+        self.echo(f"[{v.name}] pretraining on {len(source.split.train)} source images")
+        workdir = unit.start()
+        model = _build(v.model, source, self.size, cfg.seed)
+        augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
+        res = fit(
+            model, source.part(source.split.train), source.part(source.split.val),
+            self._train_cfg(v.pretrain.train), seed=cfg.seed, out_dir=workdir,
+            num_classes=source.images.num_classes, augment=augment, device=self.device,
+            config_for_checkpoint={**spec, "classes": list(source.images.classes)},
+        )
+        val_x, val_y = source.part(source.split.val)
+        proba = predict_proba(model, val_x, batch_size=v.pretrain.train.batch_size, device=self.device)
+        val = compute_metrics(val_y, proba)
+        best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
+        val["loss"] = float(best.get("val_loss", float("nan")))
+        result = {
+            "val": val, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
+            "epochs_run": len(res.history), "seconds": res.seconds,
+            "images_per_second": res.images_per_second,
+            "checkpoint": (res.best_path or res.last_path).name,
+            "classes": list(source.images.classes),
+        }
+        unit.finish(result)
+        return {**result, "dir": str(unit.dir)}
+
+    def _transfer(self, v: Variant, pre: dict[str, Any], source: LoadedTask,
+                  target: LoadedTask) -> dict[str, Any]:
+        cfg = self.cfg
+        spec = {
+            "stage": "transfer", "model": to_dict(v.model), "transfer": to_dict(v.transfer),
+            "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
+            "source_unit": Path(pre["dir"]).name,
+        }
+        unit = Unit(self.out, "transfer", v.name, spec)
+        if unit.done():
+            self.echo(f"[{v.name}] transfer: done earlier, reused ({unit.dir.name})")
+            return unit.result()
+        self.echo(f"[{v.name}] transfer to {len(target.split.train)} target images")
+        workdir = unit.start()
+        model = _build(v.model, target, self.size, cfg.seed + 1)
+        ckpt = load_checkpoint(Path(pre["dir"]) / pre["checkpoint"])
+        load = load_source_weights(
+            model, ckpt["model_state"], head=v.transfer.head, source_classes=pre["classes"],
+            target_classes=list(target.images.classes),
+        )
+        for msg in load.messages:
+            self.echo(f"[{v.name}] {msg}")
+        frozen = freeze(model, v.transfer.freeze)
+        augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
+        res = fit(
+            model, target.part(target.split.train),
+            target.part(target.split.val) if len(target.split.val) else None,
+            self._train_cfg(v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
+            num_classes=target.images.num_classes, augment=augment, device=self.device,
+            train_mode=train_mode, config_for_checkpoint={**spec, "classes": list(target.images.classes)},
+        )
+        tests: dict[str, dict[str, float]] = {}
+        pred_rows = []
+        for name, idx in sorted(target.split.tests.items()):
+            x, y = target.part(idx)
+            proba = predict_proba(model, x, batch_size=v.transfer.train.batch_size, device=self.device)
+            tests[name] = compute_metrics(y, proba)
+            for i, yi, p in zip(idx, y, proba, strict=True):
+                pred_rows.append([name, target.images.ids[i], int(yi), *(f"{q:.6g}" for q in p)])
+        with (workdir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.images.classes)])
+            w.writerows(pred_rows)
+        result = {
+            "tests": tests, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
+            "epochs_run": len(res.history), "seconds": res.seconds,
+            "trainable_layers": frozen.trainable, "trainable_params": frozen.trainable_params,
+            "frozen_params": frozen.frozen_params, "head_reset": bool(load.reset),
+            "messages": load.messages,
+        }
+        unit.finish(result)
+        return result
+
+    def _write_results(self, rows: list[dict[str, Any]]) -> None:
+        lines = ["variant,stage,test_set,metric,value\n"]
+        lines += [f"{r['variant']},{r['stage']},{r['test_set']},{r['metric']},{r['value']:.6g}\n"
+                  for r in rows]
+        write_text_atomic(self.out / "results.csv", "".join(lines))
+
+
+def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True,
+              echo: Callable[[str], None] = print) -> Path:
+    return StudyRunner(cfg, out, progress=progress, echo=echo).run()

@@ -1,0 +1,63 @@
+"""Training: optimizer/scheduler settings, the seeded fit loop, callbacks and checkpoints."""
+
+from medtransfer.train.callbacks import (
+    ALL_METRICS,
+    TRAIN_METRICS,
+    VAL_METRICS,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    StopReason,
+    TrainState,
+)
+from medtransfer.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from medtransfer.train.loop import (
+    ClassWeight,
+    EarlyStoppingConfig,
+    FitResult,
+    TrainConfig,
+    fit,
+    metric_names,
+    predict_proba,
+)
+from medtransfer.train.optim import (
+    OptimizerConfig,
+    OptimizerName,
+    SchedulerConfig,
+    SchedulerName,
+    build_optimizer,
+    build_scheduler,
+    step_scheduler,
+)
+
+__all__ = [
+    "ALL_METRICS",
+    "TRAIN_METRICS",
+    "VAL_METRICS",
+    "CSVLogger",
+    "Callback",
+    "CheckpointError",
+    "ClassWeight",
+    "EarlyStopping",
+    "EarlyStoppingConfig",
+    "FitResult",
+    "ModelCheckpoint",
+    "OptimizerConfig",
+    "OptimizerName",
+    "ProgressBar",
+    "SchedulerConfig",
+    "SchedulerName",
+    "StopReason",
+    "TrainConfig",
+    "TrainState",
+    "build_optimizer",
+    "build_scheduler",
+    "fit",
+    "load_checkpoint",
+    "metric_names",
+    "predict_proba",
+    "save_checkpoint",
+    "step_scheduler",
+]

@@ -1,0 +1,479 @@
+"""The training loop: seeded, per-epoch metrics like Keras, checkpoints and a CSV history."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+from torch import Tensor, nn
+
+from medtransfer.config import to_dict
+from medtransfer.errors import ConfigError, DataError
+from medtransfer.evaluate import compute_metrics
+from medtransfer.train.callbacks import (
+    TRAIN_METRICS,
+    VAL_METRICS,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    EarlyStoppingConfig,
+    ModelCheckpoint,
+    ProgressBar,
+    StopReason,
+    TrainState,
+    check_monitor,
+    require_metric,
+)
+from medtransfer.train.checkpoint import load_checkpoint
+from medtransfer.train.optim import (
+    OptimizerConfig,
+    SchedulerConfig,
+    SchedulerName,
+    build_optimizer,
+    build_scheduler,
+    step_scheduler,
+)
+
+__all__ = [
+    "ClassWeight",
+    "EarlyStoppingConfig",
+    "FitResult",
+    "TrainConfig",
+    "fit",
+    "metric_names",
+    "predict_proba",
+]
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+InputNorm = tuple[Sequence[float], Sequence[float]]
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+class ClassWeight(StrEnum):
+    none = "none"
+    balanced = "balanced"  # n_samples / (n_classes * count[c]), as scikit-learn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
+    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint_monitor: str = "val_loss"
+    checkpoint_mode: Literal["min", "max"] = "min"
+    class_weight: ClassWeight = ClassWeight.none
+    restore_best: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"'epochs': got {self.epochs!r}; allowed: an integer >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"'batch_size': got {self.batch_size!r}; allowed: an integer >= 1")
+        check_monitor("checkpoint_monitor", self.checkpoint_monitor, self.checkpoint_mode,
+                      "checkpoint_mode")
+        if not isinstance(self.class_weight, ClassWeight):
+            try:
+                object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
+            except ValueError:
+                raise ConfigError(
+                    f"'class_weight': got {self.class_weight!r}; allowed: none, balanced"
+                ) from None
+        if self.scheduler.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "
+                f"{self.epochs}; allowed: fewer than epochs"
+            )
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`. ``best_*`` follow ``checkpoint_monitor`` (epoch 0 / NaN / None
+    when no epoch produced a finite value); ``images_per_second`` counts training steps only."""
+
+    history: list[dict[str, float]]
+    stop_reason: StopReason
+    best_epoch: int
+    best_metric: float
+    best_path: Path | None
+    last_path: Path
+    seconds: float
+    images_per_second: float
+
+
+def metric_names(has_val: bool) -> list[str]:
+    """The keys of each history row :func:`fit` logs, in order."""
+    return ["lr", *TRAIN_METRICS, *(VAL_METRICS if has_val else ())]
+
+
+def _check_images(name: str, images: Any) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype not in _SCALE:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images)
+        raise DataError(f"{name}: expected a uint8 or uint16 array (N, C, H, W), got {got}")
+    if len(images) == 0:
+        raise DataError(f"{name}: got no images")
+    return images
+
+
+def _check_split(name: str, split: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(split, tuple | list) and len(split) == 2):
+        raise DataError(f"{name}: expected a pair (images, labels)")
+    images = _check_images(f"{name} images", split[0])
+    labels = np.asarray(split[1])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name} labels: expected 1-D integers, got {labels.dtype} {labels.shape}")
+    if len(labels) != len(images):
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(
+            f"{name} labels: must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+    return images, labels.astype(np.int64, copy=False)
+
+
+def _norm(input_norm: InputNorm | None, channels: int, dev: torch.device) -> tuple[Tensor, Tensor]:
+    if input_norm is None:
+        return torch.zeros(1, device=dev), torch.ones(1, device=dev)
+    mean, std = (torch.tensor(list(v), dtype=torch.float32, device=dev) for v in input_norm)
+    if mean.shape != (channels,) or std.shape != (channels,) or not bool((std > 0).all()):
+        raise ConfigError(
+            f"input_norm: got mean {mean.tolist()} and std {std.tolist()}; allowed: {channels} "
+            "values each (one per channel), std > 0"
+        )
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+def _class_weights(
+    kind: ClassWeight, labels: np.ndarray, num_classes: int, dev: torch.device
+) -> Tensor | None:
+    if kind is ClassWeight.none:
+        return None
+    missing = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0).tolist()
+    if missing:
+        raise DataError(
+            f"class_weight 'balanced': class(es) {missing} have no training samples; "
+            "every class must occur in the training labels"
+        )
+    w = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return torch.tensor(w, dtype=torch.float32, device=dev)
+
+
+def _batches(
+    images: np.ndarray, order: np.ndarray, batch_size: int, dev: torch.device
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """(indices, float batch in [0, 1] on ``dev``) in ``order``; converts after the transfer."""
+    scale = _SCALE[images.dtype]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        raw = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)
+        yield idx, raw.to(torch.float32).div_(scale)
+
+
+def _proba(logits: Tensor) -> Tensor:
+    """(B, K) probabilities: softmax, or ``[1 - p, p]`` with p = sigmoid for a single logit."""
+    if logits.ndim != 2:
+        raise ConfigError(f"model output has shape {tuple(logits.shape)}; expected (batch, K)")
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _loss_and_proba(logits: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-sample losses and (B, K) probabilities for a single-logit or K-logit head."""
+    cols = logits.shape[1] if logits.ndim == 2 else None
+    if cols == 1 and num_classes == 2:
+        z = logits[:, 0]
+        losses = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+    elif cols == num_classes:
+        losses = F.cross_entropy(logits, y, reduction="none")
+    else:
+        allowed = f"1 (single logit) or {num_classes}" if num_classes == 2 else str(num_classes)
+        raise ConfigError(
+            f"model output has shape {tuple(logits.shape)}; for num_classes={num_classes} "
+            f"expected (batch, {allowed})"
+        )
+    return losses, _proba(logits)
+
+
+@contextlib.contextmanager
+def _seeded(dev: torch.device, seed: int) -> Iterator[None]:
+    """Seed the global RNGs dropout draws from, restoring the caller's state afterwards."""
+    cuda = []
+    if dev.type == "cuda":
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, device_type="cuda" if cuda else None):
+        # Not torch.manual_seed: that would also reseed (unforked) CUDA devices.
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def _metrics(prefix: str, loss: float, labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    m = compute_metrics(labels, proba)
+    return {f"{prefix}{k}": v for k, v in (("loss", loss), *((k, m[k]) for k in TRAIN_METRICS[1:]))}
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    out_dir: str | Path,
+    num_classes: int,
+    augment: Augment | None = None,
+    input_norm: InputNorm | None = None,
+    device: str | torch.device = "cpu",
+    train_mode: Callable[[nn.Module], None] | None = None,
+    config_for_checkpoint: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train ``model`` (which outputs logits) on uint8/uint16 (N, C, H, W) images.
+
+    Writes ``history.csv``, ``last.pt`` and ``best.pt`` to ``out_dir``. The same seed on the CPU
+    gives bitwise-identical history and weights; the caller's global RNG state is left untouched.
+    ``augment(batch, generator)`` gets [0, 1] floats on ``device`` and a generator on ``device``.
+    A non-finite training or validation loss ends training before that epoch is recorded
+    (``StopReason.non_finite_loss``). On Ctrl-C the current weights are saved to ``last.pt``
+    (``extra.partial_epoch``), callbacks' ``on_fit_end`` run, and the KeyboardInterrupt is
+    re-raised so that a study stops rather than moving on. The model is left in eval mode, with
+    the best weights loaded if ``cfg.restore_best``. ``val_loss`` ignores class weights (as Keras).
+    ``callbacks`` run after the built-in CSV log, checkpoints, early stopping and progress bar.
+    """
+    t0 = time.perf_counter()
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: got {seed!r}; allowed: an integer >= 0")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes: got {num_classes!r}; allowed: an integer >= 2")
+    x_train, y_train = _check_split("train", train, num_classes)
+    val_split = None if val is None else _check_split("val", val, num_classes)
+    channels = x_train.shape[1]
+    if val_split is not None and val_split[0].shape[1:] != x_train.shape[1:]:
+        raise DataError(
+            f"val images have shape {val_split[0].shape[1:]} per image, train {x_train.shape[1:]}"
+        )
+    dev = torch.device(device)
+    mean, std = _norm(input_norm, channels, dev)
+    out_dir = Path(out_dir)
+    model.to(dev)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("fit: the model has no trainable parameters (requires_grad is False)")
+    optimizer = build_optimizer(trainable, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
+
+    # Fail before the first epoch, not after it, when a monitor names an unlogged metric.
+    logged = dict.fromkeys(metric_names(val_split is not None), math.nan)
+    require_metric("checkpoint_monitor", cfg.checkpoint_monitor, logged)
+    if cfg.early_stopping is not None:
+        require_metric("early_stopping.monitor", cfg.early_stopping.monitor, logged)
+    if cfg.scheduler.name is SchedulerName.plateau:
+        require_metric("scheduler.monitor", cfg.scheduler.monitor, logged)
+
+    weights = _class_weights(cfg.class_weight, y_train, num_classes, dev)
+    ckpt = ModelCheckpoint(out_dir, cfg.checkpoint_monitor, cfg.checkpoint_mode)
+    builtin: list[Callback] = [CSVLogger(out_dir / "history.csv"), ckpt]
+    if cfg.early_stopping is not None:
+        builtin.append(EarlyStopping.from_config(cfg.early_stopping))
+    cbs = [*builtin, ProgressBar(cfg.progress), *callbacks]
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        out_dir=out_dir,
+        max_epochs=cfg.epochs,
+        batches_per_epoch=math.ceil(len(y_train) / cfg.batch_size),
+        checkpoint_config=(
+            {"train": to_dict(cfg)} if config_for_checkpoint is None else config_for_checkpoint
+        ),
+        checkpoint_extra={
+            "seed": seed,
+            "num_classes": num_classes,
+            "input_norm": None if input_norm is None else [list(v) for v in input_norm],
+        },
+    )
+    shuffle_seed, augment_seed, torch_seed = np.random.SeedSequence(seed).generate_state(3).tolist()
+    shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
+    augment_gen = torch.Generator(device=dev).manual_seed(augment_seed)
+    timing = {"seconds": 0.0, "images": 0.0}  # training steps only
+
+    def prepare(x: Tensor, train_batch: bool) -> Tensor:
+        if train_batch and augment is not None:
+            x = augment(x, augment_gen)
+        return (x - mean) / std
+
+    def on_batch(loss: float, n: int) -> None:
+        timing["images"] += n
+        for cb in cbs:
+            cb.on_train_batch_end(state, loss, n)
+
+    def run_epoch() -> dict[str, float] | None:
+        """The epoch's history row, or None if a loss or prediction was not finite."""
+        metrics = {"lr": float(optimizer.param_groups[0]["lr"])}
+        t = time.perf_counter()
+        (train_mode or nn.Module.train)(model)
+        order = torch.randperm(len(y_train), generator=shuffle_gen).numpy()
+        out = _train_epoch(model, optimizer, (x_train, y_train), order, cfg.batch_size, dev,
+                           num_classes, weights, prepare, on_batch)
+        timing["seconds"] += time.perf_counter() - t
+        if out is None:
+            return None
+        metrics.update(_metrics("", *out))
+        if val_split is not None:
+            val_loss, val_proba = _evaluate(model, val_split, cfg.batch_size, dev, num_classes,
+                                            lambda x: prepare(x, False))
+            if not (math.isfinite(val_loss) and np.isfinite(val_proba).all()):
+                return None
+            metrics.update(_metrics("val_", val_loss, val_split[1], val_proba))
+        return metrics
+
+    in_epoch = False
+    with _seeded(dev, torch_seed):
+        try:
+            for cb in cbs:
+                cb.on_fit_start(state)
+            while state.epoch < cfg.epochs and not state.should_stop:
+                state.epoch += 1
+                for cb in cbs:
+                    cb.on_epoch_start(state)
+                in_epoch = True
+                metrics = run_epoch()
+                if metrics is None:
+                    state.should_stop, state.stop_reason = True, StopReason.non_finite_loss
+                    break
+                state.history.append(metrics)
+                for cb in cbs:
+                    cb.on_epoch_end(state, metrics)
+                in_epoch = False
+                step_scheduler(scheduler, cfg.scheduler, metrics)
+            for cb in cbs:
+                cb.on_fit_end(state)
+        except KeyboardInterrupt:
+            state.should_stop, state.stop_reason = True, StopReason.interrupted
+            ckpt.write_last(
+                state,
+                state.history[-1] if state.history else {},
+                extra={"stop_reason": StopReason.interrupted.value, "partial_epoch": in_epoch},
+                epoch=len(state.history),
+            )
+            for cb in cbs:
+                cb.on_fit_end(state)
+            raise
+        finally:
+            for cb in cbs:
+                cb.teardown(state)
+
+    if cfg.restore_best and ckpt.best_path is not None:
+        model.load_state_dict(load_checkpoint(ckpt.best_path)["model_state"])
+    model.eval()
+    return FitResult(
+        history=state.history,
+        stop_reason=state.stop_reason,
+        best_epoch=ckpt.best_epoch,
+        best_metric=ckpt.best,
+        best_path=ckpt.best_path,
+        last_path=ckpt.last_path,
+        seconds=time.perf_counter() - t0,
+        images_per_second=(
+            timing["images"] / timing["seconds"] if timing["seconds"] > 0 else math.nan
+        ),
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: tuple[np.ndarray, np.ndarray],
+    order: np.ndarray,
+    batch_size: int,
+    dev: torch.device,
+    num_classes: int,
+    weights: Tensor | None,
+    prepare: Callable[[Tensor, bool], Tensor],
+    on_batch: Callable[[float, int], None],
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """One pass in ``order``: (weighted mean loss, labels, probabilities as predicted during the
+    epoch), or None as soon as a batch's loss or probabilities are not finite (before stepping)."""
+    images, labels = split
+    loss_sum, weight_sum = 0.0, 0.0
+    probas: list[np.ndarray] = []
+    for idx, xb in _batches(images, order, batch_size, dev):
+        yb = torch.from_numpy(labels[idx]).to(dev)
+        optimizer.zero_grad(set_to_none=True)
+        losses, proba = _loss_and_proba(model(prepare(xb, True)), yb, num_classes)
+        wb = torch.ones_like(losses) if weights is None else weights[yb]
+        loss = (losses * wb).sum() / wb.sum()
+        if not (torch.isfinite(loss) and torch.isfinite(proba).all()):
+            return None
+        loss.backward()
+        optimizer.step()
+        loss_sum += float((losses.detach() * wb).sum())
+        weight_sum += float(wb.sum())
+        probas.append(proba.detach().cpu().numpy())
+        on_batch(loss.item(), len(idx))
+    return loss_sum / weight_sum, labels[order], np.concatenate(probas)
+
+
+def _evaluate(
+    model: nn.Module,
+    split: tuple[np.ndarray, np.ndarray],
+    batch_size: int,
+    dev: torch.device,
+    num_classes: int,
+    prepare: Callable[[Tensor], Tensor],
+) -> tuple[float, np.ndarray]:
+    """Unweighted mean loss and (N, K) probabilities, in eval mode without gradients."""
+    images, labels = split
+    model.eval()
+    loss_sum, probas = 0.0, []
+    with torch.no_grad():
+        for idx, xb in _batches(images, np.arange(len(labels)), batch_size, dev):
+            yb = torch.from_numpy(labels[idx]).to(dev)
+            losses, proba = _loss_and_proba(model(prepare(xb)), yb, num_classes)
+            loss_sum += float(losses.sum())
+            probas.append(proba.cpu().numpy())
+    return loss_sum / len(labels), np.concatenate(probas)
+
+
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    input_norm: InputNorm | None = None,
+) -> np.ndarray:
+    """(N, K) class probabilities; a single-logit head gives K=2 as ``[1 - p, p]``.
+
+    Runs in eval mode without gradients and leaves the model in eval mode.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: got {batch_size!r}; allowed: an integer >= 1")
+    images = _check_images("images", images)
+    dev = torch.device(device)
+    mean, std = _norm(input_norm, images.shape[1], dev)
+    model.to(dev)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for _, xb in _batches(images, np.arange(len(images)), batch_size, dev):
+            out.append(_proba(model((xb - mean) / std)).cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,261 @@
+"""Optimizer and learning-rate scheduler settings, and the torch objects built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, Literal
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+)
+
+from medtransfer.errors import ConfigError
+from medtransfer.train.callbacks import check_monitor, require_metric
+
+__all__ = [
+    "OptimizerConfig",
+    "OptimizerName",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerName",
+    "build_optimizer",
+    "build_scheduler",
+    "step_scheduler",
+]
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+
+
+class OptimizerName(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    adagrad = "adagrad"
+    sgd = "sgd"
+    rmsprop = "rmsprop"
+
+
+class SchedulerName(StrEnum):
+    none = "none"
+    plateau = "plateau"
+    step = "step"
+    cosine = "cosine"
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"'{key}': got {value!r}; allowed: {allowed}")
+
+
+def _coerce_enum(obj: Any, key: str, enum_type: type[Enum]) -> None:
+    value = getattr(obj, key)
+    if not isinstance(value, enum_type):
+        try:
+            object.__setattr__(obj, key, enum_type(value))
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in enum_type)
+            raise _fail(f"{obj._section}.{key}", value, allowed) from None
+
+
+def _only_for(obj: Any, applies: dict[str, tuple[Enum, ...]]) -> None:
+    """Refuse a non-default setting the chosen algorithm would silently ignore."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for key, names in applies.items():
+        value = getattr(obj, key)
+        if obj.name not in names and value != defaults[key]:
+            used_by = ", ".join(n.value for n in names)
+            raise ConfigError(
+                f"'{obj._section}.{key}': got {value!r}, but it is only used by {used_by} "
+                f"({obj._section}.name is '{obj.name.value}'); remove it or change the name"
+            )
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer settings. ``eps=None`` keeps torch's default for the chosen optimizer.
+
+    For Keras parity: Keras Adagrad uses ``initial_accumulator_value=0.1, eps=1e-7``; Keras
+    RMSprop uses ``rho`` (here ``alpha``) 0.9 and ``eps=1e-7``.
+    """
+
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = None
+    initial_accumulator_value: float = 0.0
+    alpha: float = 0.99
+
+    _section = "optimizer"
+
+    def __post_init__(self) -> None:
+        _coerce_enum(self, "name", OptimizerName)
+        o = OptimizerName
+        _only_for(
+            self,
+            {
+                "momentum": (o.sgd, o.rmsprop),
+                "nesterov": (o.sgd,),
+                "betas": (o.adam, o.adamw),
+                "eps": (o.adam, o.adamw, o.adagrad, o.rmsprop),
+                "initial_accumulator_value": (o.adagrad,),
+                "alpha": (o.rmsprop,),
+            },
+        )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise _fail("optimizer.lr", self.lr, "a finite number > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise _fail("optimizer.weight_decay", self.weight_decay, "a finite number >= 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise _fail("optimizer.momentum", self.momentum, "a number in [0, 1)")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError(
+                "'optimizer.nesterov': got true with optimizer.momentum "
+                f"{self.momentum!r}; Nesterov momentum needs momentum > 0 (e.g. 0.9)"
+            )
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise _fail("optimizer.betas", self.betas, "two numbers in [0, 1)")
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise _fail("optimizer.eps", self.eps, "null (torch default) or a number > 0")
+        iav = self.initial_accumulator_value
+        if not (math.isfinite(iav) and iav >= 0):
+            raise _fail("optimizer.initial_accumulator_value", iav, "a number >= 0")
+        if not 0.0 < self.alpha < 1.0:
+            raise _fail("optimizer.alpha", self.alpha, "a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Per-epoch learning-rate schedule.
+
+    ``plateau`` multiplies the lr by ``factor`` after ``patience`` epochs without improvement of
+    ``monitor``; ``step`` by ``gamma`` every ``step_size`` epochs; ``cosine`` anneals to ``min_lr``
+    over ``t_max`` epochs (default: the epochs after warm-up). ``warmup_epochs`` ramps the lr
+    linearly from ``lr / (warmup_epochs + 1)`` up to ``lr`` first (not with ``plateau``).
+    """
+
+    name: SchedulerName = SchedulerName.none
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = 0.1
+    patience: int = 10
+    min_lr: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    t_max: int | None = None
+    warmup_epochs: int = 0
+
+    _section = "scheduler"
+
+    def __post_init__(self) -> None:
+        _coerce_enum(self, "name", SchedulerName)
+        s = SchedulerName
+        _only_for(
+            self,
+            {
+                "monitor": (s.plateau,),
+                "mode": (s.plateau,),
+                "factor": (s.plateau,),
+                "patience": (s.plateau,),
+                "min_lr": (s.plateau, s.cosine),
+                "step_size": (s.step,),
+                "gamma": (s.step,),
+                "t_max": (s.cosine,),
+                "warmup_epochs": (s.none, s.step, s.cosine),
+            },
+        )
+        check_monitor("scheduler.monitor", self.monitor, self.mode, "scheduler.mode")
+        if not 0.0 < self.factor < 1.0:
+            raise _fail("scheduler.factor", self.factor, "a number in (0, 1)")
+        if self.patience < 0:
+            raise _fail("scheduler.patience", self.patience, "an integer >= 0")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise _fail("scheduler.min_lr", self.min_lr, "a number >= 0")
+        if self.step_size < 1:
+            raise _fail("scheduler.step_size", self.step_size, "an integer >= 1")
+        if not 0.0 < self.gamma <= 1.0:
+            raise _fail("scheduler.gamma", self.gamma, "a number in (0, 1]")
+        if self.t_max is not None and self.t_max < 1:
+            raise _fail("scheduler.t_max", self.t_max, "null (the epochs after warm-up) or >= 1")
+        if self.warmup_epochs < 0:
+            raise _fail("scheduler.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+
+
+def build_optimizer(
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig
+) -> Optimizer:
+    """The torch optimizer ``cfg`` describes, over ``params`` (tensors or param groups)."""
+    groups: list[Any] = list(params)
+    if not groups:
+        raise ConfigError(
+            "build_optimizer: no parameters to optimize (is every parameter frozen?)"
+        )
+    eps: dict[str, Any] = {} if cfg.eps is None else {"eps": cfg.eps}
+    common: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    name = cfg.name
+    if name is OptimizerName.adam:
+        return torch.optim.Adam(groups, betas=cfg.betas, **common, **eps)
+    if name is OptimizerName.adamw:
+        return torch.optim.AdamW(groups, betas=cfg.betas, **common, **eps)
+    if name is OptimizerName.adagrad:
+        return torch.optim.Adagrad(
+            groups, initial_accumulator_value=cfg.initial_accumulator_value, **common, **eps
+        )
+    if name is OptimizerName.sgd:
+        return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    if name is OptimizerName.rmsprop:
+        return torch.optim.RMSprop(
+            groups, alpha=cfg.alpha, momentum=cfg.momentum, **common, **eps
+        )
+    raise AssertionError(f"unhandled optimizer {name!r}")
+
+
+def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int) -> Scheduler | None:
+    """The per-epoch lr scheduler ``cfg`` describes for a run of ``epochs``, or None."""
+    warmup = cfg.warmup_epochs
+    if warmup and warmup >= epochs:
+        raise ConfigError(
+            f"'scheduler.warmup_epochs': got {warmup}, but training runs only {epochs} epochs; "
+            f"allowed: fewer than {epochs}"
+        )
+    main: Scheduler | None
+    if cfg.name is SchedulerName.plateau:
+        return ReduceLROnPlateau(
+            optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+        )
+    if cfg.name is SchedulerName.step:
+        main = StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    elif cfg.name is SchedulerName.cosine:
+        t_max = cfg.t_max if cfg.t_max is not None else max(epochs - warmup, 1)
+        main = CosineAnnealingLR(optimizer, T_max=t_max, eta_min=cfg.min_lr)
+    else:
+        main = None
+    if not warmup:
+        return main
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    if main is None:
+        return ramp
+    return SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])
+
+
+def step_scheduler(
+    scheduler: Scheduler | None, cfg: SchedulerConfig, metrics: dict[str, float]
+) -> None:
+    """Advance ``scheduler`` one epoch; plateau reads ``cfg.monitor`` from ``metrics``."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step(require_metric("scheduler.monitor", cfg.monitor, metrics))
+    else:
+        scheduler.step()

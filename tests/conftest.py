@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny synthetic image folders, CSVs and .npz files written into tmp_path."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(
+    path: Path, rng: np.random.Generator, size: tuple[int, int] = (12, 10), mode: str = "L"
+) -> Path:
+    """A random image of (width, height) ``size`` in PIL ``mode``, format from the suffix."""
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    elif mode in ("RGB", "RGBA"):
+        channels = len(mode)
+        img = Image.fromarray(rng.integers(0, 256, (height, width, channels), dtype=np.uint8))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8))
+        if mode != "L":
+            img = img.convert(mode)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_image_folder({"a": 3, "b": 4}, ext=".png")`` → root/<class>/<i>.png."""
+
+    def make(
+        counts: Mapping[str, int],
+        *,
+        root: Path | None = None,
+        ext: str = ".png",
+        mode: str = "L",
+        size: tuple[int, int] = (12, 10),
+        seed: int = 0,
+    ) -> Path:
+        root = root if root is not None else tmp_path / "images"
+        rng = np.random.default_rng(seed)
+        for name, count in counts.items():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                write_image(root / name / f"img{i:03d}{ext}", rng, size, mode)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_csv(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: write ``rows`` (dicts) to a CSV at ``path`` (default tmp_path/index.csv)."""
+
+    def make(rows: list[dict[str, str]], path: Path | None = None) -> Path:
+        path = path if path is not None else tmp_path / "index.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_npz(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: a MedMNIST-style .npz with ``per_split`` images per split, labels cycling."""
+
+    def make(
+        per_split: Mapping[str, int] | None = None,
+        *,
+        num_classes: int = 2,
+        size: int = 8,
+        rgb: bool = False,
+        path: Path | None = None,
+        seed: int = 0,
+    ) -> Path:
+        per_split = per_split if per_split is not None else {"train": 6, "val": 4, "test": 4}
+        path = path if path is not None else tmp_path / "data.npz"
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for split, n in per_split.items():
+            shape = (n, size, size, 3) if rgb else (n, size, size)
+            arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+            arrays[f"{split}_labels"] = (np.arange(n) % num_classes).astype(np.uint8)[:, None]
+        np.savez_compressed(path, **arrays)
+        return path
+
+    return make

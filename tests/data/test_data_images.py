@@ -1,0 +1,211 @@
+"""decode_image: formats, modes, bit depths, EXIF, colour policy and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtransfer.config import from_dict
+from medtransfer.data import ColorMode, OnError, PreprocessConfig, decode_image
+from medtransfer.errors import ConfigError, ImageDecodeError
+
+GRAY = PreprocessConfig(size=(10, 12), color=ColorMode.GRAYSCALE)
+RGB = PreprocessConfig(size=(10, 12), color=ColorMode.RGB)
+
+
+def _save(path: Path, img: Image.Image, **kwargs: object) -> Path:
+    img.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "dtype"),
+    [
+        ("l.png", "L", np.uint8),
+        ("rgb.png", "RGB", np.uint8),
+        ("rgba.png", "RGBA", np.uint8),
+        ("p.png", "P", np.uint8),
+        ("la.png", "LA", np.uint8),
+        ("one.png", "1", np.uint8),
+        ("i16.png", "I;16", np.uint16),
+        ("l.jpg", "L", np.uint8),
+        ("rgb.jpeg", "RGB", np.uint8),
+        ("rgb.bmp", "RGB", np.uint8),
+        ("l.tif", "L", np.uint8),
+        ("i16.tiff", "I;16", np.uint16),
+        ("rgb.TIF", "RGB", np.uint8),
+    ],
+)
+def test_every_format_and_mode_decodes_to_shape_and_dtype(tmp_path, name, mode, dtype):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (20, 24), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).convert(mode)
+    path = _save(tmp_path / name, img)
+    gray = decode_image(path, GRAY)
+    rgb = decode_image(path, RGB)
+    assert gray.shape == (1, 10, 12) and rgb.shape == (3, 10, 12)
+    assert gray.dtype == dtype and rgb.dtype == dtype
+    assert gray.flags["C_CONTIGUOUS"]
+    assert 0 < gray.mean() < np.iinfo(dtype).max  # not blank, not saturated
+
+
+def test_values_survive_without_resize(tmp_path):
+    data = np.arange(120, dtype=np.uint8).reshape(10, 12)
+    path = _save(tmp_path / "a.png", Image.fromarray(data))
+    np.testing.assert_array_equal(decode_image(path, GRAY)[0], data)
+    np.testing.assert_array_equal(decode_image(path, RGB), np.stack([data] * 3))
+
+
+def test_sixteen_bit_keeps_its_range(tmp_path):
+    data = np.full((20, 24), 40000, dtype=np.uint16)
+    data[:, :12] = 1000
+    path = _save(tmp_path / "a.png", Image.fromarray(data))
+    out = decode_image(path, GRAY)
+    assert out.dtype == np.uint16
+    assert out.min() == 1000 and out.max() == 40000  # resized, but never 8-bit-squashed
+    assert (decode_image(path, RGB)[0] == out[0]).all()
+
+
+def test_float_tiff_is_scaled_to_uint16(tmp_path):
+    data = np.linspace(-1.0, 3.0, 120, dtype=np.float32).reshape(10, 12)
+    path = _save(tmp_path / "f.tif", Image.fromarray(data, mode="F"))
+    out = decode_image(path, GRAY)
+    assert out.dtype == np.uint16 and out.min() == 0 and out.max() == 65535
+    assert (np.diff(out[0].astype(np.int64).ravel()) >= 0).all()
+
+
+def test_rgb_to_gray_uses_itu601_luma(tmp_path):
+    data = np.zeros((10, 12, 3), dtype=np.uint8)
+    data[..., 0] = 255  # pure red → L = 0.299 * 255
+    path = _save(tmp_path / "red.png", Image.fromarray(data))
+    assert (decode_image(path, GRAY) == 76).all()
+    rgb = decode_image(path, RGB)
+    assert (rgb[0] == 255).all() and (rgb[1:] == 0).all()
+
+
+def test_alpha_is_dropped_not_composited(tmp_path):
+    data = np.zeros((10, 12, 4), dtype=np.uint8)
+    data[..., :3] = (10, 20, 30)  # fully transparent, colour kept
+    path = _save(tmp_path / "a.png", Image.fromarray(data, mode="RGBA"))
+    rgb = decode_image(path, RGB)
+    assert (rgb[0] == 10).all() and (rgb[1] == 20).all() and (rgb[2] == 30).all()
+
+
+def test_palette_is_expanded(tmp_path):
+    img = Image.new("P", (12, 10), 0)
+    img.putpalette([200, 100, 50] + [0] * 765)
+    path = _save(tmp_path / "p.png", img)
+    rgb = decode_image(path, RGB)
+    assert tuple(rgb[:, 0, 0]) == (200, 100, 50)
+
+
+def test_resize_ignores_aspect_and_antialiases(tmp_path):
+    data = np.zeros((40, 80), dtype=np.uint8)
+    data[:, 1::2] = 255  # one-pixel stripes: averaging gives grey, point sampling would not
+    path = _save(tmp_path / "stripes.png", Image.fromarray(data))
+    out = decode_image(path, PreprocessConfig(size=8))
+    assert out.shape == (1, 8, 8)
+    assert out.min() > 100 and out.max() < 155
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    data = np.full((10, 20), 255, dtype=np.uint8)  # stored 20 wide, 10 high
+    data[:5] = 0  # dark top half
+    img = Image.fromarray(data)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    path = _save(tmp_path / "rot.jpg", img, exif=exif.tobytes(), quality=95)
+    out = decode_image(path, PreprocessConfig(size=(20, 10)))[0].astype(float)
+    # Displayed 10 wide, 20 high; the stored top (dark) is now on the right.
+    assert out[:, 7:].mean() < 40 and out[:, :3].mean() > 215
+
+
+def test_truncated_png_raises_naming_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = _save(tmp_path / "cut.png", Image.fromarray(rng.integers(0, 256, (64, 64), np.uint8)))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageDecodeError, match=r"cut.png") as info:
+        decode_image(path, GRAY)
+    assert info.value.path == str(path)
+
+
+def test_truncated_jpeg_raises(tmp_path):
+    rng = np.random.default_rng(0)
+    path = _save(tmp_path / "cut.jpg", Image.fromarray(rng.integers(0, 256, (64, 64), np.uint8)))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageDecodeError, match=r"cut.jpg"):
+        decode_image(path, GRAY)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a jpeg at all" * 10])
+def test_garbage_raises_naming_the_file(tmp_path, content):
+    path = tmp_path / "garbage.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=r"cannot read image .*garbage\.jpg"):
+        decode_image(path, GRAY)
+
+
+def test_missing_file_raises_image_decode_error(tmp_path):
+    with pytest.raises(ImageDecodeError, match=r"nope.png"):
+        decode_image(tmp_path / "nope.png", GRAY)
+
+
+def _write_dicom(path: Path, data: np.ndarray, photometric: str, slope: float = 1.0) -> Path:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = data.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = -1024
+    ds.PixelData = data.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_rescales_and_inverts_monochrome1(tmp_path, photometric):
+    data = np.tile(np.arange(12, dtype=np.uint16) * 100, (10, 1))  # brighter to the right
+    path = _write_dicom(tmp_path / "x.dcm", data, photometric, slope=2.0)
+    decoded = decode_image(path, GRAY)
+    assert decoded.dtype == np.uint16 and decoded.min() == 0 and decoded.max() == 65535
+    row = decoded[0, 0].astype(np.int64)
+    increasing = (np.diff(row) > 0).all()
+    assert increasing if photometric == "MONOCHROME2" else (np.diff(row) < 0).all()
+
+
+def test_preprocess_key_tracks_pixels_only():
+    base = PreprocessConfig(size=32)
+    assert base.key() == PreprocessConfig(size=(32, 32)).key()
+    assert base.key() == PreprocessConfig(size=32, on_error=OnError.SKIP).key()
+    assert base.key() != PreprocessConfig(size=33).key()
+    assert base.key() != PreprocessConfig(size=32, color=ColorMode.RGB).key()
+    assert len(base.key()) == 16
+
+
+def test_preprocess_config_from_yaml_data():
+    cfg = from_dict(PreprocessConfig, {"size": [32, 24], "color": "rgb", "on_error": "skip"})
+    assert cfg.hw == (32, 24) and cfg.color is ColorMode.RGB and cfg.on_error is OnError.SKIP
+    assert cfg.channels == 3
+    with pytest.raises(ConfigError, match=r"size"):
+        PreprocessConfig(size=0)
+    with pytest.raises(ConfigError, match=r"color"):
+        from_dict(PreprocessConfig, {"color": "grey"})

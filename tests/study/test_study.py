@@ -1,0 +1,182 @@
+"""End-to-end studies on tiny synthetic image folders (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtransfer.cli import main
+from medtransfer.errors import ConfigError, DataError, ImageDecodeError
+from medtransfer.study import load_study, run_study, study_from_dict
+
+
+def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
+    """Class folders whose classes differ in brightness, so there is something to learn."""
+    if root.exists():  # same arguments → same images; reuse them
+        return root
+    rng = np.random.default_rng(seed)
+    for k, (name, n) in enumerate(classes.items()):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n):
+            base = 60 + 120 * k
+            arr = np.clip(rng.normal(base, 30, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{name}_{i}.png")
+    return root
+
+
+def _config(tmp_path: Path, **over) -> dict:
+    src = _folder(tmp_path / "src", {"neg": 40, "pos": 40}, seed=1)
+    tgt = _folder(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
+    train = {"epochs": 2, "batch_size": 16, "progress": False,
+             "optimizer": {"name": "adam", "lr": 0.001}}
+    cfg = {
+        "name": "tiny",
+        "seed": 3,
+        "cache_dir": str(tmp_path / "cache"),
+        "preprocess": {"size": 16},
+        "source": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
+        "target": {
+            "data": {"path": str(tgt), "classes": ["normal", "covid"]},
+            "split": {"test_sets": 2, "test_per_class": 5, "train_per_class": 15,
+                      "val_fraction": 0.2},
+        },
+        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "pretrain": {"train": train},
+        "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
+        "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}}],
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _rows(out: Path) -> list[dict]:
+    with (out / "results.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_study_end_to_end_and_rerun_reuses_units(tmp_path):
+    out = tmp_path / "run"
+    logs: list[str] = []
+    run_study(study_from_dict(_config(tmp_path)), out, echo=logs.append)
+    rows = _rows(out)
+    assert set(rows[0]) >= {"variant", "stage", "test_set", "metric", "value"}
+    transfer = [r for r in rows if r["stage"] == "transfer"]
+    assert {(r["variant"], r["test_set"]) for r in transfer} == {
+        (v, t) for v in ("baseline", "bn") for t in ("test_1", "test_2")}
+    assert {r["metric"] for r in transfer} >= {"accuracy", "precision", "recall", "specificity",
+                                               "f1", "auc", "tp", "tn", "fp", "fn"}
+    pre = [r for r in rows if r["stage"] == "pretrain"]
+    assert {r["variant"] for r in pre} == {"baseline", "bn"}
+    summary = (out / "summary.md").read_text()
+    assert "| baseline |" in summary and "mean ± sd" in summary
+    units = sorted(p.name for p in (out / "units").iterdir())
+    assert len(units) == 4 and all((out / "units" / u / "result.json").is_file() for u in units)
+    assert (out / "config.yaml").is_file() and (out / "splits" / "target.csv").is_file()
+    for u in units:
+        assert (out / "units" / u / "history.csv").is_file()
+    mtimes = {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
+
+    logs.clear()
+    run_study(study_from_dict(_config(tmp_path)), out, echo=logs.append)
+    assert sum("done earlier, reused" in m for m in logs) == 4
+    assert mtimes == {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
+    assert _rows(out) == rows
+
+
+def test_changed_variant_reruns_only_that_variant(tmp_path):
+    out = tmp_path / "run"
+    run_study(study_from_dict(_config(tmp_path)), out, echo=lambda m: None)
+    cfg = _config(tmp_path)
+    cfg["variants"][1]["model"]["conv_dropout"] = 0.2
+    logs: list[str] = []
+    run_study(study_from_dict(cfg), out, echo=logs.append)
+    assert any("[baseline] pretraining: done earlier" in m for m in logs)
+    assert any(m.startswith("[bn] pretraining on") for m in logs)
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_study(study_from_dict(_config(tmp_path)), a, echo=lambda m: None)
+    run_study(study_from_dict(_config(tmp_path)), b, echo=lambda m: None)
+    assert _rows(a) == _rows(b)
+
+
+def test_unknown_key_in_variant_names_it(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["variants"][1]["model"] = {"batchnorm": True}
+    with pytest.raises(ConfigError, match=r"variants\[1\] \(bn\).model.*did you mean 'batch_norm'"):
+        study_from_dict(cfg)
+
+
+def test_unknown_top_level_key_in_yaml_names_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nsource: {data: {path: a}}\ntarget: {data: {path: b}}\nepoch: 3\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: unknown key 'epoch'"):
+        load_study(path)
+
+
+def test_test_sets_larger_than_pool_fail_before_training(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["target"]["split"]["test_per_class"] = 20
+    with pytest.raises(DataError, match="target data .*needs 40 images of class 'normal'.* has 30"):
+        run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
+    assert not (tmp_path / "run" / "units").exists()
+
+
+def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path):
+    cfg = _config(tmp_path)
+    bad = Path(cfg["target"]["data"]["path"]) / "covid" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    with pytest.raises(ImageDecodeError, match="broken.png"):
+        run_study(study_from_dict(cfg), tmp_path / "run1", echo=lambda m: None)
+    cfg["preprocess"]["on_error"] = "skip"
+    with pytest.warns(UserWarning, match="broken.png"):
+        run_study(study_from_dict(cfg), tmp_path / "run2", echo=lambda m: None)
+    skipped = [r for r in _rows(tmp_path / "run2") if r["metric"] == "skipped_images"]
+    assert {r["test_set"]: float(r["value"]) for r in skipped} == {"source": 0.0, "target": 1.0}
+    assert "1 unreadable images skipped" in (tmp_path / "run2" / "summary.md").read_text()
+
+
+def test_empty_class_folder_and_single_class(tmp_path):
+    cfg = _config(tmp_path)
+    empty = Path(cfg["source"]["data"]["path"]) / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
+    single = _folder(tmp_path / "single", {"only": 10}, seed=5)
+    cfg = _config(tmp_path / "x")
+    cfg["source"]["data"]["path"] = str(single)
+    with pytest.raises(DataError, match="only class 'only'"):
+        run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
+
+
+def test_head_reset_when_source_has_more_classes(tmp_path):
+    cfg = _config(tmp_path)
+    src3 = _folder(tmp_path / "src3", {"a": 20, "b": 20, "c": 20}, seed=7)
+    cfg["source"]["data"]["path"] = str(src3)
+    cfg["variants"] = [{"name": "baseline"}]
+    logs: list[str] = []
+    run_study(study_from_dict(cfg), tmp_path / "run", echo=logs.append)
+    assert any("output layer reset" in m and "['a', 'b', 'c']" in m for m in logs)
+    cfg["transfer"]["head"] = "keep"
+    with pytest.raises(DataError, match="head is 'keep'"):
+        run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
+
+
+def test_cli_run_and_error_exit_code(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    out = tmp_path / "cli"
+    assert main(["run", str(path), "--out", str(out), "--no-progress",
+                 "--set", "variants=[{name: only}]"]) == 0
+    assert "table:" in capsys.readouterr().out
+    assert {r["variant"] for r in _rows(out) if r["stage"] == "transfer"} == {"only"}
+    assert main(["run", str(path), "--set", "pretrain.train.epoks=1"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err

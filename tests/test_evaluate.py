@@ -1,0 +1,142 @@
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from medtransfer.errors import DataError
+from medtransfer.evaluate import (
+    binary_metrics,
+    compute_metrics,
+    confusion,
+    mean_sd,
+    multiclass_metrics,
+)
+
+# Worked example: predictions at 0.5 are [0,1,0,1,0,1,1,0] -> tp 3, tn 3, fp 1, fn 1.
+Y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+P = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.8, 0.7, 0.3])
+
+
+def test_binary_metrics_match_hand_computed_values():
+    m = binary_metrics(Y, P)
+    assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (3.0, 3.0, 1.0, 1.0)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(3 / 4)
+    # 16 positive/negative pairs; only (0.4 vs 0.6) is ranked wrongly.
+    assert m["auc"] == pytest.approx(15 / 16)
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_binary_threshold_moves_the_decision():
+    m = binary_metrics(Y, P, threshold=0.35)  # 0.4 and 0.6 now positive
+    assert (m["tp"], m["fp"], m["fn"]) == (4.0, 1.0, 0.0)
+    assert m["recall"] == 1.0
+    assert m["auc"] == pytest.approx(15 / 16)  # threshold-free
+
+
+def test_binary_metrics_agree_with_sklearn_on_random_data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 200), 0, 1)
+    m = binary_metrics(y, p)
+    pred = (p >= 0.5).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    tn, fp, _, _ = skm.confusion_matrix(y, pred).ravel()
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+
+
+def test_auc_is_nan_with_one_class_and_undefined_ratios_are_zero():
+    m = binary_metrics([1, 1, 1], [0.2, 0.3, 0.4])
+    assert math.isnan(m["auc"])
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["specificity"] == 0.0
+    assert math.isnan(compute_metrics([0, 0], np.array([[0.9, 0.1], [0.4, 0.6]]))["auc"])
+
+
+def test_multiclass_metrics_hand_computed_and_sklearn():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array(
+        [
+            [0.8, 0.1, 0.1],  # 0 ok
+            [0.3, 0.6, 0.1],  # 0 -> 1
+            [0.2, 0.7, 0.1],  # 1 ok
+            [0.1, 0.8, 0.1],  # 1 ok
+            [0.1, 0.2, 0.7],  # 2 ok
+            [0.5, 0.1, 0.4],  # 2 -> 0
+        ]
+    )
+    m = multiclass_metrics(y, proba)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert (m["recall_0"], m["recall_1"], m["recall_2"]) == pytest.approx((0.5, 1.0, 0.5))
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+    # precision: class 0 1/2, class 1 2/3, class 2 1/1
+    assert m["precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    pred = proba.argmax(1)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
+
+
+def test_multiclass_auc_nan_when_a_class_is_absent():
+    proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    m = multiclass_metrics([0, 1, 0], proba)
+    assert math.isnan(m["auc"])
+    assert m["recall_2"] == 0.0
+    assert m["accuracy"] == 1.0
+
+
+def test_compute_metrics_dispatches_on_columns():
+    proba2 = np.stack([1 - P, P], axis=1)
+    assert compute_metrics(Y, proba2) == binary_metrics(Y, P)
+    proba3 = np.full((3, 3), 1 / 3)
+    assert "balanced_accuracy" in compute_metrics([0, 1, 2], proba3)
+    with pytest.raises(DataError, match="K >= 2"):
+        compute_metrics(Y, P[:, None])
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "match"),
+    [
+        ([0, 1], [0.5, float("nan")], "non-finite"),
+        ([0, 2], [0.5, 0.5], "0 or 1"),
+        ([0, 1], [0.5, 1.5], r"\[0, 1\]"),
+        ([0, 1, 1], [0.5, 0.5], "shape"),
+        ([], [], "non-empty"),
+    ],
+)
+def test_binary_metrics_reject_bad_input(y, p, match):
+    with pytest.raises(DataError, match=match):
+        binary_metrics(np.array(y, dtype=np.int64), np.array(p))
+
+
+def test_multiclass_rejects_logits_and_out_of_range_labels():
+    with pytest.raises(DataError, match="sum to 1"):
+        multiclass_metrics([0, 1, 2], np.array([[0.9, 0.9, 0.9]] * 3))
+    with pytest.raises(DataError, match=r"\[0, 2\]"):
+        multiclass_metrics([0, 1, 3], np.full((3, 3), 1 / 3))
+
+
+def test_confusion_rows_are_true_classes():
+    assert confusion([0, 0, 1, 2], [0, 1, 1, 0], 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    assert confusion([0], [0], 2) == [[1, 0], [0, 0]]
+    with pytest.raises(DataError, match="y_pred"):
+        confusion([0, 1], [0, 5], 2)
+
+
+def test_mean_sd_sample_sd_and_nan_count():
+    m, s = mean_sd([1.0, 2.0, 3.0, float("nan")])
+    assert (m, s) == (2.0, 1.0)
+    r = mean_sd([1.0, 2.0, 3.0, float("nan")])
+    assert (r.n, r.n_nan, r.mean, r.sd) == (3, 1, 2.0, 1.0)
+    one = mean_sd([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1]) and one.n == 1
+    empty = mean_sd([float("nan")])
+    assert math.isnan(empty.mean) and math.isnan(empty.sd) and empty.n_nan == 1
+    assert mean_sd(np.array([2.0, 4.0])).sd == pytest.approx(np.std([2.0, 4.0], ddof=1))

@@ -1,0 +1,174 @@
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from medtransfer.config import from_dict, to_dict
+from medtransfer.errors import ConfigError
+from medtransfer.train.optim import (
+    OptimizerConfig,
+    OptimizerName,
+    SchedulerConfig,
+    SchedulerName,
+    build_optimizer,
+    build_scheduler,
+    step_scheduler,
+)
+
+
+def _linear() -> nn.Linear:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Linear(3, 2)
+
+
+def _lrs(cfg: SchedulerConfig, epochs: int, run: int | None = None, metric=lambda e: 1.0):
+    """The lr of each of ``run`` (default ``epochs``) epochs under ``cfg``, starting at lr 1."""
+    opt = build_optimizer(_linear().parameters(), OptimizerConfig(lr=1.0))
+    sched = build_scheduler(opt, cfg, epochs)
+    out = []
+    for e in range(epochs if run is None else run):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        step_scheduler(sched, cfg, {"val_loss": metric(e)})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("cfg", "cls"),
+    [
+        (OptimizerConfig(), torch.optim.Adam),
+        (OptimizerConfig(name=OptimizerName.adamw, weight_decay=0.01), torch.optim.AdamW),
+        (OptimizerConfig(name="adagrad", initial_accumulator_value=0.1, eps=1e-7),
+         torch.optim.Adagrad),
+        (OptimizerConfig(name="sgd", momentum=0.9, nesterov=True), torch.optim.SGD),
+        (OptimizerConfig(name="rmsprop", momentum=0.5, alpha=0.9), torch.optim.RMSprop),
+    ],
+)
+def test_each_optimizer_builds_and_steps(cfg, cls):
+    model = _linear()
+    before = model.weight.detach().clone()
+    opt = build_optimizer(model.parameters(), cfg)
+    assert type(opt) is cls
+    assert opt.param_groups[0]["lr"] == cfg.lr
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+
+
+def test_optimizer_settings_reach_torch():
+    model = _linear()
+    opt = build_optimizer(model.parameters(), OptimizerConfig(name="adagrad",
+                                                              initial_accumulator_value=0.1))
+    assert opt.param_groups[0]["initial_accumulator_value"] == 0.1
+    assert opt.param_groups[0]["eps"] == 1e-10  # eps=None keeps torch's default
+    sgd = build_optimizer(model.parameters(), OptimizerConfig(name="sgd", momentum=0.9,
+                                                              nesterov=True))
+    assert sgd.param_groups[0]["nesterov"] is True and sgd.param_groups[0]["momentum"] == 0.9
+    adam = build_optimizer(model.parameters(), OptimizerConfig(betas=(0.8, 0.9), eps=1e-7))
+    assert adam.param_groups[0]["betas"] == (0.8, 0.9) and adam.param_groups[0]["eps"] == 1e-7
+
+
+def test_nesterov_without_momentum_is_an_error():
+    with pytest.raises(ConfigError, match=r"nesterov.*momentum > 0"):
+        OptimizerConfig(name="sgd", nesterov=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": 0.0}, "optimizer.lr"),
+        ({"lr": float("inf")}, "optimizer.lr"),
+        ({"weight_decay": -1.0}, "optimizer.weight_decay"),
+        ({"name": "sgd", "momentum": 1.0}, r"optimizer.momentum.*\[0, 1\)"),
+        ({"betas": (0.9, 1.0)}, "optimizer.betas"),
+        ({"eps": 0.0}, "optimizer.eps"),
+        ({"momentum": 0.9}, r"only used by sgd, rmsprop .*'adam'"),
+        ({"name": "sgd", "eps": 1e-7}, "optimizer.eps"),
+        ({"name": "sgd", "initial_accumulator_value": 0.1}, "only used by adagrad"),
+        ({"name": "adamw", "alpha": 0.9}, "only used by rmsprop"),
+    ],
+)
+def test_optimizer_config_errors_name_the_key(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        OptimizerConfig(**kwargs)
+
+
+def test_optimizer_config_from_yaml_data_roundtrips():
+    data = {"name": "adagrad", "lr": "1e-2", "initial_accumulator_value": 0.1}
+    cfg = from_dict(OptimizerConfig, data, "optimizer")
+    assert cfg.name is OptimizerName.adagrad and cfg.lr == 0.01
+    assert from_dict(OptimizerConfig, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"did you mean 'adam'.*adamw, adagrad, sgd, rmsprop"):
+        from_dict(OptimizerConfig, {"name": "adan"}, "optimizer")
+
+
+def test_no_parameters_is_an_error():
+    with pytest.raises(ConfigError, match="no parameters"):
+        build_optimizer([], OptimizerConfig())
+
+
+def test_no_scheduler():
+    opt = build_optimizer(_linear().parameters(), OptimizerConfig(lr=1.0))
+    assert build_scheduler(opt, SchedulerConfig(), epochs=5) is None
+    step_scheduler(None, SchedulerConfig(), {})  # a no-op
+
+
+def test_plateau_reduces_after_patience():
+    cfg = SchedulerConfig(name="plateau", factor=0.5, patience=1, min_lr=0.2)
+    opt = build_optimizer(_linear().parameters(), OptimizerConfig(lr=1.0))
+    assert isinstance(build_scheduler(opt, cfg, 8), torch.optim.lr_scheduler.ReduceLROnPlateau)
+    # val_loss stalls from the start: cut after every 2 bad epochs, floored at min_lr
+    assert _lrs(cfg, 8) == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.2]
+    assert _lrs(cfg, 4, metric=lambda e: 1.0 - e) == [1.0] * 4  # improving: no cut
+
+
+def test_plateau_missing_metric_lists_available():
+    cfg = SchedulerConfig(name="plateau", monitor="val_auc", mode="max")
+    opt = build_optimizer(_linear().parameters(), OptimizerConfig())
+    sched = build_scheduler(opt, cfg, epochs=3)
+    with pytest.raises(ConfigError, match=r"scheduler.monitor 'val_auc' .*available: loss, acc"):
+        step_scheduler(sched, cfg, {"loss": 1.0, "accuracy": 0.5})
+
+
+def test_step_and_cosine_schedules():
+    step = SchedulerConfig(name="step", step_size=2, gamma=0.5)
+    assert _lrs(step, 6) == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    lrs = _lrs(SchedulerConfig(name="cosine", min_lr=0.1), 4, run=5)  # t_max defaults to 4
+    assert lrs[0] == 1.0 and lrs[2] == pytest.approx(0.55) and lrs[4] == pytest.approx(0.1)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+
+
+def test_warmup_ramps_then_hands_over():
+    cfg = SchedulerConfig(name="cosine", warmup_epochs=2)
+    lrs = _lrs(cfg, 6)
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[3:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)])
+    assert _lrs(SchedulerConfig(warmup_epochs=1), 3) == pytest.approx([0.5, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="warmup_epochs.*only 2 epochs"):
+        _lrs(cfg, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "plateau", "warmup_epochs": 1}, r"warmup_epochs.*only used by none, step, cos"),
+        ({"name": "plateau", "factor": 1.0}, "scheduler.factor"),
+        ({"name": "plateau", "monitor": "val_auc"}, r"scheduler.mode.*higher is better.*max"),
+        ({"name": "plateau", "monitor": "val_f1"}, r"did you mean 'val_auc'|Allowed: lr, loss"),
+        ({"name": "step", "step_size": 0}, "scheduler.step_size"),
+        ({"name": "cosine", "t_max": 0}, "scheduler.t_max"),
+        ({"name": "step", "t_max": 5}, "only used by cosine"),
+        ({"gamma": 0.5}, r"scheduler.gamma.*only used by step.*'none'"),
+    ],
+)
+def test_scheduler_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SchedulerConfig(**kwargs)
+
+
+def test_scheduler_names():
+    assert [n.value for n in SchedulerName] == ["none", "plateau", "step", "cosine"]
+    assert [n.value for n in OptimizerName] == ["adam", "adamw", "adagrad", "sgd", "rmsprop"]
