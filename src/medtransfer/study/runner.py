@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from medtransfer import __version__
 from medtransfer.config import to_dict
 from medtransfer.data import (
     Augmenter,
@@ -187,7 +188,8 @@ class StudyRunner:
     def _pretrain(self, v: Variant, source: LoadedTask) -> dict[str, Any]:
         cfg = self.cfg
         spec = {
-            "stage": "pretrain", "model": to_dict(v.model), "pretrain": to_dict(v.pretrain),
+            "stage": "pretrain", "version": __version__,
+            "model": to_dict(v.model), "pretrain": to_dict(v.pretrain),
             "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
         }
         unit = Unit(self.out, "pretrain", v.name, spec)
@@ -223,7 +225,8 @@ class StudyRunner:
                   target: LoadedTask) -> dict[str, Any]:
         cfg = self.cfg
         spec = {
-            "stage": "transfer", "model": to_dict(v.model), "transfer": to_dict(v.transfer),
+            "stage": "transfer", "version": __version__,
+            "model": to_dict(v.model), "transfer": to_dict(v.transfer),
             "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
             "source_unit": Path(pre["dir"]).name,
         }
@@ -252,10 +255,15 @@ class StudyRunner:
         )
         tests: dict[str, dict[str, float]] = {}
         pred_rows = []
-        for name, idx in sorted(target.split.tests.items()):
+        # Validation predictions are kept too: thresholds and calibration are chosen on them.
+        parts = [("val", target.split.val), *sorted(target.split.tests.items())]
+        for name, idx in parts:
+            if not len(idx):
+                continue
             x, y = target.part(idx)
             proba = predict_proba(model, x, batch_size=v.transfer.train.batch_size, device=self.device)
-            tests[name] = compute_metrics(y, proba)
+            if name != "val":
+                tests[name] = compute_metrics(y, proba)
             for i, yi, p in zip(idx, y, proba, strict=True):
                 pred_rows.append([name, target.images.ids[i], int(yi), *(f"{q:.6g}" for q in p)])
         with (workdir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
