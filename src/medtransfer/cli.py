@@ -36,12 +36,14 @@ def demo_config_path() -> Path:
 def _run(args: argparse.Namespace) -> int:
     from medtransfer.study import load_study, run_study
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
     overrides = _parse_set(args.set or [])
     if args.device:
         overrides["device"] = args.device
     cfg = load_study(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    run_study(cfg, out, progress=not args.no_progress)
+    run_study(cfg, out, progress=not args.no_progress, workers=args.workers)
     print(f"table: {out / 'summary.md'}")
     return 0
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set pretrain.train.epochs=5")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--workers", type=int, default=1,
+                       help="variants run in parallel in this many local processes (default 1)")
     sub.add_parser("models", help="list registered architectures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -180,3 +180,12 @@ def test_cli_run_and_error_exit_code(tmp_path, capsys):
     assert {r["variant"] for r in _rows(out) if r["stage"] == "transfer"} == {"only"}
     assert main(["run", str(path), "--set", "pretrain.train.epoks=1"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_two_worker_processes_give_the_same_results(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_study(study_from_dict(_config(tmp_path)), one, echo=lambda m: None)
+    run_study(study_from_dict(_config(tmp_path)), two, workers=2, echo=lambda m: None)
+    assert _rows(one) == _rows(two)
+    assert sorted(p.name for p in (one / "units").iterdir()) == sorted(
+        p.name for p in (two / "units").iterdir())

@@ -133,14 +133,18 @@ class StudyRunner:
         self.device = pick_device(cfg.device)
         self.size = cfg.preprocess.size if isinstance(cfg.preprocess.size, int) else cfg.preprocess.size[0]
 
-    def run(self) -> Path:
+    def prepare(self, *, write: bool = True) -> None:
+        """Load and split both data sets and check every variant's model, before any training."""
         cfg, out = self.cfg, self.out
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         cache = ImageCache(cfg.cache_dir)
         t0 = time.perf_counter()
-        source = load_task("source", cfg.source, cfg, cache)
-        target = load_task("target", cfg.target, cfg, cache)
+        self.source = source = load_task("source", cfg.source, cfg, cache)
+        self.target = target = load_task("target", cfg.target, cfg, cache)
+        if not write:
+            return
         self.echo(
             f"data: source {len(source.images)} images {source.images.class_counts()}, "
             f"target {len(target.images)} images {target.images.class_counts()} "
@@ -151,7 +155,7 @@ class StudyRunner:
         _check_models(self.variants, source, target, self.size)
         for task in (source, target):
             _write_split(out, task)
-        data_summary = {
+        self.data_summary = {
             t.name: {
                 "path": str(getattr(cfg, t.name).data.path),
                 "classes": list(t.images.classes),
@@ -162,24 +166,36 @@ class StudyRunner:
             }
             for t in (source, target)
         }
-        write_text_atomic(out / "data.yaml", yaml.safe_dump(data_summary, sort_keys=False))
+        write_text_atomic(out / "data.yaml", yaml.safe_dump(self.data_summary, sort_keys=False))
+
+    def run_variant(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Pretrain and transfer one variant (each unit reused if already done)."""
+        v = next(v for v in self.variants if v.name == name)
+        pre = self._pretrain(v, self.source)
+        return pre, self._transfer(v, pre, self.source, self.target)
+
+    def run(self, *, workers: int = 1) -> Path:
+        self.prepare()
+        if workers > 1 and len(self.variants) > 1:
+            from medtransfer.study.executor import run_variants_in_processes
+
+            outcomes = run_variants_in_processes(self, workers)
+        else:
+            outcomes = {v.name: self.run_variant(v.name) for v in self.variants}
         rows: list[dict[str, Any]] = []
-        for t in (source, target):
+        for t in (self.source, self.target):
             rows += _metrics_rows("*", "data", t.name, {"skipped_images": len(t.images.skipped)})
-        pretrain_results = {}
         for v in self.variants:
-            pre = self._pretrain(v, source)
-            pretrain_results[v.name] = pre
+            pre, tr = outcomes[v.name]
             rows += _metrics_rows(v.name, "pretrain", "val", pre["val"])
-            tr = self._transfer(v, pre, source, target)
             for test_set, metrics in tr["tests"].items():
                 rows += _metrics_rows(v.name, "transfer", test_set, metrics)
         self._write_results(rows)
         from medtransfer.report import write_summary
 
-        summary = write_summary(out, cfg, rows, data_summary)
-        self.echo(f"results: {out / 'results.csv'}\nsummary: {summary}")
-        return out
+        summary = write_summary(self.out, self.cfg, rows, self.data_summary)
+        self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
+        return self.out
 
     def _train_cfg(self, train: TrainConfig) -> TrainConfig:
         return train if self.progress else dataclasses.replace(train, progress=False)
@@ -287,6 +303,7 @@ class StudyRunner:
         write_text_atomic(self.out / "results.csv", "".join(lines))
 
 
-def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True,
+def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, workers: int = 1,
               echo: Callable[[str], None] = print) -> Path:
-    return StudyRunner(cfg, out, progress=progress, echo=echo).run()
+    """Run ``cfg`` into ``out``; ``workers`` > 1 runs variants in parallel processes."""
+    return StudyRunner(cfg, out, progress=progress, echo=echo).run(workers=workers)

@@ -1,0 +1,77 @@
+"""Kill a study with SIGKILL at several points, rerun it, and get the uninterrupted results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_study import _config  # same folder: pytest puts it on sys.path
+
+from medtransfer.study import run_study, study_from_dict
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"study finished (rc={proc.returncode}) before the kill point")
+        if time.monotonic() > deadline:
+            raise AssertionError("kill point not reached in time")
+        time.sleep(0.02)
+
+
+def _results(out: Path) -> list[str]:
+    return (out / "results.csv").read_text().splitlines()
+
+
+def _done_units(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("units/*/result.json")}
+
+
+KILL_POINTS = {
+    # while the first unit trains (its folder exists, nothing finished)
+    "first_unit_running": lambda out: any(out.glob("units/pretrain-*/history.csv")),
+    # right after the first unit finished
+    "after_first_unit": lambda out: len(list(out.glob("units/*/result.json"))) >= 1,
+    # in the middle: the second variant's pretraining has started
+    "second_variant": lambda out: any(out.glob("units/pretrain-bn-*/unit.json")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point):
+    cfg = _config(tmp_path)
+    cfg["pretrain"]["train"]["epochs"] = 4  # long enough to be caught mid-unit
+    ref = tmp_path / "reference"
+    run_study(study_from_dict(cfg), ref, echo=lambda m: None)
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medtransfer.cli", "run", str(path), "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        _wait_for(lambda: KILL_POINTS[point](out), proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    finished = _done_units(out)
+
+    logs: list[str] = []
+    run_study(study_from_dict(cfg), out, echo=logs.append)
+    after = _done_units(out)
+    for unit, mtime in finished.items():  # nothing finished before the kill was recomputed
+        assert after[unit] == mtime, unit
+    assert sum("done earlier, reused" in m for m in logs) == len(finished)
+    assert len(after) == 4
+    assert _results(out) == _results(ref)
