@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workers", type=int, default=1,
                        help="variants run in parallel in this many local processes (default 1)")
     sub.add_parser("models", help="list registered architectures")
+    aud = sub.add_parser("audit", help="look for shortcuts, duplicates and leakage in a data set")
+    aud.add_argument("data", help="class-per-folder tree, CSV (path,label[,group]) or MedMNIST .npz")
+    aud.add_argument("--against", help="a second data set (e.g. the target): shared or near-identical images")
+    aud.add_argument("--split", help="a run directory or its splits/<role>.csv: leakage across parts")
+    aud.add_argument("--out", help="folder for audit.json and audit.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -71,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             from medtransfer.models import list_models
 
             print("\n".join(list_models()))
+            return 0
+        if args.command == "audit":
+            from medtransfer.audit import format_audit, run_audit
+
+            res = run_audit(Path(args.data), against=args.against and Path(args.against),
+                            out=args.out and Path(args.out), split=args.split and Path(args.split))
+            print(format_audit(res))
+            if args.out:
+                print(f"saved: {Path(args.out) / 'audit.json'}, {Path(args.out) / 'audit.md'}")
             return 0
         if args.command == "demo":
             args.config = demo_config_path()

@@ -11,8 +11,9 @@ from medtransfer.data.images import (
     decode_image,
     preprocess_array,
 )
-from medtransfer.data.sources import DataConfig, ImageSet, SourceKind, load_dataset
-from medtransfer.data.splits import Split, SplitConfig, make_split
+from medtransfer.data.sampling import Sampling
+from medtransfer.data.sources import DataConfig, FileIndex, ImageSet, SourceKind, list_files, load_dataset
+from medtransfer.data.splits import Split, SplitConfig, group_leaks, make_folds, make_split
 
 __all__ = [
     "DEMO_CLASSES",
@@ -23,9 +24,11 @@ __all__ = [
     "Augmenter",
     "ColorMode",
     "DataConfig",
+    "FileIndex",
     "ImageCache",
     "ImageSet",
     "OnError",
+    "Sampling",
     "PreprocessConfig",
     "SourceKind",
     "Split",
@@ -33,7 +36,10 @@ __all__ = [
     "decode_image",
     "default_cache_root",
     "demo_path",
+    "group_leaks",
+    "list_files",
     "load_dataset",
+    "make_folds",
     "make_split",
     "preprocess_array",
 ]

@@ -44,6 +44,11 @@ class DataConfig:
 
     ``path`` is a folder, a ``.csv``, a ``.npz`` or ``demo:<name>`` for a bundled demo set.
     ``kind`` stays None unless given; :attr:`source_kind` is the inferred one.
+
+    Patient (group) ids come from the CSV column ``group_column`` or from ``group_pattern``, a
+    regular expression searched (``re.search``) in each image's path relative to its class folder
+    (folder sources) or relative to the CSV's folder (CSV sources), posix-style; the group is the
+    first capture group, or the whole match when the pattern has none. Every image must match.
     """
 
     path: Path
@@ -54,6 +59,7 @@ class DataConfig:
     group_column: str | None = None
     npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))
     name: str | None = None
+    group_pattern: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -86,6 +92,18 @@ class DataConfig:
                 f"'path_column', 'label_column', 'group_column': got {columns!r}; "
                 "expected distinct, non-empty column names"
             )
+        if self.group_pattern is not None:
+            _compile_group_pattern(self.group_pattern)
+            if self.group_column is not None:
+                raise ConfigError(
+                    f"'group_pattern': got {self.group_pattern!r} together with group_column="
+                    f"{self.group_column!r}; take group ids from one of them"
+                )
+            if self.source_kind is SourceKind.NPZ:
+                raise ConfigError(
+                    f"'group_pattern': got {self.group_pattern!r} for the .npz source {self.path}; "
+                    "npz images have no file names to match (use a folder or CSV source)"
+                )
 
     @property
     def demo_name(self) -> str | None:
@@ -181,19 +199,85 @@ def load_dataset(
     path = demo_path(cfg.demo_name) if cfg.demo_name is not None else cfg.path
     if not path.exists():
         raise DataError(_missing_path_message(path))
-    kind = cfg.source_kind
-    if kind is SourceKind.NPZ:
+    if cfg.source_kind is SourceKind.NPZ:
         return _load_npz(cfg, path, pre, cache)
-    if kind is SourceKind.CSV:
-        items, classes, groups = _index_csv(cfg)
-    else:
-        items, classes = _index_folder(cfg)
-        groups = None
+    items, classes, groups = _index(cfg)
     return _decode_items(items, classes, groups, pre, cache, workers, where=str(path))
+
+
+@dataclass
+class FileIndex:
+    """The image files of a folder or CSV source, in load order, without decoding them."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    ids: list[str]
+    groups: list[str] | None = None
+
+
+def list_files(cfg: DataConfig) -> FileIndex:
+    """The files :func:`load_dataset` would decode for ``cfg`` (same order, ids and groups)."""
+    if not cfg.path.exists():
+        raise DataError(_missing_path_message(cfg.path))
+    if cfg.source_kind is SourceKind.NPZ:
+        raise DataError(f"{cfg.path} is an .npz archive: it holds arrays, not image files")
+    items, classes, groups = _index(cfg)
+    return FileIndex(
+        paths=[item[1] for item in items],
+        labels=np.array([item[0] for item in items], dtype=np.int64),
+        classes=tuple(classes),
+        ids=[item[2] for item in items],
+        groups=groups,
+    )
 
 
 # An item to decode: (label, absolute path, id).
 _Item = tuple[int, Path, str]
+
+
+def _index(cfg: DataConfig) -> tuple[list[_Item], list[str], list[str] | None]:
+    if cfg.source_kind is SourceKind.CSV:
+        items, classes, groups = _index_csv(cfg)
+        keys = [item[2] for item in items]
+    else:
+        items, classes = _index_folder(cfg)
+        groups = None
+        keys = [item[2].split("/", 1)[1] for item in items]  # path inside the class folder
+    if cfg.group_pattern is not None:
+        groups = _pattern_groups(cfg.group_pattern, keys, [item[2] for item in items], str(cfg.path))
+    return items, classes, groups
+
+
+def _compile_group_pattern(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"'group_pattern': got {pattern!r}, which is not a valid regular expression ({exc}); "
+            r"expected e.g. '^(P\d+)_' to take 'P0012' from 'P0012_view2.png'"
+        ) from None
+
+
+def _pattern_groups(pattern: str, keys: list[str], ids: list[str], where: str) -> list[str]:
+    """Group id per image: the first capture group of ``pattern`` in its key, else the match."""
+    regex = _compile_group_pattern(pattern)
+    groups: list[str] = []
+    failed: list[str] = []
+    for key, image_id in zip(keys, ids, strict=True):
+        match = regex.search(key)
+        value = None if match is None else match.group(1) if regex.groups else match.group(0)
+        if not value:
+            failed.append(image_id)
+        groups.append(value or "")
+    if failed:
+        more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
+        raise DataError(
+            f"{where}: data.group_pattern {pattern!r} finds no group id in file "
+            f"{', '.join(repr(f) for f in failed[:3])}{more}; every image needs one. The pattern is "
+            "searched in the path inside the class folder (folder sources) or the CSV path value"
+        )
+    return groups
 
 
 def _index_folder(cfg: DataConfig) -> tuple[list[_Item], list[str]]:
@@ -305,7 +389,7 @@ def _index_csv(cfg: DataConfig) -> tuple[list[_Item], list[str], list[str] | Non
         warnings.warn(
             f"{csv_path}: {len(ids) - len(set(ids))} rows repeat an earlier path; duplicates "
             "can land in both training and test parts",
-            stacklevel=3,
+            stacklevel=4,
         )
     groups = [r[3] for r in records] if cfg.group_column else None
     return items, classes, groups

@@ -9,6 +9,19 @@ Order of operations (fixed, so a seed always means the same split):
 3. take a stratified ``val_fraction`` of the pool as the validation set; the rest is training.
 
 Everything random draws from ``np.random.default_rng(seed)``.
+
+**Groups** (patient ids, ``groups=``) keep every group on one side of every part. Parts are then
+filled with whole groups, in a seeded random order, first-fit: a group is taken when it does not
+push any class beyond that part's per-class target. With many small groups this hits every target
+exactly. When it cannot (large groups, few left), the part is topped up with the smallest group
+holding each class that is still short, so a test or validation part may hold *more* than its
+target for a class, by less than that group's size; the per-class training cap is never exceeded
+(groups that would overshoot it are left out). Targets: ``test_per_class`` per test set; the
+class's share ``round(fraction × count)`` (at least 1) for ``test_fraction`` and ``val_fraction``.
+:meth:`Split.summary` shows the counts reached. Without groups the behaviour is unchanged.
+
+:func:`make_folds` gives stratified k-fold cross-validation, grouped with scikit-learn's
+``StratifiedGroupKFold`` when groups are given.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medtransfer.errors import ConfigError, DataError
 
@@ -101,8 +114,12 @@ def make_split(
     *,
     origin: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    groups: Sequence[str] | np.ndarray | None = None,
 ) -> Split:
-    """Split indices ``0..len(labels)-1`` per ``cfg``; the same seed gives the same split."""
+    """Split indices ``0..len(labels)-1`` per ``cfg``; the same seed gives the same split.
+
+    With ``groups`` (one id per image) no group lands in two parts; see the module notes.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) == 0:
         raise DataError(f"make_split needs a non-empty 1-D label array, got shape {labels.shape}")
@@ -112,6 +129,10 @@ def make_split(
         return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
 
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        split = _grouped_split(labels, cfg, rng, origin, _GroupTable(labels, groups), name)
+        _check_parts(split, labels, present, name, cfg)
+        return split
     tests: dict[str, np.ndarray] = {}
     val = np.empty(0, dtype=np.int64)
     if cfg.use_official:
@@ -232,3 +253,202 @@ def _check_parts(
                 f"{cfg.test_fraction}, train_per_class={cfg.train_per_class}, "
                 f"val_fraction={cfg.val_fraction}"
             )
+
+
+def make_folds(
+    labels: np.ndarray,
+    k: int,
+    seed: int,
+    *,
+    groups: Sequence[str] | np.ndarray | None = None,
+    val_fraction: float = 0.0,
+    classes: Sequence[str] | None = None,
+) -> list[Split]:
+    """Stratified k-fold cross-validation: fold i holds out ``tests["test"]`` and trains on the rest.
+
+    Every index is in exactly one fold's test part. With ``groups`` the folds come from
+    ``StratifiedGroupKFold`` and no group is on two sides; ``val_fraction`` > 0 also carves a
+    stratified (grouped) validation part from each fold's training part.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise DataError(f"make_folds needs a non-empty 1-D label array, got shape {labels.shape}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"'folds': got {k!r}; expected an integer >= 2")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"'val_fraction': got {val_fraction}; expected 0 <= x < 1")
+
+    def name(c: int) -> str:
+        return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
+
+    rng = np.random.default_rng(seed)
+    state = int(rng.integers(0, 2**31 - 1))
+    present = np.unique(labels)
+    placeholder = np.zeros((len(labels), 1))
+    table = None if groups is None else _GroupTable(labels, groups)
+    if table is None:
+        counts = np.bincount(labels)
+        for c in present.tolist():
+            if counts[c] < k:
+                raise DataError(
+                    f"class '{name(c)}' has {counts[c]} image(s), fewer than folds={k}; "
+                    "every fold needs each class"
+                )
+        pairs = StratifiedKFold(k, shuffle=True, random_state=state).split(placeholder, labels)
+    else:
+        for c in present.tolist():
+            holders = int((table.counts[:, c] > 0).sum())
+            if holders < k:
+                raise DataError(
+                    f"class '{name(c)}' occurs in {holders} group(s), fewer than folds={k}; "
+                    "grouped folds need each class in at least k groups"
+                )
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=state)
+        pairs = splitter.split(placeholder, labels, table.code)
+    folds = []
+    for i, (train, test) in enumerate(pairs):
+        val = np.empty(0, dtype=np.int64)
+        if val_fraction > 0 and table is None:
+            train, val = _stratified(train, labels, val_fraction, rng, "val", name)
+        elif val_fraction > 0 and table is not None:
+            codes = np.unique(table.code[train])
+            taken, rest = _take(table, codes, _shares(labels, train, val_fraction), rng, True)
+            train, val = table.members(rest), table.members(taken)
+        split = Split(np.sort(train), np.sort(val), {"test": np.sort(test)})
+        for part, idx in split.parts.items():
+            lacking = [name(c) for c in present.tolist() if c not in set(labels[idx].tolist())]
+            if lacking and not (part == "val" and val_fraction == 0):
+                raise DataError(
+                    f"fold {i + 1} of {k}: the {part} part gets 0 images of class(es) "
+                    f"{', '.join(map(repr, lacking))}; use fewer folds"
+                )
+        folds.append(split)
+    return folds
+
+
+def group_leaks(split: Split, groups: Sequence[str] | np.ndarray) -> dict[str, list[str]]:
+    """Groups found in more than one part of ``split``: group → the parts holding it."""
+    where: dict[str, list[str]] = {}
+    for part, idx in split.parts.items():
+        for i in np.asarray(idx).tolist():
+            parts = where.setdefault(str(groups[i]), [])
+            if not parts or parts[-1] != part:
+                parts.append(part)
+    return {g: parts for g, parts in where.items() if len(parts) > 1}
+
+
+class _GroupTable:
+    """Group code per image and images per (group, class)."""
+
+    def __init__(self, labels: np.ndarray, groups: Sequence[str] | np.ndarray) -> None:
+        if len(groups) != len(labels):
+            raise DataError(f"groups has {len(groups)} entries for {len(labels)} labels")
+        ids = np.asarray([str(g) for g in groups])
+        self.names, self.code = np.unique(ids, return_inverse=True)
+        self.n_classes = int(labels.max()) + 1
+        self.counts = np.zeros((len(self.names), self.n_classes), dtype=np.int64)
+        np.add.at(self.counts, (self.code, labels), 1)
+
+    def members(self, codes: np.ndarray) -> np.ndarray:
+        """Sorted image indices of the groups ``codes``."""
+        return np.flatnonzero(np.isin(self.code, codes))
+
+
+def _shares(labels: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
+    """Per-class target: ``round(fraction × count)``, at least 1 for every class in ``idx``."""
+    counts = np.bincount(labels[idx], minlength=int(labels.max()) + 1)
+    return np.where(counts > 0, np.maximum(1, np.rint(fraction * counts)), 0).astype(np.int64)
+
+
+def _take(
+    table: _GroupTable,
+    available: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    overshoot: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(taken, rest) group codes: first-fit towards ``target`` images per class, in random order.
+
+    ``overshoot`` tops up classes still short with the smallest group that holds them."""
+    order = rng.permutation(np.asarray(available, dtype=np.int64))
+    counts = table.counts[order]
+    have = np.zeros(table.n_classes, dtype=np.int64)
+    taken = np.zeros(len(order), dtype=bool)
+    for i in range(len(order)):
+        short = have < target
+        if not short.any():
+            break
+        if (counts[i][short] > 0).any() and (have + counts[i] <= target).all():
+            have += counts[i]
+            taken[i] = True
+    for c in np.flatnonzero(have < target) if overshoot else []:
+        while have[c] < target[c]:
+            holders = np.flatnonzero(~taken & (counts[:, c] > 0))
+            if not len(holders):
+                break
+            pick = holders[np.argmin(counts[holders].sum(axis=1))]
+            have += counts[pick]
+            taken[pick] = True
+    return order[taken], order[~taken]
+
+
+def _grouped_split(
+    labels: np.ndarray,
+    cfg: SplitConfig,
+    rng: np.random.Generator,
+    origin: Sequence[str] | None,
+    table: _GroupTable,
+    name: Callable[[int], str],
+) -> Split:
+    present = np.unique(labels).tolist()
+    codes = np.arange(len(table.names))
+    tests: dict[str, np.ndarray] = {}
+    val = np.empty(0, dtype=np.int64)
+    if cfg.use_official:
+        pool, val, tests = _official(labels, origin)
+        codes = np.unique(table.code[pool])
+    elif cfg.test_sets > 0:
+        per, k = int(cfg.test_per_class or 0), cfg.test_sets
+        counts = np.bincount(labels)
+        for c in present:
+            if counts[c] < k * per:
+                raise DataError(
+                    f"test_sets={k} × test_per_class={per} needs {k * per} images of class "
+                    f"'{name(c)}' but it has {counts[c]}"
+                )
+        target = np.zeros(table.n_classes, dtype=np.int64)
+        target[present] = per
+        for j in range(k):
+            taken, codes = _take(table, codes, target, rng, True)
+            got = table.counts[taken].sum(axis=0)
+            for c in present:
+                if got[c] < per:
+                    raise DataError(
+                        f"test_{j + 1}: the whole groups left give only {got[c]} images of class "
+                        f"'{name(c)}' for test_per_class={per}; lower test_sets or test_per_class"
+                    )
+            tests[f"test_{j + 1}"] = table.members(taken)
+    elif cfg.test_fraction > 0:
+        target = _shares(labels, np.arange(len(labels)), cfg.test_fraction)
+        taken, codes = _take(table, codes, target, rng, True)
+        tests = {"test": table.members(taken)}
+    if cfg.train_per_class is not None:
+        cap = np.full(table.n_classes, cfg.train_per_class, dtype=np.int64)
+        codes, _ = _take(table, codes, cap, rng, False)
+    if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
+        pool = table.members(codes)
+        taken, codes = _take(table, codes, _shares(labels, pool, cfg.val_fraction), rng, True)
+        val = table.members(taken)
+    split = Split(
+        train=table.members(codes),
+        val=np.sort(val),
+        tests={k: np.sort(v) for k, v in tests.items()},
+    )
+    leaks = group_leaks(split, table.names[table.code])
+    if leaks:
+        first = next(iter(leaks.items()))
+        raise DataError(
+            f"{len(leaks)} group(s) span several parts of the official split, e.g. "
+            f"'{first[0]}' in {', '.join(first[1])}; split at random instead (use_official: false)"
+        )
+    return split

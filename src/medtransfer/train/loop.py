@@ -18,6 +18,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
 from medtransfer.config import to_dict
+from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.train.callbacks import (
@@ -48,6 +49,7 @@ __all__ = [
     "ClassWeight",
     "EarlyStoppingConfig",
     "FitResult",
+    "Sampling",
     "TrainConfig",
     "fit",
     "metric_names",
@@ -67,7 +69,9 @@ class ClassWeight(StrEnum):
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
-    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction."""
+    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction.
+    ``sampling`` rebalances each epoch (see :mod:`medtransfer.data.sampling`); it and
+    ``class_weight: balanced`` both correct for imbalance, so only one of them may be on."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -79,6 +83,7 @@ class TrainConfig:
     class_weight: ClassWeight = ClassWeight.none
     restore_best: bool = True
     progress: bool = True
+    sampling: Sampling = Sampling.none
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -94,6 +99,18 @@ class TrainConfig:
                 raise ConfigError(
                     f"'class_weight': got {self.class_weight!r}; allowed: none, balanced"
                 ) from None
+        if not isinstance(self.sampling, Sampling):
+            try:
+                object.__setattr__(self, "sampling", Sampling(self.sampling))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Sampling)
+                raise ConfigError(f"'sampling': got {self.sampling!r}; allowed: {allowed}") from None
+        if self.sampling is not Sampling.none and self.class_weight is not ClassWeight.none:
+            raise ConfigError(
+                f"'sampling': got {self.sampling.value!r} together with class_weight "
+                f"{self.class_weight.value!r}; both rebalance the classes, so use one of them "
+                "(allowed with class_weight balanced: sampling none)"
+            )
         if self.scheduler.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "
@@ -300,7 +317,7 @@ def fit(
         optimizer=optimizer,
         out_dir=out_dir,
         max_epochs=cfg.epochs,
-        batches_per_epoch=math.ceil(len(y_train) / cfg.batch_size),
+        batches_per_epoch=math.ceil(epoch_size(y_train, cfg.sampling) / cfg.batch_size),
         checkpoint_config=(
             {"train": to_dict(cfg)} if config_for_checkpoint is None else config_for_checkpoint
         ),
@@ -330,7 +347,7 @@ def fit(
         metrics = {"lr": float(optimizer.param_groups[0]["lr"])}
         t = time.perf_counter()
         (train_mode or nn.Module.train)(model)
-        order = torch.randperm(len(y_train), generator=shuffle_gen).numpy()
+        order = epoch_order(y_train, cfg.sampling, shuffle_gen)
         out = _train_epoch(model, optimizer, (x_train, y_train), order, cfg.batch_size, dev,
                            num_classes, weights, prepare, on_batch)
         timing["seconds"] += time.perf_counter() - t
