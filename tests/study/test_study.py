@@ -189,3 +189,22 @@ def test_two_worker_processes_give_the_same_results(tmp_path):
     assert _rows(one) == _rows(two)
     assert sorted(p.name for p in (one / "units").iterdir()) == sorted(
         p.name for p in (two / "units").iterdir())
+
+
+def test_cross_validation_reports_every_fold(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["target"]["split"] = {"folds": 3, "val_fraction": 0.2}
+    cfg["variants"] = [{"name": "baseline"}]
+    out = tmp_path / "cv"
+    run_study(study_from_dict(cfg), out, echo=lambda m: None)
+    acc = {r["test_set"]: float(r["value"]) for r in _rows(out)
+           if r["stage"] == "transfer" and r["metric"] == "accuracy"}
+    assert sorted(acc) == ["fold_1", "fold_2", "fold_3"]
+    with (out / "splits" / "target.csv").open() as fh:
+        parts = [r["part"] for r in csv.DictReader(fh)]
+    assert len(parts) == 60 and set(parts) == {"fold_1", "fold_2", "fold_3"}  # each image held out once
+    summary = (out / "summary.csv").read_text()
+    assert "baseline,transfer,accuracy," in summary and ",3\n" in summary  # mean ± sd over 3 folds
+    with pytest.raises(ConfigError, match="'folds'.*cannot be combined with test_sets"):
+        cfg["target"]["split"] = {"folds": 3, "test_sets": 2, "test_per_class": 5}
+        study_from_dict(cfg)

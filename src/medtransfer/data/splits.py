@@ -46,8 +46,17 @@ class SplitConfig:
     train_per_class: int | None = None
     val_fraction: float = 0.1
     use_official: bool = False
+    folds: int = 0  # k-fold cross-validation (study target only): each fold is held out once
 
     def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"'folds': got {self.folds}; expected 0 (no cross-validation) or >= 2")
+        if self.folds and (self.test_sets or self.test_fraction or self.use_official
+                           or self.train_per_class is not None):
+            raise ConfigError(
+                f"'folds': got {self.folds}; cross-validation holds out each fold in turn, so it "
+                "cannot be combined with test_sets, test_fraction, use_official or train_per_class"
+            )
         if self.test_sets < 0:
             raise ConfigError(f"'test_sets': got {self.test_sets}; expected 0 or more")
         if self.test_sets > 0 and (self.test_per_class is None or self.test_per_class < 1):

@@ -30,10 +30,10 @@ from medtransfer.data import (
     ImageSet,
     Split,
     load_dataset,
+    make_folds,
     make_split,
 )
-from medtransfer.data.demo import demo_path
-from medtransfer.errors import DataError
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.study.config import StudyConfig, TaskConfig, Variant, resolve_variants
@@ -50,6 +50,7 @@ class LoadedTask:
     images: ImageSet
     split: Split
     fingerprint: str
+    folds: list[Split] | None = None  # cross-validation: split is then folds[0]
 
     def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.images.images[idx], self.images.labels[idx]
@@ -61,34 +62,40 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _fingerprint(images: ImageSet, split: Split) -> str:
-    """Hash of the pixels, labels and split: a unit is redone if any of them changes."""
+def _fingerprint(images: ImageSet, splits: list[Split]) -> str:
+    """Hash of the pixels, labels and split(s): a unit is redone if any of them changes."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(images.images).tobytes())
     h.update(images.labels.tobytes())
-    for name, idx in [("train", split.train), ("val", split.val), *sorted(split.tests.items())]:
-        h.update(name.encode())
-        h.update(np.asarray(idx, dtype=np.int64).tobytes())
+    for split in splits:
+        for name, idx in [("train", split.train), ("val", split.val), *sorted(split.tests.items())]:
+            h.update(name.encode())
+            h.update(np.asarray(idx, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
 
 def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
-    data = task.data
-    if str(data.path).startswith("demo:"):
-        data = type(data)(**{**data.__dict__, "path": demo_path(str(data.path)[5:])})
-    images = load_dataset(data, cfg.preprocess, cache)
+    images = load_dataset(task.data, cfg.preprocess, cache)
+    classes = list(images.classes)
     try:
-        split = make_split(
-            images.labels, task.split, cfg.seed, origin=images.origin, classes=list(images.classes)
-        )
+        if task.split.folds:
+            if role != "target":
+                raise ConfigError(f"'{role}.split.folds': cross-validation is for the target task")
+            folds = make_folds(images.labels, task.split.folds, cfg.seed, groups=images.groups,
+                               val_fraction=task.split.val_fraction, classes=classes)
+            return LoadedTask(role, images, folds[0], _fingerprint(images, folds), folds)
+        split = make_split(images.labels, task.split, cfg.seed, origin=images.origin, classes=classes,
+                           groups=images.groups)
     except DataError as exc:
-        raise DataError(f"{role} data {data.path}: {exc}") from None
-    return LoadedTask(role, images, split, _fingerprint(images, split))
+        raise DataError(f"{role} data {task.data.path}: {exc}") from None
+    return LoadedTask(role, images, split, _fingerprint(images, [split]))
 
 
 def _write_split(out: Path, task: LoadedTask) -> None:
     rows = []
     parts = [("train", task.split.train), ("val", task.split.val), *sorted(task.split.tests.items())]
+    if task.folds:  # each image is held out in exactly one fold
+        parts = [(f"fold_{i + 1}", f.tests["test"]) for i, f in enumerate(task.folds)]
     for part, idx in parts:
         for i in idx:
             rows.append((part, task.images.ids[i], task.images.classes[task.images.labels[i]]))
@@ -172,7 +179,12 @@ class StudyRunner:
         """Pretrain and transfer one variant (each unit reused if already done)."""
         v = next(v for v in self.variants if v.name == name)
         pre = self._pretrain(v, self.source)
-        return pre, self._transfer(v, pre, self.source, self.target)
+        if not self.target.folds:
+            return pre, self._transfer(v, pre, self.source, self.target)
+        tests: dict[str, dict[str, float]] = {}
+        for i in range(len(self.target.folds)):
+            tests.update(self._transfer(v, pre, self.source, self.target, fold=i)["tests"])
+        return pre, {"tests": tests}
 
     def run(self, *, workers: int = 1) -> Path:
         self.prepare()
@@ -238,19 +250,21 @@ class StudyRunner:
         return {**result, "dir": str(unit.dir)}
 
     def _transfer(self, v: Variant, pre: dict[str, Any], source: LoadedTask,
-                  target: LoadedTask) -> dict[str, Any]:
+                  target: LoadedTask, fold: int | None = None) -> dict[str, Any]:
         cfg = self.cfg
+        split = target.split if fold is None or target.folds is None else target.folds[fold]
+        label = v.name if fold is None else f"{v.name}-fold{fold + 1}"
         spec = {
             "stage": "transfer", "version": __version__,
             "model": to_dict(v.model), "transfer": to_dict(v.transfer),
             "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
-            "source_unit": Path(pre["dir"]).name,
+            "source_unit": Path(pre["dir"]).name, "fold": fold,
         }
-        unit = Unit(self.out, "transfer", v.name, spec)
+        unit = Unit(self.out, "transfer", label, spec)
         if unit.done():
-            self.echo(f"[{v.name}] transfer: done earlier, reused ({unit.dir.name})")
+            self.echo(f"[{label}] transfer: done earlier, reused ({unit.dir.name})")
             return unit.result()
-        self.echo(f"[{v.name}] transfer to {len(target.split.train)} target images")
+        self.echo(f"[{label}] transfer to {len(split.train)} target images")
         workdir = unit.start()
         model = _build(v.model, target, self.size, cfg.seed + 1)
         ckpt = load_checkpoint(Path(pre["dir"]) / pre["checkpoint"])
@@ -259,12 +273,11 @@ class StudyRunner:
             target_classes=list(target.images.classes),
         )
         for msg in load.messages:
-            self.echo(f"[{v.name}] {msg}")
+            self.echo(f"[{label}] {msg}")
         frozen = freeze(model, v.transfer.freeze)
         augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
         res = fit(
-            model, target.part(target.split.train),
-            target.part(target.split.val) if len(target.split.val) else None,
+            model, target.part(split.train), target.part(split.val) if len(split.val) else None,
             self._train_cfg(v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
             num_classes=target.images.num_classes, augment=augment, device=self.device,
             train_mode=train_mode, config_for_checkpoint={**spec, "classes": list(target.images.classes)},
@@ -272,7 +285,9 @@ class StudyRunner:
         tests: dict[str, dict[str, float]] = {}
         pred_rows = []
         # Validation predictions are kept too: thresholds and calibration are chosen on them.
-        parts = [("val", target.split.val), *sorted(target.split.tests.items())]
+        tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx
+                       for k, idx in split.tests.items()}
+        parts = [("val", split.val), *sorted(tests_named.items())]
         for name, idx in parts:
             if not len(idx):
                 continue
