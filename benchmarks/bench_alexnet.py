@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=640)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    opt = OptimizerConfig(name=OptimizerName.ADAGRAD, lr=1e-2)
+    opt = OptimizerConfig(name=OptimizerName.adagrad, lr=1e-2)
     with tempfile.TemporaryDirectory() as tmp:
         model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=args.size)
         train = _images(rng, args.train_images, args.size)
@@ -51,7 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         freeze(model, FreezeConfig(trainable_layers=3))
         tcfg = TrainConfig(epochs=10, batch_size=64, progress=False, checkpoint_monitor="loss",
-                           optimizer=OptimizerConfig(name=OptimizerName.ADAGRAD, lr=1e-3))
+                           optimizer=OptimizerConfig(name=OptimizerName.adagrad, lr=1e-3))
         tres = fit(model, target, None, tcfg, seed=1, out_dir=Path(tmp) / "tr", num_classes=2,
                    device=args.device, train_mode=train_mode)
         for x, y in tests:

@@ -47,11 +47,21 @@ def test_batch_norm_policy(policy):
     assert isinstance(bn, nn.BatchNorm2d)
     assert bn.weight.requires_grad is (policy is BNPolicy.TRAIN)
     train_mode(m)
-    assert bn.training is (policy is not BNPolicy.FROZEN)
+    fixed = policy in (BNPolicy.FROZEN, BNPolicy.EVAL)
+    assert bn.training is not fixed
     before = bn.running_mean.clone()
     m(torch.rand(4, 1, 32, 32))
     changed = not torch.equal(before, bn.running_mean)
-    assert changed is (policy is not BNPolicy.FROZEN)
+    assert changed is not fixed
+
+
+def test_eval_policy_keeps_trainable_batch_norm_in_eval_mode():
+    m = _model(batch_norm=True)
+    freeze(m, FreezeConfig(bn_policy=BNPolicy.EVAL))  # everything trains (Keras fine-tuning)
+    train_mode(m)
+    bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+    assert bns and all(bn.weight.requires_grad and not bn.training for bn in bns)
+    assert m.pre_logits.training
 
 
 def test_frozen_parameters_do_not_change_in_a_training_step():
@@ -97,3 +107,43 @@ def test_architecture_mismatch_is_never_silently_skipped():
     rgb = create_model("alexnet_seed002", num_classes=1, in_chans=3, img_size=32)
     with pytest.raises(DataError, match="features.0.0.weight' has shape"):
         load_source_weights(_model(), rgb.state_dict())
+
+
+def test_freeze_by_block_names():
+    m = create_model("resnet18", num_classes=2, in_chans=1, img_size=32)
+    freeze(m, FreezeConfig(train_from="layer4"))
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4", "fc"}
+    report = freeze(m, FreezeConfig(trainable_blocks=("layer3", "fc")))
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "fc"}
+    assert "layer4.0.conv1" in report.frozen and "layer3.0.conv1" in report.trainable
+
+
+def test_unknown_block_name_suggests_the_closest():
+    m = create_model("resnet18", num_classes=2, in_chans=1, img_size=32)
+    with pytest.raises(ConfigError, match="'train_from': got 'layr4'; did you mean 'layer4'.*e.g. conv1"):
+        freeze(m, FreezeConfig(train_from="layr4"))
+    with pytest.raises(ConfigError, match="'trainable_blocks': got 'head'"):
+        freeze(m, FreezeConfig(trainable_blocks=("head",)))
+
+
+def test_freeze_settings_are_exclusive():
+    with pytest.raises(ConfigError, match="trainable_layers and train_from; allowed: at most one"):
+        FreezeConfig(trainable_layers=2, train_from="layer4")
+    with pytest.raises(ConfigError, match="empty list"):
+        FreezeConfig(trainable_blocks=())
+
+
+def test_load_report_names_adapted_and_dropped_tensors():
+    src = create_model("alexnet_seed002", num_classes=5, in_chans=3, img_size=32)
+    dst = _model()  # 1 channel, 1 output
+    report = load_source_weights(dst, src.state_dict(), adapt_input="features.0.0")
+    assert report.adapted == ["features.0.0.weight"]
+    assert torch.allclose(dst.features[0][0].weight, src.features[0][0].weight.sum(1, keepdim=True))
+    assert report.dropped == ["classifier.bias", "classifier.weight"]
+    assert report.reset == ["classifier.weight", "classifier.bias"]
+    assert "features.0.0.weight" not in report.loaded and "features.0.0.bias" in report.loaded
+    assert any("summed over 3 source input channels → 1" in m for m in report.messages)
+    with pytest.raises(DataError, match="features.0.0.weight' has shape"):
+        load_source_weights(_model(), src.state_dict())  # no adaptation unless asked

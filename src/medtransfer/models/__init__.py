@@ -1,12 +1,50 @@
-"""Architectures and the registry that builds them by name."""
+"""Architectures, the registry that builds them by name, and their pretrained weights."""
 
 from medtransfer.models import alexnet as _alexnet  # noqa: F401  (registers builders)
+from medtransfer.models import densenet as _densenet  # noqa: F401
+from medtransfer.models import efficientnet as _efficientnet  # noqa: F401
+from medtransfer.models import inception as _inception  # noqa: F401
+from medtransfer.models import mobilenet as _mobilenet  # noqa: F401
+from medtransfer.models import resnet as _resnet  # noqa: F401
+from medtransfer.models import vgg as _vgg  # noqa: F401
+from medtransfer.models.adapt import first_conv_name
+from medtransfer.models.chain import Step, forward_chain, register_chain
+from medtransfer.models.pretrained import BuiltModel, build_pretrained, open_weights
 from medtransfer.models.registry import (
+    InChansPolicy,
     ModelConfig,
+    ModelInfo,
     build_model,
     create_model,
     list_models,
+    model_info,
     register_model,
 )
+from medtransfer.models.weights import (
+    PretrainedWeights,
+    WeightsError,
+    get_imagenet_weights,
+    imagenet_weights,
+)
 
-__all__ = ["ModelConfig", "build_model", "create_model", "list_models", "register_model"]
+__all__ = [
+    "BuiltModel",
+    "InChansPolicy",
+    "ModelConfig",
+    "ModelInfo",
+    "PretrainedWeights",
+    "Step",
+    "WeightsError",
+    "build_model",
+    "build_pretrained",
+    "create_model",
+    "first_conv_name",
+    "forward_chain",
+    "get_imagenet_weights",
+    "imagenet_weights",
+    "list_models",
+    "model_info",
+    "open_weights",
+    "register_chain",
+    "register_model",
+]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medtransfer.models.chain import Step, module_steps
 from medtransfer.models.registry import register_model
 
 
@@ -59,7 +60,7 @@ def _conv_block(
     return nn.Sequential(*layers)
 
 
-def _keras_init(module: nn.Module) -> None:
+def keras_init(module: nn.Module) -> None:
     """Keras defaults (Glorot-uniform weights, zero biases). The seeds were trained with them;
     with torch's defaults the deep 4096-wide dense stack of seed 000 barely trains at lr 1e-2."""
     if isinstance(module, nn.Conv2d | nn.Linear):
@@ -71,6 +72,8 @@ def _keras_init(module: nn.Module) -> None:
 class AlexNet(nn.Module):
     """Conv feature extractor + dense head; exposes ``forward_features``, ``forward_head``,
     ``reset_classifier`` like timm models."""
+
+    first_conv = "features.0.0"
 
     def __init__(
         self,
@@ -112,7 +115,7 @@ class AlexNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
         self.init = init
         if init == "keras":
-            self.apply(_keras_init)
+            self.apply(keras_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -124,6 +127,9 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_chain(self) -> list[Step]:
+        return module_steps(self, ["features", "pre_logits", "classifier"])
+
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
@@ -131,7 +137,7 @@ class AlexNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes)
         if self.init == "keras":
-            _keras_init(self.classifier)
+            keras_init(self.classifier)
 
 
 SEED000_CONVS = [
@@ -149,7 +155,7 @@ def _seed002_convs(base: int) -> list[ConvSpec]:
     return [ConvSpec(w, 3, 1, pool=p) for w, p in zip(widths, pools, strict=True)]
 
 
-@register_model
+@register_model(family="alexnet")
 def alexnet_seed000(
     *,
     num_classes: int,
@@ -170,7 +176,7 @@ def alexnet_seed000(
     )
 
 
-@register_model
+@register_model(family="alexnet")
 def alexnet_seed002(
     *,
     num_classes: int,

@@ -1,33 +1,67 @@
-"""Model registry: ``@register_model`` builders and ``create_model(name, ...)`` (timm-style)."""
+"""Model registry: ``@register_model`` builders and ``create_model(name, ...)`` (timm-style).
+
+Every registered model exposes the timm head API: ``forward_features``, ``forward_head(x,
+pre_logits=False)``, ``get_classifier``, ``reset_classifier(num_classes)`` and ``num_features``.
+"""
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from torch import nn
 
-from medtransfer.config import closest
+from medtransfer.config import check_choice, closest
 from medtransfer.errors import ConfigError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+Builder = Callable[..., nn.Module]
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name."""
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model '{fn.__name__}' is registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a builder besides its signature."""
+
+    name: str
+    builder: Builder
+    min_img_size: int = 1
+    family: str = ""
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+@overload
+def register_model(fn: Builder) -> Builder: ...
+
+
+@overload
+def register_model(*, min_img_size: int = 1, family: str = "") -> Callable[[Builder], Builder]: ...
+
+
+def register_model(
+    fn: Builder | None = None, *, min_img_size: int = 1, family: str = ""
+) -> Builder | Callable[[Builder], Builder]:
+    """Register a builder under its function name: ``@register_model`` or
+    ``@register_model(min_img_size=75)`` (the smallest square input the architecture accepts)."""
+
+    def add(builder: Builder) -> Builder:
+        if builder.__name__ in _REGISTRY:
+            raise ValueError(f"model '{builder.__name__}' is registered twice")
+        _REGISTRY[builder.__name__] = ModelInfo(builder.__name__, builder, min_img_size, family)
+        return builder
+
+    return add(fn) if fn is not None else add
 
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _builder(name: str) -> Callable[..., nn.Module]:
+def model_info(name: str) -> ModelInfo:
+    """Registry entry of ``name``; unknown names are a ConfigError suggesting the closest."""
     if name not in _REGISTRY:
         hint = closest(name, _REGISTRY)
         extra = f"; did you mean '{hint}'?" if hint else ""
@@ -37,24 +71,53 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     return _REGISTRY[name]
 
 
+def _builder(name: str) -> Builder:
+    return model_info(name).builder
+
+
+def check_img_size(name: str, img_size: int, minimum: int) -> None:
+    """ConfigError naming the model, the size received and the minimum it needs."""
+    if img_size < minimum:
+        raise ConfigError(
+            f"'preprocess.size': model '{name}' needs images of at least {minimum}×{minimum} px, "
+            f"got {img_size}; set preprocess.size to {minimum} or more"
+        )
+
+
 def create_model(
     name: str, *, num_classes: int, in_chans: int = 1, img_size: int = 224, **kwargs: Any
 ) -> nn.Module:
     """Build registered model ``name``; options it does not take are an error naming them."""
-    fn = _builder(name)
-    params = inspect.signature(fn).parameters
+    info = model_info(name)
+    params = inspect.signature(info.builder).parameters
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         takes = sorted(p for p in params if p not in ("num_classes", "in_chans", "img_size"))
         raise ConfigError(
             f"model '{name}' does not take option(s) {', '.join(unknown)}; it takes: {', '.join(takes)}"
         )
-    return fn(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    check_img_size(name, img_size, info.min_img_size)
+    return info.builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+
+
+class InChansPolicy(enum.StrEnum):
+    """How grayscale images meet a model: ``native`` builds it for the images' channel count;
+    ``repeat`` builds a 3-channel model and repeats the grey channel ×3 at its first conv;
+    ``sum`` builds a 1-channel model whose first conv gets RGB weights summed over channels."""
+
+    NATIVE = "native"
+    REPEAT = "repeat"
+    SUM = "sum"
+
+
+WEIGHT_SCHEMES = ("imagenet", "file:", "run:")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which architecture, and its regularization as flags (0 / False = off)."""
+    """Which architecture, its regularization as flags (0 / False = off), how grayscale input
+    meets it, and which weights initialise it (None = random; ``imagenet``; ``file:PATH`` — a
+    checkpoint or state dict; ``run:PATH`` — a unit folder or checkpoint of an earlier run)."""
 
     name: str = "alexnet_seed000"
     batch_norm: bool = False
@@ -63,22 +126,49 @@ class ModelConfig:
     dense_dropout: float = 0.0
     binary_output: Literal["single", "pair"] = "single"
     options: dict[str, Any] = field(default_factory=dict)
+    in_chans_policy: InChansPolicy = InChansPolicy.NATIVE
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
             rate = getattr(self, key)
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"'model.{key}': got {rate}; expected a rate in [0, 1)")
+        if not isinstance(self.in_chans_policy, InChansPolicy):
+            check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
+            object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))
+        w = self.weights
+        if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)):
+            raise ConfigError(
+                f"'model.weights': got {w!r}; allowed: null (random init), imagenet, "
+                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt)"
+            )
 
     def outputs(self, num_classes: int) -> int:
         """Logit count: binary tasks use one sigmoid logit unless ``binary_output: pair``."""
         return 1 if num_classes == 2 and self.binary_output == "single" else num_classes
 
+    def model_in_chans(self, data_chans: int) -> int:
+        """Input channels of the network itself for images with ``data_chans`` channels."""
+        if self.in_chans_policy is InChansPolicy.NATIVE:
+            return data_chans
+        if data_chans != 1:
+            raise ConfigError(
+                f"'model.in_chans_policy': got {self.in_chans_policy.value!r}, which adapts "
+                f"1-channel images to RGB weights, but the images have {data_chans} channels; "
+                "use native (or preprocess.color: grayscale)"
+            )
+        return 3 if self.in_chans_policy is InChansPolicy.REPEAT else 1
+
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    """A model from its config; regularization flags a builder lacks are an error if switched on."""
-    fn = _builder(cfg.name)
-    params = inspect.signature(fn).parameters
+    """The architecture ``cfg`` describes, randomly initialised, for images of ``in_chans``
+    channels (the in-channels policy applied); weights are loaded by
+    :func:`medtransfer.models.build_pretrained`. Regularization flags a builder lacks are an
+    error if switched on."""
+    from medtransfer.models.adapt import apply_in_chans_policy  # avoids an import cycle
+
+    params = inspect.signature(_builder(cfg.name)).parameters
     flags = {
         "batch_norm": cfg.batch_norm,
         "conv_dropout": cfg.conv_dropout,
@@ -92,6 +182,9 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
         elif value:
             raise ConfigError(f"'model.{key}': model '{cfg.name}' has no {key} option")
     kwargs.update(cfg.options)
-    return create_model(
-        cfg.name, num_classes=cfg.outputs(num_classes), in_chans=in_chans, img_size=img_size, **kwargs
+    model = create_model(
+        cfg.name, num_classes=cfg.outputs(num_classes), in_chans=cfg.model_in_chans(in_chans),
+        img_size=img_size, **kwargs,
     )
+    apply_in_chans_policy(model, cfg.in_chans_policy)
+    return model

@@ -1,0 +1,65 @@
+"""A model as a chain of steps whose composition is its forward pass.
+
+Strategies use the chain to cut a model into a frozen prefix, computed once, and a trainable
+tail. A model may define ``forward_chain()``; a model family may register one with
+:func:`register_chain`; anything else is the two steps ``forward_features`` → ``forward_head``.
+Steps are as fine as the architecture allows: a residual or dense block is one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+StepFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """``name`` is the module path when the step is one module, else a method name."""
+
+    name: str
+    fn: StepFn
+
+
+_CHAINS: list[tuple[type, Callable[[nn.Module], list[Step]]]] = []
+
+
+def register_chain(cls: type, fn: Callable[[nn.Module], list[Step]]) -> None:
+    """Use ``fn(model)`` as the chain of every ``cls`` instance (for classes we do not own)."""
+    _CHAINS.append((cls, fn))
+
+
+def module_steps(model: nn.Module, names: Iterable[str]) -> list[Step]:
+    """Each named submodule as a step, and each child of a named ``nn.Sequential`` in turn."""
+    steps: list[Step] = []
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Sequential):
+            steps += module_steps(model, [f"{name}.{child}" for child, _ in module.named_children()])
+        else:
+            steps.append(Step(name, module))
+    return steps
+
+
+def forward_chain(model: nn.Module) -> list[Step]:
+    """The model's steps (see the module docstring)."""
+    own = getattr(model, "forward_chain", None)
+    if callable(own):
+        return list(own())
+    for cls, fn in _CHAINS:
+        if isinstance(model, cls):
+            return fn(model)
+    return [
+        Step("forward_features", model.forward_features),  # type: ignore[arg-type]
+        Step("forward_head", model.forward_head),  # type: ignore[arg-type]
+    ]
+
+
+def run_chain(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
+    for step in steps:
+        x = step.fn(x)
+    return x

@@ -1,0 +1,187 @@
+"""Build a model and initialise it from ``ModelConfig.weights``: ImageNet, a file, or a unit of an
+earlier run. Loading goes through :func:`medtransfer.transfer.load_source_weights`, whose report
+says which tensors were loaded, adapted, reset or dropped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtransfer.errors import ConfigError
+from medtransfer.models.adapt import first_conv_name
+from medtransfer.models.registry import InChansPolicy, ModelConfig, build_model
+from medtransfer.models.weights import (
+    PretrainedWeights,
+    WeightsError,
+    fetch,
+    get_imagenet_weights,
+    read_state_file,
+    state_of,
+)
+from medtransfer.transfer import HeadPolicy, LoadReport, load_source_weights
+
+InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@dataclass
+class BuiltModel:
+    """A model, the weights it started from, what loading did, and the input normalisation
+    (per image channel) those weights expect — pass it to ``fit``/``predict_proba``."""
+
+    model: nn.Module
+    weights: PretrainedWeights | None
+    report: LoadReport | None
+    input_norm: InputNorm | None
+
+
+def _arch_options(cfg: ModelConfig) -> dict[str, Any]:
+    return {"batch_norm": cfg.batch_norm, **cfg.options}
+
+
+def _run_checkpoint(path: Path) -> Path:
+    """A unit folder's checkpoint (``result.json``'s ``checkpoint``, else best.pt), or ``path``."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise WeightsError(f"'model.weights': run path {path} does not exist")
+    result = path / "result.json"
+    if not result.is_file():
+        raise WeightsError(
+            f"'model.weights': {path} is not a finished unit (no result.json); point run: at a "
+            "pretrain unit folder of a finished run, or at its best.pt"
+        )
+    name = json.loads(result.read_text(encoding="utf-8")).get("checkpoint", "best.pt")
+    return path / name
+
+
+def open_weights(cfg: ModelConfig, *, download: bool | None = None) -> tuple[PretrainedWeights,
+                                                                             dict[str, torch.Tensor]]:
+    """The weights ``cfg.weights`` names and their state dict (in the file's own key names)."""
+    spec = cfg.weights
+    if spec is None:
+        raise ConfigError("'model.weights' is null: there are no weights to open")
+    if spec == "imagenet":
+        weights = get_imagenet_weights(cfg.name, _arch_options(cfg))
+        path = fetch(weights, download=download)
+        return weights, state_of(read_state_file(path), path)
+    scheme, raw = spec.split(":", 1)
+    path = Path(raw).expanduser()
+    if scheme == "run":
+        path = _run_checkpoint(path)
+    if not path.is_file():
+        raise WeightsError(f"'model.weights': file {path} does not exist ({spec})")
+    data = read_state_file(path)
+    meta: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
+    model_meta = meta.get("model")
+    trained = model_meta.get("name") if isinstance(model_meta, dict) else None
+    if trained is not None and trained != cfg.name:
+        raise ConfigError(
+            f"'model.weights': {path} holds a '{trained}' model but model.name is '{cfg.name}'; "
+            "weights transfer into the same architecture"
+        )
+    extra: dict[str, Any] = data["extra"] if isinstance(data.get("extra"), dict) else {}
+    norm = extra.get("input_norm")
+    weights = PretrainedWeights(
+        name=spec, arch=cfg.name,
+        source_dataset=str(meta.get("data", "unknown")) if scheme == "run" else "unknown",
+        input_size=None, mean=tuple(norm[0]) if norm else None, std=tuple(norm[1]) if norm else None,
+        class_names=tuple(meta.get("classes") or ()),
+        license="as the source data of that run" if scheme == "run" else "unknown (local file)",
+        origin=str(path), path=path,
+    )
+    return weights, state_of(data, path)
+
+
+def _convert_efficientnet_pytorch(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """lukemelas/EfficientNet-PyTorch names (``_blocks.i._expand_conv``) → timm's."""
+    blocks = [f"blocks.{s}.{b}" for s, stage in enumerate(model.blocks) for b in range(len(stage))]  # type: ignore[arg-type]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i, layer = int(parts[1]), parts[2]
+            expands = f"_blocks.{i}._expand_conv.weight" in state
+            names = ({"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                      "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"} if expands else
+                     {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                      "_bn2": "bn2"})
+            if i >= len(blocks) or layer not in names:
+                raise WeightsError(f"EfficientNet weights: tensor '{key}' has no place in this model")
+            out[".".join([blocks[i], names[layer], *parts[3:]])] = value
+        elif parts[0] in top:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+        else:
+            raise WeightsError(f"EfficientNet weights: unexpected tensor '{key}'")
+    return out
+
+
+def to_model_keys(model: nn.Module, weights: PretrainedWeights,
+                  state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict in ``model``'s key names (format conversion, the family's key fixes)."""
+    if weights.key_format == "efficientnet_pytorch" or "_conv_stem.weight" in state:
+        state = _convert_efficientnet_pytorch(model, state)
+    fix = getattr(model, "checkpoint_filter", None)
+    return fix(state) if callable(fix) else state
+
+
+def channel_norm(weights: PretrainedWeights, data_chans: int) -> InputNorm | None:
+    """The weights' mean/std for images of ``data_chans`` channels; grey images get the channel
+    average (as timm does for ``in_chans=1``)."""
+    if weights.mean is None or weights.std is None:
+        return None
+    mean, std = tuple(weights.mean), tuple(weights.std)
+    if len(mean) == data_chans:
+        return mean, std
+    if data_chans == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    raise ConfigError(
+        f"'model.weights': weights '{weights.name}' expect {len(mean)}-channel input, "
+        f"the images have {data_chans}"
+    )
+
+
+def build_pretrained(
+    cfg: ModelConfig,
+    *,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    classes: list[str] | None = None,
+    head: HeadPolicy = HeadPolicy.AUTO,
+    download: bool | None = None,
+) -> BuiltModel:
+    """:func:`build_model`, then the weights of ``cfg.weights`` loaded into it (if set).
+
+    RGB weights into grayscale images need ``in_chans_policy`` ``repeat`` (3-channel model,
+    grey repeated at the input) or ``sum`` (first conv summed to one channel, reported as
+    adapted); ``native`` is an error naming both.
+    """
+    model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    if cfg.weights is None:
+        return BuiltModel(model, None, None, None)
+    weights, state = open_weights(cfg, download=download)
+    state = to_model_keys(model, weights, state)
+    conv = first_conv_name(model)
+    src_w, dst_w = state.get(f"{conv}.weight"), model.get_submodule(conv).weight
+    if isinstance(src_w, torch.Tensor) and isinstance(dst_w, torch.Tensor) and src_w.ndim == 4 \
+            and src_w.shape[1] != dst_w.shape[1] and cfg.in_chans_policy is not InChansPolicy.SUM:
+        raise ConfigError(
+            f"'model.in_chans_policy': got {cfg.in_chans_policy.value!r}, but weights "
+            f"'{weights.name}' take {src_w.shape[1]}-channel input and the model "
+            f"{dst_w.shape[1]}; allowed for 1-channel images and RGB weights: repeat (grey "
+            "repeated ×3 at the input) or sum (first conv summed over RGB)"
+        )
+    report = load_source_weights(
+        model, state, head=head, source_classes=list(weights.class_names) or None,
+        target_classes=classes, adapt_input=conv if cfg.in_chans_policy is InChansPolicy.SUM else None,
+    )
+    return BuiltModel(model, weights, report, channel_norm(weights, in_chans))

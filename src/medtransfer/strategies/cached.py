@@ -1,0 +1,241 @@
+"""Train only the trainable tail of a partly frozen model on activations of its frozen prefix,
+computed once instead of every epoch.
+
+This equals training the whole model with those layers frozen exactly when the frozen prefix
+is a fixed function of the image: no augmentation before it, no dropout in it, and its batch
+norm layers in eval mode (``bn_policy: frozen``). :func:`plan_cache` checks all of that —
+statically, then by running the prefix in training mode twice against eval mode — and says why
+when caching does not apply, so the caller falls back to the full path.
+
+Training reuses :func:`medtransfer.train.fit` unchanged: fit is handed uint16 "images" that
+encode sample indices, and a wrapper module looks the activations up; the wrapper's state dict
+is the full model's, so checkpoints are the same files the full path writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from medtransfer.models.chain import Step, forward_chain, run_chain
+from medtransfer.train import FitResult, TrainConfig, fit
+
+InputNorm = tuple[Sequence[float], Sequence[float]]
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass
+class PrefixSplit:
+    """``steps[:cut]`` are frozen and cached; ``steps[cut:]`` train."""
+
+    steps: list[Step]
+    cut: int
+    prefix_modules: list[str]
+
+    def prefix(self, x: Tensor) -> Tensor:
+        return run_chain(self.steps[: self.cut], x)
+
+    def tail(self, x: Tensor) -> Tensor:
+        return run_chain(self.steps[self.cut :], x)
+
+    @property
+    def boundary(self) -> str:
+        return self.steps[self.cut].name
+
+
+@dataclass
+class CachePlan:
+    """A split to train on cached activations, or None and the reason for the full path."""
+
+    split: PrefixSplit | None
+    reason: str
+
+
+def to_float(images: np.ndarray, dev: torch.device, input_norm: InputNorm | None) -> Tensor:
+    """Images as ``fit`` feeds them to the model: [0, 1] floats, then ``(x - mean) / std``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).to(torch.float32).div_(_SCALE[images.dtype])
+    if input_norm is None:
+        mean, std = torch.zeros(1, device=dev), torch.ones(1, device=dev)
+    else:
+        mean, std = (torch.tensor(list(v), dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+                     for v in input_norm)
+    return (x - mean) / std
+
+
+def _trace(model: nn.Module, steps: list[Step], x: Tensor) -> tuple[list[set[str]], Tensor]:
+    """Which modules run in each step (forward hooks), and the chain's output, in eval mode."""
+    seen: list[set[str]] = [set() for _ in steps]
+    current = [0]
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, name=name: seen[current[0]].add(name))
+        for name, m in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            for i, step in enumerate(steps):
+                current[0] = i
+                x = step.fn(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, x
+
+
+def _stochastic(name: str, module: nn.Module) -> str | None:
+    if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 and module.training:
+        return f"dropout '{name}' (p={module.p}) sits in the frozen part and draws a new mask each step"
+    if isinstance(module, DropPath) and module.drop_prob > 0 and module.training:
+        return f"stochastic depth '{name}' sits in the frozen part and drops paths at random"
+    if isinstance(module, _BN) and module.training:
+        return (f"batch norm '{name}' in the frozen part is in train mode (bn_policy train or "
+                "stats), so its output depends on the batch")
+    return None
+
+
+def plan_cache(
+    model: nn.Module,
+    sample: np.ndarray,
+    *,
+    augment: Augment | None,
+    input_norm: InputNorm | None,
+    train_mode: Callable[[nn.Module], None],
+    device: str | torch.device = "cpu",
+    n_images: int = 0,
+    max_bytes: float = 4 * 2**30,
+) -> CachePlan:
+    """Whether the frozen prefix of ``model`` (frozen with :func:`medtransfer.transfer.freeze`)
+    can be cached for ``n_images`` images like ``sample`` (a few images, for probing)."""
+    if augment is not None:
+        return CachePlan(None, "augmentation changes the frozen layers' input every epoch")
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return CachePlan(None, "nothing is frozen")
+    dev = torch.device(device)
+    model.to(dev).eval()
+    x = to_float(sample, dev, input_norm)
+    steps = forward_chain(model)
+    seen, out = _trace(model, steps, x)
+    with torch.no_grad():
+        if not torch.allclose(out, model(x), rtol=1e-4, atol=1e-5):
+            return CachePlan(None, f"{type(model).__name__}'s forward chain does not reproduce its forward")
+    modules = dict(model.named_modules())
+
+    def trains(name: str) -> bool:
+        return any(p.requires_grad for p in modules[name].parameters(recurse=False))
+
+    cut = next((i for i, names in enumerate(seen) if any(trains(n) for n in names)), len(steps))
+    if cut == 0:
+        return CachePlan(None, f"the first step '{steps[0].name}' trains, so there is no frozen prefix")
+    if cut == len(steps):
+        return CachePlan(None, "no step of the forward chain has trainable parameters")
+    prefix_names = sorted(set().union(*seen[:cut]))
+    split = PrefixSplit(steps, cut, prefix_names)
+    train_mode(model)
+    try:
+        for name in prefix_names:
+            reason = _stochastic(name, modules[name])
+            if reason:
+                return CachePlan(None, reason)
+        # Anything the checks do not know (functional dropout, custom layers): run it twice in
+        # training mode (the RNG advances between runs) and once in eval mode, and compare.
+        cuda = [dev] if dev.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            first = split.prefix(x)
+            second = split.prefix(x)
+            model.eval()
+            reference = split.prefix(x)
+        if not (torch.equal(first, second) and torch.equal(first, reference)):
+            return CachePlan(None, "the frozen part gives different outputs in training mode "
+                             "than in eval mode (a stochastic or batch-dependent layer)")
+    finally:
+        model.eval()
+    size = reference[0].numel() * reference.element_size() * n_images
+    if size > max_bytes:
+        return CachePlan(None, f"the cached activations would take {size / 2**30:.2f} GiB "
+                         f"(limit {max_bytes / 2**30:.2f} GiB)")
+    where = split.boundary
+    return CachePlan(split, f"frozen prefix ({cut} steps, up to '{where}') computed once")
+
+
+def prefix_activations(split: PrefixSplit, images: np.ndarray, *, batch_size: int,
+                       input_norm: InputNorm | None, device: torch.device) -> Tensor:
+    """The prefix outputs of ``images`` in eval mode, without gradients."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out.append(split.prefix(to_float(images[start : start + batch_size], device, input_norm)))
+    return torch.cat(out)
+
+
+def index_codes(n: int, offset: int = 0) -> np.ndarray:
+    """Sample indices as (N, 1, 1, 2) uint16 "images" (high and low 16 bits)."""
+    idx = np.arange(offset, offset + n, dtype=np.int64)
+    if offset + n >= 2**32:
+        raise ValueError("index_codes: at most 2**32 samples")
+    return np.stack([idx >> 16, idx & 0xFFFF], axis=-1).astype(np.uint16).reshape(n, 1, 1, 2)
+
+
+class ActivationModel(nn.Module):
+    """What ``fit`` trains on the cached path: index codes → cached activations → ``tail``.
+
+    ``model`` is a submodule, so parameters (and their order), ``.to`` and ``train``/``eval``
+    are the full model's; ``state_dict``/``load_state_dict`` are delegated to it, so the
+    checkpoints fit writes hold the full model under its own names.
+    """
+
+    def __init__(self, model: nn.Module, tail: Callable[[Tensor], Tensor], activations: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self._tail = tail
+        self._activations = activations  # a plain attribute: not a buffer, not checkpointed
+
+    def forward(self, codes: Tensor) -> Tensor:
+        # fit hands in code / 65535 as float32; *65535 and rounding recovers each 16-bit code exactly.
+        digits = torch.round(codes.reshape(len(codes), 2).double() * 65535.0).long()
+        idx = digits[:, 0] * 65536 + digits[:, 1]
+        return self._tail(self._activations[idx.to(self._activations.device)])
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def fit_on_activations(
+    model: nn.Module,
+    tail: Callable[[Tensor], Tensor],
+    train_acts: Tensor,
+    y_train: np.ndarray,
+    val: tuple[Tensor, np.ndarray] | None,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    out_dir: str | Path,
+    num_classes: int,
+    train_mode: Callable[[nn.Module], None] | None = None,
+    device: str | torch.device = "cpu",
+    config_for_checkpoint: dict[str, Any] | None = None,
+) -> FitResult:
+    """``fit`` of ``model`` where each sample's forward pass is ``tail(activation)``."""
+    dev = torch.device(device)
+    acts = torch.cat([train_acts, val[0]]) if val is not None else train_acts
+    wrapper = ActivationModel(model, tail, acts.to(dev))
+    n = len(train_acts)
+    val_split = None if val is None else (index_codes(len(val[0]), n), np.asarray(val[1]))
+    mode = None if train_mode is None else (lambda w: train_mode(w.model))
+    return fit(
+        wrapper, (index_codes(n), np.asarray(y_train)), val_split, cfg, seed=seed,
+        out_dir=out_dir, num_classes=num_classes, device=dev, train_mode=mode,
+        config_for_checkpoint=config_for_checkpoint,
+    )
+

@@ -1,0 +1,157 @@
+"""Transfer strategies as typed configs, one dataclass per ``kind``.
+
+``scratch``  random init (the caller builds the model without weights), train everything.
+``features`` frozen backbone → features from one layer → linear SVM, logistic regression or a
+             small MLP.
+``freeze``   freeze all but the last N layers / named blocks, train the rest.
+``finetune`` two stages: a new head on the frozen base, then unfreeze all (or from a block on)
+             with a small learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medtransfer.config import check_choice, from_dict
+from medtransfer.errors import ConfigError
+from medtransfer.train import OptimizerConfig, TrainConfig
+from medtransfer.transfer import FreezeConfig
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Train the tail on cached activations of the frozen prefix when that is exact (see
+    :mod:`medtransfer.strategies.cached`); ``max_gib`` caps the memory the cache may take."""
+
+    enabled: bool = True
+    max_gib: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.max_gib > 0:
+            raise ConfigError(f"'cache.max_gib': got {self.max_gib!r}; allowed: a number > 0")
+
+
+@dataclass(frozen=True)
+class ScratchStrategy:
+    kind: Literal["scratch"] = "scratch"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class FreezeStrategy:
+    """Train what ``freeze`` leaves trainable (default: the last 3 weight layers, seed 000)."""
+
+    kind: Literal["freeze"] = "freeze"
+    freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(trainable_layers=3))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def __post_init__(self) -> None:
+        if self.freeze.trains_everything:
+            raise ConfigError(
+                "'strategy.freeze': freezes nothing; set trainable_layers, train_from or "
+                "trainable_blocks (or use kind: scratch or finetune)"
+            )
+
+
+def _small_lr() -> TrainConfig:
+    return TrainConfig(optimizer=OptimizerConfig(lr=1e-5))
+
+
+@dataclass(frozen=True)
+class FinetuneStrategy:
+    """Stage ``head``: only ``head_freeze``'s trainable part (default: the output layer) trains on
+    the frozen base. Stage ``finetune``: ``unfreeze`` (default: everything) trains with
+    ``finetune``'s (small) learning rate, starting from stage 1's best weights."""
+
+    kind: Literal["finetune"] = "finetune"
+    head: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=_small_lr)
+    head_freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(trainable_layers=1))
+    unfreeze: FreezeConfig = field(default_factory=FreezeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def __post_init__(self) -> None:
+        if self.head_freeze.trains_everything:
+            raise ConfigError(
+                "'strategy.head_freeze': stage 1 must freeze the base; set trainable_layers "
+                "(default 1: the output layer), train_from or trainable_blocks"
+            )
+
+
+@dataclass(frozen=True)
+class MLPHeadConfig:
+    """Seed 002's head on features: Dense(hidden) → ReLU → Dropout(dropout) → output."""
+
+    hidden: int = 128
+    dropout: float = 0.5
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1:
+            raise ConfigError(f"'mlp.hidden': got {self.hidden!r}; allowed: an integer >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"'mlp.dropout': got {self.dropout!r}; allowed: a rate in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FeaturesStrategy:
+    """Frozen backbone as a feature extractor, features cached on disk.
+
+    ``layer``: ``pre_logits`` (input of the output layer, e.g. VGG16's second 4096-d dense),
+    ``pooled`` (``forward_features`` pooled by ``pool``) or any module name (its output,
+    pooled by ``pool`` if 4-D). ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
+    ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
+    decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request) or
+    ``mlp``. ``C`` is the inverse regularization strength of both linear models.
+    """
+
+    kind: Literal["features"] = "features"
+    layer: str = "pre_logits"
+    pool: Literal["avg", "max", "flatten"] = "avg"
+    classifier: Literal["logreg", "svm", "mlp"] = "logreg"
+    C: float = 1.0
+    standardize: bool = True
+    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    calibration_folds: int = 5
+    max_iter: int = 5000
+    batch_size: int = 64
+    mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
+    disk_cache: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("strategy.pool", self.pool, ("avg", "max", "flatten"))
+        check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
+        check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))
+        if not self.C > 0:
+            raise ConfigError(f"'strategy.C': got {self.C!r}; allowed: a number > 0")
+        if self.calibration_folds < 2:
+            raise ConfigError(
+                f"'strategy.calibration_folds': got {self.calibration_folds!r}; allowed: >= 2"
+            )
+        for key in ("max_iter", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'strategy.{key}': got {getattr(self, key)!r}; allowed: >= 1")
+
+
+StrategyConfig = ScratchStrategy | FeaturesStrategy | FreezeStrategy | FinetuneStrategy
+
+STRATEGIES: dict[str, type[Any]] = {
+    "scratch": ScratchStrategy,
+    "features": FeaturesStrategy,
+    "freeze": FreezeStrategy,
+    "finetune": FinetuneStrategy,
+}
+
+
+def strategy_from_dict(data: Mapping[str, Any], where: str = "strategy") -> StrategyConfig:
+    """The strategy config ``data["kind"]`` names, built strictly (errors name ``where.key``)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"'{where}': expected a mapping with a 'kind', got {data!r}")
+    if "kind" not in data:
+        raise ConfigError(f"missing required key '{where}.kind'; allowed: {', '.join(STRATEGIES)}")
+    check_choice(f"{where}.kind", data["kind"], STRATEGIES)
+    cfg: StrategyConfig = from_dict(STRATEGIES[data["kind"]], data, where)
+    return cfg

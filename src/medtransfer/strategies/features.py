@@ -1,0 +1,197 @@
+"""The ``features`` strategy: a frozen backbone's features → a scikit-learn or MLP classifier.
+
+Features are computed once per (weights, layer, pooling, normalisation, images) and kept in
+the disk cache (:meth:`medtransfer.data.ImageCache.get_or_compute_array`), so a second
+classifier, seed or study on the same backbone and data reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from torch import Tensor, nn
+
+from medtransfer.config import closest
+from medtransfer.data import ImageCache
+from medtransfer.errors import ConfigError, DataError
+from medtransfer.strategies.cached import InputNorm, fit_on_activations, to_float
+from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
+from medtransfer.train import FitResult
+
+FEATURES_VERSION = 1
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 of the model's state dict (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def images_fingerprint(images: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{images.dtype}|{images.shape}".encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
+def _pool(x: Tensor, pool: str) -> Tensor:
+    if x.ndim == 4 and pool == "avg":
+        return x.mean(dim=(2, 3))
+    if x.ndim == 4 and pool == "max":
+        return x.amax(dim=(2, 3))
+    return x.flatten(1)
+
+
+def _layer_fn(model: nn.Module, layer: str, pool: str) -> Any:
+    if layer == "pre_logits":
+        return lambda x: _pool(model.forward_head(model.forward_features(x), pre_logits=True), "flatten")  # type: ignore[operator]
+    if layer == "pooled":
+        return lambda x: _pool(model.forward_features(x), pool)  # type: ignore[operator]
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        hint = closest(layer, names)
+        extra = f"; did you mean '{hint}'?" if hint else ""
+        raise ConfigError(
+            f"'strategy.layer': got {layer!r}{extra} Allowed: pre_logits, pooled, or a module "
+            f"name of {type(model).__name__}, e.g. {', '.join(names[:8])}"
+        )
+    module = model.get_submodule(layer)
+
+    def run(x: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+        handle = module.register_forward_hook(lambda m, a, out: captured.append(out))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        return _pool(captured[0], pool)
+
+    return run
+
+
+def extract_features(
+    model: nn.Module,
+    images: np.ndarray,
+    cfg: FeaturesStrategy,
+    *,
+    input_norm: InputNorm | None = None,
+    device: str | torch.device = "cpu",
+    cache: ImageCache | None = None,
+) -> np.ndarray:
+    """(N, D) float32 features of ``images`` at ``cfg.layer``, from the disk cache if seen."""
+    dev = torch.device(device)
+    model.to(dev).eval()
+    fn = _layer_fn(model, cfg.layer, cfg.pool)
+
+    def compute() -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), cfg.batch_size):
+                batch = to_float(images[start : start + cfg.batch_size], dev, input_norm)
+                out.append(fn(batch).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    if cache is None or not cfg.disk_cache:
+        return compute()
+    key = json.dumps({
+        "v": FEATURES_VERSION, "weights": weights_hash(model), "arch": type(model).__name__,
+        "layer": cfg.layer, "pool": cfg.pool, "images": images_fingerprint(images),
+        "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
+        "in_chans_policy": getattr(model, "in_chans_policy", None),
+    }, sort_keys=True)
+    return cache.get_or_compute_array("features:" + key, compute)
+
+
+def make_estimator(cfg: FeaturesStrategy, seed: int, labels: np.ndarray) -> ClassifierMixin | Pipeline:
+    """The scikit-learn classifier ``cfg`` names (standardised features unless switched off)."""
+    steps: list[Any] = [StandardScaler()] if cfg.standardize else []
+    if cfg.classifier == "logreg":
+        steps.append(LogisticRegression(C=cfg.C, max_iter=cfg.max_iter))
+    else:
+        smallest = int(np.bincount(labels).min())
+        folds = min(cfg.calibration_folds, smallest)
+        if folds < 2:
+            raise DataError(
+                f"svm calibration needs at least 2 training images of every class, found a class "
+                f"with {smallest}; use classifier: logreg, or more data"
+            )
+        svm = LinearSVC(C=cfg.C, max_iter=cfg.max_iter, random_state=seed)
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        steps.append(CalibratedClassifierCV(svm, method=cfg.calibration, cv=cv))
+    return make_pipeline(*steps)
+
+
+class MLPHead(nn.Module):
+    """Dense(hidden) → ReLU → Dropout → output layer, on feature vectors."""
+
+    def __init__(self, in_features: int, outputs: int, cfg: MLPHeadConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, cfg.hidden), nn.ReLU(),
+                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def fit_mlp(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    cfg: MLPHeadConfig,
+    *,
+    outputs: int,
+    num_classes: int,
+    seed: int,
+    out_dir: Path,
+    device: str | torch.device = "cpu",
+    config_for_checkpoint: dict[str, Any] | None = None,
+) -> tuple[MLPHead, FitResult]:
+    """Train :class:`MLPHead` with ``fit`` on cached features (initialised from ``seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = MLPHead(feats.shape[1], outputs, cfg)
+    val_t = None if val is None else (torch.from_numpy(val[0]), val[1])
+    res = fit_on_activations(head, head.forward, torch.from_numpy(feats), labels, val_t, cfg.train,
+                             seed=seed, out_dir=out_dir, num_classes=num_classes, device=device,
+                             config_for_checkpoint=config_for_checkpoint)
+    return head, res
+
+
+def mlp_proba(head: MLPHead, feats: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    head.to(device).eval()
+    with torch.no_grad():
+        logits = head(torch.from_numpy(feats).to(device))
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        logits = torch.stack([1 - p, p], dim=1)
+    else:
+        logits = torch.softmax(logits, dim=1)
+    return logits.cpu().numpy()
+
+
+def sklearn_proba(estimator: Any, feats: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, K) probabilities with one column per class 0..K-1."""
+    proba = estimator.predict_proba(feats)
+    classes: Sequence[int] = [int(c) for c in estimator.classes_]
+    if list(classes) != list(range(num_classes)):
+        raise DataError(
+            f"the classifier saw classes {list(classes)} in training; every one of 0..{num_classes - 1} "
+            "needs training images"
+        )
+    return np.asarray(proba)

@@ -1,0 +1,150 @@
+"""Training the tail on cached activations equals training the partly frozen model; where it
+would not (augmentation, dropout or train-mode BN in the frozen part) the full path runs."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from medtransfer.data import AugmentConfig, Augmenter
+from medtransfer.models import create_model
+from medtransfer.strategies import CacheConfig, plan_cache, train_stage
+from medtransfer.strategies.cached import ActivationModel, index_codes
+from medtransfer.train import EarlyStoppingConfig, OptimizerConfig, TrainConfig, load_checkpoint
+from medtransfer.transfer import BNPolicy, FreezeConfig, freeze, train_mode
+
+
+def _data(n, seed, size=32):
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 2)
+    x = np.clip(rng.normal(90 + 70 * y[:, None, None, None], 40, (n, 1, size, size)), 0, 255)
+    return x.astype(np.uint8), y.astype(np.int64)
+
+
+def _model(seed=0, **kw):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=32, base=4, **kw)
+
+
+CFG = TrainConfig(epochs=4, batch_size=8, progress=False, optimizer=OptimizerConfig(lr=3e-3),
+                  early_stopping=EarlyStoppingConfig(patience=3))
+
+
+def _stage(model, tmp, name, *, cache, freeze_cfg, augment=None, norm=None):
+    return train_stage(
+        name, model, freeze_cfg, CFG, CacheConfig(enabled=cache), _data(40, 1), _data(16, 2),
+        seed=7, out_dir=tmp / name, num_classes=2, augment=augment, input_norm=norm,
+    )
+
+
+@pytest.mark.parametrize("norm", [None, ((0.4,), (0.2,))])
+def test_cached_path_equals_full_path(tmp_path, norm):
+    # BN in the frozen convs (policy frozen) and dropout only in the trainable dense layers.
+    freeze_cfg = FreezeConfig(trainable_layers=3, bn_policy=BNPolicy.FROZEN)
+    full_model = _model(batch_norm=True, dense_dropout=0.3)
+    cached_model = _model(batch_norm=True, dense_dropout=0.3)
+    full = _stage(full_model, tmp_path, "full", cache=False, freeze_cfg=freeze_cfg, norm=norm)
+    cached = _stage(cached_model, tmp_path, "cached", cache=True, freeze_cfg=freeze_cfg, norm=norm)
+    assert full.path == "full" and cached.path == "cached", cached.reason
+    assert cached.fit.best_epoch == full.fit.best_epoch
+    for a, b in zip(full.fit.history, cached.fit.history, strict=True):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    pairs = zip(full_model.state_dict().items(), cached_model.state_dict().items(), strict=True)
+    for (k, a), (k2, b) in pairs:
+        assert k == k2
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # The checkpoints are the full model's, under its own names, on both paths.
+    best_full = load_checkpoint(full.fit.best_path)["model_state"]
+    best_cached = load_checkpoint(cached.fit.best_path)["model_state"]
+    assert list(best_full) == list(best_cached) == list(full_model.state_dict())
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(full_model.eval()(x), cached_model.eval()(x), rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_parameters_do_not_move_on_the_cached_path(tmp_path):
+    model = _model(batch_norm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = _stage(model, tmp_path, "c", cache=True, freeze_cfg=FreezeConfig(trainable_layers=2))
+    assert res.path == "cached"
+    frozen = [k for k in before if k.startswith("features") or k.startswith("pre_logits.1")]
+    assert frozen and all(torch.equal(before[k], model.state_dict()[k]) for k in frozen)
+    assert not torch.equal(before["classifier.weight"], model.state_dict()["classifier.weight"])
+
+
+@pytest.mark.parametrize(
+    ("kw", "freeze_cfg", "augment", "reason"),
+    [
+        ({}, FreezeConfig(trainable_layers=3), Augmenter(AugmentConfig(horizontal_flip=True)),
+         "augmentation"),
+        ({"conv_dropout": 0.2}, FreezeConfig(trainable_layers=3), None, "dropout 'features.0.2'"),
+        ({"batch_norm": True}, FreezeConfig(trainable_layers=3, bn_policy=BNPolicy.STATS), None,
+         "batch norm 'features.0.1'.*train mode"),
+        ({}, FreezeConfig(), None, "nothing is frozen"),
+    ],
+)
+def test_caching_falls_back_to_the_full_path_and_says_why(tmp_path, kw, freeze_cfg, augment, reason):
+    res = _stage(_model(**kw), tmp_path, "f", cache=True, freeze_cfg=freeze_cfg, augment=augment)
+    assert res.path == "full"
+    assert len(res.fit.history) >= 1
+    assert re.search(reason, res.reason), res.reason
+
+
+def test_train_mode_bn_in_front_of_the_first_trainable_layer_cuts_there():
+    model = _model(batch_norm=True)
+    freeze(model, FreezeConfig(trainable_layers=3, bn_policy=BNPolicy.TRAIN))
+    plan = plan_cache(model, _data(2, 0)[0], augment=None, input_norm=None, train_mode=train_mode)
+    # BN weights train under policy "train": the prefix stops before the first BN layer.
+    assert plan.split is not None and plan.split.boundary == "features.0.1"
+
+
+def test_memory_cap_and_timm_models(tmp_path):
+    model = _model()
+    freeze(model, FreezeConfig(trainable_layers=1))
+    plan = plan_cache(model, _data(2, 0)[0], augment=None, input_norm=None, train_mode=train_mode,
+                      n_images=10**6, max_bytes=1e6)
+    assert plan.split is None and "GiB (limit" in plan.reason
+    lite = create_model("efficientnet_lite0", num_classes=2, in_chans=1, img_size=32)
+    freeze(lite, FreezeConfig(trainable_layers=1))
+    plan = plan_cache(lite, _data(2, 0)[0], augment=None, input_norm=None, train_mode=train_mode)
+    assert plan.split is not None and plan.split.boundary == "forward_head"
+
+
+def test_index_codes_survive_fits_float_conversion():
+    n = 70_000  # more than 16 bits of indices
+    codes = index_codes(n)
+    as_fit_feeds_them = torch.from_numpy(codes).to(torch.float32).div_(65535.0)
+    acts = torch.arange(n, dtype=torch.float64).view(n, 1)
+    wrapper = ActivationModel(torch.nn.Linear(1, 1), lambda a: a, acts)
+    assert torch.equal(wrapper(as_fit_feeds_them)[:, 0], acts[:, 0])
+
+
+class _FunctionalDropout(torch.nn.Module):
+    """A frozen layer with functional dropout: invisible to the module checks."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(1, 2, 3)
+        self.head = torch.nn.Linear(2, 1)
+
+    def forward_features(self, x):
+        return torch.nn.functional.dropout(self.body(x), 0.5, self.training).mean(dim=(2, 3))
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_the_probe_catches_what_the_module_checks_cannot_see():
+    model = _FunctionalDropout()
+    freeze(model, FreezeConfig(trainable_blocks=("head",)))
+    plan = plan_cache(model, _data(2, 0, size=8)[0], augment=None, input_norm=None, train_mode=train_mode)
+    assert plan.split is None and "different outputs in training mode" in plan.reason
+    freeze(model, FreezeConfig(trainable_blocks=("body",)))
+    plan = plan_cache(model, _data(2, 0, size=8)[0], augment=None, input_norm=None, train_mode=train_mode)
+    assert plan.split is None and "first step 'forward_features' trains" in plan.reason
