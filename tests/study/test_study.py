@@ -208,3 +208,20 @@ def test_cross_validation_reports_every_fold(tmp_path):
     with pytest.raises(ConfigError, match="'folds'.*cannot be combined with test_sets"):
         cfg["target"]["split"] = {"folds": 3, "test_sets": 2, "test_per_class": 5}
         study_from_dict(cfg)
+
+
+def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["variants"] = [{"name": "baseline"}]
+    out = tmp_path / "run"
+    logs: list[str] = []
+    run_study(study_from_dict(cfg), out, echo=logs.append)
+    for role in ("source", "target"):
+        assert (out / "audit" / role / "audit.json").is_file()
+        assert (out / "audit" / role / "audit.md").is_file()
+    assert any(m.startswith("audit source:") for m in logs)
+    metrics = {(r["test_set"], r["metric"]) for r in _rows(out) if r["stage"] == "data"}
+    assert ("target", "audit_critical") in metrics and ("source", "audit_warnings") in metrics
+    stamp = (out / "audit" / "source" / "audit.json").stat().st_mtime_ns
+    run_study(study_from_dict(cfg), out, echo=lambda m: None)
+    assert (out / "audit" / "source" / "audit.json").stat().st_mtime_ns == stamp

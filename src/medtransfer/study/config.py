@@ -68,6 +68,7 @@ class StudyConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     variants: list[VariantSpec] = field(default_factory=lambda: [VariantSpec("baseline")])
+    audit: bool = True  # audit both data sets (shortcuts, duplicates, leakage) before training
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.variants]

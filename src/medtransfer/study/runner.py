@@ -174,6 +174,30 @@ class StudyRunner:
             for t in (source, target)
         }
         write_text_atomic(out / "data.yaml", yaml.safe_dump(self.data_summary, sort_keys=False))
+        self.audit_counts = self._audit() if cfg.audit else {}
+
+    def _audit(self) -> dict[str, dict[str, int]]:
+        """Audit source (against the target) and target with their splits; reused while the
+        data's fingerprint is unchanged."""
+        from medtransfer.audit import AuditConfig, run_audit, split_parts
+
+        counts: dict[str, dict[str, int]] = {}
+        for task, against in ((self.source, self.cfg.target.data), (self.target, None)):
+            where = self.out / "audit" / task.name
+            stamp = where / "fingerprint.txt"
+            if stamp.is_file() and stamp.read_text() == task.fingerprint:
+                data = yaml.safe_load((where / "audit.json").read_text())
+                severities = [f["severity"] for f in data.get("findings", [])]
+            else:
+                res = run_audit(getattr(self.cfg, task.name).data, against=against,
+                                cfg=AuditConfig(seed=self.cfg.seed),
+                                split=split_parts(task.images.ids, task.split), out=where)
+                write_text_atomic(stamp, task.fingerprint)
+                severities = [str(f.severity) for f in res.findings]
+            counts[task.name] = {s: severities.count(s) for s in ("critical", "warning")}
+            self.echo(f"audit {task.name}: {counts[task.name]['critical']} critical, "
+                      f"{counts[task.name]['warning']} warnings — {where / 'audit.md'}")
+        return counts
 
     def run_variant(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Pretrain and transfer one variant (each unit reused if already done)."""
@@ -196,7 +220,8 @@ class StudyRunner:
             outcomes = {v.name: self.run_variant(v.name) for v in self.variants}
         rows: list[dict[str, Any]] = []
         for t in (self.source, self.target):
-            rows += _metrics_rows("*", "data", t.name, {"skipped_images": len(t.images.skipped)})
+            audit = {f"audit_{k}": v for k, v in self.audit_counts.get(t.name, {}).items()}
+            rows += _metrics_rows("*", "data", t.name, {"skipped_images": len(t.images.skipped), **audit})
         for v in self.variants:
             pre, tr = outcomes[v.name]
             rows += _metrics_rows(v.name, "pretrain", "val", pre["val"])
