@@ -221,7 +221,7 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
         assert (out / "audit" / role / "audit.md").is_file()
     assert any(m.startswith("audit source:") for m in logs)
     metrics = {(r["test_set"], r["metric"]) for r in _rows(out) if r["stage"] == "data"}
-    assert ("target", "audit_critical") in metrics and ("source", "audit_warnings") in metrics
+    assert ("target", "audit_critical") in metrics and ("source", "audit_warning") in metrics
     stamp = (out / "audit" / "source" / "audit.json").stat().st_mtime_ns
     run_study(study_from_dict(cfg), out, echo=lambda m: None)
     assert (out / "audit" / "source" / "audit.json").stat().st_mtime_ns == stamp
