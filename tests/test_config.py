@@ -91,3 +91,9 @@ def test_check_choice():
     check_choice("opt", "adam", ["adam", "sgd"])
     with pytest.raises(ConfigError, match="'opt': got 'adma'; did you mean 'adam'"):
         check_choice("opt", "adma", ["adam", "sgd"])
+
+
+def test_to_dict_skip_defaults_keeps_only_what_differs():
+    cfg = from_dict(Outer, {"name": "x", "inner": {"lr": 0.5}})
+    assert to_dict(cfg, skip_defaults=True) == {"name": "x", "inner": {"lr": 0.5}}
+    assert to_dict(from_dict(Outer, {"name": "x"}), skip_defaults=True) == {"name": "x"}

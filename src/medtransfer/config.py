@@ -159,18 +159,36 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """Plain (YAML/JSON-able) data from a config dataclass."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def to_dict(obj: Any, *, skip_defaults: bool = False) -> Any:
+    """Plain (YAML/JSON-able) data from a config dataclass.
+
+    ``skip_defaults`` leaves out fields at their default value, so that adding an option with a
+    default that keeps the old behaviour does not change the hash of an existing config.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if skip_defaults and _default(f) is not dataclasses.MISSING and value == _default(f):
+                continue
+            out[f.name] = to_dict(value, skip_defaults=skip_defaults)
+        return out
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, skip_defaults=skip_defaults) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): to_dict(v) for k, v in obj.items()}
+        return {str(k): to_dict(v, skip_defaults=skip_defaults) for k, v in obj.items()}
     return obj
 
 

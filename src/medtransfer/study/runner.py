@@ -56,6 +56,11 @@ class LoadedTask:
         return self.images.images[idx], self.images.labels[idx]
 
 
+def _key(cfg: Any) -> Any:
+    """A config as it enters a unit key: non-default values only (see ``to_dict``)."""
+    return to_dict(cfg, skip_defaults=True)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,8 +247,8 @@ class StudyRunner:
         cfg = self.cfg
         spec = {
             "stage": "pretrain", "version": __version__,
-            "model": to_dict(v.model), "pretrain": to_dict(v.pretrain),
-            "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
+            "model": _key(v.model), "pretrain": _key(v.pretrain),
+            "preprocess": _key(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
         }
         unit = Unit(self.out, "pretrain", v.name, spec)
         if unit.done():
@@ -281,8 +286,8 @@ class StudyRunner:
         label = v.name if fold is None else f"{v.name}-fold{fold + 1}"
         spec = {
             "stage": "transfer", "version": __version__,
-            "model": to_dict(v.model), "transfer": to_dict(v.transfer),
-            "preprocess": to_dict(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
+            "model": _key(v.model), "transfer": _key(v.transfer),
+            "preprocess": _key(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
             "source_unit": Path(pre["dir"]).name, "fold": fold,
         }
         unit = Unit(self.out, "transfer", label, spec)
