@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medtransfer.errors import DataError
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import (
     binary_metrics,
+    choose_threshold,
     compute_metrics,
+    confidence_bins,
     confusion,
+    expected_calibration_error,
+    full_metrics,
     mean_sd,
     multiclass_metrics,
 )
@@ -140,3 +144,79 @@ def test_mean_sd_sample_sd_and_nan_count():
     empty = mean_sd([float("nan")])
     assert math.isnan(empty.mean) and math.isnan(empty.sd) and empty.n_nan == 1
     assert mean_sd(np.array([2.0, 4.0])).sd == pytest.approx(np.std([2.0, 4.0], ddof=1))
+
+
+def test_full_metrics_binary_extends_binary_metrics_and_agrees_with_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 150)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 150), 0, 1)
+    proba = np.stack([1 - p, p], axis=1)
+    m = full_metrics(y, proba, threshold=0.4)
+    assert {k: m[k] for k in binary_metrics(y, p, 0.4)} == binary_metrics(y, p, 0.4)
+    pred = (p >= 0.4).astype(int)
+    assert m["sensitivity"] == m["recall"]
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["threshold"] == 0.4
+
+
+def test_full_metrics_multiclass_per_class_and_macro():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+                      [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    m = full_metrics(y, proba, classes=["a", "b", "c"])
+    pred = proba.argmax(1)
+    assert (m["recall_a"], m["recall_b"], m["recall_c"]) == pytest.approx((0.5, 1.0, 0.5))
+    assert (m["precision_a"], m["precision_b"], m["precision_c"]) == pytest.approx((0.5, 2 / 3, 1.0))
+    # specificity of class b: 4 non-b images, one (a row 1) predicted b → 3/4
+    assert m["specificity_b"] == pytest.approx(3 / 4)
+    assert m["auc_a"] == pytest.approx(skm.roc_auc_score(y == 0, proba[:, 0]))
+    assert m["pr_auc"] == pytest.approx(np.mean([skm.average_precision_score(y == c, proba[:, c])
+                                                 for c in range(3)]))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, proba))
+    assert "recall_0" not in m
+    with pytest.raises(DataError, match="2 names for 3"):
+        full_metrics(y, proba, classes=["a", "b"])
+
+
+def test_expected_calibration_error_hand_computed():
+    y = np.array([0, 1, 1, 0])
+    p = np.array([0.2, 0.7, 0.9, 0.6])  # top-label confidences 0.8, 0.7, 0.9, 0.6; last one wrong
+    proba = np.stack([1 - p, p], axis=1)
+    # ten bins: one case per bin → (|1-.8| + |1-.7| + |1-.9| + |0-.6|) / 4
+    assert expected_calibration_error(y, proba, 10) == pytest.approx(0.3)
+    # two bins: all in (0.5, 1] → |3 correct - 3.0 summed confidence| / 4
+    assert expected_calibration_error(y, proba, 2) == pytest.approx(0.0)
+    assert full_metrics(y, proba)["ece"] == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="'n_bins'"):
+        expected_calibration_error(y, proba, 0)
+
+
+def test_confidence_bins_put_edges_in_the_lower_bin():
+    assert confidence_bins(np.array([0.0, 0.1, 0.7, 0.70001, 1.0]), 10).tolist() == [0, 0, 6, 7, 9]
+
+
+def test_choose_threshold_youden_and_target_sensitivity_hand_computed():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    # Candidates (midpoints): 0.225 → sens 1, spec .5; 0.6 → sens .5, spec 1 (both J = .5);
+    # ties go to the higher threshold.
+    assert choose_threshold(y, p) == pytest.approx(0.6)
+    assert choose_threshold(y, p, "sensitivity", target=0.9) == pytest.approx(0.225)
+    assert choose_threshold(y, p, "sensitivity", target=0.5) == pytest.approx(0.6)
+    chosen = choose_threshold(y, p)
+    assert binary_metrics(y, p, chosen)["specificity"] == 1.0
+
+
+def test_choose_threshold_rejects_bad_input():
+    with pytest.raises(ConfigError, match="'method'.*did you mean 'youden'.*Allowed: youden, sensitivity"):
+        choose_threshold([0, 1], [0.2, 0.8], "youdn")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'target'"):
+        choose_threshold([0, 1], [0.2, 0.8], "sensitivity", target=1.5)
+    with pytest.raises(DataError, match="both classes"):
+        choose_threshold([1, 1], [0.2, 0.8])
+    with pytest.raises(DataError, match="p_val"):
+        choose_threshold([0, 1], [0.2, float("nan")])

@@ -3,17 +3,24 @@
 Every function returns plain Python floats (counts included) so results serialise as they are.
 Undefined rank metrics (AUC with a single class present) are NaN rather than an error, because a
 small validation fold can legitimately lack a class.
+
+:func:`full_metrics` is the complete set a report shows (per class and macro, calibration
+included); :func:`choose_threshold` picks a decision threshold on validation data, to be applied
+unchanged to the test sets.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     balanced_accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     precision_score,
@@ -21,16 +28,25 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medtransfer.errors import DataError
+from medtransfer.config import check_choice
+from medtransfer.errors import ConfigError, DataError
 
 __all__ = [
+    "THRESHOLD_METHODS",
     "MeanSD",
     "binary_metrics",
+    "choose_threshold",
     "compute_metrics",
+    "confidence_bins",
     "confusion",
+    "expected_calibration_error",
+    "full_metrics",
     "mean_sd",
     "multiclass_metrics",
 ]
+
+ThresholdMethod = Literal["youden", "sensitivity"]
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")
 
 
 def _labels(y_true: object, name: str = "y_true") -> np.ndarray:
@@ -190,3 +206,146 @@ def mean_sd(values: Iterable[float]) -> MeanSD:
     mean = float(kept.mean())
     sd = float(kept.std(ddof=1)) if n > 1 else math.nan
     return MeanSD(mean, sd, n, n_nan)
+
+
+def _proba_matrix(y_true: object, proba: object) -> tuple[np.ndarray, np.ndarray]:
+    """Validated labels and (N, K) probabilities; K > 2 rows are renormalised in float64, binary
+    scores are kept as they are (renormalising could merge or split ties in the ranking)."""
+    y = _labels(y_true)
+    p = _finite_scores(proba, "proba", len(y), ndim=2)
+    k = p.shape[1]
+    if k < 2:
+        raise DataError(f"proba: expected at least 2 columns (one per class), got {k}")
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"y_true: labels must lie in [0, {k - 1}] for {k} classes, got {y.max()}")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+        raise DataError("proba: each row must sum to 1 (class probabilities, not logits)")
+    return y, (p if k == 2 else p / p.sum(axis=1, keepdims=True))
+
+
+def expected_calibration_error(y_true: object, proba: object, n_bins: int = 10) -> float:
+    """Top-label expected calibration error (Guo et al. 2017) with ``n_bins`` equal-width bins.
+
+    Confidence is the largest class probability, correctness is argmax == label; each bin
+    ((m-1)/M, m/M] contributes |accuracy - mean confidence| weighted by its share of samples.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigError(f"'n_bins': got {n_bins!r}; allowed: an integer >= 1")
+    y, p = _proba_matrix(y_true, proba)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    gap = np.bincount(confidence_bins(conf, n_bins), correct - conf, minlength=n_bins)
+    return float(np.abs(gap).sum() / len(y))
+
+
+def confidence_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Index of the equal-width bin ((m-1)/M, m/M] holding each confidence (0 in the first bin);
+    edges as scikit-learn's ``calibration_curve``, so 0.7 falls in (0.6, 0.7] despite rounding."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], np.asarray(conf, dtype=np.float64)).astype(np.int64)
+
+
+def full_metrics(
+    y_true: object,
+    proba: object,
+    threshold: float = 0.5,
+    *,
+    n_bins: int = 10,
+    classes: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Every metric a report shows, from (N, K) class probabilities.
+
+    Binary (K == 2, positive class = column 1, decision ``p >= threshold``): accuracy,
+    balanced_accuracy, precision, recall (= sensitivity), sensitivity, specificity, f1, auc,
+    pr_auc (average precision), brier, ece, tp/tn/fp/fn and the threshold used.
+    Multiclass (argmax decision): the same names as macro averages (auc one-vs-rest) plus
+    ``<metric>_<class>`` per class for precision, recall, specificity, f1, auc and pr_auc;
+    classes are named by ``classes`` or by index. Rank metrics are NaN where a class is absent.
+    """
+    y, p = _proba_matrix(y_true, proba)
+    k = p.shape[1]
+    names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise DataError(f"classes: {len(names)} names for {k} probability columns")
+    if k == 2:
+        out = binary_metrics(y, p[:, 1], threshold=threshold)
+        pred = (p[:, 1] >= threshold).astype(np.int64)
+        out["sensitivity"] = out["recall"]
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
+        out["pr_auc"] = float(average_precision_score(y, p[:, 1])) if y.any() else math.nan
+        out["brier"] = float(brier_score_loss(y, p[:, 1], labels=[0, 1]))
+        out["ece"] = expected_calibration_error(y, p, n_bins)
+        out["threshold"] = float(threshold)
+        return out
+    out = multiclass_metrics(y, p)
+    out = {key: v for key, v in out.items() if not key.startswith("recall_")}
+    pred = p.argmax(axis=1)
+    labels = list(range(k))
+    cm = confusion_matrix(y, pred, labels=labels)
+    tp = np.diag(cm).astype(np.float64)
+    negatives = cm.sum() - cm.sum(axis=1)
+    true_neg = negatives - (cm.sum(axis=0) - tp)
+    spec = np.divide(true_neg, negatives, out=np.zeros(k), where=negatives > 0)
+    per = {
+        "precision": precision_score(y, pred, labels=labels, average=None, zero_division=0),
+        "recall": recall_score(y, pred, labels=labels, average=None, zero_division=0),
+        "specificity": spec,
+        "f1": f1_score(y, pred, labels=labels, average=None, zero_division=0),
+    }
+    onehot = np.eye(k, dtype=np.int64)[y]
+    count = onehot.sum(axis=0)
+    per["auc"] = np.array([roc_auc_score(onehot[:, c], p[:, c]) if 0 < count[c] < len(y) else math.nan
+                           for c in labels])
+    per["pr_auc"] = np.array([average_precision_score(onehot[:, c], p[:, c]) if count[c] else math.nan
+                              for c in labels])
+    present = count > 0
+    out["sensitivity"] = out["recall"]
+    out["specificity"] = float(spec.mean())
+    out["pr_auc"] = float(np.mean(per["pr_auc"])) if present.all() else math.nan
+    out["brier"] = float(brier_score_loss(y, p, labels=labels))
+    out["ece"] = expected_calibration_error(y, p, n_bins)
+    for metric, values in per.items():
+        out.update({f"{metric}_{name}": float(v) for name, v in zip(names, values, strict=True)})
+    return out
+
+
+def choose_threshold(
+    y_val: object,
+    p_val: object,
+    method: ThresholdMethod = "youden",
+    target: float = 0.9,
+) -> float:
+    """A decision threshold (predict positive when ``score >= threshold``) chosen on validation
+    data, to be applied unchanged to the test sets.
+
+    ``youden`` maximises sensitivity + specificity - 1; ``sensitivity`` takes the most specific
+    threshold whose sensitivity is at least ``target``. Candidates are midpoints between
+    consecutive distinct scores (as pROC's ``coords(..., "best")``), so the chosen cut does not
+    sit on a validation score; ties go to the higher threshold.
+    """
+    check_choice("method", method, THRESHOLD_METHODS)
+    if not 0.0 < target <= 1.0:
+        raise ConfigError(f"'target': got {target!r}; allowed: a sensitivity in (0, 1]")
+    y = _labels(y_val, "y_val")
+    if not np.isin(y, (0, 1)).all():
+        raise DataError(f"y_val: binary labels must be 0 or 1, got {sorted(set(y.tolist()))}")
+    if len(np.unique(y)) != 2:
+        raise DataError("y_val: both classes are needed to choose a threshold")
+    s = np.asarray(p_val, dtype=np.float64)
+    if s.shape != y.shape or not np.isfinite(s).all():
+        raise DataError(f"p_val: expected {len(y)} finite scores, got shape {s.shape}")
+    values, group = np.unique(s, return_inverse=True)
+    pos = np.bincount(group, weights=y, minlength=len(values))
+    neg = np.bincount(group, weights=1 - y, minlength=len(values))
+    # Candidate i predicts positive for every score group >= i (i = len: nothing positive).
+    sens = np.append(np.cumsum(pos[::-1])[::-1], 0.0) / pos.sum()
+    spec = np.append(0.0, np.cumsum(neg)) / neg.sum()
+    cuts = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2,
+                           [np.nextafter(values[-1], np.inf)]])
+    if method == "youden":
+        j = sens + spec - 1.0
+        best = int(np.flatnonzero(np.isclose(j, j.max(), rtol=0, atol=1e-12))[-1])
+    else:
+        ok = np.flatnonzero(sens >= target - 1e-12)
+        best = int(ok[-1])
+    return float(cuts[best])

@@ -1,0 +1,229 @@
+"""Figures of a study, drawn with matplotlib's Agg canvas (no pyplot, no global state) and saved
+as PNG and SVG: learning curves, ROC curves with bootstrap bands, confusion matrices, a forest
+plot of arm-vs-reference differences, and reliability diagrams."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from medtransfer.errors import DataError
+from medtransfer.evaluate import confidence_bins
+from medtransfer.stats.bootstrap import bootstrap_weights
+
+__all__ = [
+    "ForestRow",
+    "confusion_figure",
+    "forest_figure",
+    "learning_curves_figure",
+    "read_history",
+    "reliability_figure",
+    "roc_band",
+    "roc_figure",
+    "save_figure",
+]
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One line of a forest plot: an estimate with its CI, and whether it is significant."""
+
+    label: str
+    estimate: float
+    low: float
+    high: float
+    significant: bool = False
+    note: str = ""
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(
+    fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 110
+) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (reproducible SVG ids, no timestamps)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with mpl.rc_context({"svg.hashsalt": "medtransfer", "svg.fonttype": "path"}):
+        for fmt in formats:
+            path = stem.with_suffix(f".{fmt}")
+            meta = {"Date": None} if fmt == "svg" else {"Software": None}
+            fig.savefig(path, format=fmt, dpi=dpi, metadata=meta)
+            paths.append(path)
+    return paths
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Rows of a unit's ``history.csv`` as floats (empty cells become NaN)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DataError(f"cannot read training history {path}: {exc.strerror or exc}") from exc
+    if not rows or "epoch" not in rows[0]:
+        raise DataError(f"{path}: expected a CSV with an 'epoch' column and one row per epoch")
+    return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in rows]
+
+
+def learning_curves_figure(
+    history: Sequence[Mapping[str, float]], title: str, best_epoch: int | None = None
+) -> Figure:
+    """Loss and accuracy per epoch, training and validation (as seeds 000/002 plot them)."""
+    epochs = [r["epoch"] for r in history]
+    fig = _figure(7.0, 2.6)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style, label in ((metric, "-o", "train"), (f"val_{metric}", "--s", "validation")):
+            values = [r.get(key, math.nan) for r in history]
+            if any(math.isfinite(v) for v in values):
+                ax.plot(epochs, values, style, markersize=3, label=label)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def roc_band(
+    y: np.ndarray, score: np.ndarray, *, rng: np.random.Generator, n_boot: int = 500,
+    level: float = 0.95, grid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pointwise bootstrap band of TPR over an FPR grid (stratified replicates, vertical
+    averaging): returns (fpr grid, lower TPR, upper TPR)."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    grid = np.linspace(0, 1, 101) if grid is None else grid
+    order = np.argsort(-s, kind="stable")
+    s_desc = s[order]
+    ends = np.append(np.flatnonzero(np.diff(s_desc) != 0), len(s) - 1)
+    pos = y[order].astype(np.float64)
+    curves = []
+    for w in bootstrap_weights(y.astype(np.int64), n_boot, rng):
+        ws = w[:, order]
+        tp = np.cumsum(ws * pos, axis=1)[:, ends]
+        fp = np.cumsum(ws * (1 - pos), axis=1)[:, ends]
+        tpr = np.hstack([np.zeros((len(w), 1)), tp / tp[:, -1:]])
+        fpr = np.hstack([np.zeros((len(w), 1)), fp / fp[:, -1:]])
+        curves += [np.interp(grid, f, t) for f, t in zip(fpr, tpr, strict=True)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(np.array(curves), [alpha, 1 - alpha], axis=0)
+    return grid, low, high
+
+
+def roc_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, rng: np.random.Generator,
+    n_boot: int = 500, level: float = 0.95, title: str = "ROC",
+) -> Figure:
+    """ROC curve of each named (labels, positive-class scores) pair with its bootstrap band."""
+    fig = _figure(4.6, 4.4)
+    ax = fig.subplots()
+    for name, (y, score) in curves.items():
+        y = np.asarray(y)
+        if len(np.unique(y)) < 2:
+            raise DataError(f"roc_figure: '{name}' has a single class; a ROC curve needs both")
+        fpr, tpr, _ = roc_curve(y, score)
+        auc = roc_auc_score(y, score)
+        (line,) = ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {auc:.3f})")
+        grid, low, high = roc_band(y, score, rng=rng, n_boot=n_boot, level=level)
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{title}\nbands: {level:.0%} pointwise bootstrap ({n_boot} stratified replicates)",
+                 fontsize=9)
+    return fig
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> Figure:
+    """Counts with row percentages; rows are true classes, columns predicted ones."""
+    m = np.asarray(cm, dtype=np.float64)
+    if m.ndim != 2 or m.shape != (len(classes), len(classes)):
+        raise DataError(f"confusion_figure: matrix of shape {m.shape} for {len(classes)} classes")
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    size = 1.2 + 0.9 * len(classes)
+    fig = _figure(size + 0.8, size)
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            colour = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{int(m[i, j])}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color=colour, fontsize=8)
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    return fig
+
+
+def forest_figure(rows: Sequence[ForestRow], xlabel: str, title: str) -> Figure:
+    """Estimates with CIs, one line each; filled markers are significant, 0 is marked."""
+    if not rows:
+        raise DataError("forest_figure: no rows to plot")
+    fig = _figure(6.4, 0.9 + 0.32 * len(rows))
+    ax = fig.subplots()
+    ys = np.arange(len(rows))[::-1]
+    for yy, r in zip(ys, rows, strict=True):
+        ax.plot([r.low, r.high], [yy, yy], color="black", linewidth=1.2)
+        ax.plot([r.estimate], [yy], marker="D", markersize=5, color="black",
+                markerfacecolor="black" if r.significant else "white")
+        if r.note:
+            ax.annotate(r.note, (1.01, yy), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, [r.label for r in rows])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def reliability_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], n_bins: int = 10,
+                       title: str = "Calibration") -> Figure:
+    """Observed accuracy against mean top-label confidence per equal-width bin, per model."""
+    fig = _figure(4.4, 4.2)
+    ax = fig.subplots()
+    for name, (y, proba) in curves.items():
+        p = np.asarray(proba, dtype=np.float64)
+        conf = p.max(axis=1)
+        correct = (p.argmax(axis=1) == np.asarray(y)).astype(np.float64)
+        bins = confidence_bins(conf, n_bins)
+        count = np.bincount(bins, minlength=n_bins)
+        keep = count > 0
+        mean_conf = np.bincount(bins, conf, n_bins)[keep] / count[keep]
+        acc = np.bincount(bins, correct, n_bins)[keep] / count[keep]
+        ax.plot(mean_conf, acc, "-o", markersize=3, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("mean confidence (top class)")
+    ax.set_ylabel("observed accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return fig

@@ -1,0 +1,199 @@
+"""Uncertainty for a finished run: bootstrap CIs per (variant, test set, metric) and paired
+comparisons of every variant with a reference variant on the same test images.
+
+Written as tidy CSVs, ``metrics_ci.csv`` and ``comparisons.csv``. Random draws are seeded per
+(variant, test set, metric) from the study seed, so each number is reproducible on its own and
+does not change when variants are added or reordered.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.errors import DataError
+from medtransfer.evaluate import choose_threshold
+from medtransfer.report.rundir import POOLED, Predictions, RunDir, load_run
+from medtransfer.stats import (
+    BINARY_METRICS,
+    MULTICLASS_METRICS,
+    THRESHOLD_FREE,
+    bootstrap_ci,
+    delong_test,
+    holm,
+    mcnemar_test,
+    paired_bootstrap,
+)
+from medtransfer.study.store import write_text_atomic
+
+__all__ = [
+    "CI_COLUMNS",
+    "COMPARISON_COLUMNS",
+    "comparison_rows",
+    "metrics_ci_rows",
+    "write_comparisons",
+    "write_csv",
+    "write_metrics_ci",
+]
+
+CI_COLUMNS = ["variant", "test_set", "metric", "operating_point", "threshold", "estimate", "ci_low",
+              "ci_high", "level", "method", "n_boot", "n"]
+COMPARISON_COLUMNS = ["variant", "reference", "test_set", "metric", "estimate", "diff", "ci_low",
+                      "ci_high", "p", "p_holm", "significant", "method", "reference_estimate", "n"]
+# Re-evaluated at the threshold chosen on validation data (Youden's J).
+OPERATING_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
+
+
+def _rng(seed: int, *key: str) -> np.random.Generator:
+    tag = zlib.crc32("/".join(key).encode())
+    return np.random.default_rng(np.random.SeedSequence([seed, tag]))
+
+
+def _seed(run: RunDir, seed: int | None) -> int:
+    return run.config.seed if seed is None else seed
+
+
+def _parts(preds: Predictions) -> list[str]:
+    """Test sets, plus all of them pooled when there are several; empty for a run without any."""
+    tests = preds.tests()
+    return [*tests, POOLED] if len(tests) > 1 else tests
+
+
+def youden_threshold(preds: Predictions) -> float | None:
+    """Threshold chosen on the unit's validation predictions; None if not binary or no usable
+    validation set (both classes needed)."""
+    val = preds.part("val")
+    if preds.proba.shape[1] != 2 or len(np.unique(val.labels)) < 2:
+        return None
+    return choose_threshold(val.labels, val.proba[:, 1], "youden")
+
+
+def metrics_ci_rows(
+    run: RunDir, *, n_boot: int = 2000, level: float = 0.95, seed: int | None = None
+) -> list[dict[str, Any]]:
+    """Bootstrap CIs (stratified, percentile) of every metric per variant and test set (and all
+    test sets pooled), at 0.5 / argmax and, for binary tasks, at the validation-Youden threshold."""
+    seed = _seed(run, seed)
+    rows: list[dict[str, Any]] = []
+    for variant in run.variants:
+        preds = run.predictions(variant)
+        binary = preds.proba.shape[1] == 2
+        chosen = youden_threshold(preds)
+        for part in _parts(preds):
+            p = preds.part(part)
+            # recall is reported once, as sensitivity (macro recall for multiclass)
+            names = tuple(m for m in (BINARY_METRICS if binary else MULTICLASS_METRICS) if m != "recall")
+            runs = [("default", 0.5 if binary else math.nan, names)]
+            if chosen is not None:
+                runs.append(("youden_val", chosen, OPERATING_METRICS))
+            for point, thr, metrics in runs:
+                cis = bootstrap_ci(p.labels, p.proba, metrics, rng=_rng(seed, variant, part, point),
+                                   threshold=0.5 if math.isnan(thr) else thr, n_boot=n_boot, level=level)
+                for m, ci in cis.items():
+                    free = m in THRESHOLD_FREE
+                    rows.append({
+                        "variant": variant, "test_set": part, "metric": m,
+                        "operating_point": "" if free else point,
+                        "threshold": math.nan if free or not binary else thr,
+                        "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "level": level,
+                        "method": ci.method, "n_boot": n_boot, "n": len(p.labels),
+                    })
+    return rows
+
+
+def _compare(a: Predictions, b: Predictions, metric: str, rng: np.random.Generator, n_boot: int,
+             level: float) -> dict[str, Any]:
+    if metric == "auc" and a.proba.shape[1] == 2:
+        d = delong_test(a.labels, a.proba[:, 1], b.proba[:, 1], level=level)
+        return {"estimate": d.auc_a, "reference_estimate": d.auc_b, "diff": d.diff, "ci_low": d.low,
+                "ci_high": d.high, "p": d.p, "method": "DeLong"}
+    pb = paired_bootstrap(a.labels, a.proba, b.proba, metric, rng=rng, n_boot=n_boot, level=level)
+    out = {"estimate": pb.estimate_a, "reference_estimate": pb.estimate_b, "diff": pb.diff,
+           "ci_low": pb.low, "ci_high": pb.high, "p": pb.p, "method": "paired bootstrap"}
+    if metric == "accuracy":
+        k = a.proba.shape[1]
+        pred_a = (a.proba[:, 1] >= 0.5) if k == 2 else a.proba.argmax(1)
+        pred_b = (b.proba[:, 1] >= 0.5) if k == 2 else b.proba.argmax(1)
+        mc = mcnemar_test(pred_a == a.labels, pred_b == b.labels)
+        out.update(p=mc.p, method=f"paired bootstrap CI; {mc.method} p")
+    elif metric == "auc":
+        out["method"] = "paired bootstrap (macro one-vs-rest AUC)"
+    return out
+
+
+def comparison_rows(
+    run: RunDir,
+    reference: str | None = None,
+    *,
+    metrics: Sequence[str] = ("auc", "accuracy"),
+    n_boot: int = 2000,
+    level: float = 0.95,
+    alpha: float = 0.05,
+    seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every variant against ``reference`` (default: the first variant of the config) on the
+    same test images, per test set and pooled. AUC: DeLong (binary) or paired bootstrap;
+    accuracy: paired-bootstrap CI and McNemar p. Holm's correction runs over the variants within
+    each (test set, metric); ``significant`` means Holm p < ``alpha``."""
+    seed = _seed(run, seed)
+    reference = reference or run.variants[0]
+    if reference not in run.variants:
+        raise DataError(f"reference: got {reference!r}; the study's variants are {', '.join(run.variants)}")
+    ref = run.predictions(reference)
+    rows: list[dict[str, Any]] = []
+    for variant in run.variants:
+        if variant == reference:
+            continue
+        mine, theirs = run.predictions(variant).aligned(ref, f"{variant} vs {reference}")
+        for part in _parts(mine):
+            a, b = mine.part(part), theirs.part(part)
+            for metric in metrics:
+                rng = _rng(seed, variant, reference, part, metric)
+                rows.append({"variant": variant, "reference": reference, "test_set": part,
+                             "metric": metric, "n": len(a.labels),
+                             **_compare(a, b, metric, rng, n_boot, level)})
+    for part in {r["test_set"] for r in rows}:
+        for metric in metrics:
+            family = [r for r in rows if r["test_set"] == part and r["metric"] == metric]
+            for r, adj in zip(family, holm([r["p"] for r in family]), strict=True):
+                r["p_holm"] = float(adj)
+                r["significant"] = bool(adj < alpha)
+    return rows
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """A tidy CSV of ``rows`` (floats with 6 significant digits, NaN as empty)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.6g}"
+        return str(v)
+
+    lines = [",".join(columns)] + [",".join(cell(r.get(c, "")) for c in columns) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_metrics_ci(run_dir: str | Path, **kwargs: Any) -> Path:
+    """Compute :func:`metrics_ci_rows` for a run directory and write ``metrics_ci.csv``."""
+    run = load_run(run_dir)
+    return write_csv(run.path / "metrics_ci.csv", metrics_ci_rows(run, **kwargs), CI_COLUMNS)
+
+
+def write_comparisons(run_dir: str | Path, reference: str | None = None, **kwargs: Any) -> Path:
+    """Compute :func:`comparison_rows` for a run directory and write ``comparisons.csv``."""
+    run = load_run(run_dir)
+    rows = comparison_rows(run, reference, **kwargs)
+    return write_csv(run.path / "comparisons.csv", rows, COMPARISON_COLUMNS)
