@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     cfg = load_study(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    run_study(cfg, out, progress=not args.no_progress, workers=args.workers)
+    run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report)
     print(f"table: {out / 'summary.md'}")
     return 0
 
@@ -61,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set pretrain.train.epochs=5")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-report", action="store_true", help="skip report.html (CIs, tests, plots)")
         p.add_argument("--workers", type=int, default=1,
                        help="variants run in parallel in this many local processes (default 1)")
     sub.add_parser("models", help="list registered architectures")
+    rep = sub.add_parser("report", help="CIs, paired comparisons, plots and Grad-CAM as report.html")
+    rep.add_argument("run_dir", help="a finished run directory")
+    rep.add_argument("--reference", help="variant the others are compared with (default: the first)")
+    rep.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    rep.add_argument("--gallery", type=int, default=4, help="Grad-CAM images per variant (0: none)")
     aud = sub.add_parser("audit", help="look for shortcuts, duplicates and leakage in a data set")
     aud.add_argument("data", help="class-per-folder tree, CSV (path,label[,group]) or MedMNIST .npz")
     aud.add_argument("--against", help="a second data set (e.g. the target): shared or near-identical images")
@@ -76,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             from medtransfer.models import list_models
 
             print("\n".join(list_models()))
+            return 0
+        if args.command == "report":
+            from medtransfer.report import write_report
+
+            path = write_report(Path(args.run_dir), reference=args.reference, n_boot=args.n_boot,
+                                gallery_images=args.gallery)
+            print(f"report: {path}")
             return 0
         if args.command == "audit":
             from medtransfer.audit import format_audit, run_audit

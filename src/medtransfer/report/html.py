@@ -4,6 +4,7 @@ a Grad-CAM gallery. Images are embedded as base64 data URIs; no scripts, no exte
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -60,6 +61,28 @@ def _data_section(doc: Doc, run: RunDir) -> None:
         if skipped:
             doc.para(f"Unreadable {role} images skipped ({len(skipped)}; first 50 listed):")
             doc.table(["id", "reason"], [[str(s.get("id")), str(s.get("reason"))] for s in skipped[:50]])
+
+
+def _audit_section(doc: Doc, run: RunDir) -> None:
+    """Findings of the study's data audit (``audit/<role>/audit.json``), worst first."""
+    body = []
+    for role in ("source", "target"):
+        path = run.path / "audit" / role / "audit.json"
+        if not path.is_file():
+            continue
+        for f in json.loads(path.read_text(encoding="utf-8")).get("findings", []):
+            if f.get("severity") != "info":
+                body.append([role, str(f["severity"]).upper(), str(f["code"]), str(f["message"]),
+                             str(f.get("action", ""))])
+    doc.heading("Data audit (shortcuts, duplicates, leakage)")
+    if not body:
+        doc.para("No warnings or critical findings (or the study ran with audit: false). "
+                 "Details: audit/<role>/audit.md.")
+        return
+    doc.para("Warnings and critical findings of `medtransfer audit` on this study's data and splits; "
+             "full details in audit/<role>/audit.md. A critical finding means the results above may "
+             "reflect a shortcut rather than the disease.")
+    doc.table(["data", "severity", "finding", "what was found", "what to do"], body)
 
 
 def _pretrain_section(doc: Doc, run: RunDir) -> None:
@@ -192,6 +215,7 @@ def _render(run: RunDir, ci: list[dict[str, Any]], cmp: list[dict[str, Any]],
     doc.heading("Configuration")
     doc.code((run.path / "config.yaml").read_text(encoding="utf-8"))
     _data_section(doc, run)
+    _audit_section(doc, run)
     _pretrain_section(doc, run)
     _results_section(doc, run, ci, level)
     _comparison_section(doc, cmp, alpha, level)

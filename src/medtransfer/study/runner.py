@@ -36,6 +36,7 @@ from medtransfer.data import (
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model
+from medtransfer.report import write_report, write_summary
 from medtransfer.study.config import StudyConfig, TaskConfig, Variant, resolve_variants
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.train import TrainConfig, fit, load_checkpoint, predict_proba
@@ -215,7 +216,7 @@ class StudyRunner:
             tests.update(self._transfer(v, pre, self.source, self.target, fold=i)["tests"])
         return pre, {"tests": tests}
 
-    def run(self, *, workers: int = 1) -> Path:
+    def run(self, *, workers: int = 1, report: bool = True) -> Path:
         self.prepare()
         if workers > 1 and len(self.variants) > 1:
             from medtransfer.study.executor import run_variants_in_processes
@@ -233,10 +234,14 @@ class StudyRunner:
             for test_set, metrics in tr["tests"].items():
                 rows += _metrics_rows(v.name, "transfer", test_set, metrics)
         self._write_results(rows)
-        from medtransfer.report import write_summary
-
         summary = write_summary(self.out, self.cfg, rows, self.data_summary)
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
+        if report and self.target.folds:
+            # report.html pairs one transfer unit per variant; folds have k of them (not yet merged).
+            self.echo("report: not written for cross-validation studies yet; summary.md has the "
+                      "per-fold results and their mean ± sd")
+        elif report:
+            self.echo(f"report: {write_report(self.out)}")
         return self.out
 
     def _train_cfg(self, train: TrainConfig) -> TrainConfig:
@@ -349,6 +354,7 @@ class StudyRunner:
 
 
 def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, workers: int = 1,
-              echo: Callable[[str], None] = print) -> Path:
-    """Run ``cfg`` into ``out``; ``workers`` > 1 runs variants in parallel processes."""
-    return StudyRunner(cfg, out, progress=progress, echo=echo).run(workers=workers)
+              report: bool = True, echo: Callable[[str], None] = print) -> Path:
+    """Run ``cfg`` into ``out``; ``workers`` > 1 runs variants in parallel processes; ``report``
+    writes CIs, paired comparisons, plots and ``report.html`` at the end."""
+    return StudyRunner(cfg, out, progress=progress, echo=echo).run(workers=workers, report=report)
