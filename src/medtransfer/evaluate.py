@@ -109,15 +109,8 @@ def multiclass_metrics(y_true: object, proba: object) -> dict[str, float]:
     default); ``recall_<k>`` is reported for every class k < K and is 0 for a class with no
     samples. ``auc`` is NaN unless every one of the K classes occurs in ``y_true``.
     """
-    y = _labels(y_true)
-    p = _finite_scores(proba, "proba", len(y), ndim=2)
+    y, p = _proba_matrix(y_true, proba)
     k = p.shape[1]
-    if k < 2:
-        raise DataError(f"proba: expected at least 2 columns (one per class), got {k}")
-    if y.min() < 0 or y.max() >= k:
-        raise DataError(f"y_true: labels must lie in [0, {k - 1}] for {k} classes, got {y.max()}")
-    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
-        raise DataError("proba: each row must sum to 1 (class probabilities, not logits)")
     pred = p.argmax(axis=1)
     classes = list(range(k))
     if len(np.unique(y)) == k:

@@ -225,3 +225,15 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
     stamp = (out / "audit" / "source" / "audit.json").stat().st_mtime_ns
     run_study(study_from_dict(cfg), out, echo=lambda m: None)
     assert (out / "audit" / "source" / "audit.json").stat().st_mtime_ns == stamp
+
+
+def test_identical_pretraining_is_shared_between_variants(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["variants"] = [{"name": "frozen"}, {"name": "all", "transfer": {"freeze": {"trainable_layers": None}}}]
+    logs: list[str] = []
+    out = tmp_path / "run"
+    run_study(study_from_dict(cfg), out, echo=logs.append)
+    assert sum(m.startswith("[frozen] pretraining on") for m in logs) == 1
+    assert any(m.startswith("[all] pretraining: done earlier, reused (pretrain-frozen-") for m in logs)
+    assert len(list((out / "units").glob("pretrain-*"))) == 1
+    assert len(list((out / "units").glob("transfer-*"))) == 2

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from medtransfer.audit.core import AuditResult
 from medtransfer.audit.findings import Finding
+from medtransfer.fileio import write_text_atomic
 
 _WIDTH = 100
 
@@ -93,21 +92,10 @@ def audit_markdown(result: AuditResult, level: int = 2) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_audit(result: AuditResult, out: Path) -> tuple[Path, Path]:
     """Write ``audit.json`` and ``audit.md`` into the folder ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "audit.json", out / "audit.md"
-    _write_atomic(json_path, result.to_json() + "\n")
-    _write_atomic(md_path, audit_markdown(result))
+    write_text_atomic(json_path, result.to_json() + "\n")
+    write_text_atomic(md_path, audit_markdown(result))
     return json_path, md_path

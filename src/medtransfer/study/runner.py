@@ -97,6 +97,15 @@ def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) 
     return LoadedTask(role, images, split, _fingerprint(images, [split]))
 
 
+def _split_summary(task: LoadedTask) -> dict[str, Any]:
+    """Images per class in each part; for cross-validation, in each fold's held-out part."""
+    classes = list(task.images.classes)
+    if not task.folds:
+        return task.split.summary(task.images.labels, classes)
+    return {f"fold_{i + 1}": f.summary(task.images.labels, classes)["test"]
+            for i, f in enumerate(task.folds)}
+
+
 def _write_split(out: Path, task: LoadedTask) -> None:
     rows = []
     parts = [("train", task.split.train), ("val", task.split.val), *sorted(task.split.tests.items())]
@@ -173,7 +182,7 @@ class StudyRunner:
                 "path": str(getattr(cfg, t.name).data.path),
                 "classes": list(t.images.classes),
                 "positive_class": t.images.classes[-1] if t.images.num_classes == 2 else None,
-                "split": t.split.summary(t.images.labels, list(t.images.classes)),
+                "split": _split_summary(t),
                 "skipped_images": [{"id": i, "reason": r} for i, r in t.images.skipped],
                 "fingerprint": t.fingerprint,
             }

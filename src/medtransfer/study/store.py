@@ -8,42 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from medtransfer.fileio import write_json_atomic, write_text_atomic
+
+__all__ = ["Unit", "stable_hash", "write_json_atomic", "write_text_atomic"]
 
 
 def stable_hash(obj: Any, length: int = 10) -> str:
     """A short hash of JSON-able data, independent of dict order."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Unit:
@@ -53,6 +30,11 @@ class Unit:
         self.kind, self.name, self.spec = kind, name, spec
         self.key = stable_hash(spec)
         self.dir = root / "units" / f"{kind}-{name}-{self.key}"
+        if not self.done():
+            # Another variant may already have done the identical work (same key): share it.
+            same = sorted(p.parent for p in root.glob(f"units/{kind}-*-{self.key}/result.json"))
+            if same:
+                self.dir = same[0]
 
     @property
     def result_path(self) -> Path:
