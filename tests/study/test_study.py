@@ -229,7 +229,8 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
 
 def test_identical_pretraining_is_shared_between_variants(tmp_path):
     cfg = _config(tmp_path)
-    cfg["variants"] = [{"name": "frozen"}, {"name": "all", "transfer": {"freeze": {"trainable_layers": None}}}]
+    cfg["variants"] = [{"name": "frozen"},
+                       {"name": "all", "transfer": {"freeze": {"trainable_layers": None}}}]
     logs: list[str] = []
     out = tmp_path / "run"
     run_study(study_from_dict(cfg), out, echo=logs.append)
