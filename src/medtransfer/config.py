@@ -120,7 +120,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             try:
                 return float(value)
             except ValueError:
-                pass
+                raise ConfigError(f"'{where}': expected a number, got {value!r}") from None
         raise ConfigError(f"'{where}': expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
