@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from medtransfer.cli import demo_config_path, main
 from medtransfer.study import load_study, resolve_variants
@@ -28,3 +29,17 @@ def test_demo_runs_shrunk(tmp_path, capsys):
     cells = {(r["variant"], r["test_set"]) for r in rows if r["stage"] == "transfer"}
     assert len(cells) == 16  # 4 variants × 4 test sets
     assert f"table: {out / 'summary.md'}" in capsys.readouterr().out
+
+
+def test_demo_cv_example_reports_every_fold(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "demo_cv.yaml"
+    out = tmp_path / "cv"
+    args = ["run", str(example), "--out", str(out), "--no-progress",
+            "--set", "preprocess.size=32", "--set", "pretrain.train.epochs=1",
+            "--set", "transfer.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    with (out / "summary.csv").open() as fh:
+        rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(fh) if r["stage"] == "transfer"}
+    assert rows[("frozen_convs", "auc")]["n"] == "5" and rows[("train_all", "accuracy")]["n"] == "5"
+    md = (out / "summary.md").read_text()
+    assert "| fold_1 | fold_2 | fold_3 | fold_4 | fold_5 | mean ± sd |" in md
