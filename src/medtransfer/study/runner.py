@@ -264,7 +264,7 @@ class StudyRunner:
             "model": _key(v.model), "pretrain": _key(v.pretrain),
             "preprocess": _key(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
         }
-        unit = Unit(self.out, "pretrain", v.name, spec)
+        unit = Unit(self.out, "pretrain", v.name, spec, share=True)
         if unit.done():
             self.echo(f"[{v.name}] pretraining: done earlier, reused ({unit.dir.name})")
             return {**unit.result(), "dir": str(unit.dir)}

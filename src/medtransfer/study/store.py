@@ -26,11 +26,12 @@ def stable_hash(obj: Any, length: int = 10) -> str:
 class Unit:
     """One unit of work in ``root/units/<kind>-<name>-<key>``."""
 
-    def __init__(self, root: Path, kind: str, name: str, spec: dict[str, Any]) -> None:
+    def __init__(self, root: Path, kind: str, name: str, spec: dict[str, Any], *,
+                 share: bool = False) -> None:
         self.kind, self.name, self.spec = kind, name, spec
         self.key = stable_hash(spec)
         self.dir = root / "units" / f"{kind}-{name}-{self.key}"
-        if not self.done():
+        if share and not self.done():
             # Another variant may already have done the identical work (same key): share it.
             same = sorted(p.parent for p in root.glob(f"units/{kind}-*-{self.key}/result.json"))
             if same:
