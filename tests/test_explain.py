@@ -27,13 +27,7 @@ from medtransfer.models import create_model
 SIZE, SQUARE = 24, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster single-threaded, and much slower with two threads on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: single-threaded is faster
 
 
 def _squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -52,16 +51,9 @@ def _config(tmp: Path, target: dict[str, int], split: dict) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is much faster on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def binary_run(tmp_path_factory, _one_thread) -> Path:
+def binary_run(tmp_path_factory, one_thread) -> Path:
     tmp = tmp_path_factory.mktemp("binary")
     split = {"test_sets": 2, "test_per_class": 6, "train_per_class": 15, "val_fraction": 0.25}
     cfg = study_from_dict(_config(tmp, {"normal": 30, "covid": 30}, split))
@@ -71,7 +63,7 @@ def binary_run(tmp_path_factory, _one_thread) -> Path:
 
 
 @pytest.fixture(scope="module")
-def multiclass_run(tmp_path_factory, _one_thread) -> Path:
+def multiclass_run(tmp_path_factory, one_thread) -> Path:
     tmp = tmp_path_factory.mktemp("multi")
     split = {"test_sets": 1, "test_per_class": 5, "train_per_class": 12, "val_fraction": 0.25}
     cfg = study_from_dict(_config(tmp, {"a": 20, "b": 20, "c": 20}, split))

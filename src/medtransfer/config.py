@@ -221,12 +221,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
-    """Raise ConfigError naming the parameter, the value and the allowed choices."""
+def check_choice(
+    name: str, value: Any, choices: typing.Iterable[Any], error: type[Exception] = ConfigError
+) -> None:
+    """Raise ``error`` (ConfigError by default) naming the parameter, the value and the allowed
+    choices, with the closest one suggested."""
     choices = list(choices)
     if value not in choices:
         hint = closest(str(value), [str(c) for c in choices])
         extra = f"; did you mean '{hint}'?" if hint else ""
-        raise ConfigError(
+        raise error(
             f"'{name}': got {value!r}{extra} Allowed: {', '.join(str(c) for c in choices)}"
         )

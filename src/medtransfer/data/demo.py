@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from medtransfer.config import closest
+from medtransfer.config import check_choice
 from medtransfer.errors import DataError
 
 DEMO_CLASSES: dict[str, list[str]] = {
@@ -25,12 +25,7 @@ DEMO_PREFIX = "demo:"  # a DataConfig path "demo:<name>" loads the bundled set <
 
 def demo_path(name: str) -> Path:
     """Filesystem path of the bundled demo data set ``name`` (one of :data:`DEMO_NAMES`)."""
-    if name not in DEMO_CLASSES:
-        hint = closest(name, DEMO_NAMES)
-        extra = f"; did you mean '{hint}'?" if hint else ""
-        raise DataError(
-            f"unknown demo data set {name!r}{extra} Valid names: {', '.join(DEMO_NAMES)}"
-        )
+    check_choice("demo data set", name, DEMO_NAMES, error=DataError)
     resource = files("medtransfer").joinpath("demo_data", f"{name}.npz")
     path = Path(str(resource))
     if not path.is_file():

@@ -14,7 +14,7 @@ from typing import Any, Literal, overload
 
 from torch import nn
 
-from medtransfer.config import check_choice, closest
+from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 
 Builder = Callable[..., nn.Module]
@@ -62,12 +62,7 @@ def list_models() -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     """Registry entry of ``name``; unknown names are a ConfigError suggesting the closest."""
-    if name not in _REGISTRY:
-        hint = closest(name, _REGISTRY)
-        extra = f"; did you mean '{hint}'?" if hint else ""
-        raise ConfigError(
-            f"'model.name': unknown model '{name}'{extra} Available: {', '.join(list_models())}"
-        )
+    check_choice("model.name", name, list_models())
     return _REGISTRY[name]
 
 

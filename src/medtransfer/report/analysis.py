@@ -19,6 +19,7 @@ import numpy as np
 
 from medtransfer.errors import DataError
 from medtransfer.evaluate import choose_threshold
+from medtransfer.fileio import write_text_atomic
 from medtransfer.report.rundir import POOLED, Predictions, RunDir, load_run
 from medtransfer.stats import (
     BINARY_METRICS,
@@ -30,7 +31,6 @@ from medtransfer.stats import (
     mcnemar_test,
     paired_bootstrap,
 )
-from medtransfer.study.store import write_text_atomic
 
 __all__ = [
     "CI_COLUMNS",

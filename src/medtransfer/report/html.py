@@ -12,6 +12,7 @@ from typing import Any
 
 from medtransfer import __version__
 from medtransfer.errors import MedTransferError
+from medtransfer.fileio import write_text_atomic
 from medtransfer.report.analysis import (
     CI_COLUMNS,
     COMPARISON_COLUMNS,
@@ -24,7 +25,6 @@ from medtransfer.report.gallery import Gallery, gradcam_gallery
 from medtransfer.report.rundir import POOLED, RunDir, load_run
 from medtransfer.report.text import Doc, fmt, p_text, sentence
 from medtransfer.stats import t_interval
-from medtransfer.study.store import write_text_atomic
 
 __all__ = ["write_report"]
 

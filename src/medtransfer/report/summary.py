@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.evaluate import mean_sd
+from medtransfer.fileio import write_text_atomic
 from medtransfer.study.config import StudyConfig
-from medtransfer.study.store import write_text_atomic
 
 SOURCE_METRICS = ["loss", "accuracy", "auc"]
 TARGET_METRICS = ["accuracy", "auc", "recall", "specificity", "f1"]
