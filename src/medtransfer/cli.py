@@ -43,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     cfg = load_study(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report)
+    run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report,
+              executor=args.executor, address=args.address)
     print(f"table: {out / 'summary.md'}")
     return 0
 
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--no-report", action="store_true", help="skip report.html (CIs, tests, plots)")
         p.add_argument("--workers", type=int, default=1,
-                       help="variants run in parallel in this many local processes (default 1)")
+                       help="jobs run in parallel in this many processes / Ray tasks (default 1)")
+        p.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local processes (default) or a Ray cluster")
+        p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
     sub.add_parser("models", help="list registered architectures")
     rep = sub.add_parser("report", help="CIs, paired comparisons, plots and Grad-CAM as report.html")
     rep.add_argument("run_dir", help="a finished run directory")

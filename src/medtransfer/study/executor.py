@@ -1,7 +1,7 @@
-"""Run a study's variants in parallel worker processes on this machine.
+"""Run a study's jobs in parallel worker processes on this machine (or on Ray).
 
 Each worker rebuilds the runner from the resolved config and reloads the (cached) data, then runs
-whole variants (pretrain → transfer); units land in the same store, so a killed run resumes as usual.
+whole jobs (e.g. pretrain → transfer); units land in the same store, so a killed run resumes as usual.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medtransfer.config import to_dict
+from medtransfer.config import check_choice, to_dict
+from medtransfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from medtransfer.study.runner import StudyRunner
@@ -34,15 +35,34 @@ def _init_worker(cfg_data: dict[str, Any], out: str, threads: int) -> None:
     _RUNNER = runner
 
 
-def _run_variant(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+EXECUTORS = ("local", "ray")
+
+
+def _run_job(name: str) -> Any:
     assert _RUNNER is not None, "worker not initialised"
-    return _RUNNER.run_variant(name)
+    return _RUNNER.run_job(name)
 
 
-def run_variants_in_processes(
-    runner: StudyRunner, workers: int
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """``{variant: (pretrain result, transfer result)}``, computed by ``workers`` processes."""
+def run_jobs(runner: StudyRunner, names: list[str], *, executor: str = "local", workers: int = 1,
+             address: str | None = None) -> dict[str, Any]:
+    """``{job: runner.run_job(job)}`` — in this process (1 local worker), in ``workers`` local
+    processes, or as Ray tasks (``address``: an existing cluster, else a local one)."""
+    check_choice("executor", executor, EXECUTORS)
+    if workers < 1:
+        raise ConfigError(f"'workers': got {workers!r}; allowed: an integer >= 1")
+    if executor == "ray":
+        from medtransfer.study.ray_executor import run_jobs_on_ray
+
+        return run_jobs_on_ray(runner, names, address=address, workers=workers)
+    if address is not None:
+        raise ConfigError(f"'address': got {address!r}, but it is only used with executor 'ray'")
+    if workers == 1 or len(names) < 2:
+        return {name: runner.run_job(name) for name in names}
+    return run_jobs_in_processes(runner, names, workers)
+
+
+def run_jobs_in_processes(runner: StudyRunner, names: list[str], workers: int) -> dict[str, Any]:
+    """``{job: result}``, computed by ``workers`` spawned processes."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.
     ctx = get_context("spawn")
@@ -50,5 +70,5 @@ def run_variants_in_processes(
         max_workers=workers, mp_context=ctx, initializer=_init_worker,
         initargs=(to_dict(runner.cfg), str(runner.out), threads),
     ) as pool:
-        futures = {pool.submit(_run_variant, v.name): v.name for v in runner.variants}
+        futures = {pool.submit(_run_job, name): name for name in names}
         return {futures[f]: f.result() for f in as_completed(futures)}

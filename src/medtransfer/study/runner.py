@@ -225,14 +225,22 @@ class StudyRunner:
             tests.update(self._transfer(v, pre, self.source, self.target, fold=i)["tests"])
         return pre, {"tests": tests}
 
-    def run(self, *, workers: int = 1, report: bool = True) -> Path:
-        self.prepare()
-        if workers > 1 and len(self.variants) > 1:
-            from medtransfer.study.executor import run_variants_in_processes
+    def job_names(self) -> list[str]:
+        """Independent jobs of this study (call after :meth:`prepare`); executors run them in
+        any order and any process via :meth:`run_job`, sharing the unit store."""
+        return [v.name for v in self.variants]
 
-            outcomes = run_variants_in_processes(self, workers)
-        else:
-            outcomes = {v.name: self.run_variant(v.name) for v in self.variants}
+    def run_job(self, name: str) -> Any:
+        """Run one job (each unit reused if already done); returns plain, picklable data."""
+        return self.run_variant(name)
+
+    def run(self, *, workers: int = 1, report: bool = True, executor: str = "local",
+            address: str | None = None) -> Path:
+        self.prepare()
+        from medtransfer.study.executor import run_jobs
+
+        outcomes = run_jobs(self, self.job_names(), executor=executor, workers=workers,
+                            address=address)
         rows: list[dict[str, Any]] = []
         for t in (self.source, self.target):
             audit = {f"audit_{k}": v for k, v in self.audit_counts.get(t.name, {}).items()}
@@ -363,7 +371,10 @@ class StudyRunner:
 
 
 def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, workers: int = 1,
-              report: bool = True, echo: Callable[[str], None] = print) -> Path:
-    """Run ``cfg`` into ``out``; ``workers`` > 1 runs variants in parallel processes; ``report``
+              report: bool = True, echo: Callable[[str], None] = print, executor: str = "local",
+              address: str | None = None) -> Path:
+    """Run ``cfg`` into ``out``; ``workers`` > 1 runs jobs in parallel processes (``executor``
+    ``local``) or Ray tasks (``ray``, on the cluster at ``address``, else a local Ray); ``report``
     writes CIs, paired comparisons, plots and ``report.html`` at the end."""
-    return StudyRunner(cfg, out, progress=progress, echo=echo).run(workers=workers, report=report)
+    return StudyRunner(cfg, out, progress=progress, echo=echo).run(
+        workers=workers, report=report, executor=executor, address=address)
