@@ -57,6 +57,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says what is wrong inside the value
+            return _convert(value, options[0], where)
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

@@ -92,16 +92,17 @@ def gradcam_gallery(run: RunDir, out: Path, *, n_images: int = 4, seed: int = 0,
     ref = run.predictions(run.variants[0]).part(POOLED)
     if not len(ref.ids):
         raise DataError("the run has no test images to explain")
-    data = load_dataset(run.config.target.data, run.config.preprocess, ImageCache(run.config.cache_dir))
+    target = run.config.task("target").data
+    data = load_dataset(target, run.config.preprocess, ImageCache(run.config.cache_dir))
     index = {i: k for k, i in enumerate(data.ids)}
     missing = [i for i in ref.ids if i not in index]
     if missing:
-        raise DataError(f"target data {run.config.target.data.path} lacks {len(missing)} test image(s) of "
+        raise DataError(f"target data {target.path} lacks {len(missing)} test image(s) of "
                         f"the run, e.g. {missing[0]}; was it changed since the study ran?")
     rows = np.array([index[i] for i in ref.ids], dtype=np.int64)
     if not np.array_equal(data.labels[rows], ref.labels):
         raise DataError(
-            f"target data {run.config.target.data.path}: labels differ from the run's predictions"
+            f"target data {target.path}: labels differ from the run's predictions"
         )
     rng = np.random.default_rng(seed)
     chosen = _pick_ids(ref.labels, ref.ids, n_images, rng)

@@ -2,6 +2,10 @@
 
 Variants (seed 000's baseline / augmentation / dropout / batch norm) are overrides laid over the
 shared ``model``, ``pretrain`` and ``transfer`` sections, so each differs only where it says so.
+
+Two shapes: one ``source`` and one ``target`` (seed 000: pretrain, then transfer by
+``transfer.freeze``), or a matrix (seed 003): named ``sources`` (a data set to pretrain on and/or
+pretrained ``weights``) × named ``targets`` × named ``strategies`` × ``repeats`` training seeds.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ class TaskConfig:
 
     data: DataConfig
     split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A matrix study's source: pretrained ``weights`` (``imagenet``, ``file:PATH``,
+    ``run:UNIT_DIR``), a data set to pretrain on (``data``, split by ``split``), or both
+    (the weights, then pretraining on the data)."""
+
+    data: DataConfig | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.weights is None:
+            raise ConfigError("a source needs 'data' (to pretrain on), 'weights' "
+                              "(imagenet, file:PATH or run:UNIT_DIR), or both")
+        if self.weights is not None and self.weights != "imagenet" \
+                and not self.weights.startswith(("file:", "run:")):
+            raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, file:PATH, "
+                              "run:UNIT_DIR")
 
 
 @dataclass(frozen=True)
@@ -49,17 +73,24 @@ class VariantSpec:
     transfer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(
-                f"'variants': name {self.name!r} must be letters, digits, '-' or '_' (it names folders)"
-            )
+        _check_name("variants", self.name)
+
+
+def _check_name(where: str, name: str) -> None:
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"'{where}': name {name!r} must be letters, digits, '-' or '_' "
+                          "(it names folders)")
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
-    source: TaskConfig
-    target: TaskConfig
+    source: TaskConfig | None = None
+    target: TaskConfig | None = None
+    sources: dict[str, SourceSpec] = field(default_factory=dict)
+    targets: dict[str, TaskConfig] = field(default_factory=dict)
+    strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeats: int = 1  # matrix: training seeds per cell (initialisation, order, augmentation)
     seed: int = 0
     device: str = "auto"
     cache_dir: Path | None = None
@@ -79,6 +110,53 @@ class StudyConfig:
             raise ConfigError(f"'variants': names must be unique; repeated: {', '.join(dupes)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise ConfigError(f"'device': got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        if self.repeats < 1:
+            raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
+        if self.is_matrix:
+            self._check_matrix()
+        else:
+            for key in ("source", "target"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"missing required key '{key}' (or give 'sources', 'targets' and "
+                                      "'strategies' for a matrix study)")
+            if self.repeats != 1:
+                raise ConfigError("'repeats': only matrix studies (sources × targets × strategies) "
+                                  "repeat cells; got a single source/target study")
+
+    def task(self, role: str) -> TaskConfig:
+        """The ``source`` or ``target`` of a single source/target study."""
+        task: TaskConfig | None = getattr(self, role)
+        if task is None:
+            raise ConfigError(f"'{role}': a matrix study has '{role}s', not one '{role}'")
+        return task
+
+    @property
+    def is_matrix(self) -> bool:
+        return bool(self.sources or self.targets or self.strategies)
+
+    def _check_matrix(self) -> None:
+        from medtransfer.strategies.config import strategy_from_dict
+
+        for key in ("source", "target"):
+            if getattr(self, key) is not None:
+                raise ConfigError(f"'{key}': a matrix study names its data under '{key}s'; "
+                                  f"move '{key}' there (e.g. {key}s: {{my_{key}: ...}})")
+        for key in ("sources", "targets", "strategies"):
+            if not getattr(self, key):
+                raise ConfigError(f"missing required key '{key}': a matrix study needs sources, "
+                                  "targets and strategies")
+            for name in getattr(self, key):
+                _check_name(key, name)
+        both = sorted(set(self.sources) & set(self.targets))
+        if both:
+            raise ConfigError(f"'sources' and 'targets' share the names {', '.join(both)}; "
+                              "names must differ (they name data folders)")
+        for name, raw in self.strategies.items():
+            strategy_from_dict(raw, f"strategies.{name}")
+        for key in ("freeze", "train"):
+            if getattr(self.transfer, key) != getattr(TransferConfig(), key):
+                raise ConfigError(f"'transfer.{key}': not used by a matrix study, whose strategies "
+                                  f"say what trains and how (e.g. strategies.<name>.train)")
 
 
 @dataclass(frozen=True)
@@ -117,6 +195,21 @@ def _resolve_path(value: Any, base: Path) -> Any:
     return value
 
 
+def _resolve_task(task: Any, base: Path) -> Any:
+    """A task/source mapping with its data path and file:/run: weights made absolute."""
+    if not isinstance(task, dict):
+        return task
+    out = dict(task)
+    data = out.get("data")
+    if isinstance(data, dict) and "path" in data:
+        out["data"] = {**data, "path": _resolve_path(data["path"], base)}
+    weights = out.get("weights")
+    if isinstance(weights, str) and weights.startswith(("file:", "run:")):
+        scheme, rest = weights.split(":", 1)
+        out["weights"] = f"{scheme}:{_resolve_path(rest, base)}"
+    return out
+
+
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study YAML; relative data paths are taken relative to the YAML file's folder."""
     path = Path(path)
@@ -132,9 +225,11 @@ def study_from_dict(
     base = base or Path.cwd()
     raw = dict(raw)
     for task in ("source", "target"):
-        data = raw.get(task, {}).get("data") if isinstance(raw.get(task), dict) else None
-        if isinstance(data, dict) and "path" in data:
-            raw[task] = deep_merge(raw[task], {"data": {"path": _resolve_path(data["path"], base)}})
+        if task in raw:
+            raw[task] = _resolve_task(raw[task], base)
+    for group in ("sources", "targets"):
+        if isinstance(raw.get(group), dict):
+            raw[group] = {k: _resolve_task(v, base) for k, v in raw[group].items()}
     if isinstance(raw.get("cache_dir"), str):
         raw["cache_dir"] = _resolve_path(raw["cache_dir"], base)
     try:

@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -18,18 +18,30 @@ from medtransfer.config import check_choice, to_dict
 from medtransfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from medtransfer.study.runner import StudyRunner
+    from medtransfer.study.config import StudyConfig
 
-_RUNNER: StudyRunner | None = None
+
+class JobRunner(Protocol):
+    """What executors need of a runner (StudyRunner and MatrixRunner both are)."""
+
+    cfg: StudyConfig
+    out: Path
+
+    def job_names(self) -> list[str]: ...
+
+    def run_job(self, name: str) -> Any: ...
+
+
+_RUNNER: JobRunner | None = None
 
 
 def _init_worker(cfg_data: dict[str, Any], out: str, threads: int) -> None:
     from medtransfer.study.config import study_from_dict
-    from medtransfer.study.runner import StudyRunner
+    from medtransfer.study.runner import make_runner
 
     global _RUNNER
     torch.set_num_threads(threads)
-    runner = StudyRunner(study_from_dict(cfg_data), Path(out), progress=False,
+    runner = make_runner(study_from_dict(cfg_data), Path(out), progress=False,
                          echo=lambda m: print(m, flush=True))
     runner.prepare(write=False)
     _RUNNER = runner
@@ -43,7 +55,7 @@ def _run_job(name: str) -> Any:
     return _RUNNER.run_job(name)
 
 
-def run_jobs(runner: StudyRunner, names: list[str], *, executor: str = "local", workers: int = 1,
+def run_jobs(runner: JobRunner, names: list[str], *, executor: str = "local", workers: int = 1,
              address: str | None = None) -> dict[str, Any]:
     """``{job: runner.run_job(job)}`` — in this process (1 local worker), in ``workers`` local
     processes, or as Ray tasks (``address``: an existing cluster, else a local one)."""
@@ -61,7 +73,7 @@ def run_jobs(runner: StudyRunner, names: list[str], *, executor: str = "local", 
     return run_jobs_in_processes(runner, names, workers)
 
 
-def run_jobs_in_processes(runner: StudyRunner, names: list[str], workers: int) -> dict[str, Any]:
+def run_jobs_in_processes(runner: JobRunner, names: list[str], workers: int) -> dict[str, Any]:
     """``{job: result}``, computed by ``workers`` spawned processes."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.

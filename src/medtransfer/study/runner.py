@@ -7,77 +7,50 @@ kept on disk, so a bad input or a crash loses nothing already computed.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from torch import nn
 
 from medtransfer import __version__
 from medtransfer.config import to_dict
 from medtransfer.data import (
     Augmenter,
+    DataConfig,
     ImageCache,
-    ImageSet,
-    Split,
     load_dataset,
     make_folds,
     make_split,
 )
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
-from medtransfer.models import ModelConfig, build_model
+from medtransfer.models import build_model
 from medtransfer.report import write_report, write_summary
 from medtransfer.study.config import StudyConfig, TaskConfig, Variant, resolve_variants
 from medtransfer.study.store import Unit, write_text_atomic
-from medtransfer.train import TrainConfig, fit, load_checkpoint, predict_proba
+from medtransfer.study.units import (
+    LoadedTask,
+    fingerprint,
+    pretrain_unit,
+    seeded_build,
+    spec_key,
+    train_cfg,
+    write_predictions,
+)
+from medtransfer.train import fit, load_checkpoint, predict_proba
 from medtransfer.transfer import freeze, load_source_weights, train_mode
 
 log = logging.getLogger("medtransfer")
-
-
-@dataclass
-class LoadedTask:
-    name: str
-    images: ImageSet
-    split: Split
-    fingerprint: str
-    folds: list[Split] | None = None  # cross-validation: split is then folds[0]
-
-    def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.images.images[idx], self.images.labels[idx]
-
-
-def _key(cfg: Any) -> Any:
-    """A config as it enters a unit key: non-default values only (see ``to_dict``)."""
-    return to_dict(cfg, skip_defaults=True)
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _fingerprint(images: ImageSet, splits: list[Split]) -> str:
-    """Hash of the pixels, labels and split(s): a unit is redone if any of them changes."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images.images).tobytes())
-    h.update(images.labels.tobytes())
-    for split in splits:
-        for name, idx in [("train", split.train), ("val", split.val), *sorted(split.tests.items())]:
-            h.update(name.encode())
-            h.update(np.asarray(idx, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
 
 
 def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
@@ -89,12 +62,12 @@ def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) 
                 raise ConfigError(f"'{role}.split.folds': cross-validation is for the target task")
             folds = make_folds(images.labels, task.split.folds, cfg.seed, groups=images.groups,
                                val_fraction=task.split.val_fraction, classes=classes)
-            return LoadedTask(role, images, folds[0], _fingerprint(images, folds), folds)
+            return LoadedTask(role, images, folds[0], fingerprint(images, folds), folds)
         split = make_split(images.labels, task.split, cfg.seed, origin=images.origin, classes=classes,
                            groups=images.groups)
     except DataError as exc:
         raise DataError(f"{role} data {task.data.path}: {exc}") from None
-    return LoadedTask(role, images, split, _fingerprint(images, [split]))
+    return LoadedTask(role, images, split, fingerprint(images, [split]))
 
 
 def _split_summary(task: LoadedTask) -> dict[str, Any]:
@@ -137,12 +110,28 @@ def _metrics_rows(variant: str, stage: str, test_set: str, metrics: dict[str, fl
     ]
 
 
-def _build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int) -> nn.Module:
-    """Build with initial weights drawn from ``seed`` without touching the global generator."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(model_cfg, num_classes=task.images.num_classes,
-                           in_chans=task.images.channels, img_size=size)
+def audit_tasks(runner: Any, items: list[tuple[LoadedTask, DataConfig, DataConfig | None]]
+                ) -> dict[str, dict[str, int]]:
+    """Audit each task (against a second data set, if given) with its split; an audit is reused
+    while the task's fingerprint is unchanged. Returns critical/warning counts per task."""
+    from medtransfer.audit import AuditConfig, run_audit, split_parts
+
+    counts: dict[str, dict[str, int]] = {}
+    for task, data, against in items:
+        where = runner.out / "audit" / task.name
+        stamp = where / "fingerprint.txt"
+        if stamp.is_file() and stamp.read_text() == task.fingerprint:
+            found = yaml.safe_load((where / "audit.json").read_text())
+            severities = [f["severity"] for f in found.get("findings", [])]
+        else:
+            res = run_audit(data, against=against, cfg=AuditConfig(seed=runner.cfg.seed),
+                            split=split_parts(task.images.ids, task.split), out=where)
+            write_text_atomic(stamp, task.fingerprint)
+            severities = [str(f.severity) for f in res.findings]
+        counts[task.name] = {s: severities.count(s) for s in ("critical", "warning")}
+        runner.echo(f"audit {task.name}: {counts[task.name]['critical']} critical, "
+                    f"{counts[task.name]['warning']} warnings — {where / 'audit.md'}")
+    return counts
 
 
 class StudyRunner:
@@ -163,8 +152,8 @@ class StudyRunner:
             write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         cache = ImageCache(cfg.cache_dir)
         t0 = time.perf_counter()
-        self.source = source = load_task("source", cfg.source, cfg, cache)
-        self.target = target = load_task("target", cfg.target, cfg, cache)
+        self.source = source = load_task("source", cfg.task("source"), cfg, cache)
+        self.target = target = load_task("target", cfg.task("target"), cfg, cache)
         if not write:
             return
         self.echo(
@@ -179,7 +168,7 @@ class StudyRunner:
             _write_split(out, task)
         self.data_summary = {
             t.name: {
-                "path": str(getattr(cfg, t.name).data.path),
+                "path": str(cfg.task(t.name).data.path),
                 "classes": list(t.images.classes),
                 "positive_class": t.images.classes[-1] if t.images.num_classes == 2 else None,
                 "split": _split_summary(t),
@@ -192,32 +181,14 @@ class StudyRunner:
         self.audit_counts = self._audit() if cfg.audit else {}
 
     def _audit(self) -> dict[str, dict[str, int]]:
-        """Audit source (against the target) and target with their splits; reused while the
-        data's fingerprint is unchanged."""
-        from medtransfer.audit import AuditConfig, run_audit, split_parts
-
-        counts: dict[str, dict[str, int]] = {}
-        for task, against in ((self.source, self.cfg.target.data), (self.target, None)):
-            where = self.out / "audit" / task.name
-            stamp = where / "fingerprint.txt"
-            if stamp.is_file() and stamp.read_text() == task.fingerprint:
-                data = yaml.safe_load((where / "audit.json").read_text())
-                severities = [f["severity"] for f in data.get("findings", [])]
-            else:
-                res = run_audit(getattr(self.cfg, task.name).data, against=against,
-                                cfg=AuditConfig(seed=self.cfg.seed),
-                                split=split_parts(task.images.ids, task.split), out=where)
-                write_text_atomic(stamp, task.fingerprint)
-                severities = [str(f.severity) for f in res.findings]
-            counts[task.name] = {s: severities.count(s) for s in ("critical", "warning")}
-            self.echo(f"audit {task.name}: {counts[task.name]['critical']} critical, "
-                      f"{counts[task.name]['warning']} warnings — {where / 'audit.md'}")
-        return counts
+        cfg = self.cfg
+        return audit_tasks(self, [(self.source, cfg.task("source").data, cfg.task("target").data),
+                                  (self.target, cfg.task("target").data, None)])
 
     def run_variant(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Pretrain and transfer one variant (each unit reused if already done)."""
         v = next(v for v in self.variants if v.name == name)
-        pre = self._pretrain(v, self.source)
+        pre = pretrain_unit(self, v, self.source, label=v.name)
         if not self.target.folds:
             return pre, self._transfer(v, pre, self.source, self.target)
         tests: dict[str, dict[str, float]] = {}
@@ -261,46 +232,7 @@ class StudyRunner:
             self.echo(f"report: {write_report(self.out)}")
         return self.out
 
-    def _train_cfg(self, train: TrainConfig) -> TrainConfig:
-        return train if self.progress else dataclasses.replace(train, progress=False)
-
     # -- units -------------------------------------------------------------------------------
-    def _pretrain(self, v: Variant, source: LoadedTask) -> dict[str, Any]:
-        cfg = self.cfg
-        spec = {
-            "stage": "pretrain", "version": __version__,
-            "model": _key(v.model), "pretrain": _key(v.pretrain),
-            "preprocess": _key(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
-        }
-        unit = Unit(self.out, "pretrain", v.name, spec, share=True)
-        if unit.done():
-            self.echo(f"[{v.name}] pretraining: done earlier, reused ({unit.dir.name})")
-            return {**unit.result(), "dir": str(unit.dir)}
-        self.echo(f"[{v.name}] pretraining on {len(source.split.train)} source images")
-        workdir = unit.start()
-        model = _build(v.model, source, self.size, cfg.seed)
-        augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
-        res = fit(
-            model, source.part(source.split.train), source.part(source.split.val),
-            self._train_cfg(v.pretrain.train), seed=cfg.seed, out_dir=workdir,
-            num_classes=source.images.num_classes, augment=augment, device=self.device,
-            config_for_checkpoint={**spec, "classes": list(source.images.classes)},
-        )
-        val_x, val_y = source.part(source.split.val)
-        proba = predict_proba(model, val_x, batch_size=v.pretrain.train.batch_size, device=self.device)
-        val = compute_metrics(val_y, proba)
-        best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
-        val["loss"] = float(best.get("val_loss", float("nan")))
-        result = {
-            "val": val, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
-            "epochs_run": len(res.history), "seconds": res.seconds,
-            "images_per_second": res.images_per_second,
-            "checkpoint": (res.best_path or res.last_path).name,
-            "classes": list(source.images.classes),
-        }
-        unit.finish(result)
-        return {**result, "dir": str(unit.dir)}
-
     def _transfer(self, v: Variant, pre: dict[str, Any], source: LoadedTask,
                   target: LoadedTask, fold: int | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -308,8 +240,8 @@ class StudyRunner:
         label = v.name if fold is None else f"{v.name}-fold{fold + 1}"
         spec = {
             "stage": "transfer", "version": __version__,
-            "model": _key(v.model), "transfer": _key(v.transfer),
-            "preprocess": _key(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
+            "model": spec_key(v.model), "transfer": spec_key(v.transfer),
+            "preprocess": spec_key(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
             "source_unit": Path(pre["dir"]).name, "fold": fold,
         }
         unit = Unit(self.out, "transfer", label, spec)
@@ -318,7 +250,7 @@ class StudyRunner:
             return unit.result()
         self.echo(f"[{label}] transfer to {len(split.train)} target images")
         workdir = unit.start()
-        model = _build(v.model, target, self.size, cfg.seed + 1)
+        model = seeded_build(v.model, target, self.size, cfg.seed + 1)
         ckpt = load_checkpoint(Path(pre["dir"]) / pre["checkpoint"])
         load = load_source_weights(
             model, ckpt["model_state"], head=v.transfer.head, source_classes=pre["classes"],
@@ -330,29 +262,20 @@ class StudyRunner:
         augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
         res = fit(
             model, target.part(split.train), target.part(split.val) if len(split.val) else None,
-            self._train_cfg(v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
+            train_cfg(self, v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
             num_classes=target.images.num_classes, augment=augment, device=self.device,
             train_mode=train_mode, config_for_checkpoint={**spec, "classes": list(target.images.classes)},
         )
-        tests: dict[str, dict[str, float]] = {}
-        pred_rows = []
         # Validation predictions are kept too: thresholds and calibration are chosen on them.
         tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx
                        for k, idx in split.tests.items()}
-        parts = [("val", split.val), *sorted(tests_named.items())]
-        for name, idx in parts:
-            if not len(idx):
-                continue
-            x, y = target.part(idx)
-            proba = predict_proba(model, x, batch_size=v.transfer.train.batch_size, device=self.device)
-            if name != "val":
-                tests[name] = compute_metrics(y, proba)
-            for i, yi, p in zip(idx, y, proba, strict=True):
-                pred_rows.append([name, target.images.ids[i], int(yi), *(f"{q:.6g}" for q in p)])
-        with (workdir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.images.classes)])
-            w.writerows(pred_rows)
+        parts = {name: idx for name, idx in [("val", split.val), *sorted(tests_named.items())]
+                 if len(idx)}
+        proba = {name: predict_proba(model, target.part(idx)[0], batch_size=v.transfer.train.batch_size,
+                                     device=self.device) for name, idx in parts.items()}
+        tests = {name: compute_metrics(target.images.labels[idx], proba[name])
+                 for name, idx in parts.items() if name != "val"}
+        write_predictions(workdir / "predictions.csv", target, parts, proba)
         result = {
             "tests": tests, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
             "epochs_run": len(res.history), "seconds": res.seconds,
@@ -370,11 +293,22 @@ class StudyRunner:
         write_text_atomic(self.out / "results.csv", "".join(lines))
 
 
+def make_runner(cfg: StudyConfig, out: Path, *, progress: bool = True,
+                echo: Callable[[str], None] = print) -> Any:
+    """The runner for ``cfg``'s shape: :class:`StudyRunner` or, for sources × targets ×
+    strategies, :class:`medtransfer.study.matrix.MatrixRunner` (same interface)."""
+    if cfg.is_matrix:
+        from medtransfer.study.matrix import MatrixRunner
+
+        return MatrixRunner(cfg, out, progress=progress, echo=echo)
+    return StudyRunner(cfg, out, progress=progress, echo=echo)
+
+
 def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, workers: int = 1,
               report: bool = True, echo: Callable[[str], None] = print, executor: str = "local",
               address: str | None = None) -> Path:
     """Run ``cfg`` into ``out``; ``workers`` > 1 runs jobs in parallel processes (``executor``
     ``local``) or Ray tasks (``ray``, on the cluster at ``address``, else a local Ray); ``report``
     writes CIs, paired comparisons, plots and ``report.html`` at the end."""
-    return StudyRunner(cfg, out, progress=progress, echo=echo).run(
+    return make_runner(cfg, out, progress=progress, echo=echo).run(
         workers=workers, report=report, executor=executor, address=address)

@@ -1,0 +1,127 @@
+"""Matrix studies (sources × targets × strategies × repeats) on tiny synthetic image folders."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medtransfer.errors import ConfigError, DataError
+from medtransfer.models import ModelConfig, build_model
+from medtransfer.study import run_study, study_from_dict
+
+
+def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
+    """Class folders whose classes differ in brightness (and texture), reused when present."""
+    if root.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for k, (name, n) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(70 + 100 * k, 25 + 10 * k, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
+    return root
+
+TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
+MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+
+
+def _matrix(tmp_path: Path, **over) -> dict:
+    src = _folder(tmp_path / "src", {"neg": 40, "pos": 40}, seed=1)
+    tgt_a = _folder(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
+    tgt_b = _folder(tmp_path / "tgt_b", {"benign": 30, "malignant": 30}, seed=4)
+    weights = tmp_path / "init.pt"
+    if not weights.exists():  # "pretrained elsewhere": any state dict of the same architecture
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(9)
+            model = build_model(ModelConfig(name=MODEL["name"], options=MODEL["options"]),
+                                num_classes=2, in_chans=1, img_size=16)
+        torch.save(model.state_dict(), weights)
+    split = {"test_sets": 1, "test_per_class": 8, "val_fraction": 0.2}
+    cfg = {
+        "name": "tiny_matrix", "seed": 3, "cache_dir": str(tmp_path / "cache"),
+        "preprocess": {"size": 16}, "model": MODEL, "pretrain": {"train": TRAIN},
+        "sources": {"srcdata": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
+                    "fromfile": {"weights": f"file:{weights}"}},
+        "targets": {"tgta": {"data": {"path": str(tgt_a)}, "split": split},
+                    "tgtb": {"data": {"path": str(tgt_b)}, "split": split}},
+        "strategies": {"scratch": {"kind": "scratch", "train": TRAIN},
+                       "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
+                       "finetune": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}},
+        "repeats": 2,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _rows(out: Path) -> list[dict]:
+    with (out / "results.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path):
+    out = tmp_path / "run"
+    logs: list[str] = []
+    run_study(study_from_dict(_matrix(tmp_path)), out, echo=logs.append)
+    rows = _rows(out)
+    assert list(rows[0]) == ["variant", "source", "target", "strategy", "repeat", "stage", "test_set",
+                             "metric", "value"]
+    cells = {(r["source"], r["target"], r["strategy"], r["repeat"]) for r in rows if r["stage"] == "transfer"}
+    expected = {("none", t, "scratch", str(k)) for t in ("tgta", "tgtb") for k in (0, 1)}
+    expected |= {(s, t, st, str(k)) for s in ("srcdata", "fromfile") for t in ("tgta", "tgtb")
+                 for st in ("svm", "finetune") for k in (0, 1)}
+    assert cells == expected
+    auc = [float(r["value"]) for r in rows if r["stage"] == "transfer" and r["metric"] == "auc"]
+    assert len(auc) == len(expected) and all(0.0 <= a <= 1.0 for a in auc)
+    assert {r["source"] for r in rows if r["stage"] == "pretrain"} == {"srcdata"}  # weights-only: none
+    # Repeats are different training seeds: the scratch repeats do not give identical predictions.
+    scratch = sorted((out / "units").glob("cell-baseline.none.tgta.scratch.r*"))
+    assert len(scratch) == 2
+    assert (scratch[0] / "predictions.csv").read_text() != (scratch[1] / "predictions.csv").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "no transfer: scratch" in summary and "srcdata: svm" in summary and "fromfile: finetune" in summary
+    assert "difference from scratch" in summary
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64" in html
+    stats = (out / "summary.csv").read_text().splitlines()
+    assert stats[0].startswith("variant,target,source,strategy,metric,mean,max_dev")
+    units = sorted(p.name for p in (out / "units").iterdir())
+    assert len(units) == 1 + len(expected)  # one pretraining unit, one per cell
+
+    logs.clear()
+    run_study(study_from_dict(_matrix(tmp_path)), out, echo=logs.append)
+    assert sum("done earlier, reused" in m for m in logs) == len(units)
+    assert _rows(out) == rows
+
+
+def test_matrix_config_errors_name_the_key(tmp_path):
+    good = _matrix(tmp_path)
+    with pytest.raises(ConfigError, match=r"'source': a matrix study names its data under 'sources'"):
+        study_from_dict({**good, "source": good["sources"]["srcdata"]})
+    with pytest.raises(ConfigError, match=r"missing required key 'strategies'"):
+        study_from_dict({k: v for k, v in good.items() if k != "strategies"})
+    with pytest.raises(ConfigError, match=r"strategies\.ft\.kind.*did you mean 'finetune'"):
+        study_from_dict({**good, "strategies": {"ft": {"kind": "fintune"}}})
+    with pytest.raises(ConfigError, match=r"'transfer.train': not used by a matrix study"):
+        study_from_dict({**good, "transfer": {"train": {"epochs": 3}}})
+    with pytest.raises(ConfigError, match=r"a source needs 'data'"):
+        study_from_dict({**good, "sources": {"empty": {}}})
+    with pytest.raises(ConfigError, match=r"'weights': got 'imagenet1k'; allowed: imagenet"):
+        study_from_dict({**good, "sources": {"x": {"weights": "imagenet1k"}}})
+    with pytest.raises(ConfigError, match=r"'repeats': got 0"):
+        study_from_dict({**good, "repeats": 0})
+    with pytest.raises(ConfigError, match=r"share the names tgta"):
+        study_from_dict({**good, "sources": {"tgta": good["sources"]["srcdata"]}})
+
+
+def test_missing_weights_file_fails_before_training(tmp_path):
+    cfg = _matrix(tmp_path, sources={"gone": {"weights": f"file:{tmp_path / 'nope.pt'}"}})
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"nope\.pt does not exist"):
+        run_study(study_from_dict(cfg), out, echo=lambda m: None)
+    assert not (out / "units").exists()
