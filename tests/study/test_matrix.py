@@ -125,3 +125,21 @@ def test_missing_weights_file_fails_before_training(tmp_path):
     with pytest.raises(DataError, match=r"nope\.pt does not exist"):
         run_study(study_from_dict(cfg), out, echo=lambda m: None)
     assert not (out / "units").exists()
+
+
+def test_resample_splits_gives_each_repeat_its_own_split(tmp_path):
+    cfg = _matrix(tmp_path, resample_splits=True, targets={"tgta": _matrix(tmp_path)["targets"]["tgta"]},
+                  strategies={"scratch": {"kind": "scratch", "train": TRAIN}}, audit=False)
+    out = tmp_path / "run"
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    assert (out / "splits" / "tgta.csv").is_file() and (out / "splits" / "tgta.r1.csv").is_file()
+
+    def test_ids(repeat: int) -> set[str]:
+        (unit,) = (out / "units").glob(f"cell-baseline.none.tgta.scratch.r{repeat}-*")
+        with (unit / "predictions.csv").open() as fh:
+            return {r["id"] for r in csv.DictReader(fh) if r["test_set"] != "val"}
+
+    assert test_ids(0) != test_ids(1) and len(test_ids(0)) == len(test_ids(1)) == 16
+    single = {"name": "s", "source": {"data": {"path": "a"}}, "target": {"data": {"path": "b"}}}
+    with pytest.raises(ConfigError, match=r"'repeats', 'resample_splits': only matrix studies"):
+        study_from_dict({**single, "repeats": 3})

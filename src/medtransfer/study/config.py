@@ -91,6 +91,9 @@ class StudyConfig:
     targets: dict[str, TaskConfig] = field(default_factory=dict)
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 1  # matrix: training seeds per cell (initialisation, order, augmentation)
+    # matrix: each repeat also draws a new split of every target (seed 003); cells of one repeat
+    # share it, so differences from scratch stay paired
+    resample_splits: bool = False
     seed: int = 0
     device: str = "auto"
     cache_dir: Path | None = None
@@ -119,9 +122,9 @@ class StudyConfig:
                 if getattr(self, key) is None:
                     raise ConfigError(f"missing required key '{key}' (or give 'sources', 'targets' and "
                                       "'strategies' for a matrix study)")
-            if self.repeats != 1:
-                raise ConfigError("'repeats': only matrix studies (sources × targets × strategies) "
-                                  "repeat cells; got a single source/target study")
+            if self.repeats != 1 or self.resample_splits:
+                raise ConfigError("'repeats', 'resample_splits': only matrix studies (sources × "
+                                  "targets × strategies) repeat cells; this study has one source/target")
 
     def task(self, role: str) -> TaskConfig:
         """The ``source`` or ``target`` of a single source/target study."""

@@ -5,7 +5,8 @@ pretrained first (one unit per variant and source, shared by all cells); then ea
 its model from its source, transfers it by its strategy with the repeat's training seed, and is
 evaluated on the target's validation and test sets. ``scratch`` strategies ignore the source
 (source ``none``): they are the reference column. Repeats vary initialisation, batch order and
-augmentation, not the split, so cells are compared on the same test images.
+augmentation; with ``resample_splits`` each repeat also draws its own split of every target
+(shared by that repeat's cells, so comparisons stay paired).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from medtransfer.evaluate import compute_metrics
 from medtransfer.models import build_pretrained
 from medtransfer.strategies import ScratchStrategy, StrategyConfig, run_strategy, strategy_from_dict
 from medtransfer.study.config import SourceSpec, StudyConfig, TaskConfig, Variant, resolve_variants
-from medtransfer.study.runner import _split_summary, _write_split, audit_tasks, load_task, pick_device
+from medtransfer.study.runner import (
+    _split_summary,
+    _write_split,
+    audit_tasks,
+    load_task,
+    pick_device,
+    split_task,
+)
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
@@ -82,6 +90,7 @@ class MatrixRunner:
         self.device = pick_device(cfg.device)
         self.size = cfg.preprocess.size if isinstance(cfg.preprocess.size, int) else cfg.preprocess.size[0]
         self._pretrained: dict[tuple[str, str], dict[str, Any]] = {}
+        self._resplit: dict[tuple[str, int], LoadedTask] = {}
 
     # -- plan --------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -128,6 +137,10 @@ class MatrixRunner:
                   + f" ({time.perf_counter() - t0:.1f} s, cache {cache.hits} hits / {cache.misses} decoded)")
         for loaded in self.tasks.values():
             _write_split(out, loaded)
+        if cfg.resample_splits:
+            for name in cfg.targets:
+                for r in range(1, cfg.repeats):
+                    _write_split(out, self.target(name, r))
         self.data_summary = {
             name: {
                 "role": "source" if name in cfg.sources else "target",
@@ -143,6 +156,17 @@ class MatrixRunner:
         write_text_atomic(out / "data.yaml", yaml.safe_dump(self.data_summary, sort_keys=False))
         self._check_models()
         self.audit_counts = self._audit() if cfg.audit else {}
+
+    def target(self, name: str, repeat: int) -> LoadedTask:
+        """Target ``name`` as repeat ``repeat`` splits it (the study's split unless resampled)."""
+        if not self.cfg.resample_splits or repeat == 0:
+            return self.tasks[name]
+        if (name, repeat) not in self._resplit:
+            base = self.tasks[name]
+            task = split_task(f"{name}.r{repeat}", self.cfg.targets[name], base.images,
+                              self.cfg.seed + repeat)
+            self._resplit[(name, repeat)] = task
+        return self._resplit[(name, repeat)]
 
     def source_tasks(self) -> dict[str, TaskConfig]:
         """Sources that have data to pretrain on, as tasks."""
@@ -208,7 +232,7 @@ class MatrixRunner:
         strategy = self.strategies[cell.strategy]
         spec = cfg.sources.get(cell.source)
         pre = self._pretrain(cell.variant, cell.source) if spec is not None and spec.data else None
-        target = self.tasks[cell.target]
+        target = self.target(cell.target, cell.repeat)
         seed = repeat_seed(cfg.seed, cell.repeat)
         unit_spec = {
             "stage": "cell", "version": __version__, "model": spec_key(v.model),

@@ -22,6 +22,7 @@ from medtransfer.data import (
     Augmenter,
     DataConfig,
     ImageCache,
+    ImageSet,
     load_dataset,
     make_folds,
     make_split,
@@ -54,16 +55,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
-    images = load_dataset(task.data, cfg.preprocess, cache)
+    return split_task(role, task, load_dataset(task.data, cfg.preprocess, cache), cfg.seed)
+
+
+def split_task(role: str, task: TaskConfig, images: ImageSet, seed: int) -> LoadedTask:
+    """Loaded images split as ``task.split`` says, drawn from ``seed``."""
     classes = list(images.classes)
     try:
         if task.split.folds:
             if role != "target":
                 raise ConfigError(f"'{role}.split.folds': cross-validation is for the target task")
-            folds = make_folds(images.labels, task.split.folds, cfg.seed, groups=images.groups,
+            folds = make_folds(images.labels, task.split.folds, seed, groups=images.groups,
                                val_fraction=task.split.val_fraction, classes=classes)
             return LoadedTask(role, images, folds[0], fingerprint(images, folds), folds)
-        split = make_split(images.labels, task.split, cfg.seed, origin=images.origin, classes=classes,
+        split = make_split(images.labels, task.split, seed, origin=images.origin, classes=classes,
                            groups=images.groups)
     except DataError as exc:
         raise DataError(f"{role} data {task.data.path}: {exc}") from None
