@@ -34,14 +34,25 @@ def demo_config_path() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medtransfer.study import load_study, run_study
+    from medtransfer.config import deep_merge, read_yaml
+    from medtransfer.study import run_study, study_from_dict
 
     if args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
     overrides = _parse_set(args.set or [])
     if args.device:
         overrides["device"] = args.device
-    cfg = load_study(args.config, overrides)
+    path = Path(args.config)
+    raw = deep_merge(read_yaml(path), overrides)
+    if "search" in raw:  # a search: its trials on validation, then the best config on the tests
+        from medtransfer.search import run_search
+
+        out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
+        run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
+                   report=not args.no_report, source_name=str(path))
+        print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
+        return 0
+    cfg = study_from_dict(raw, base=path.resolve().parent, source_name=str(path))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report,
               executor=args.executor, address=args.address)

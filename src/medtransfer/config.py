@@ -71,8 +71,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
+        hint = closest(str(value), [str(a) for a in args])
+        extra = f"; did you mean '{hint}'?" if hint else ""
         raise ConfigError(
-            f"'{where}': got {value!r}; allowed: {', '.join(repr(a) for a in args)}"
+            f"'{where}': got {value!r}{extra} Allowed: {', '.join(repr(a) for a in args)}"
         )
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):

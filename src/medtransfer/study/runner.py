@@ -7,6 +7,7 @@ kept on disk, so a bad input or a crash loses nothing already computed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import build_model
 from medtransfer.report import write_report, write_summary
-from medtransfer.study.config import StudyConfig, TaskConfig, Variant, resolve_variants
+from medtransfer.study.config import StudyConfig, TaskConfig, Variant, VariantSpec, resolve_variants
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
@@ -238,8 +239,15 @@ class StudyRunner:
         return self.out
 
     # -- units -------------------------------------------------------------------------------
+    def run_trial(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """A search trial: the study's model/pretrain/transfer with ``overrides`` laid over them,
+        pretrained and transferred, evaluated on the validation set only (never the tests)."""
+        v = resolve_variants(dataclasses.replace(self.cfg, variants=[VariantSpec(name, **overrides)]))[0]
+        pre = pretrain_unit(self, v, self.source, label=name)
+        return self._transfer(v, pre, self.source, self.target, tests=False)
+
     def _transfer(self, v: Variant, pre: dict[str, Any], source: LoadedTask,
-                  target: LoadedTask, fold: int | None = None) -> dict[str, Any]:
+                  target: LoadedTask, fold: int | None = None, *, tests: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         split = target.split if fold is None or target.folds is None else target.folds[fold]
         label = v.name if fold is None else f"{v.name}-fold{fold + 1}"
@@ -249,7 +257,9 @@ class StudyRunner:
             "preprocess": spec_key(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
             "source_unit": Path(pre["dir"]).name, "fold": fold,
         }
-        unit = Unit(self.out, "transfer", label, spec)
+        if not tests:
+            spec["evaluate"] = "val"  # a search trial: test images are never looked at
+        unit = Unit(self.out, "trial" if not tests else "transfer", label, spec)
         if unit.done():
             self.echo(f"[{label}] transfer: done earlier, reused ({unit.dir.name})")
             return unit.result()
@@ -275,14 +285,17 @@ class StudyRunner:
         tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx
                        for k, idx in split.tests.items()}
         parts = {name: idx for name, idx in [("val", split.val), *sorted(tests_named.items())]
-                 if len(idx)}
+                 if len(idx) and (tests or name == "val")}
         proba = {name: predict_proba(model, target.part(idx)[0], batch_size=v.transfer.train.batch_size,
                                      device=self.device) for name, idx in parts.items()}
-        tests = {name: compute_metrics(target.images.labels[idx], proba[name])
-                 for name, idx in parts.items() if name != "val"}
+        metrics = {name: compute_metrics(target.images.labels[idx], proba[name])
+                   for name, idx in parts.items()}
+        if "val" in metrics and res.best_epoch > 0:
+            metrics["val"]["loss"] = float(res.history[res.best_epoch - 1].get("val_loss", float("nan")))
         write_predictions(workdir / "predictions.csv", target, parts, proba)
         result = {
-            "tests": tests, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
+            "tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
+            "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
             "epochs_run": len(res.history), "seconds": res.seconds,
             "trainable_layers": frozen.trainable, "trainable_params": frozen.trainable_params,
             "frozen_params": frozen.frozen_params, "head_reset": bool(load.reset),

@@ -1,0 +1,236 @@
+"""Hyperparameter search over any study key (seeds 001 and 004), with Optuna's samplers.
+
+``search.space`` maps dotted keys of the ``model``, ``pretrain`` and ``transfer`` sections to a
+list (grid values, or choices for random/TPE) or a range ``{low, high, log, step}``. Each trial is
+pretrained and transferred like a variant — early stopping and its best checkpoint as the config
+says — and scored on the target's **validation** set; test images are not looked at. The trials,
+sorted by the objective, go to ``trials.csv`` and ``search.md``; the best trial's settings are
+written back as a runnable study config ``best.yaml``, which is then run once, on the tests, into
+the same folder (``results.csv``, ``summary.md``, ``report.html``). Trials are units: a rerun
+reuses them, and with a seeded sampler it proposes the same trials, so it does no work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medtransfer.config import check_choice, deep_merge, from_dict, to_dict
+from medtransfer.errors import ConfigError, MedTransferError
+from medtransfer.fileio import write_text_atomic
+
+SECTIONS = ("model", "pretrain", "transfer")
+SAMPLERS = ("grid", "random", "tpe")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """A validation metric of the transfer stage (``auc``, ``f1``, ``accuracy``, ``loss``, …)."""
+
+    metric: str = "auc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+    def __post_init__(self) -> None:
+        check_choice("search.objective.direction", self.direction, ("maximize", "minimize"))
+        natural = "minimize" if self.metric in ("loss", "brier", "ece") else "maximize"
+        if self.direction != natural:
+            raise ConfigError(f"'search.objective.direction': got {self.direction!r} for metric "
+                              f"{self.metric!r}; set {natural} (the better direction of that metric)")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: dict[str, Any]
+    sampler: Literal["grid", "random", "tpe"] = "grid"
+    trials: int | None = None  # budget; grid: every combination when None
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    top_k: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("search.sampler", self.sampler, SAMPLERS)
+        if not self.space:
+            raise ConfigError("'search.space': empty; give at least one key, e.g. "
+                              "transfer.train.optimizer.lr: [1.0e-4, 1.0e-3]")
+        for key, spec in self.space.items():
+            where = f"search.space.{key}"
+            if key.split(".", 1)[0] not in SECTIONS or "." not in key:
+                raise ConfigError(f"'{where}': keys are dotted paths into {', '.join(SECTIONS)} "
+                                  "(e.g. transfer.train.optimizer.lr)")
+            if isinstance(spec, dict):
+                if self.sampler == "grid":
+                    raise ConfigError(f"'{where}': a range needs sampler random or tpe; grid takes a list")
+                unknown = set(spec) - {"low", "high", "log", "step"}
+                if unknown or not {"low", "high"} <= set(spec):
+                    raise ConfigError(f"'{where}': a range is {{low, high[, log][, step]}}; got {spec!r}")
+            elif not isinstance(spec, list) or not spec:
+                raise ConfigError(f"'{where}': expected a non-empty list of values or a range "
+                                  f"{{low, high}}, got {spec!r}")
+        if self.trials is not None and self.trials < 1:
+            raise ConfigError(f"'search.trials': got {self.trials}; allowed: an integer >= 1")
+        if self.sampler != "grid" and self.trials is None:
+            raise ConfigError(f"'search.trials': sampler {self.sampler} needs a budget (trials: N)")
+
+    def n_trials(self) -> int:
+        if self.sampler != "grid":
+            assert self.trials is not None
+            return self.trials
+        size = math.prod(len(v) for v in self.space.values())
+        return size if self.trials is None else min(size, self.trials)
+
+
+def nested(params: dict[str, Any]) -> dict[str, Any]:
+    """``{"transfer.train.batch_size": 16}`` → ``{"transfer": {"train": {"batch_size": 16}}}``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _suggest(trial: Any, key: str, spec: Any) -> Any:
+    if isinstance(spec, list):
+        return trial.suggest_categorical(key, spec)
+    low, high = spec["low"], spec["high"]
+    if isinstance(low, int) and isinstance(high, int) and not spec.get("log"):
+        return trial.suggest_int(key, low, high, step=spec.get("step", 1))
+    return trial.suggest_float(key, float(low), float(high), log=bool(spec.get("log", False)),
+                               step=spec.get("step"))
+
+
+def _sampler(cfg: SearchConfig) -> Any:
+    import optuna
+
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(cfg.space, seed=cfg.seed)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    return optuna.samplers.TPESampler(seed=cfg.seed)
+
+
+def _table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> tuple[list[str], list[list[str]]]:
+    head = ["rank", "trial", *keys, f"val {metric}", "best epoch", "state"]
+    body = [[str(r["rank"]), r["trial"], *(str(r["params"].get(k)) for k in keys),
+             "–" if r["value"] is None else f"{r['value']:.4f}", str(r.get("best_epoch", "–")), r["state"]]
+            for r in rows]
+    return head, body
+
+
+def _check_space(cfg: Any, search: SearchConfig) -> None:
+    """Every key must exist: a typo would otherwise fail every trial, one by one."""
+    from medtransfer.study.config import VariantSpec, resolve_variants
+
+    first = {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
+    try:
+        resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(first))]))
+    except ConfigError as exc:
+        raise ConfigError(f"'search.space': {exc}") from None
+
+
+def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, progress: bool = True,
+               report: bool = True, echo: Callable[[str], None] = print,
+               source_name: str = "<config>") -> Path:
+    """Run the search that ``raw`` (a study config with a ``search`` section) declares, then the
+    best configuration on the tests; returns ``out``."""
+    import optuna
+
+    from medtransfer.study.config import study_from_dict
+    from medtransfer.study.runner import StudyRunner, run_study
+
+    raw = dict(raw)
+    try:
+        search = from_dict(SearchConfig, raw.pop("search"), "search")
+    except ConfigError as exc:
+        raise ConfigError(f"{source_name}: {exc}") from None
+    cfg = study_from_dict(raw, base=base, source_name=source_name)
+    if cfg.is_matrix:
+        raise ConfigError(f"{source_name}: 'search': searches run on a single source/target study, "
+                          "not a matrix")
+    _check_space(cfg, search)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "search.yaml", yaml.safe_dump({**to_dict(cfg), "search": to_dict(search)},
+                                                          sort_keys=False))
+    runner = StudyRunner(cfg, out, progress=progress, echo=echo)
+    runner.prepare()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=search.objective.direction, sampler=_sampler(search))
+    rows: list[dict[str, Any]] = []
+
+    def objective(trial: Any) -> float:
+        params = {k: _suggest(trial, k, spec) for k, spec in search.space.items()}
+        name = f"trial-{trial.number + 1:03d}"
+        row: dict[str, Any] = {"trial": name, "params": params}
+        try:
+            result = runner.run_trial(name, nested(params))
+        except ConfigError as exc:  # an impossible combination: recorded (NaN fails it in Optuna)
+            rows.append({**row, "value": None, "state": f"failed: {exc}"})
+            echo(f"[{name}] failed: {exc}")
+            return math.nan
+        value = result["val"].get(search.objective.metric)
+        if value is None:
+            raise ConfigError(f"'search.objective.metric': got {search.objective.metric!r}; "
+                              f"validation metrics: {', '.join(sorted(result['val']))}")
+        rows.append({**row, "value": float(value), "state": "complete",
+                     "best_epoch": result.get("best_epoch")})
+        echo(f"[{name}] {params} → val {search.objective.metric} {value:.4f}")
+        return float(value)
+
+    # The grid sampler stops the study itself once every point is done.
+    study.optimize(objective, n_trials=search.n_trials(), catch=())
+    done = [r for r in rows if r["value"] is not None and math.isfinite(r["value"])]
+    if not done:
+        raise MedTransferError(f"search: none of the {len(rows)} trials finished; see trials.csv")
+    sign = -1.0 if search.objective.direction == "maximize" else 1.0
+    rows.sort(key=lambda r: (r["value"] is None, sign * (r["value"] or 0.0), r["trial"]))
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    keys = list(search.space)
+    _write_trials(out, rows, keys, search)
+    best = rows[0]
+    best_raw = {**raw, **{s: deep_merge(raw.get(s) or {}, nested(best["params"]).get(s, {}))
+                          for s in SECTIONS}}
+    best_raw["variants"] = [{"name": "best"}]
+    best_raw.pop("name", None)
+    best_raw = {"name": f"{cfg.name}_best", **best_raw}
+    header = (f"# Best of {len(rows)} trials of search '{cfg.name}' by validation "
+              f"{search.objective.metric} ({best['trial']}: {best['value']:.4f}); run with "
+              "`medtransfer run best.yaml`.\n")
+    write_text_atomic(out / "best.yaml", header + yaml.safe_dump(
+        to_dict(study_from_dict(best_raw, base=base)), sort_keys=False))
+    echo(f"best: {best['trial']} {best['params']} (val {search.objective.metric} {best['value']:.4f}) "
+         f"→ {out / 'best.yaml'}; evaluating it once on the test sets")
+    return run_study(study_from_dict(best_raw, base=base), out, progress=progress, report=report, echo=echo)
+
+
+def _write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str], search: SearchConfig) -> None:
+    metric = search.objective.metric
+    lines = [",".join(["rank", "trial", *keys, f"val_{metric}", "best_epoch", "state"])]
+    for r in rows:
+        cells = [r["rank"], r["trial"], *(r["params"].get(k) for k in keys),
+                 "" if r["value"] is None else f"{r['value']:.6g}", r.get("best_epoch", ""), r["state"]]
+        lines.append(",".join('"' + str(c).replace('"', "'") + '"' if "," in str(c) else str(c)
+                              for c in cells))
+    write_text_atomic(out / "trials.csv", "\n".join(lines) + "\n")
+    head, body = _table(rows, keys, metric)
+    top = body[: search.top_k]
+    md = [f"# Search: {len(rows)} trials ({search.sampler}), objective validation {metric} "
+          f"({search.objective.direction})", "",
+          f"## Top {len(top)}", "", _md(head, top), "", "## All trials", "", _md(head, body), "",
+          "Selected on the validation set only; `best.yaml` is evaluated once on the test sets "
+          "(results.csv, summary.md, report.html in this folder).", ""]
+    write_text_atomic(out / "search.md", "\n".join(md))
+
+
+def _md(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body])
+
