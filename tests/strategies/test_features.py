@@ -97,3 +97,15 @@ def test_mlp_head_trains_with_fit_on_cached_features(tmp_path):
     proba = mlp_proba(head, feats)
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+
+
+def test_weights_hash_covers_0_dim_buffers_and_changes_with_weights():
+    from medtransfer.strategies.features import weights_hash
+
+    # BatchNorm carries a 0-dim buffer (num_batches_tracked)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    before = weights_hash(model)
+    assert before == weights_hash(model)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] += 1.0
+    assert weights_hash(model) != before
