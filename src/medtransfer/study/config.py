@@ -17,6 +17,7 @@ from typing import Any
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.models import ModelConfig
+from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 from medtransfer.transfer import FreezeConfig, HeadPolicy
 
@@ -103,6 +104,7 @@ class StudyConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     variants: list[VariantSpec] = field(default_factory=lambda: [VariantSpec("baseline")])
     audit: bool = True  # audit both data sets (shortcuts, duplicates, leakage) before training
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # TensorBoard / MLflow, off
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.variants]

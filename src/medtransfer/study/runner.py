@@ -40,6 +40,7 @@ from medtransfer.study.units import (
     pretrain_unit,
     seeded_build,
     spec_key,
+    tracking,
     train_cfg,
     write_predictions,
 )
@@ -280,6 +281,7 @@ class StudyRunner:
             train_cfg(self, v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
             num_classes=target.images.num_classes, augment=augment, device=self.device,
             train_mode=train_mode, config_for_checkpoint={**spec, "classes": list(target.images.classes)},
+            callbacks=tracking(self, workdir, label, spec),
         )
         # Validation predictions are kept too: thresholds and calibration are chosen on them.
         tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx

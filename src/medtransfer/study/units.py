@@ -22,7 +22,8 @@ from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.study.config import StudyConfig, Variant
 from medtransfer.study.store import Unit
-from medtransfer.train import TrainConfig, fit, predict_proba
+from medtransfer.tracking import unit_callbacks
+from medtransfer.train import Callback, TrainConfig, fit, predict_proba
 
 
 @dataclass
@@ -67,6 +68,12 @@ def fingerprint(images: ImageSet, splits: list[Split]) -> str:
 
 def train_cfg(ctx: Context, train: TrainConfig) -> TrainConfig:
     return train if ctx.progress else dataclasses.replace(train, progress=False)
+
+
+def tracking(ctx: Context, unit_dir: Path, name: str, spec: dict[str, Any]) -> list[Callback]:
+    """TensorBoard / MLflow callbacks for one unit's training, as ``cfg.tracking`` asks."""
+    return unit_callbacks(ctx.cfg.tracking, run_dir=ctx.out, unit_dir=unit_dir, study=ctx.cfg.name,
+                          name=name, params=spec)
 
 
 def seeded_build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int) -> nn.Module:
@@ -114,6 +121,7 @@ def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
         train_cfg(ctx, v.pretrain.train), seed=cfg.seed, out_dir=workdir,
         num_classes=source.images.num_classes, augment=augment, device=ctx.device,
         input_norm=input_norm, config_for_checkpoint={**spec, "classes": list(source.images.classes)},
+        callbacks=tracking(ctx, workdir, label, spec),
     )
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
