@@ -1,0 +1,54 @@
+"""Fixtures for study tests run outside test_study.py (same tiny synthetic study as its ``_config``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
+    """Class folders whose classes differ in brightness; reused when already written."""
+    if root.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for k, (name, n) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def tiny_study(root: Path) -> dict[str, Any]:
+    """Two variants × (pretrain + transfer) = 4 units on images written under ``root``."""
+    train = {"epochs": 2, "batch_size": 16, "progress": False,
+             "optimizer": {"name": "adam", "lr": 0.001}}
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "cache_dir": str(root / "cache"),
+        "preprocess": {"size": 16},
+        "source": {"data": {"path": str(_folder(root / "src", {"neg": 40, "pos": 40}, seed=1))},
+                   "split": {"val_fraction": 0.2}},
+        "target": {
+            "data": {"path": str(_folder(root / "tgt", {"normal": 30, "covid": 30}, seed=2)),
+                     "classes": ["normal", "covid"]},
+            "split": {"test_sets": 2, "test_per_class": 5, "train_per_class": 15,
+                      "val_fraction": 0.2},
+        },
+        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "pretrain": {"train": train},
+        "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
+        "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}}],
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_study_config() -> Callable[[Path], dict[str, Any]]:
+    """``tiny_study_config(root)`` → the config dict of test_study.py's tiny study."""
+    return tiny_study

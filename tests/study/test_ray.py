@@ -1,0 +1,140 @@
+"""Studies on a real Ray cluster: one head on loopback, started for this module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medtransfer.errors import ConfigError, ImageDecodeError
+from medtransfer.study import run_study, study_from_dict
+from medtransfer.study.ray_executor import _share, run_jobs_on_ray
+from medtransfer.study.runner import StudyRunner
+
+pytest.importorskip("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``HOST:PORT`` of a 2-CPU Ray head running in its own session; only it is stopped after."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+           "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false", "--block"]
+    # A throwaway cluster without token auth, so this test process needs no token set up before it
+    # imports Ray (which reads RAY_AUTH_MODE once).
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # Not `ray stop`: that stops every Ray on the machine. `ray start --block` stops its own
+        # processes on SIGTERM; its process group is killed only if it does not.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_address, tiny_study_config, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """The tiny study run through Ray: (data root, run folder, messages)."""
+    root = tmp_path_factory.mktemp("study")
+    logs: list[str] = []
+    out = run_study(study_from_dict(tiny_study_config(root)), root / "ray", executor="ray",
+                    address=ray_address, workers=2, report=False, progress=False, echo=logs.append)
+    return root, out, logs
+
+
+@pytest.mark.slow
+def test_ray_results_equal_local_results(ray_run, tiny_study_config, one_thread):
+    # one_thread: like each Ray worker here (1 of 2 CPUs); other thread counts change the last digits.
+    root, out, logs = ray_run
+    assert any(m.startswith("ray: 2 workers × 1 CPUs on 1 node(s)") for m in logs)
+    assert any(m.startswith("[bn] pretraining on") for m in logs)  # workers' messages are relayed
+    local = run_study(study_from_dict(tiny_study_config(root)), root / "local", report=False,
+                      progress=False, echo=lambda m: None)
+    assert (out / "results.csv").read_bytes() == (local / "results.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_ray_rerun_reuses_every_unit(ray_run, ray_address, tiny_study_config):
+    root, out, _ = ray_run
+    results = sorted((out / "units").glob("*/result.json"))
+    assert len(results) == 4
+    before = {p: p.stat().st_mtime_ns for p in results}
+    logs: list[str] = []
+    run_study(study_from_dict(tiny_study_config(root)), out, executor="ray", address=ray_address,
+              workers=2, report=False, progress=False, echo=logs.append)
+    assert sum("done earlier, reused" in m for m in logs) == 4
+    assert before == {p: p.stat().st_mtime_ns for p in results}
+
+
+@pytest.mark.slow
+def test_job_error_comes_back_with_its_class_and_message(ray_address, tiny_study_config, tmp_path):
+    runner = StudyRunner(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run",
+                         progress=False, echo=lambda m: None)
+    runner.prepare()
+    # Written after prepare(): only the Ray worker, loading the data again, meets it.
+    broken = tmp_path / "tgt" / "covid" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    with pytest.raises(ImageDecodeError, match=r"cannot read image .*broken\.png") as info:
+        run_jobs_on_ray(runner, ["baseline"], address=ray_address, workers=1)
+    assert info.value.path == str(broken)
+    assert any("raised in a Ray worker" in note for note in info.value.__notes__)
+
+
+def test_unreachable_address_fails_fast_and_names_it(tiny_study_config, tmp_path):
+    address = f"127.0.0.1:{_free_port()}"
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            run_study(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run", executor="ray",
+                      address=address, workers=2, report=False, progress=False, echo=lambda m: None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "connecting to a dead address hung"
+    assert len(outcome) == 1 and isinstance(outcome[0], ConfigError)
+    assert f"no Ray cluster reachable at {address}" in str(outcome[0])
+    assert not (tmp_path / "run" / "units").exists()
+
+
+def test_missing_ray_asks_for_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'medtransfer\[ray\]'"):
+        run_jobs_on_ray(None, ["a"], address=None, workers=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("per_node", "n", "share"), [
+    ([2.0], 2, 1.0), ([4.0, 4.0, 4.0], 2, 4.0), ([8.0, 2.0], 2, 4.0), ([16.0], 3, 5.0),
+    ([1.0], 4, 0.25), ([0.0], 2, 0.5),
+])
+def test_share_places_all_actors_at_once(per_node, n, share):
+    assert _share(per_node, n) == share
