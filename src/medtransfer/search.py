@@ -205,7 +205,7 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
               f"{search.objective.metric} ({best['trial']}: {best['value']:.4f}); run with "
               "`medtransfer run best.yaml`.\n")
     write_text_atomic(out / "best.yaml", header + yaml.safe_dump(
-        to_dict(study_from_dict(best_raw, base=base)), sort_keys=False))
+        to_dict(study_from_dict(best_raw, base=base), skip_defaults=True), sort_keys=False))
     echo(f"best: {best['trial']} {best['params']} (val {search.objective.metric} {best['value']:.4f}) "
          f"→ {out / 'best.yaml'}; evaluating it once on the test sets")
     return run_study(study_from_dict(best_raw, base=base), out, progress=progress, report=report, echo=echo)

@@ -55,19 +55,32 @@ def _run_job(name: str) -> Any:
     return _RUNNER.run_job(name)
 
 
+def _check(executor: str, workers: int, address: str | None) -> None:
+    check_choice("executor", executor, EXECUTORS)
+    if workers < 1:
+        raise ConfigError(f"'workers': got {workers!r}; allowed: an integer >= 1")
+    if address is not None and executor != "ray":
+        raise ConfigError(f"'address': got {address!r}, but it is only used with executor 'ray'")
+
+
+def preflight(executor: str, workers: int, address: str | None, out: Path) -> None:
+    """Check the executor settings (and that a Ray address answers) before any data is loaded."""
+    _check(executor, workers, address)
+    if address is not None:
+        from medtransfer.study.ray_executor import check_address
+
+        check_address(address, out)
+
+
 def run_jobs(runner: JobRunner, names: list[str], *, executor: str = "local", workers: int = 1,
              address: str | None = None) -> dict[str, Any]:
     """``{job: runner.run_job(job)}`` — in this process (1 local worker), in ``workers`` local
     processes, or as Ray tasks (``address``: an existing cluster, else a local one)."""
-    check_choice("executor", executor, EXECUTORS)
-    if workers < 1:
-        raise ConfigError(f"'workers': got {workers!r}; allowed: an integer >= 1")
+    _check(executor, workers, address)
     if executor == "ray":
         from medtransfer.study.ray_executor import run_jobs_on_ray
 
         return run_jobs_on_ray(runner, names, address=address, workers=workers)
-    if address is not None:
-        raise ConfigError(f"'address': got {address!r}, but it is only used with executor 'ray'")
     if workers == 1 or len(names) < 2:
         return {name: runner.run_job(name) for name in names}
     return run_jobs_in_processes(runner, names, workers)

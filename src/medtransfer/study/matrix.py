@@ -273,8 +273,9 @@ class MatrixRunner:
     def run(self, *, workers: int = 1, report: bool = True, executor: str = "local",
             address: str | None = None) -> Path:
         from medtransfer.report.matrix import write_matrix_report, write_matrix_summary
-        from medtransfer.study.executor import run_jobs
+        from medtransfer.study.executor import preflight, run_jobs
 
+        preflight(executor, workers, address, self.out)
         self.prepare()
         # Pretraining first: cells of one source share its unit, which must not run twice at once.
         pre = run_jobs(self, self.pretrain_jobs(), executor=executor, workers=workers, address=address)

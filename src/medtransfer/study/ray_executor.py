@@ -100,7 +100,8 @@ def _share(per_node: list[float], n: int) -> float:
     return 1.0 / -(-n // max(1, sum(whole)))
 
 
-def _connect(ray: Any, address: str, out: Path) -> None:
+def check_address(address: str, out: Path) -> None:
+    """Fail at once, naming the address, when nothing listens there (before any data is loaded)."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     kept = f"nothing was run; units finished earlier stay in {out / 'units'}"
     if sep and port.isdigit():
@@ -110,6 +111,11 @@ def _connect(ray: Any, address: str, out: Path) -> None:
         except OSError as exc:
             raise ConfigError(f"'address': no Ray cluster reachable at {address} ({exc}); start one "
                               f"with `ray start --head` or check the address ({kept})") from exc
+
+
+def _connect(ray: Any, address: str, out: Path) -> None:
+    check_address(address, out)
+    kept = f"nothing was run; units finished earlier stay in {out / 'units'}"
     try:
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as exc:

@@ -214,8 +214,10 @@ class StudyRunner:
 
     def run(self, *, workers: int = 1, report: bool = True, executor: str = "local",
             address: str | None = None) -> Path:
+        from medtransfer.study.executor import preflight, run_jobs
+
+        preflight(executor, workers, address, self.out)
         self.prepare()
-        from medtransfer.study.executor import run_jobs
 
         outcomes = run_jobs(self, self.job_names(), executor=executor, workers=workers,
                             address=address)
