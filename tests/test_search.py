@@ -13,6 +13,7 @@ from PIL import Image
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError
 from medtransfer.search import nested, run_search
+from medtransfer.study import load_study
 
 pytest.importorskip("optuna")
 
@@ -68,12 +69,12 @@ def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_wor
     for unit in (out / "units").glob("trial-*"):
         with (unit / "predictions.csv").open() as fh:
             assert {r["test_set"] for r in csv.DictReader(fh)} == {"val"}
-    best = yaml.safe_load((out / "best.yaml").read_text())
+    best = load_study(out / "best.yaml")  # runnable as it is
     top = trials[0]
-    assert best["transfer"]["train"]["optimizer"]["lr"] == float(top["transfer.train.optimizer.lr"])
-    assert best["transfer"]["train"]["batch_size"] == int(top["transfer.train.batch_size"])
-    assert best["transfer"]["freeze"]["trainable_layers"] == int(top["transfer.freeze.trainable_layers"])
-    assert "search" not in best and [v["name"] for v in best["variants"]] == ["best"]
+    assert best.transfer.train.optimizer.lr == float(top["transfer.train.optimizer.lr"])
+    assert best.transfer.train.batch_size == int(top["transfer.train.batch_size"])
+    assert best.transfer.freeze.trainable_layers == int(top["transfer.freeze.trainable_layers"])
+    assert [v.name for v in best.variants] == ["best"] and top["trial"] in (out / "best.yaml").read_text()
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {r["test_set"] for r in rows if r["stage"] == "transfer"} == {"test_1", "test_2"}

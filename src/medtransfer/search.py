@@ -201,9 +201,10 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
     best_raw["variants"] = [{"name": "best"}]
     best_raw.pop("name", None)
     best_raw = {"name": f"{cfg.name}_best", **best_raw}
+    chosen = ", ".join(f"{k}={v}" for k, v in best["params"].items())
     header = (f"# Best of {len(rows)} trials of search '{cfg.name}' by validation "
-              f"{search.objective.metric} ({best['trial']}: {best['value']:.4f}); run with "
-              "`medtransfer run best.yaml`.\n")
+              f"{search.objective.metric}: {best['trial']} ({chosen}; {best['value']:.4f}).\n"
+              "# Settings at their default value are left out. Run: medtransfer run best.yaml\n")
     write_text_atomic(out / "best.yaml", header + yaml.safe_dump(
         to_dict(study_from_dict(best_raw, base=base), skip_defaults=True), sort_keys=False))
     echo(f"best: {best['trial']} {best['params']} (val {search.objective.metric} {best['value']:.4f}) "
