@@ -14,6 +14,7 @@ is the full model's, so checkpoints are the same files the full path writes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from medtransfer.config import to_dict
 from medtransfer.models.chain import Step, forward_chain, run_chain
 from medtransfer.train import FitResult, TrainConfig, fit
 
@@ -226,8 +228,17 @@ def fit_on_activations(
     device: str | torch.device = "cpu",
     config_for_checkpoint: dict[str, Any] | None = None,
 ) -> FitResult:
-    """``fit`` of ``model`` where each sample's forward pass is ``tail(activation)``."""
+    """``fit`` of ``model`` where each sample's forward pass is ``tail(activation)``.
+
+    ``checkpoint_every: auto`` means ``end`` here: an epoch on activations is so short that
+    writing the whole model's checkpoints every epoch would dominate it. The checkpoints record
+    ``cfg`` as given, as the full path's do.
+    """
     dev = torch.device(device)
+    if cfg.checkpoint_every == "auto":
+        if config_for_checkpoint is None:
+            config_for_checkpoint = {"train": to_dict(cfg)}
+        cfg = dataclasses.replace(cfg, checkpoint_every="end")
     acts = torch.cat([train_acts, val[0]]) if val is not None else train_acts
     wrapper = ActivationModel(model, tail, acts.to(dev))
     n = len(train_acts)

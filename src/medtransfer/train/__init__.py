@@ -1,4 +1,4 @@
-"""Training: optimizer/scheduler settings, the seeded fit loop, callbacks and checkpoints."""
+"""Training: optimizer/scheduler settings, the seeded fit loop, callbacks, checkpoints and DDP."""
 
 from medtransfer.train.callbacks import (
     ALL_METRICS,
@@ -13,6 +13,7 @@ from medtransfer.train.callbacks import (
     TrainState,
 )
 from medtransfer.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from medtransfer.train.distributed import init_distributed, is_main_process
 from medtransfer.train.loop import (
     ClassWeight,
     EarlyStoppingConfig,
@@ -55,6 +56,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "fit",
+    "init_distributed",
+    "is_main_process",
     "load_checkpoint",
     "metric_names",
     "predict_proba",

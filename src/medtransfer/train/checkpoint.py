@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import os
 import pickle
@@ -18,7 +19,14 @@ import torch
 from medtransfer.config import to_dict
 from medtransfer.errors import DataError
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint", "to_plain"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "copy_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "to_plain",
+]
 
 FORMAT_VERSION = 1
 
@@ -121,3 +129,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     return data
 
+
+def copy_state(state: Mapping[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A detached CPU copy of a state dict; refills ``into``'s tensors in place (no new memory)
+    when it has the same keys, shapes and dtypes."""
+    if into is not None and into.keys() == state.keys() and all(
+        isinstance(v, torch.Tensor) and isinstance(into[k], torch.Tensor)
+        and into[k].shape == v.shape and into[k].dtype == v.dtype for k, v in state.items()
+    ):
+        for k, v in state.items():
+            into[k].copy_(v.detach())
+        return into
+    return {
+        k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+        for k, v in state.items()
+    }

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
-from medtransfer.config import to_dict
+from medtransfer.config import check_choice, to_dict
 from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
@@ -35,7 +35,7 @@ from medtransfer.train.callbacks import (
     check_monitor,
     require_metric,
 )
-from medtransfer.train.checkpoint import load_checkpoint
+from medtransfer.train.distributed import Replicas
 from medtransfer.train.optim import (
     OptimizerConfig,
     SchedulerConfig,
@@ -71,7 +71,11 @@ class TrainConfig:
     """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
     ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction.
     ``sampling`` rebalances each epoch (see :mod:`medtransfer.data.sampling`); it and
-    ``class_weight: balanced`` both correct for imbalance, so only one of them may be on."""
+    ``class_weight: balanced`` both correct for imbalance, so only one of them may be on.
+    ``checkpoint_every``: ``epoch`` writes ``last.pt`` every epoch and ``best.pt`` on every
+    improvement; ``end`` keeps the best weights in memory and writes the same files once, when
+    fit ends (for short epochs, where whole-model writes dominate; a crash keeps only ``best.pt``);
+    ``auto`` is ``end`` on the cached-activation path and ``epoch`` otherwise."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -80,6 +84,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint_monitor: str = "val_loss"
     checkpoint_mode: Literal["min", "max"] = "min"
+    checkpoint_every: Literal["auto", "epoch", "end"] = "auto"
     class_weight: ClassWeight = ClassWeight.none
     restore_best: bool = True
     progress: bool = True
@@ -92,6 +97,7 @@ class TrainConfig:
             raise ConfigError(f"'batch_size': got {self.batch_size!r}; allowed: an integer >= 1")
         check_monitor("checkpoint_monitor", self.checkpoint_monitor, self.checkpoint_mode,
                       "checkpoint_mode")
+        check_choice("checkpoint_every", self.checkpoint_every, ("auto", "epoch", "end"))
         if not isinstance(self.class_weight, ClassWeight):
             try:
                 object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
@@ -195,11 +201,14 @@ def _batches(
     images: np.ndarray, order: np.ndarray, batch_size: int, dev: torch.device
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """(indices, float batch in [0, 1] on ``dev``) in ``order``; converts after the transfer."""
-    scale = _SCALE[images.dtype]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        raw = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)
-        yield idx, raw.to(torch.float32).div_(scale)
+        yield idx, _to_float(images[idx], dev)
+
+
+def _to_float(images: np.ndarray, dev: torch.device) -> Tensor:
+    raw = torch.from_numpy(np.ascontiguousarray(images)).to(dev)
+    return raw.to(torch.float32).div_(_SCALE[images.dtype])
 
 
 def _proba(logits: Tensor) -> Tensor:
@@ -275,6 +284,8 @@ def fit(
     re-raised so that a study stops rather than moving on. The model is left in eval mode, with
     the best weights loaded if ``cfg.restore_best``. ``val_loss`` ignores class weights (as Keras).
     ``callbacks`` run after the built-in CSV log, checkpoints, early stopping and progress bar.
+    Under torchrun with an initialized process group, fit trains with DDP (each process takes its
+    share of every batch; only rank 0 writes files): see :mod:`medtransfer.train.distributed`.
     """
     t0 = time.perf_counter()
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -307,11 +318,14 @@ def fit(
         require_metric("scheduler.monitor", cfg.scheduler.monitor, logged)
 
     weights = _class_weights(cfg.class_weight, y_train, num_classes, dev)
-    ckpt = ModelCheckpoint(out_dir, cfg.checkpoint_monitor, cfg.checkpoint_mode)
-    builtin: list[Callback] = [CSVLogger(out_dir / "history.csv"), ckpt]
+    reps = Replicas.current()
+    every = "epoch" if cfg.checkpoint_every == "auto" else cfg.checkpoint_every
+    ckpt = ModelCheckpoint(out_dir, cfg.checkpoint_monitor, cfg.checkpoint_mode, every=every,
+                           write_files=reps.is_main)
+    builtin: list[Callback] = [CSVLogger(out_dir / "history.csv"), ckpt] if reps.is_main else [ckpt]
     if cfg.early_stopping is not None:
         builtin.append(EarlyStopping.from_config(cfg.early_stopping))
-    cbs = [*builtin, ProgressBar(cfg.progress), *callbacks]
+    cbs = [*builtin, ProgressBar(cfg.progress and reps.is_main), *callbacks]
     state = TrainState(
         model=model,
         optimizer=optimizer,
@@ -331,11 +345,13 @@ def fit(
     shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
     augment_gen = torch.Generator(device=dev).manual_seed(augment_seed)
     timing = {"seconds": 0.0, "images": 0.0}  # training steps only
+    net = reps.wrap(model, dev)
 
-    def prepare(x: Tensor, train_batch: bool) -> Tensor:
-        if train_batch and augment is not None:
-            x = augment(x, augment_gen)
-        return (x - mean) / std
+    def train_input(batch: np.ndarray, rows: slice) -> Tensor:
+        if augment is None:
+            return (_to_float(x_train[batch[rows]], dev) - mean) / std
+        # The whole (global) batch: with DDP each image gets the augmentation one process gives it.
+        return (augment(_to_float(x_train[batch], dev), augment_gen)[rows] - mean) / std
 
     def on_batch(loss: float, n: int) -> None:
         timing["images"] += n
@@ -348,22 +364,23 @@ def fit(
         t = time.perf_counter()
         (train_mode or nn.Module.train)(model)
         order = epoch_order(y_train, cfg.sampling, shuffle_gen)
-        out = _train_epoch(model, optimizer, (x_train, y_train), order, cfg.batch_size, dev,
-                           num_classes, weights, prepare, on_batch)
+        out = _train_epoch(net, optimizer, y_train, order, cfg.batch_size, dev,
+                           num_classes, weights, train_input, on_batch, reps)
         timing["seconds"] += time.perf_counter() - t
         if out is None:
             return None
+        reps.sync_buffers(model)
         metrics.update(_metrics("", *out))
         if val_split is not None:
             val_loss, val_proba = _evaluate(model, val_split, cfg.batch_size, dev, num_classes,
-                                            lambda x: prepare(x, False))
+                                            lambda x: (x - mean) / std, reps)
             if not (math.isfinite(val_loss) and np.isfinite(val_proba).all()):
                 return None
             metrics.update(_metrics("val_", val_loss, val_split[1], val_proba))
         return metrics
 
     in_epoch = False
-    with _seeded(dev, torch_seed):
+    with _seeded(dev, reps.seed(torch_seed)):
         try:
             for cb in cbs:
                 cb.on_fit_start(state)
@@ -398,8 +415,9 @@ def fit(
             for cb in cbs:
                 cb.teardown(state)
 
-    if cfg.restore_best and ckpt.best_path is not None:
-        model.load_state_dict(load_checkpoint(ckpt.best_path)["model_state"])
+    if cfg.restore_best and ckpt.best_path is not None and reps.is_main:
+        model.load_state_dict(ckpt.best_model_state())
+    reps.finish(model)  # the other processes take rank 0's weights
     model.eval()
     return FitResult(
         history=state.history,
@@ -418,35 +436,41 @@ def fit(
 def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    split: tuple[np.ndarray, np.ndarray],
+    labels: np.ndarray,
     order: np.ndarray,
     batch_size: int,
     dev: torch.device,
     num_classes: int,
     weights: Tensor | None,
-    prepare: Callable[[Tensor, bool], Tensor],
+    train_input: Callable[[np.ndarray, slice], Tensor],
     on_batch: Callable[[float, int], None],
+    reps: Replicas,
 ) -> tuple[float, np.ndarray, np.ndarray] | None:
     """One pass in ``order``: (weighted mean loss, labels, probabilities as predicted during the
-    epoch), or None as soon as a batch's loss or probabilities are not finite (before stepping)."""
-    images, labels = split
+    epoch), or None as soon as a batch's loss or probabilities are not finite (before stepping).
+    With DDP, this process trains on its rows of each batch (see ``Replicas.batch_loss``)."""
+    class_w = None if weights is None or not reps.active else weights.double().cpu().numpy()
     loss_sum, weight_sum = 0.0, 0.0
     probas: list[np.ndarray] = []
-    for idx, xb in _batches(images, order, batch_size, dev):
-        yb = torch.from_numpy(labels[idx]).to(dev)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        rows, real = reps.rows(len(batch))
+        yb = torch.from_numpy(labels[batch[rows]]).to(dev)
         optimizer.zero_grad(set_to_none=True)
-        losses, proba = _loss_and_proba(model(prepare(xb, True)), yb, num_classes)
+        losses, proba = _loss_and_proba(model(train_input(batch, rows)), yb, num_classes)
         wb = torch.ones_like(losses) if weights is None else weights[yb]
-        loss = (losses * wb).sum() / wb.sum()
-        if not (torch.isfinite(loss) and torch.isfinite(proba).all()):
+        batch_w = float(len(batch)) if class_w is None else float(class_w[labels[batch]].sum())
+        step = reps.batch_loss(losses, wb, proba, real, batch_w)
+        if step is None:
             return None
+        loss, batch_sum, batch_w, batch_loss = step
         loss.backward()
         optimizer.step()
-        loss_sum += float((losses.detach() * wb).sum())
-        weight_sum += float(wb.sum())
-        probas.append(proba.detach().cpu().numpy())
-        on_batch(loss.item(), len(idx))
-    return loss_sum / weight_sum, labels[order], np.concatenate(probas)
+        loss_sum += batch_sum
+        weight_sum += batch_w
+        probas.append(proba.detach().cpu().numpy()[: len(proba) if real else 0])
+        on_batch(batch_loss, len(batch))
+    return loss_sum / weight_sum, labels[order], reps.gather_batches(probas)
 
 
 def _evaluate(
@@ -456,18 +480,22 @@ def _evaluate(
     dev: torch.device,
     num_classes: int,
     prepare: Callable[[Tensor], Tensor],
+    reps: Replicas,
 ) -> tuple[float, np.ndarray]:
-    """Unweighted mean loss and (N, K) probabilities, in eval mode without gradients."""
+    """Unweighted mean loss and (N, K) probabilities, in eval mode without gradients; with DDP
+    each process evaluates its rows and all get the gathered result."""
     images, labels = split
     model.eval()
+    rows, real = reps.rows(len(labels))
+    mine = np.arange(len(labels))[rows] if real else np.arange(0)
     loss_sum, probas = 0.0, []
     with torch.no_grad():
-        for idx, xb in _batches(images, np.arange(len(labels)), batch_size, dev):
+        for idx, xb in _batches(images, mine, batch_size, dev):
             yb = torch.from_numpy(labels[idx]).to(dev)
             losses, proba = _loss_and_proba(model(prepare(xb)), yb, num_classes)
             loss_sum += float(losses.sum())
             probas.append(proba.cpu().numpy())
-    return loss_sum / len(labels), np.concatenate(probas)
+    return reps.gather_eval(loss_sum, probas, len(labels))
 
 
 def predict_proba(
