@@ -78,3 +78,15 @@ def test_tracking_is_off_by_default_and_unknown_keys_fail(tmp_path):
     with pytest.raises(ConfigError, match=r"did you mean 'tensorboard'"):
         study_from_dict(_study(tmp_path, {"tensorbord": True}))
     assert flat_params({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": "1", "a.c": "[1, 2]"}
+
+
+def test_matrix_cells_log_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard", reason="optional extra medtransfer[tracking]")
+    base = _study(tmp_path, {"tensorboard": True})
+    cfg = {k: v for k, v in base.items() if k not in ("source", "target", "transfer")}
+    cfg.update(sources={"src": base["source"]}, targets={"tgt": base["target"]},
+               strategies={"ft": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}})
+    out = tmp_path / "matrix"
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    (cell,) = (out / "units").glob("cell-*")
+    assert list((cell / "tensorboard").glob("events.out.tfevents.*"))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from medtransfer.config import to_dict
 from medtransfer.models.chain import Step, forward_chain, run_chain
-from medtransfer.train import FitResult, TrainConfig, fit
+from medtransfer.train import Callback, FitResult, TrainConfig, fit
 
 InputNorm = tuple[Sequence[float], Sequence[float]]
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -227,6 +227,7 @@ def fit_on_activations(
     train_mode: Callable[[nn.Module], None] | None = None,
     device: str | torch.device = "cpu",
     config_for_checkpoint: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """``fit`` of ``model`` where each sample's forward pass is ``tail(activation)``.
 
@@ -247,6 +248,6 @@ def fit_on_activations(
     return fit(
         wrapper, (index_codes(n), np.asarray(y_train)), val_split, cfg, seed=seed,
         out_dir=out_dir, num_classes=num_classes, device=dev, train_mode=mode,
-        config_for_checkpoint=config_for_checkpoint,
+        config_for_checkpoint=config_for_checkpoint, callbacks=callbacks,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from medtransfer.strategies.features import (
     mlp_proba,
     sklearn_proba,
 )
-from medtransfer.train import FitResult, TrainConfig, fit, predict_proba
+from medtransfer.train import Callback, FitResult, TrainConfig, fit, predict_proba
 from medtransfer.train.checkpoint import to_plain
 from medtransfer.transfer import FreezeConfig, FreezeReport, freeze, train_mode
 
@@ -108,6 +108,7 @@ def train_stage(
     augment: Augment | None = None,
     input_norm: InputNorm | None = None,
     config_for_checkpoint: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> StageResult:
     """Freeze ``model`` as ``freeze_cfg`` says and train it — on cached activations of the
     frozen prefix when that is exact, otherwise the full model (the reason is recorded)."""
@@ -122,7 +123,7 @@ def train_stage(
     if plan.split is None:
         res = fit(model, train, val, train_cfg, seed=seed, out_dir=out_dir, num_classes=num_classes,
                   augment=augment, input_norm=input_norm, device=device, train_mode=train_mode,
-                  config_for_checkpoint=config_for_checkpoint)
+                  config_for_checkpoint=config_for_checkpoint, callbacks=callbacks)
         return StageResult(name, "full", plan.reason, report, res)
     dev = torch.device(device)
     acts = [prefix_activations(plan.split, x, batch_size=train_cfg.batch_size,
@@ -131,7 +132,7 @@ def train_stage(
     res = fit_on_activations(
         model, plan.split.tail, acts[0], train[1], None if val is None else (acts[1], val[1]),
         train_cfg, seed=seed, out_dir=out_dir, num_classes=num_classes, train_mode=train_mode,
-        device=dev, config_for_checkpoint=config_for_checkpoint,
+        device=dev, config_for_checkpoint=config_for_checkpoint, callbacks=callbacks,
     )
     return StageResult(name, "cached", plan.reason, report, res)
 
@@ -171,19 +172,22 @@ def run_strategy(
     input_norm: InputNorm | None = None,
     feature_cache: ImageCache | None = None,
     config_for_checkpoint: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> StrategyResult:
     """Transfer ``model`` (already built and initialised) to ``train`` by strategy ``cfg``.
 
     Splits are (uint8/uint16 (N, C, H, W) images, integer labels). Writes ``history.csv`` and
     ``best.pt``/``last.pt`` into ``out_dir`` (finetune: stage 1 in ``out_dir/head``, and a
     ``history.csv`` of both stages with a ``stage`` column). ``augment`` is applied to training
-    batches (and turns off activation caching). Returns probabilities for ``val`` and each test.
+    batches (and turns off activation caching). ``callbacks`` (e.g. tracking) join every
+    training stage. Returns probabilities for ``val`` and each test.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(num_classes=num_classes, device=device, augment=augment,
-                                  input_norm=input_norm, config_for_checkpoint=config_for_checkpoint)
+                                  input_norm=input_norm, config_for_checkpoint=config_for_checkpoint,
+                                  callbacks=callbacks)
     if isinstance(cfg, FeaturesStrategy):
         if augment is not None:
             raise ConfigError(

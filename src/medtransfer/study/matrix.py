@@ -44,6 +44,7 @@ from medtransfer.study.units import (
     pretrain_unit,
     seeded_build,
     spec_key,
+    tracking,
     write_predictions,
 )
 from medtransfer.train import load_checkpoint
@@ -260,6 +261,7 @@ class MatrixRunner:
             num_classes=target.images.num_classes, seed=seed, out_dir=workdir, device=self.device,
             augment=augment, input_norm=input_norm, feature_cache=ImageCache(cfg.cache_dir),
             config_for_checkpoint={**unit_spec, "classes": list(target.images.classes)},
+            callbacks=tracking(self, workdir, cell.label, unit_spec),
         )
         metrics = {name: compute_metrics(target.images.labels[idx], res.probabilities[name])
                    for name, idx in parts.items()}
