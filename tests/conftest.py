@@ -22,6 +22,26 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def brightness_folders(root: Path, classes: Mapping[str, int], seed: int, size: int = 16) -> Path:
+    """Class folders of ``size``² grey PNGs whose classes differ in brightness, so there is something
+    to learn; reused when ``root`` exists (same arguments → same images)."""
+    if root.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for k, (name, n) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_folders() -> Callable[..., Path]:
+    """``class_folders(root, {"neg": 40, "pos": 40}, seed)`` → a tiny class-per-folder data set."""
+    return brightness_folders
+
+
 def write_image(
     path: Path, rng: np.random.Generator, size: tuple[int, int] = (12, 10), mode: str = "L"
 ) -> Path:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError
@@ -20,27 +19,15 @@ pytest.importorskip("optuna")
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
 
 
-def _folder(root: Path, classes: dict[str, int], seed: int) -> Path:
-    if root.exists():
-        return root
-    rng = np.random.default_rng(seed)
-    for k, (name, n) in enumerate(classes.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(70 + 100 * k, 30, (16, 16)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def _raw(tmp_path: Path, **search) -> dict:
+def _raw(tmp_path: Path, folders: Callable[..., Path], **search) -> dict:
     space = {"transfer.train.optimizer.lr": [1.0e-4, 1.0e-3, 1.0e-2],
              "transfer.train.batch_size": [8, 16],
              "transfer.freeze.trainable_layers": [1, 3]}
     return {
         "name": "tiny_search", "seed": 3, "cache_dir": str(tmp_path / "cache"), "audit": False,
         "preprocess": {"size": 16},
-        "source": {"data": {"path": str(_folder(tmp_path / "src", {"neg": 30, "pos": 30}, 1))}},
-        "target": {"data": {"path": str(_folder(tmp_path / "tgt", {"normal": 30, "covid": 30}, 2))},
+        "source": {"data": {"path": str(folders(tmp_path / "src", {"neg": 30, "pos": 30}, 1))}},
+        "target": {"data": {"path": str(folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, 2))},
                    "split": {"test_sets": 2, "test_per_class": 5, "val_fraction": 0.25}},
         "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": TRAIN},
@@ -50,10 +37,10 @@ def _raw(tmp_path: Path, **search) -> dict:
     }
 
 
-def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_work(tmp_path):
+def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_work(tmp_path, class_folders):
     out = tmp_path / "run"
     logs: list[str] = []
-    run_search(_raw(tmp_path), out, echo=logs.append, progress=False)
+    run_search(_raw(tmp_path, class_folders), out, echo=logs.append, progress=False)
     with (out / "trials.csv").open() as fh:
         trials = list(csv.DictReader(fh))
     assert len(trials) == 12 and all(t["state"] == "complete" for t in trials)
@@ -83,15 +70,15 @@ def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_wor
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/result.json")}
     logs.clear()
-    run_search(_raw(tmp_path), out, echo=logs.append, progress=False)
+    run_search(_raw(tmp_path, class_folders), out, echo=logs.append, progress=False)
     assert {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/result.json")} == stamps
     assert not any("pretraining on" in m or "transfer to" in m for m in logs)
 
 
-def test_random_search_with_ranges_runs_its_budget(tmp_path):
+def test_random_search_with_ranges_runs_its_budget(tmp_path, class_folders):
     space = {"transfer.train.optimizer.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
              "transfer.train.batch_size": [8, 16]}
-    raw = _raw(tmp_path, sampler="random", trials=3, space=space)
+    raw = _raw(tmp_path, class_folders, sampler="random", trials=3, space=space)
     out = tmp_path / "run"
     run_search(raw, out, echo=lambda m: None, progress=False, report=False)
     with (out / "trials.csv").open() as fh:
@@ -99,22 +86,23 @@ def test_random_search_with_ranges_runs_its_budget(tmp_path):
     assert len(lrs) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
 
 
-def test_search_config_errors_name_the_key(tmp_path):
+def test_search_config_errors_name_the_key(tmp_path, class_folders):
     with pytest.raises(ConfigError, match=r"'search.space': .*did you mean 'lr'"):
-        run_search(_raw(tmp_path, space={"transfer.train.optimizer.lrr": [0.1]}), tmp_path / "a")
+        run_search(_raw(tmp_path, class_folders, space={"transfer.train.optimizer.lrr": [0.1]}),
+                   tmp_path / "a")
     with pytest.raises(ConfigError, match=r"'search.sampler': got 'grd'; did you mean 'grid'"):
-        run_search(_raw(tmp_path, sampler="grd"), tmp_path / "b")
+        run_search(_raw(tmp_path, class_folders, sampler="grd"), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"'search.trials': sampler random needs a budget"):
-        run_search(_raw(tmp_path, sampler="random"), tmp_path / "c")
+        run_search(_raw(tmp_path, class_folders, sampler="random"), tmp_path / "c")
     with pytest.raises(ConfigError, match=r"'search.objective.direction': got 'maximize' for metric 'loss'"):
-        run_search(_raw(tmp_path, objective={"metric": "loss"}), tmp_path / "d")
+        run_search(_raw(tmp_path, class_folders, objective={"metric": "loss"}), tmp_path / "d")
     with pytest.raises(ConfigError, match=r"keys are dotted paths into model, pretrain, transfer"):
-        run_search(_raw(tmp_path, space={"seed": [1, 2]}), tmp_path / "e")
+        run_search(_raw(tmp_path, class_folders, space={"seed": [1, 2]}), tmp_path / "e")
 
 
-def test_nested_and_cli_search(tmp_path):
+def test_nested_and_cli_search(tmp_path, class_folders):
     assert nested({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
-    raw = _raw(tmp_path, space={"transfer.train.batch_size": [8, 16]})
+    raw = _raw(tmp_path, class_folders, space={"transfer.train.batch_size": [8, 16]})
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "cli"), "--no-report", "--no-progress"]) == 0

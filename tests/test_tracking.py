@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from medtransfer.errors import ConfigError
 from medtransfer.study import run_study, study_from_dict
@@ -16,24 +15,12 @@ from medtransfer.tracking import TrackingConfig, flat_params, unit_callbacks
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False}
 
 
-def _folder(root: Path, classes: dict[str, int], seed: int) -> Path:
-    if root.exists():
-        return root
-    rng = np.random.default_rng(seed)
-    for k, (name, n) in enumerate(classes.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(70 + 100 * k, 30, (16, 16)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def _study(tmp_path: Path, tracking: dict) -> dict:
+def _study(tmp_path: Path, folders: Callable[..., Path], tracking: dict) -> dict:
     return {
         "name": "tracked", "seed": 1, "cache_dir": str(tmp_path / "cache"), "audit": False,
         "preprocess": {"size": 16}, "tracking": tracking,
-        "source": {"data": {"path": str(_folder(tmp_path / "src", {"a": 20, "b": 20}, 1))}},
-        "target": {"data": {"path": str(_folder(tmp_path / "tgt", {"c": 20, "d": 20}, 2))},
+        "source": {"data": {"path": str(folders(tmp_path / "src", {"a": 20, "b": 20}, 1))}},
+        "target": {"data": {"path": str(folders(tmp_path / "tgt", {"c": 20, "d": 20}, 2))},
                    "split": {"test_sets": 1, "test_per_class": 5, "val_fraction": 0.2}},
         "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": TRAIN},
@@ -41,16 +28,16 @@ def _study(tmp_path: Path, tracking: dict) -> dict:
     }
 
 
-def test_tensorboard_and_mlflow_log_every_unit_without_changing_results(tmp_path):
+def test_tensorboard_and_mlflow_log_every_unit_without_changing_results(tmp_path, class_folders):
     pytest.importorskip("tensorboard", reason="optional extra medtransfer[tracking]")
     mlflow = pytest.importorskip("mlflow", reason="optional extra medtransfer[tracking]")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tracked"
-    run_study(study_from_dict(_study(tmp_path, {"tensorboard": True, "mlflow": True})), out,
+    run_study(study_from_dict(_study(tmp_path, class_folders, {"tensorboard": True, "mlflow": True})), out,
               echo=lambda m: None, report=False)
     plain = tmp_path / "plain"
-    run_study(study_from_dict(_study(tmp_path, {})), plain, echo=lambda m: None, report=False)
+    run_study(study_from_dict(_study(tmp_path, class_folders, {})), plain, echo=lambda m: None, report=False)
     assert (out / "results.csv").read_text() == (plain / "results.csv").read_text()
 
     logs = sorted((out / "units").glob("*/tensorboard"))
@@ -72,17 +59,17 @@ def test_tensorboard_and_mlflow_log_every_unit_without_changing_results(tmp_path
     assert not (Path.cwd() / "mlruns").exists()
 
 
-def test_tracking_is_off_by_default_and_unknown_keys_fail(tmp_path):
+def test_tracking_is_off_by_default_and_unknown_keys_fail(tmp_path, class_folders):
     assert unit_callbacks(TrackingConfig(), run_dir=tmp_path, unit_dir=tmp_path, study="s", name="n",
                           params={}) == []
     with pytest.raises(ConfigError, match=r"did you mean 'tensorboard'"):
-        study_from_dict(_study(tmp_path, {"tensorbord": True}))
+        study_from_dict(_study(tmp_path, class_folders, {"tensorbord": True}))
     assert flat_params({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": "1", "a.c": "[1, 2]"}
 
 
-def test_matrix_cells_log_to_tensorboard(tmp_path):
+def test_matrix_cells_log_to_tensorboard(tmp_path, class_folders):
     pytest.importorskip("tensorboard", reason="optional extra medtransfer[tracking]")
-    base = _study(tmp_path, {"tensorboard": True})
+    base = _study(tmp_path, class_folders, {"tensorboard": True})
     cfg = {k: v for k, v in base.items() if k not in ("source", "target", "transfer")}
     cfg.update(sources={"src": base["source"]}, targets={"tgt": base["target"]},
                strategies={"ft": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}})

@@ -6,25 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 
-def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
-    """Class folders whose classes differ in brightness; reused when already written."""
-    if root.exists():
-        return root
-    rng = np.random.default_rng(seed)
-    for k, (name, n) in enumerate(classes.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def tiny_study(root: Path) -> dict[str, Any]:
+def tiny_study(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
     """Two variants × (pretrain + transfer) = 4 units on images written under ``root``."""
     train = {"epochs": 2, "batch_size": 16, "progress": False,
              "optimizer": {"name": "adam", "lr": 0.001}}
@@ -33,10 +18,10 @@ def tiny_study(root: Path) -> dict[str, Any]:
         "seed": 3,
         "cache_dir": str(root / "cache"),
         "preprocess": {"size": 16},
-        "source": {"data": {"path": str(_folder(root / "src", {"neg": 40, "pos": 40}, seed=1))},
+        "source": {"data": {"path": str(folders(root / "src", {"neg": 40, "pos": 40}, seed=1))},
                    "split": {"val_fraction": 0.2}},
         "target": {
-            "data": {"path": str(_folder(root / "tgt", {"normal": 30, "covid": 30}, seed=2)),
+            "data": {"path": str(folders(root / "tgt", {"normal": 30, "covid": 30}, seed=2)),
                      "classes": ["normal", "covid"]},
             "split": {"test_sets": 2, "test_per_class": 5, "train_per_class": 15,
                       "val_fraction": 0.2},
@@ -49,6 +34,6 @@ def tiny_study(root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def tiny_study_config() -> Callable[[Path], dict[str, Any]]:
+def tiny_study_config(class_folders: Callable[..., Path]) -> Callable[[Path], dict[str, Any]]:
     """``tiny_study_config(root)`` → the config dict of test_study.py's tiny study."""
-    return tiny_study
+    return lambda root: tiny_study(root, class_folders)

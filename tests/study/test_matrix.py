@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.study import run_study, study_from_dict
 
-
-def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
-    """Class folders whose classes differ in brightness (and texture), reused when present."""
-    if root.exists():
-        return root
-    rng = np.random.default_rng(seed)
-    for k, (name, n) in enumerate(classes.items()):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            arr = np.clip(rng.normal(70 + 100 * k, 25 + 10 * k, (size, size)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
-    return root
-
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
 MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
 
 
-def _matrix(tmp_path: Path, **over) -> dict:
-    src = _folder(tmp_path / "src", {"neg": 40, "pos": 40}, seed=1)
-    tgt_a = _folder(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
-    tgt_b = _folder(tmp_path / "tgt_b", {"benign": 30, "malignant": 30}, seed=4)
+def _matrix(tmp_path: Path, folders: Callable[..., Path], **over) -> dict:
+    src = folders(tmp_path / "src", {"neg": 40, "pos": 40}, seed=1)
+    tgt_a = folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
+    tgt_b = folders(tmp_path / "tgt_b", {"benign": 30, "malignant": 30}, seed=4)
     weights = tmp_path / "init.pt"
     if not weights.exists():  # "pretrained elsewhere": any state dict of the same architecture
         with torch.random.fork_rng(devices=[]):
@@ -64,10 +50,10 @@ def _rows(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path):
+def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_folders):
     out = tmp_path / "run"
     logs: list[str] = []
-    run_study(study_from_dict(_matrix(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(_matrix(tmp_path, class_folders)), out, echo=logs.append)
     rows = _rows(out)
     assert list(rows[0]) == ["variant", "source", "target", "strategy", "repeat", "stage", "test_set",
                              "metric", "value"]
@@ -94,13 +80,13 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path):
     assert len(units) == 1 + len(expected)  # one pretraining unit, one per cell
 
     logs.clear()
-    run_study(study_from_dict(_matrix(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(_matrix(tmp_path, class_folders)), out, echo=logs.append)
     assert sum("done earlier, reused" in m for m in logs) == len(units)
     assert _rows(out) == rows
 
 
-def test_matrix_config_errors_name_the_key(tmp_path):
-    good = _matrix(tmp_path)
+def test_matrix_config_errors_name_the_key(tmp_path, class_folders):
+    good = _matrix(tmp_path, class_folders)
     with pytest.raises(ConfigError, match=r"'source': a matrix study names its data under 'sources'"):
         study_from_dict({**good, "source": good["sources"]["srcdata"]})
     with pytest.raises(ConfigError, match=r"missing required key 'strategies'"):
@@ -119,16 +105,17 @@ def test_matrix_config_errors_name_the_key(tmp_path):
         study_from_dict({**good, "sources": {"tgta": good["sources"]["srcdata"]}})
 
 
-def test_missing_weights_file_fails_before_training(tmp_path):
-    cfg = _matrix(tmp_path, sources={"gone": {"weights": f"file:{tmp_path / 'nope.pt'}"}})
+def test_missing_weights_file_fails_before_training(tmp_path, class_folders):
+    cfg = _matrix(tmp_path, class_folders, sources={"gone": {"weights": f"file:{tmp_path / 'nope.pt'}"}})
     out = tmp_path / "run"
     with pytest.raises(DataError, match=r"nope\.pt does not exist"):
         run_study(study_from_dict(cfg), out, echo=lambda m: None)
     assert not (out / "units").exists()
 
 
-def test_resample_splits_gives_each_repeat_its_own_split(tmp_path):
-    cfg = _matrix(tmp_path, resample_splits=True, targets={"tgta": _matrix(tmp_path)["targets"]["tgta"]},
+def test_resample_splits_gives_each_repeat_its_own_split(tmp_path, class_folders):
+    full = _matrix(tmp_path, class_folders)
+    cfg = _matrix(tmp_path, class_folders, resample_splits=True, targets={"tgta": full["targets"]["tgta"]},
                   strategies={"scratch": {"kind": "scratch", "train": TRAIN}}, audit=False)
     out = tmp_path / "run"
     run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)

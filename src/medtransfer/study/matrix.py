@@ -23,7 +23,6 @@ import yaml
 from torch import nn
 
 from medtransfer import __version__
-from medtransfer.config import to_dict
 from medtransfer.data import Augmenter, ImageCache
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
@@ -41,6 +40,7 @@ from medtransfer.study.runner import (
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
+    open_run,
     pretrain_unit,
     seeded_build,
     spec_key,
@@ -114,10 +114,7 @@ class MatrixRunner:
     def prepare(self, *, write: bool = True) -> None:
         """Load and split every data set, check every model, before any training."""
         cfg, out = self.cfg, self.out
-        if write:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        cache = ImageCache(cfg.cache_dir)
+        cache = open_run(out, cfg, write=write)
         t0 = time.perf_counter()
         self.tasks: dict[str, LoadedTask] = {}
         for group, tasks in (("sources", self.source_tasks()), ("targets", cfg.targets)):

@@ -18,7 +18,6 @@ import torch
 import yaml
 
 from medtransfer import __version__
-from medtransfer.config import to_dict
 from medtransfer.data import (
     Augmenter,
     DataConfig,
@@ -37,6 +36,7 @@ from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
     fingerprint,
+    open_run,
     pretrain_unit,
     seeded_build,
     spec_key,
@@ -154,10 +154,7 @@ class StudyRunner:
     def prepare(self, *, write: bool = True) -> None:
         """Load and split both data sets and check every variant's model, before any training."""
         cfg, out = self.cfg, self.out
-        if write:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        cache = ImageCache(cfg.cache_dir)
+        cache = open_run(out, cfg, write=write)
         t0 = time.perf_counter()
         self.source = source = load_task("source", cfg.task("source"), cfg, cache)
         self.target = target = load_task("target", cfg.task("target"), cfg, cache)

@@ -13,15 +13,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from medtransfer import __version__
 from medtransfer.config import to_dict
-from medtransfer.data import Augmenter, ImageSet, Split
+from medtransfer.data import Augmenter, ImageCache, ImageSet, Split
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.study.config import StudyConfig, Variant
-from medtransfer.study.store import Unit
+from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainConfig, fit, predict_proba
 
@@ -47,6 +48,14 @@ class Context(Protocol):
     size: int
     echo: Callable[[str], None]
     progress: bool
+
+
+def open_run(out: Path, cfg: StudyConfig, *, write: bool) -> ImageCache:
+    """Create the run folder with the resolved ``config.yaml`` (if ``write``); the image cache."""
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return ImageCache(cfg.cache_dir)
 
 
 def spec_key(cfg: Any) -> Any:
