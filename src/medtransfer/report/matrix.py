@@ -114,10 +114,12 @@ def _write_csv(out: Path, cells: Sequence[dict[str, Any]]) -> None:
 def _doc(cfg: StudyConfig, rows: Sequence[dict[str, Any]], doc: Doc) -> None:
     n = len({(r["variant"], r["source"], r["target"], r["strategy"]) for r in rows
              if r["stage"] == "transfer"})
+    splits = ("each repeat draws its own split of every target, shared by that repeat's cells"
+              if cfg.resample_splits else "the split is the same in every repeat")
     doc.para(f"Cells: {n} source × target × strategy combinations, {cfg.repeats} repeat(s) each "
-             "(training seeds; the split is the same in every repeat). Each repeat's value is the "
-             "mean over the target's test sets. `no transfer` is the scratch reference; max deviation is the "
-             "largest distance of a repeat from the mean (seed 003's Table II).")
+             f"(training seeds; {splits}). Each repeat's value is the mean over the target's test "
+             "sets. `no transfer` is the scratch reference; max deviation is the largest distance "
+             "of a repeat from the mean (seed 003's Table II).")
     for metric in ("auc", "accuracy"):
         for title, head, body in matrix_tables(cfg, rows, metric):
             doc.heading(title, 3)
