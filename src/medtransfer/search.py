@@ -213,25 +213,21 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
 
 
 def _write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str], search: SearchConfig) -> None:
+    from medtransfer.report.analysis import write_csv
+    from medtransfer.report.text import Doc
+
     metric = search.objective.metric
-    lines = [",".join(["rank", "trial", *keys, f"val_{metric}", "best_epoch", "state"])]
-    for r in rows:
-        cells = [r["rank"], r["trial"], *(r["params"].get(k) for k in keys),
-                 "" if r["value"] is None else f"{r['value']:.6g}", r.get("best_epoch", ""), r["state"]]
-        lines.append(",".join('"' + str(c).replace('"', "'") + '"' if "," in str(c) else str(c)
-                              for c in cells))
-    write_text_atomic(out / "trials.csv", "\n".join(lines) + "\n")
+    flat = [{**r, **r["params"], f"val_{metric}": math.nan if r["value"] is None else r["value"]}
+            for r in rows]
+    write_csv(out / "trials.csv", flat, ["rank", "trial", *keys, f"val_{metric}", "best_epoch", "state"])
     head, body = _table(rows, keys, metric)
-    top = body[: search.top_k]
-    md = [f"# Search: {len(rows)} trials ({search.sampler}), objective validation {metric} "
-          f"({search.objective.direction})", "",
-          f"## Top {len(top)}", "", _md(head, top), "", "## All trials", "", _md(head, body), "",
-          "Selected on the validation set only; `best.yaml` is evaluated once on the test sets "
-          "(results.csv, summary.md, report.html in this folder).", ""]
-    write_text_atomic(out / "search.md", "\n".join(md))
-
-
-def _md(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body])
-
+    doc = Doc(markdown=True, base=out)
+    doc.title(f"Search: {len(rows)} trials ({search.sampler}), objective validation {metric} "
+              f"({search.objective.direction})")
+    doc.heading(f"Top {min(search.top_k, len(body))}")
+    doc.table(head, body[: search.top_k])
+    doc.heading("All trials")
+    doc.table(head, body)
+    doc.para("Selected on the validation set only; `best.yaml` is evaluated once on the test sets "
+             "(results.csv, summary.md, report.html in this folder).")
+    write_text_atomic(out / "search.md", doc.render())

@@ -9,6 +9,7 @@ does not change when variants are added or reordered.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import zlib
 from collections.abc import Sequence
@@ -176,8 +177,11 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
             return "" if math.isnan(v) else f"{v:.6g}"
         return str(v)
 
-    lines = [",".join(columns)] + [",".join(cell(r.get(c, "")) for c in columns) for r in rows]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")  # quotes a cell only where it holds a comma or quote
+    writer.writerow(columns)
+    writer.writerows([cell(r.get(c, "")) for c in columns] for r in rows)
+    write_text_atomic(path, buf.getvalue())
     return path
 
 

@@ -16,6 +16,7 @@ from scipy import stats
 from medtransfer import __version__
 from medtransfer.fileio import write_text_atomic
 from medtransfer.plots import _figure, save_figure
+from medtransfer.report.analysis import write_csv
 from medtransfer.report.text import Doc
 from medtransfer.study.config import StudyConfig
 
@@ -101,14 +102,8 @@ def matrix_tables(cfg: StudyConfig, rows: Sequence[dict[str, Any]], metric: str 
     return out
 
 
-def _write_csv(out: Path, cells: Sequence[dict[str, Any]]) -> None:
-    cols = ["variant", "target", "source", "strategy", "metric", "mean", "max_dev", "sd", "n",
-            "diff", "diff_low", "diff_high", "diff_n"]
-    lines = [",".join(cols)]
-    for c in cells:
-        lines.append(",".join(f"{c[k]:.6g}" if isinstance(c.get(k), float) else str(c.get(k, ""))
-                              for k in cols))
-    write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
+SUMMARY_COLUMNS = ("variant", "target", "source", "strategy", "metric", "mean", "max_dev", "sd", "n",
+                   "diff", "diff_low", "diff_high", "diff_n")
 
 
 def _doc(cfg: StudyConfig, rows: Sequence[dict[str, Any]], doc: Doc) -> None:
@@ -137,7 +132,7 @@ def _doc(cfg: StudyConfig, rows: Sequence[dict[str, Any]], doc: Doc) -> None:
 
 def write_matrix_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> Path:
     """``summary.csv`` (every cell's statistics) and ``summary.md`` (the tables)."""
-    _write_csv(out, cell_stats(rows, "auc") + cell_stats(rows, "accuracy"))
+    write_csv(out / "summary.csv", cell_stats(rows, "auc") + cell_stats(rows, "accuracy"), SUMMARY_COLUMNS)
     doc = Doc(markdown=True, base=out)
     doc.title(f"Matrix study `{cfg.name}`")
     _doc(cfg, rows, doc)
