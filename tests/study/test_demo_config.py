@@ -43,3 +43,8 @@ def test_demo_cv_example_reports_every_fold(tmp_path):
     assert rows[("frozen_convs", "auc")]["n"] == "5" and rows[("train_all", "accuracy")]["n"] == "5"
     md = (out / "summary.md").read_text()
     assert "| fold_1 | fold_2 | fold_3 | fold_4 | fold_5 | mean ± sd |" in md
+    # report.html pairs the variants on the pooled out-of-fold predictions (each image once).
+    with (out / "comparisons.csv").open() as fh:
+        pooled = [r for r in csv.DictReader(fh) if r["test_set"] == "pooled" and r["metric"] == "auc"]
+    assert [(r["variant"], r["reference"]) for r in pooled] == [("train_all", "frozen_convs")]
+    assert (out / "report.html").is_file()

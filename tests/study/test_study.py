@@ -205,6 +205,12 @@ def test_cross_validation_reports_every_fold(tmp_path):
     assert len(parts) == 60 and set(parts) == {"fold_1", "fold_2", "fold_3"}  # each image held out once
     summary = (out / "summary.csv").read_text()
     assert "baseline,transfer,accuracy," in summary and ",3\n" in summary  # mean ± sd over 3 folds
+    # The report pools the folds' held-out predictions: every image once, CIs per fold and pooled.
+    with (out / "metrics_ci.csv").open() as fh:
+        ci = [r for r in csv.DictReader(fh) if r["variant"] == "baseline" and r["metric"] == "auc"]
+    assert {r["test_set"] for r in ci} == {"fold_1", "fold_2", "fold_3", "pooled"}
+    assert next(r for r in ci if r["test_set"] == "pooled")["n"] == "60"
+    assert "fold_3" in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="'folds'.*cannot be combined with test_sets"):
         cfg["target"]["split"] = {"folds": 3, "test_sets": 2, "test_per_class": 5}
         study_from_dict(cfg)

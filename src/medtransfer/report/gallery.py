@@ -89,7 +89,8 @@ def gradcam_gallery(run: RunDir, out: Path, *, n_images: int = 4, seed: int = 0,
     """Grad-CAM and Grad-CAM++ of the same ``n_images`` pooled test images for every variant,
     and the share of dead ReLU filters over (up to ``dead_batch``) test images."""
     gallery = Gallery()
-    ref = run.predictions(run.variants[0]).part(POOLED)
+    # Cross-validation: the model shown is fold 1's, so only images it never trained on.
+    ref = run.predictions(run.variants[0]).part("fold_1" if run.folds else POOLED)
     if not len(ref.ids):
         raise DataError("the run has no test images to explain")
     target = run.config.task("target").data

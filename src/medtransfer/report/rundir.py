@@ -89,6 +89,8 @@ class RunDir:
     variants: list[str]
     transfer: dict[str, UnitInfo]
     pretrain: dict[str, UnitInfo]
+    # cross-validation: every fold's transfer unit per variant (``transfer`` holds fold 1's)
+    folds: dict[str, list[UnitInfo]] = field(default_factory=dict)
     _predictions: dict[str, Predictions] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,9 +98,17 @@ class RunDir:
         return [str(c) for c in self.data["target"]["classes"]]
 
     def predictions(self, variant: str) -> Predictions:
-        """Predictions of the variant's transfer unit (read once)."""
+        """Predictions of the variant's transfer unit (read once). Cross-validation: every
+        fold's held-out predictions together (each image once, ``test_set`` fold_i); the folds'
+        validation rows are left out, so thresholds stay at the default."""
         if variant not in self._predictions:
-            self._predictions[variant] = _read_predictions(self.transfer[variant].dir / "predictions.csv")
+            units = self.folds.get(variant) or [self.transfer[variant]]
+            parts = [_read_predictions(u.dir / "predictions.csv") for u in units]
+            if len(parts) > 1:
+                parts = [p.part(POOLED) for p in parts]
+            cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
+            self._predictions[variant] = Predictions(cat("test_set"), cat("ids"), cat("labels"),
+                                                     cat("proba"), parts[0].classes)
         return self._predictions[variant]
 
 
@@ -196,11 +206,15 @@ def load_run(path: str | Path) -> RunDir:
     if not isinstance(data, dict) or "target" not in data:
         raise DataError(f"{root / 'data.yaml'}: expected 'source' and 'target' sections")
     results = _read_results(root / "results.csv")
-    transfer, pretrain = {}, {}
+    transfer, pretrain, folds = {}, {}, {}
+    k = cfg.task("target").split.folds
     for v in resolve_variants(cfg):
         expect = {"model": to_dict(v.model), "transfer": to_dict(v.transfer), "seed": cfg.seed,
                   "data": data["target"].get("fingerprint")}
-        unit = _pick(root, "transfer", v.name, expect)
+        if k:
+            folds[v.name] = [_pick(root, "transfer", f"{v.name}-fold{i + 1}", {**expect, "fold": i})
+                             for i in range(k)]
+        unit = folds[v.name][0] if k else _pick(root, "transfer", v.name, expect)
         transfer[v.name] = unit
         source = unit.spec.get("source_unit")
         if source and (root / "units" / source / "result.json").is_file():
@@ -210,4 +224,4 @@ def load_run(path: str | Path) -> RunDir:
         else:
             pexpect = {"model": to_dict(v.model), "pretrain": to_dict(v.pretrain), "seed": cfg.seed}
             pretrain[v.name] = _pick(root, "pretrain", v.name, pexpect)
-    return RunDir(root, cfg, data, results, [v.name for v in cfg.variants], transfer, pretrain)
+    return RunDir(root, cfg, data, results, [v.name for v in cfg.variants], transfer, pretrain, folds)

@@ -230,11 +230,7 @@ class StudyRunner:
         self._write_results(rows)
         summary = write_summary(self.out, self.cfg, rows, self.data_summary)
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
-        if report and self.target.folds:
-            # report.html pairs one transfer unit per variant; folds have k of them (not yet merged).
-            self.echo("report: not written for cross-validation studies yet; summary.md has the "
-                      "per-fold results and their mean ± sd")
-        elif report:
+        if report:
             self.echo(f"report: {write_report(self.out)}")
         return self.out
 
