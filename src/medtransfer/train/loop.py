@@ -6,10 +6,8 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,13 +15,12 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
-from medtransfer.config import check_choice, to_dict
+from medtransfer.config import to_dict
 from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.train.callbacks import (
     TRAIN_METRICS,
-    VAL_METRICS,
     Callback,
     CSVLogger,
     EarlyStopping,
@@ -32,13 +29,11 @@ from medtransfer.train.callbacks import (
     ProgressBar,
     StopReason,
     TrainState,
-    check_monitor,
     require_metric,
 )
+from medtransfer.train.config import ClassWeight, FitResult, TrainConfig, metric_names
 from medtransfer.train.distributed import Replicas
 from medtransfer.train.optim import (
-    OptimizerConfig,
-    SchedulerConfig,
     SchedulerName,
     build_optimizer,
     build_scheduler,
@@ -59,89 +54,6 @@ __all__ = [
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 InputNorm = tuple[Sequence[float], Sequence[float]]
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-class ClassWeight(StrEnum):
-    none = "none"
-    balanced = "balanced"  # n_samples / (n_classes * count[c]), as scikit-learn
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
-    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction.
-    ``sampling`` rebalances each epoch (see :mod:`medtransfer.data.sampling`); it and
-    ``class_weight: balanced`` both correct for imbalance, so only one of them may be on.
-    ``checkpoint_every``: ``epoch`` writes ``last.pt`` every epoch and ``best.pt`` on every
-    improvement; ``end`` keeps the best weights in memory and writes the same files once, when
-    fit ends (for short epochs, where whole-model writes dominate; a crash keeps only ``best.pt``);
-    ``auto`` is ``end`` on the cached-activation path and ``epoch`` otherwise."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    early_stopping: EarlyStoppingConfig | None = None
-    checkpoint_monitor: str = "val_loss"
-    checkpoint_mode: Literal["min", "max"] = "min"
-    checkpoint_every: Literal["auto", "epoch", "end"] = "auto"
-    class_weight: ClassWeight = ClassWeight.none
-    restore_best: bool = True
-    progress: bool = True
-    sampling: Sampling = Sampling.none
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"'epochs': got {self.epochs!r}; allowed: an integer >= 1")
-        if self.batch_size < 1:
-            raise ConfigError(f"'batch_size': got {self.batch_size!r}; allowed: an integer >= 1")
-        check_monitor("checkpoint_monitor", self.checkpoint_monitor, self.checkpoint_mode,
-                      "checkpoint_mode")
-        check_choice("checkpoint_every", self.checkpoint_every, ("auto", "epoch", "end"))
-        if not isinstance(self.class_weight, ClassWeight):
-            try:
-                object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
-            except ValueError:
-                raise ConfigError(
-                    f"'class_weight': got {self.class_weight!r}; allowed: none, balanced"
-                ) from None
-        if not isinstance(self.sampling, Sampling):
-            try:
-                object.__setattr__(self, "sampling", Sampling(self.sampling))
-            except ValueError:
-                allowed = ", ".join(s.value for s in Sampling)
-                raise ConfigError(f"'sampling': got {self.sampling!r}; allowed: {allowed}") from None
-        if self.sampling is not Sampling.none and self.class_weight is not ClassWeight.none:
-            raise ConfigError(
-                f"'sampling': got {self.sampling.value!r} together with class_weight "
-                f"{self.class_weight.value!r}; both rebalance the classes, so use one of them "
-                "(allowed with class_weight balanced: sampling none)"
-            )
-        if self.scheduler.warmup_epochs >= self.epochs:
-            raise ConfigError(
-                f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "
-                f"{self.epochs}; allowed: fewer than epochs"
-            )
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit`. ``best_*`` follow ``checkpoint_monitor`` (epoch 0 / NaN / None
-    when no epoch produced a finite value); ``images_per_second`` counts training steps only."""
-
-    history: list[dict[str, float]]
-    stop_reason: StopReason
-    best_epoch: int
-    best_metric: float
-    best_path: Path | None
-    last_path: Path
-    seconds: float
-    images_per_second: float
-
-
-def metric_names(has_val: bool) -> list[str]:
-    """The keys of each history row :func:`fit` logs, in order."""
-    return ["lr", *TRAIN_METRICS, *(VAL_METRICS if has_val else ())]
 
 
 def _check_images(name: str, images: Any) -> np.ndarray:

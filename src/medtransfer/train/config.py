@@ -1,0 +1,105 @@
+"""What :func:`medtransfer.train.fit` takes and gives: the training config and its result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from medtransfer.config import check_choice
+from medtransfer.data.sampling import Sampling
+from medtransfer.errors import ConfigError
+from medtransfer.train.callbacks import (
+    TRAIN_METRICS,
+    VAL_METRICS,
+    EarlyStoppingConfig,
+    StopReason,
+    check_monitor,
+)
+from medtransfer.train.optim import OptimizerConfig, SchedulerConfig
+
+__all__ = ["ClassWeight", "FitResult", "TrainConfig", "metric_names"]
+
+
+class ClassWeight(StrEnum):
+    none = "none"
+    balanced = "balanced"  # n_samples / (n_classes * count[c]), as scikit-learn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
+    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction.
+    ``sampling`` rebalances each epoch (see :mod:`medtransfer.data.sampling`); it and
+    ``class_weight: balanced`` both correct for imbalance, so only one of them may be on.
+    ``checkpoint_every``: ``epoch`` writes ``last.pt`` every epoch and ``best.pt`` on every
+    improvement; ``end`` keeps the best weights in memory and writes the same files once, when
+    fit ends (for short epochs, where whole-model writes dominate; a crash keeps only ``best.pt``);
+    ``auto`` is ``end`` on the cached-activation path and ``epoch`` otherwise."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint_monitor: str = "val_loss"
+    checkpoint_mode: Literal["min", "max"] = "min"
+    checkpoint_every: Literal["auto", "epoch", "end"] = "auto"
+    class_weight: ClassWeight = ClassWeight.none
+    restore_best: bool = True
+    progress: bool = True
+    sampling: Sampling = Sampling.none
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"'epochs': got {self.epochs!r}; allowed: an integer >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"'batch_size': got {self.batch_size!r}; allowed: an integer >= 1")
+        check_monitor("checkpoint_monitor", self.checkpoint_monitor, self.checkpoint_mode,
+                      "checkpoint_mode")
+        check_choice("checkpoint_every", self.checkpoint_every, ("auto", "epoch", "end"))
+        if not isinstance(self.class_weight, ClassWeight):
+            try:
+                object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
+            except ValueError:
+                raise ConfigError(
+                    f"'class_weight': got {self.class_weight!r}; allowed: none, balanced"
+                ) from None
+        if not isinstance(self.sampling, Sampling):
+            try:
+                object.__setattr__(self, "sampling", Sampling(self.sampling))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Sampling)
+                raise ConfigError(f"'sampling': got {self.sampling!r}; allowed: {allowed}") from None
+        if self.sampling is not Sampling.none and self.class_weight is not ClassWeight.none:
+            raise ConfigError(
+                f"'sampling': got {self.sampling.value!r} together with class_weight "
+                f"{self.class_weight.value!r}; both rebalance the classes, so use one of them "
+                "(allowed with class_weight balanced: sampling none)"
+            )
+        if self.scheduler.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "
+                f"{self.epochs}; allowed: fewer than epochs"
+            )
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`. ``best_*`` follow ``checkpoint_monitor`` (epoch 0 / NaN / None
+    when no epoch produced a finite value); ``images_per_second`` counts training steps only."""
+
+    history: list[dict[str, float]]
+    stop_reason: StopReason
+    best_epoch: int
+    best_metric: float
+    best_path: Path | None
+    last_path: Path
+    seconds: float
+    images_per_second: float
+
+
+def metric_names(has_val: bool) -> list[str]:
+    """The keys of each history row :func:`fit` logs, in order."""
+    return ["lr", *TRAIN_METRICS, *(VAL_METRICS if has_val else ())]
