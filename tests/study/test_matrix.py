@@ -130,3 +130,15 @@ def test_resample_splits_gives_each_repeat_its_own_split(tmp_path, class_folders
     single = {"name": "s", "source": {"data": {"path": "a"}}, "target": {"data": {"path": "b"}}}
     with pytest.raises(ConfigError, match=r"'repeats', 'resample_splits': only matrix studies"):
         study_from_dict({**single, "repeats": 3})
+
+
+def test_two_worker_processes_give_the_same_matrix(tmp_path, class_folders, one_thread):
+    base = _matrix(tmp_path, class_folders, audit=False, repeats=1)
+    cfg = {**base, "targets": {"tgta": base["targets"]["tgta"]},
+           "strategies": {k: base["strategies"][k] for k in ("scratch", "svm")}}
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_study(study_from_dict(cfg), one, echo=lambda m: None, report=False)
+    run_study(study_from_dict(cfg), two, echo=lambda m: None, report=False, workers=2)
+    assert _rows(one) == _rows(two)
+    units = [sorted(p.name for p in (d / "units").iterdir()) for d in (one, two)]
+    assert units[0] == units[1]
