@@ -107,3 +107,17 @@ def test_nested_and_cli_search(tmp_path, class_folders):
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "cli"), "--no-report", "--no-progress"]) == 0
     assert (tmp_path / "cli" / "best.yaml").is_file() and (tmp_path / "cli" / "summary.md").is_file()
+
+
+def test_an_impossible_combination_is_recorded_as_failed_and_ranked_last(tmp_path, class_folders):
+    space = {"transfer.train.scheduler.name": ["cosine"],
+             "transfer.train.scheduler.warmup_epochs": [1, 5]}  # 5 >= the 3 epochs: invalid
+    out = tmp_path / "run"
+    run_search(_raw(tmp_path, class_folders, space=space), out, echo=lambda m: None, progress=False,
+               report=False)
+    with (out / "trials.csv").open() as fh:
+        trials = list(csv.DictReader(fh))
+    assert [t["transfer.train.scheduler.warmup_epochs"] for t in trials] == ["1", "5"]
+    assert trials[0]["state"] == "complete"
+    assert trials[1]["state"].startswith("failed:") and "warmup_epochs" in trials[1]["state"]
+    assert trials[1]["val_auc"] == ""

@@ -186,15 +186,15 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
 
     # The grid sampler stops the study itself once every point is done.
     study.optimize(objective, n_trials=search.n_trials(), catch=())
-    done = [r for r in rows if r["value"] is not None and math.isfinite(r["value"])]
-    if not done:
-        raise MedTransferError(f"search: none of the {len(rows)} trials finished; see trials.csv")
+    finite = lambda r: r["value"] is not None and math.isfinite(r["value"])  # noqa: E731
     sign = -1.0 if search.objective.direction == "maximize" else 1.0
-    rows.sort(key=lambda r: (r["value"] is None, sign * (r["value"] or 0.0), r["trial"]))
+    rows.sort(key=lambda r: (not finite(r), sign * r["value"] if finite(r) else 0.0, r["trial"]))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    keys = list(search.space)
-    _write_trials(out, rows, keys, search)
+    _write_trials(out, rows, list(search.space), search)
+    if not any(finite(r) for r in rows):
+        raise MedTransferError(f"search: none of the {len(rows)} trials gave a finite validation "
+                               f"{search.objective.metric}; see {out / 'trials.csv'}")
     best = rows[0]
     best_raw = {**raw, **{s: deep_merge(raw.get(s) or {}, nested(best["params"]).get(s, {}))
                           for s in SECTIONS}}
