@@ -9,8 +9,9 @@ import pytest
 
 from medtransfer.config import from_dict
 from medtransfer.data import DataConfig, PreprocessConfig, SplitConfig, load_dataset, make_split
+from medtransfer.data.folds import make_folds
 from medtransfer.data.sources import list_files
-from medtransfer.data.splits import group_leaks, make_folds
+from medtransfer.data.splits import group_leaks
 from medtransfer.errors import ConfigError, DataError
 
 PRE = PreprocessConfig(size=8)

@@ -20,8 +20,7 @@ target for a class, by less than that group's size; the per-class training cap i
 class's share ``round(fraction × count)`` (at least 1) for ``test_fraction`` and ``val_fraction``.
 :meth:`Split.summary` shows the counts reached. Without groups the behaviour is unchanged.
 
-:func:`make_folds` gives stratified k-fold cross-validation, grouped with scikit-learn's
-``StratifiedGroupKFold`` when groups are given.
+Stratified (grouped) k-fold cross-validation is :func:`medtransfer.data.folds.make_folds`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 from medtransfer.errors import ConfigError, DataError
 
@@ -139,7 +138,7 @@ def make_split(
 
     rng = np.random.default_rng(seed)
     if groups is not None:
-        split = _grouped_split(labels, cfg, rng, origin, _GroupTable(labels, groups), name)
+        split = _grouped_split(labels, cfg, rng, origin, GroupTable(labels, groups), name)
         _check_parts(split, labels, present, name, cfg)
         return split
     tests: dict[str, np.ndarray] = {}
@@ -165,7 +164,7 @@ def make_split(
         tests = {f"test_{j + 1}": np.sort(np.concatenate(chunks[j])) for j in range(k)}
         pool = np.concatenate(rest)
     elif cfg.test_fraction > 0:
-        pool, test = _stratified(
+        pool, test = stratified_part(
             np.arange(len(labels)), labels, cfg.test_fraction, rng, "test", name
         )
         tests = {"test": test}
@@ -181,7 +180,7 @@ def make_split(
             capped.append(members)
         pool = np.concatenate(capped)
     if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
-        pool, val = _stratified(pool, labels, cfg.val_fraction, rng, "val", name)
+        pool, val = stratified_part(pool, labels, cfg.val_fraction, rng, "val", name)
 
     split = Split(
         train=np.sort(pool), val=np.sort(val), tests={k: np.sort(v) for k, v in tests.items()}
@@ -190,7 +189,7 @@ def make_split(
     return split
 
 
-def _stratified(
+def stratified_part(
     idx: np.ndarray,
     labels: np.ndarray,
     fraction: float,
@@ -264,77 +263,6 @@ def _check_parts(
             )
 
 
-def make_folds(
-    labels: np.ndarray,
-    k: int,
-    seed: int,
-    *,
-    groups: Sequence[str] | np.ndarray | None = None,
-    val_fraction: float = 0.0,
-    classes: Sequence[str] | None = None,
-) -> list[Split]:
-    """Stratified k-fold cross-validation: fold i holds out ``tests["test"]`` and trains on the rest.
-
-    Every index is in exactly one fold's test part. With ``groups`` the folds come from
-    ``StratifiedGroupKFold`` and no group is on two sides; ``val_fraction`` > 0 also carves a
-    stratified (grouped) validation part from each fold's training part.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise DataError(f"make_folds needs a non-empty 1-D label array, got shape {labels.shape}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ConfigError(f"'folds': got {k!r}; expected an integer >= 2")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"'val_fraction': got {val_fraction}; expected 0 <= x < 1")
-
-    def name(c: int) -> str:
-        return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
-
-    rng = np.random.default_rng(seed)
-    state = int(rng.integers(0, 2**31 - 1))
-    present = np.unique(labels)
-    placeholder = np.zeros((len(labels), 1))
-    table = None if groups is None else _GroupTable(labels, groups)
-    if table is None:
-        counts = np.bincount(labels)
-        for c in present.tolist():
-            if counts[c] < k:
-                raise DataError(
-                    f"class '{name(c)}' has {counts[c]} image(s), fewer than folds={k}; "
-                    "every fold needs each class"
-                )
-        pairs = StratifiedKFold(k, shuffle=True, random_state=state).split(placeholder, labels)
-    else:
-        for c in present.tolist():
-            holders = int((table.counts[:, c] > 0).sum())
-            if holders < k:
-                raise DataError(
-                    f"class '{name(c)}' occurs in {holders} group(s), fewer than folds={k}; "
-                    "grouped folds need each class in at least k groups"
-                )
-        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=state)
-        pairs = splitter.split(placeholder, labels, table.code)
-    folds = []
-    for i, (train, test) in enumerate(pairs):
-        val = np.empty(0, dtype=np.int64)
-        if val_fraction > 0 and table is None:
-            train, val = _stratified(train, labels, val_fraction, rng, "val", name)
-        elif val_fraction > 0 and table is not None:
-            codes = np.unique(table.code[train])
-            taken, rest = _take(table, codes, _shares(labels, train, val_fraction), rng, True)
-            train, val = table.members(rest), table.members(taken)
-        split = Split(np.sort(train), np.sort(val), {"test": np.sort(test)})
-        for part, idx in split.parts.items():
-            lacking = [name(c) for c in present.tolist() if c not in set(labels[idx].tolist())]
-            if lacking and not (part == "val" and val_fraction == 0):
-                raise DataError(
-                    f"fold {i + 1} of {k}: the {part} part gets 0 images of class(es) "
-                    f"{', '.join(map(repr, lacking))}; use fewer folds"
-                )
-        folds.append(split)
-    return folds
-
-
 def group_leaks(split: Split, groups: Sequence[str] | np.ndarray) -> dict[str, list[str]]:
     """Groups found in more than one part of ``split``: group → the parts holding it."""
     where: dict[str, list[str]] = {}
@@ -346,7 +274,7 @@ def group_leaks(split: Split, groups: Sequence[str] | np.ndarray) -> dict[str, l
     return {g: parts for g, parts in where.items() if len(parts) > 1}
 
 
-class _GroupTable:
+class GroupTable:
     """Group code per image and images per (group, class)."""
 
     def __init__(self, labels: np.ndarray, groups: Sequence[str] | np.ndarray) -> None:
@@ -363,14 +291,14 @@ class _GroupTable:
         return np.flatnonzero(np.isin(self.code, codes))
 
 
-def _shares(labels: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
+def class_shares(labels: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
     """Per-class target: ``round(fraction × count)``, at least 1 for every class in ``idx``."""
     counts = np.bincount(labels[idx], minlength=int(labels.max()) + 1)
     return np.where(counts > 0, np.maximum(1, np.rint(fraction * counts)), 0).astype(np.int64)
 
 
-def _take(
-    table: _GroupTable,
+def take_groups(
+    table: GroupTable,
     available: np.ndarray,
     target: np.ndarray,
     rng: np.random.Generator,
@@ -406,7 +334,7 @@ def _grouped_split(
     cfg: SplitConfig,
     rng: np.random.Generator,
     origin: Sequence[str] | None,
-    table: _GroupTable,
+    table: GroupTable,
     name: Callable[[int], str],
 ) -> Split:
     present = np.unique(labels).tolist()
@@ -428,7 +356,7 @@ def _grouped_split(
         target = np.zeros(table.n_classes, dtype=np.int64)
         target[present] = per
         for j in range(k):
-            taken, codes = _take(table, codes, target, rng, True)
+            taken, codes = take_groups(table, codes, target, rng, True)
             got = table.counts[taken].sum(axis=0)
             for c in present:
                 if got[c] < per:
@@ -438,15 +366,15 @@ def _grouped_split(
                     )
             tests[f"test_{j + 1}"] = table.members(taken)
     elif cfg.test_fraction > 0:
-        target = _shares(labels, np.arange(len(labels)), cfg.test_fraction)
-        taken, codes = _take(table, codes, target, rng, True)
+        target = class_shares(labels, np.arange(len(labels)), cfg.test_fraction)
+        taken, codes = take_groups(table, codes, target, rng, True)
         tests = {"test": table.members(taken)}
     if cfg.train_per_class is not None:
         cap = np.full(table.n_classes, cfg.train_per_class, dtype=np.int64)
-        codes, _ = _take(table, codes, cap, rng, False)
+        codes, _ = take_groups(table, codes, cap, rng, False)
     if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
         pool = table.members(codes)
-        taken, codes = _take(table, codes, _shares(labels, pool, cfg.val_fraction), rng, True)
+        taken, codes = take_groups(table, codes, class_shares(labels, pool, cfg.val_fraction), rng, True)
         val = table.members(taken)
     split = Split(
         train=table.members(codes),
