@@ -101,15 +101,16 @@ class RunDir:
         """Predictions of the variant's transfer unit (read once). Cross-validation: every
         fold's held-out predictions together (each image once, ``test_set`` fold_i); the folds'
         validation rows are left out, so thresholds stay at the default."""
-        if variant not in self._predictions:
-            units = self.folds.get(variant) or [self.transfer[variant]]
-            parts = [_read_predictions(u.dir / "predictions.csv") for u in units]
-            if len(parts) > 1:
-                parts = [p.part(POOLED) for p in parts]
+        if variant in self._predictions:
+            return self._predictions[variant]
+        if variant not in self.folds:
+            preds = _read_predictions(self.transfer[variant].dir / "predictions.csv")
+        else:
+            parts = [_read_predictions(u.dir / "predictions.csv").part(POOLED) for u in self.folds[variant]]
             cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
-            self._predictions[variant] = Predictions(cat("test_set"), cat("ids"), cat("labels"),
-                                                     cat("proba"), parts[0].classes)
-        return self._predictions[variant]
+            preds = Predictions(cat("test_set"), cat("ids"), cat("labels"), cat("proba"), parts[0].classes)
+        self._predictions[variant] = preds
+        return preds
 
 
 def _read_yaml(path: Path) -> Any:

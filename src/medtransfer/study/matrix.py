@@ -40,12 +40,14 @@ from medtransfer.study.runner import (
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
+    metric_rows,
     open_run,
     pretrain_unit,
     seeded_build,
     spec_key,
     tracking,
     write_predictions,
+    write_results,
 )
 from medtransfer.train import load_checkpoint
 from medtransfer.transfer import load_source_weights
@@ -70,11 +72,6 @@ class Cell:
 def repeat_seed(seed: int, repeat: int) -> int:
     """Repeat 0 uses ``seed + 1`` (as a single study's transfer); others are spread apart."""
     return seed + 1 + 1000 * repeat
-
-
-def _rows(cell: dict[str, Any], stage: str, test_set: str, metrics: dict[str, Any]) -> list[dict]:
-    return [{**cell, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
-            for k, v in sorted(metrics.items())]
 
 
 class MatrixRunner:
@@ -286,21 +283,20 @@ class MatrixRunner:
         for name, t in self.tasks.items():
             audit = {f"audit_{k}": n for k, n in self.audit_counts.get(name, {}).items()}
             role = "source" if name in self.cfg.sources else "target"
-            rows += _rows({**blank, "variant": "*", role: name}, "data", name,
+            rows += metric_rows({**blank, "variant": "*", role: name}, "data", name,
                           {"skipped_images": len(t.images.skipped), **audit})
         for job, result in pre.items():
             _, variant, source = job.split(":")
-            rows += _rows({**blank, "variant": variant, "source": source}, "pretrain", "val", result["val"])
+            source_ids = {**blank, "variant": variant, "source": source}
+            rows += metric_rows(source_ids, "pretrain", "val", result["val"])
         for c in cells:
             result = done[f"cell:{c.label}"]
             ids = {"variant": c.variant, "source": c.source, "target": c.target,
                    "strategy": c.strategy, "repeat": c.repeat}
-            rows += _rows(ids, "val", "val", result["val"])
+            rows += metric_rows(ids, "val", "val", result["val"])
             for test_set, metrics in result["tests"].items():
-                rows += _rows(ids, "transfer", test_set, metrics)
-        lines = [",".join(COLUMNS) + "\n"]
-        lines += [",".join(str(r[k]) for k in COLUMNS[:-1]) + f",{r['value']:.6g}\n" for r in rows]
-        write_text_atomic(self.out / "results.csv", "".join(lines))
+                rows += metric_rows(ids, "transfer", test_set, metrics)
+        write_results(self.out / "results.csv", rows, COLUMNS)
         summary = write_matrix_summary(self.out, self.cfg, rows)
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
         if report:

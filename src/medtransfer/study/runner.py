@@ -36,6 +36,7 @@ from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
     LoadedTask,
     fingerprint,
+    metric_rows,
     open_run,
     pretrain_unit,
     seeded_build,
@@ -43,11 +44,13 @@ from medtransfer.study.units import (
     tracking,
     train_cfg,
     write_predictions,
+    write_results,
 )
 from medtransfer.train import fit, load_checkpoint, predict_proba
 from medtransfer.transfer import freeze, load_source_weights, train_mode
 
 log = logging.getLogger("medtransfer")
+RESULT_COLUMNS = ("variant", "stage", "test_set", "metric", "value")
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,13 +111,6 @@ def _check_models(variants: list[Variant], source: LoadedTask, target: LoadedTas
                 img_size=size,
             )
         freeze(model, v.transfer.freeze)
-
-
-def _metrics_rows(variant: str, stage: str, test_set: str, metrics: dict[str, float]) -> list[dict]:
-    return [
-        {"variant": variant, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
-        for k, v in sorted(metrics.items())
-    ]
 
 
 def audit_tasks(runner: Any, items: list[tuple[LoadedTask, DataConfig, DataConfig | None]]
@@ -221,13 +217,14 @@ class StudyRunner:
         rows: list[dict[str, Any]] = []
         for t in (self.source, self.target):
             audit = {f"audit_{k}": v for k, v in self.audit_counts.get(t.name, {}).items()}
-            rows += _metrics_rows("*", "data", t.name, {"skipped_images": len(t.images.skipped), **audit})
+            counts = {"skipped_images": len(t.images.skipped), **audit}
+            rows += metric_rows({"variant": "*"}, "data", t.name, counts)
         for v in self.variants:
             pre, tr = outcomes[v.name]
-            rows += _metrics_rows(v.name, "pretrain", "val", pre["val"])
+            rows += metric_rows({"variant": v.name}, "pretrain", "val", pre["val"])
             for test_set, metrics in tr["tests"].items():
-                rows += _metrics_rows(v.name, "transfer", test_set, metrics)
-        self._write_results(rows)
+                rows += metric_rows({"variant": v.name}, "transfer", test_set, metrics)
+        write_results(self.out / "results.csv", rows, RESULT_COLUMNS)
         summary = write_summary(self.out, self.cfg, rows, self.data_summary)
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
         if report:
@@ -300,13 +297,6 @@ class StudyRunner:
         }
         unit.finish(result)
         return result
-
-    def _write_results(self, rows: list[dict[str, Any]]) -> None:
-        lines = ["variant,stage,test_set,metric,value\n"]
-        lines += [f"{r['variant']},{r['stage']},{r['test_set']},{r['metric']},{r['value']:.6g}\n"
-                  for r in rows]
-        write_text_atomic(self.out / "results.csv", "".join(lines))
-
 
 def make_runner(cfg: StudyConfig, out: Path, *, progress: bool = True,
                 echo: Callable[[str], None] = print) -> Any:

@@ -151,6 +151,21 @@ def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
     return {**result, "dir": str(unit.dir)}
 
 
+def metric_rows(ids: dict[str, Any], stage: str, test_set: str,
+                metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy ``results.csv`` rows: ``ids`` (variant, and a matrix cell's source, target, …), then
+    one row per metric, sorted by name."""
+    return [{**ids, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
+            for k, v in sorted(metrics.items())]
+
+
+def write_results(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """``rows`` as CSV, ``columns`` ending in ``value`` (6 significant digits)."""
+    lines = [",".join(columns) + "\n"]
+    lines += [",".join(str(r[k]) for k in columns[:-1]) + f",{r['value']:.6g}\n" for r in rows]
+    write_text_atomic(path, "".join(lines))
+
+
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],
                       proba: Mapping[str, np.ndarray]) -> None:
     """``test_set,id,label,p_<class>...`` for every evaluated part (val included: thresholds
