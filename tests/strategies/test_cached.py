@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtransfer.data import AugmentConfig, Augmenter
+from medtransfer.data import AugmentConfig, Augmenter, ImageCache
 from medtransfer.models import create_model
 from medtransfer.strategies import CacheConfig, plan_cache, train_stage
 from medtransfer.strategies.cached import ActivationModel, index_codes
@@ -32,10 +32,11 @@ CFG = TrainConfig(epochs=4, batch_size=8, progress=False, optimizer=OptimizerCon
                   early_stopping=EarlyStoppingConfig(patience=3))
 
 
-def _stage(model, tmp, name, *, cache, freeze_cfg, augment=None, norm=None):
+def _stage(model, tmp, name, *, cache, freeze_cfg, augment=None, norm=None, disk_cache=None, seed=7):
     return train_stage(
         name, model, freeze_cfg, CFG, CacheConfig(enabled=cache), _data(40, 1), _data(16, 2),
-        seed=7, out_dir=tmp / name, num_classes=2, augment=augment, input_norm=norm,
+        seed=seed, out_dir=tmp / name, num_classes=2, augment=augment, input_norm=norm,
+        disk_cache=disk_cache,
     )
 
 
@@ -63,6 +64,42 @@ def test_cached_path_equals_full_path(tmp_path, norm):
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(full_model.eval()(x), cached_model.eval()(x), rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_activations_are_kept_on_disk_for_the_same_frozen_part_only(tmp_path):
+    freeze_cfg = FreezeConfig(trainable_layers=2)
+    store = ImageCache(tmp_path / "cache")
+
+    def run(name, model, seed=7):
+        hits, misses = store.hits, store.misses
+        res = _stage(model, tmp_path, name, cache=True, freeze_cfg=freeze_cfg, disk_cache=store, seed=seed)
+        assert res.path == "cached"
+        return res, store.hits - hits, store.misses - misses
+
+    plain = _model()
+    _stage(plain, tmp_path, "plain", cache=True, freeze_cfg=freeze_cfg)
+    first_model, second_model = _model(), _model()
+    first, hits, misses = run("first", first_model)
+    assert (hits, misses) == (0, 2) and "computed once" in first.reason  # train and val
+    # A new tail (another seed's head) on the same frozen part and images: read back.
+    with torch.no_grad():
+        second_model.get_classifier().weight.mul_(-1.0)
+    second, hits, misses = run("second", second_model, seed=8)
+    assert (hits, misses) == (2, 0) and "read from the disk cache" in second.reason
+    # Same numbers as without the disk, whether the activations were stored or read back.
+    again = _model()
+    _, hits, _ = run("again", again)
+    assert hits == 2
+    for model in (first_model, again):
+        for a, b in zip(plain.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    # Changed frozen weights are a different prefix: computed again.
+    changed = _model()
+    with torch.no_grad():
+        changed.features[0][0].weight.add_(0.01)
+    _, hits, misses = run("changed", changed)
+    assert (hits, misses) == (0, 2)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4
 
 
 def test_frozen_parameters_do_not_move_on_the_cached_path(tmp_path):

@@ -84,11 +84,11 @@ def test_finetune_runs_head_then_everything_with_a_small_lr(tmp_path):
 @pytest.mark.parametrize("classifier", ["logreg", "svm", "mlp"])
 def test_features_strategy(tmp_path, classifier):
     cfg = FeaturesStrategy(classifier=classifier, calibration_folds=3, mlp=MLPHeadConfig(train=TRAIN))
-    res = _run(cfg, tmp_path / "run", feature_cache=ImageCache(tmp_path / "cache"))
+    res = _run(cfg, tmp_path / "run", disk_cache=ImageCache(tmp_path / "cache"))
     _check_probabilities(res)
     assert res.stages[0].path == ("cached" if classifier == "mlp" else "sklearn")
     assert res.extra["features_dim"] == 64 and res.estimator is not None
-    again = _run(cfg, tmp_path / "again", feature_cache=ImageCache(tmp_path / "cache"))
+    again = _run(cfg, tmp_path / "again", disk_cache=ImageCache(tmp_path / "cache"))
     assert again.extra["feature_cache_hits"] == 4  # train, val and both tests
     for name, p in res.probabilities.items():
         np.testing.assert_allclose(again.probabilities[name], p, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Fixtures for study tests run outside test_study.py (same tiny synthetic study as its ``_config``)."""
+"""The tiny synthetic study every study test starts from."""
 
 from __future__ import annotations
 
@@ -35,5 +35,5 @@ def tiny_study(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_study_config(class_folders: Callable[..., Path]) -> Callable[[Path], dict[str, Any]]:
-    """``tiny_study_config(root)`` → the config dict of test_study.py's tiny study."""
+    """``tiny_study_config(root)`` → the tiny study's config dict, its images under ``root``."""
     return lambda root: tiny_study(root, class_folders)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study import _config  # same folder: pytest puts it on sys.path
 
 from medtransfer.study import run_study, study_from_dict
 
@@ -46,8 +45,8 @@ KILL_POINTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point):
-    cfg = _config(tmp_path)
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_config):
+    cfg = tiny_study_config(tmp_path)
     cfg["pretrain"]["train"]["epochs"] = 4  # long enough to be caught mid-unit
     ref = tmp_path / "reference"
     run_study(study_from_dict(cfg), ref, echo=lambda m: None)

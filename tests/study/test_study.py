@@ -3,55 +3,25 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
 from medtransfer.study import load_study, run_study, study_from_dict
 
 
-def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
-    """Class folders whose classes differ in brightness, so there is something to learn."""
-    if root.exists():  # same arguments → same images; reuse them
-        return root
-    rng = np.random.default_rng(seed)
-    for k, (name, n) in enumerate(classes.items()):
-        d = root / name
-        d.mkdir(parents=True)
-        for i in range(n):
-            base = 60 + 120 * k
-            arr = np.clip(rng.normal(base, 30, (size, size)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(d / f"{name}_{i}.png")
-    return root
+@pytest.fixture
+def make_config(tiny_study_config):
+    """``make_config(root, **over)``: the tiny study (tests/study/conftest.py) with top-level overrides."""
+    def make(root: Path, **over) -> dict:
+        cfg = tiny_study_config(root)
+        cfg.update(over)
+        return cfg
 
-
-def _config(tmp_path: Path, **over) -> dict:
-    src = _folder(tmp_path / "src", {"neg": 40, "pos": 40}, seed=1)
-    tgt = _folder(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
-    train = {"epochs": 2, "batch_size": 16, "progress": False,
-             "optimizer": {"name": "adam", "lr": 0.001}}
-    cfg = {
-        "name": "tiny",
-        "seed": 3,
-        "cache_dir": str(tmp_path / "cache"),
-        "preprocess": {"size": 16},
-        "source": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
-        "target": {
-            "data": {"path": str(tgt), "classes": ["normal", "covid"]},
-            "split": {"test_sets": 2, "test_per_class": 5, "train_per_class": 15,
-                      "val_fraction": 0.2},
-        },
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
-        "pretrain": {"train": train},
-        "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
-        "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}}],
-    }
-    cfg.update(over)
-    return cfg
+    return make
 
 
 def _rows(out: Path) -> list[dict]:
@@ -59,10 +29,10 @@ def _rows(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_study_end_to_end_and_rerun_reuses_units(tmp_path):
+def test_study_end_to_end_and_rerun_reuses_units(tmp_path, make_config):
     out = tmp_path / "run"
     logs: list[str] = []
-    run_study(study_from_dict(_config(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append)
     rows = _rows(out)
     assert set(rows[0]) >= {"variant", "stage", "test_set", "metric", "value"}
     transfer = [r for r in rows if r["stage"] == "transfer"]
@@ -82,16 +52,33 @@ def test_study_end_to_end_and_rerun_reuses_units(tmp_path):
     mtimes = {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
 
     logs.clear()
-    run_study(study_from_dict(_config(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append)
     assert sum("done earlier, reused" in m for m in logs) == 4
     assert mtimes == {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
     assert _rows(out) == rows
 
 
-def test_changed_variant_reruns_only_that_variant(tmp_path):
+def test_transfer_trains_on_cached_activations_and_equals_the_full_path(tmp_path, make_config):
+    logs: list[str] = []
+    run_study(study_from_dict(make_config(tmp_path)), tmp_path / "cached", echo=logs.append)
+    full = make_config(tmp_path)
+    full["transfer"]["cache"] = {"enabled": False}
+    run_study(study_from_dict(full), tmp_path / "full", echo=lambda m: None)
+    for kind in ("cached", "full"):
+        units = sorted((tmp_path / kind / "units").glob("transfer-*/result.json"))
+        assert [json.loads(u.read_text())["path"] for u in units] == [kind, kind]
+    assert sum("cached path: frozen prefix" in m for m in logs) == 2
+    cached_rows, full_rows = _rows(tmp_path / "cached"), _rows(tmp_path / "full")
+    assert len(cached_rows) == len(full_rows)
+    for a, b in zip(cached_rows, full_rows, strict=True):
+        assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
+        assert float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-4, abs=1e-6), a
+
+
+def test_changed_variant_reruns_only_that_variant(tmp_path, make_config):
     out = tmp_path / "run"
-    run_study(study_from_dict(_config(tmp_path)), out, echo=lambda m: None)
-    cfg = _config(tmp_path)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=lambda m: None)
+    cfg = make_config(tmp_path)
     cfg["variants"][1]["model"]["conv_dropout"] = 0.2
     logs: list[str] = []
     run_study(study_from_dict(cfg), out, echo=logs.append)
@@ -99,15 +86,15 @@ def test_changed_variant_reruns_only_that_variant(tmp_path):
     assert any(m.startswith("[bn] pretraining on") for m in logs)
 
 
-def test_same_seed_same_numbers(tmp_path):
+def test_same_seed_same_numbers(tmp_path, make_config):
     a, b = tmp_path / "a", tmp_path / "b"
-    run_study(study_from_dict(_config(tmp_path)), a, echo=lambda m: None)
-    run_study(study_from_dict(_config(tmp_path)), b, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), a, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), b, echo=lambda m: None)
     assert _rows(a) == _rows(b)
 
 
-def test_unknown_key_in_variant_names_it(tmp_path):
-    cfg = _config(tmp_path)
+def test_unknown_key_in_variant_names_it(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     cfg["variants"][1]["model"] = {"batchnorm": True}
     with pytest.raises(ConfigError, match=r"variants\[1\] \(bn\).model.*did you mean 'batch_norm'"):
         study_from_dict(cfg)
@@ -120,16 +107,16 @@ def test_unknown_top_level_key_in_yaml_names_file(tmp_path):
         load_study(path)
 
 
-def test_test_sets_larger_than_pool_fail_before_training(tmp_path):
-    cfg = _config(tmp_path)
+def test_test_sets_larger_than_pool_fail_before_training(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     cfg["target"]["split"]["test_per_class"] = 20
     with pytest.raises(DataError, match="target data .*needs 40 images of class 'normal'.* has 30"):
         run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
     assert not (tmp_path / "run" / "units").exists()
 
 
-def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path):
-    cfg = _config(tmp_path)
+def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     bad = Path(cfg["target"]["data"]["path"]) / "covid" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     with pytest.raises(ImageDecodeError, match="broken.png"):
@@ -142,22 +129,22 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path):
     assert "1 unreadable images skipped" in (tmp_path / "run2" / "summary.md").read_text()
 
 
-def test_empty_class_folder_and_single_class(tmp_path):
-    cfg = _config(tmp_path)
+def test_empty_class_folder_and_single_class(tmp_path, make_config, class_folders):
+    cfg = make_config(tmp_path)
     empty = Path(cfg["source"]["data"]["path"]) / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="empty"):
         run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
-    single = _folder(tmp_path / "single", {"only": 10}, seed=5)
-    cfg = _config(tmp_path / "x")
+    single = class_folders(tmp_path / "single", {"only": 10}, seed=5)
+    cfg = make_config(tmp_path / "x")
     cfg["source"]["data"]["path"] = str(single)
     with pytest.raises(DataError, match="only class 'only'"):
         run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
 
 
-def test_head_reset_when_source_has_more_classes(tmp_path):
-    cfg = _config(tmp_path)
-    src3 = _folder(tmp_path / "src3", {"a": 20, "b": 20, "c": 20}, seed=7)
+def test_head_reset_when_source_has_more_classes(tmp_path, make_config, class_folders):
+    cfg = make_config(tmp_path)
+    src3 = class_folders(tmp_path / "src3", {"a": 20, "b": 20, "c": 20}, seed=7)
     cfg["source"]["data"]["path"] = str(src3)
     cfg["variants"] = [{"name": "baseline"}]
     logs: list[str] = []
@@ -168,11 +155,11 @@ def test_head_reset_when_source_has_more_classes(tmp_path):
         run_study(study_from_dict(cfg), tmp_path / "run", echo=lambda m: None)
 
 
-def test_cli_run_and_error_exit_code(tmp_path, capsys):
+def test_cli_run_and_error_exit_code(tmp_path, capsys, make_config):
     import yaml
 
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    path.write_text(yaml.safe_dump(make_config(tmp_path)))
     out = tmp_path / "cli"
     assert main(["run", str(path), "--out", str(out), "--no-progress",
                  "--set", "variants=[{name: only}]"]) == 0
@@ -182,17 +169,17 @@ def test_cli_run_and_error_exit_code(tmp_path, capsys):
     assert "did you mean 'epochs'" in capsys.readouterr().err
 
 
-def test_two_worker_processes_give_the_same_results(tmp_path):
+def test_two_worker_processes_give_the_same_results(tmp_path, make_config):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_study(study_from_dict(_config(tmp_path)), one, echo=lambda m: None)
-    run_study(study_from_dict(_config(tmp_path)), two, workers=2, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), one, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), two, workers=2, echo=lambda m: None)
     assert _rows(one) == _rows(two)
     assert sorted(p.name for p in (one / "units").iterdir()) == sorted(
         p.name for p in (two / "units").iterdir())
 
 
-def test_cross_validation_reports_every_fold(tmp_path):
-    cfg = _config(tmp_path)
+def test_cross_validation_reports_every_fold(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     cfg["target"]["split"] = {"folds": 3, "val_fraction": 0.2}
     cfg["variants"] = [{"name": "baseline"}]
     out = tmp_path / "cv"
@@ -216,8 +203,8 @@ def test_cross_validation_reports_every_fold(tmp_path):
         study_from_dict(cfg)
 
 
-def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
-    cfg = _config(tmp_path)
+def test_study_audits_its_data_and_reuses_the_audit(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     cfg["variants"] = [{"name": "baseline"}]
     out = tmp_path / "run"
     logs: list[str] = []
@@ -233,8 +220,8 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path):
     assert (out / "audit" / "source" / "audit.json").stat().st_mtime_ns == stamp
 
 
-def test_identical_pretraining_is_shared_between_variants(tmp_path):
-    cfg = _config(tmp_path)
+def test_identical_pretraining_is_shared_between_variants(tmp_path, make_config):
+    cfg = make_config(tmp_path)
     cfg["variants"] = [{"name": "frozen"},
                        {"name": "all", "transfer": {"freeze": {"trainable_layers": None}}}]
     logs: list[str] = []

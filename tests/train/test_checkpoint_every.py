@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import medtransfer.train.callbacks as callbacks_module
+import medtransfer.train.model_checkpoint as checkpoint_module
 from medtransfer.config import from_dict
 from medtransfer.errors import ConfigError
 from medtransfer.strategies.cached import fit_on_activations
@@ -31,13 +31,13 @@ from medtransfer.train import (
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The file names ModelCheckpoint writes, in order."""
     names: list[str] = []
-    real = callbacks_module.save_checkpoint
+    real = checkpoint_module.save_checkpoint
 
     def counting(path: Any, **kwargs: Any) -> Path:
         names.append(Path(path).name)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(callbacks_module, "save_checkpoint", counting)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", counting)
     return names
 
 

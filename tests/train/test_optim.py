@@ -89,6 +89,8 @@ def test_nesterov_without_momentum_is_an_error():
         ({"name": "sgd", "eps": 1e-7}, "optimizer.eps"),
         ({"name": "sgd", "initial_accumulator_value": 0.1}, "only used by adagrad"),
         ({"name": "adamw", "alpha": 0.9}, "only used by rmsprop"),
+        ({"implementation": "fuse"}, r"optimizer.implementation.*did you mean 'fused'"),
+        ({"name": "rmsprop", "implementation": "fused"}, "no fused rmsprop"),
     ],
 )
 def test_optimizer_config_errors_name_the_key(kwargs, match):
@@ -103,6 +105,26 @@ def test_optimizer_config_from_yaml_data_roundtrips():
     assert from_dict(OptimizerConfig, to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match=r"did you mean 'adam'.*adamw, adagrad, sgd, rmsprop"):
         from_dict(OptimizerConfig, {"name": "adan"}, "optimizer")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adagrad", "sgd"])
+def test_implementations_reach_torch_and_agree(name):
+    """for_loop is torch's CPU default; foreach gives the same bits, fused the same to rounding."""
+    weights = {}
+    for impl in ("auto", "for_loop", "foreach", "fused"):
+        model = _linear()
+        opt = build_optimizer(model.parameters(), OptimizerConfig(name=name, implementation=impl))
+        group = opt.param_groups[0]
+        assert bool(group["fused"]) is (impl == "fused")
+        assert group["foreach"] == {"for_loop": False, "foreach": True}.get(impl)
+        for step in range(20):
+            opt.zero_grad()
+            (model(torch.full((4, 3), 0.1 * step)) ** 2).sum().backward()
+            opt.step()
+        weights[impl] = model.weight.detach().clone()
+    assert torch.equal(weights["auto"], weights["for_loop"])
+    assert torch.equal(weights["auto"], weights["foreach"])
+    torch.testing.assert_close(weights["fused"], weights["auto"], rtol=1e-5, atol=1e-6)
 
 
 def test_no_parameters_is_an_error():

@@ -15,7 +15,9 @@ is the full model's, so checkpoints are the same files the full path writes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,12 @@ from torch import Tensor, nn
 from medtransfer.config import to_dict
 from medtransfer.models.chain import Step, forward_chain, run_chain
 from medtransfer.train import Callback, FitResult, TrainConfig, fit
+from medtransfer.train.batches import InputNorm, input_norm_tensors
+from medtransfer.train.batches import to_float as images_to_float
 
-InputNorm = tuple[Sequence[float], Sequence[float]]
 Augment = Callable[[Tensor, torch.Generator], Tensor]
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _BN = nn.modules.batchnorm._BatchNorm
+PREFIX_VERSION = 1
 
 
 @dataclass
@@ -64,13 +67,8 @@ class CachePlan:
 
 def to_float(images: np.ndarray, dev: torch.device, input_norm: InputNorm | None) -> Tensor:
     """Images as ``fit`` feeds them to the model: [0, 1] floats, then ``(x - mean) / std``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(dev).to(torch.float32).div_(_SCALE[images.dtype])
-    if input_norm is None:
-        mean, std = torch.zeros(1, device=dev), torch.ones(1, device=dev)
-    else:
-        mean, std = (torch.tensor(list(v), dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-                     for v in input_norm)
-    return (x - mean) / std
+    mean, std = input_norm_tensors(input_norm, images.shape[1], dev)
+    return (images_to_float(images, dev) - mean) / std
 
 
 def _trace(model: nn.Module, steps: list[Step], x: Tensor) -> tuple[list[set[str]], Tensor]:
@@ -176,6 +174,42 @@ def prefix_activations(split: PrefixSplit, images: np.ndarray, *, batch_size: in
         for start in range(0, len(images), batch_size):
             out.append(split.prefix(to_float(images[start : start + batch_size], device, input_norm)))
     return torch.cat(out)
+
+
+def state_hash(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes, values), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def images_fingerprint(images: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{images.dtype}|{images.shape}".encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
+def prefix_key(model: nn.Module, split: PrefixSplit, images: np.ndarray,
+               input_norm: InputNorm | None, device: torch.device) -> str:
+    """Disk-cache key of the prefix activations of ``images``: what they depend on — the model
+    class, the chain's steps up to the cut, each prefix module's type and settings, their
+    parameters and buffers (not the tail's), the input normalisation and the device type."""
+    modules = dict(model.named_modules())
+    layers = [(name, type(modules[name]).__qualname__, modules[name].extra_repr())
+              for name in split.prefix_modules]
+    tensors = [(f"{name}.{key}", t) for name in split.prefix_modules
+               for key, t in (*modules[name].named_parameters(recurse=False),
+                              *modules[name].named_buffers(recurse=False))]
+    return "prefix:" + json.dumps({
+        "v": PREFIX_VERSION, "arch": type(model).__qualname__,
+        "steps": [s.name for s in split.steps[: split.cut]], "layers": layers,
+        "weights": state_hash(tensors), "images": images_fingerprint(images),
+        "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
+        "in_chans_policy": getattr(model, "in_chans_policy", None), "device": device.type,
+    }, sort_keys=True)
 
 
 def index_codes(n: int, offset: int = 0) -> np.ndarray:

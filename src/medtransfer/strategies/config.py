@@ -23,10 +23,17 @@ from medtransfer.transfer import FreezeConfig
 @dataclass(frozen=True)
 class CacheConfig:
     """Train the tail on cached activations of the frozen prefix when that is exact (see
-    :mod:`medtransfer.strategies.cached`); ``max_gib`` caps the memory the cache may take."""
+    :mod:`medtransfer.strategies.cached`); ``max_gib`` caps the memory the cache may take.
+
+    ``disk``: also keep the activations in the study's cache folder, keyed by the frozen
+    prefix's layers and weights and the images, so a later run with the same frozen part and
+    images (another seed, a search trial over the tail's settings, a rerun) reads them instead
+    of running the prefix again. An entry is as large as the activations in memory.
+    """
 
     enabled: bool = True
     max_gib: float = 4.0
+    disk: bool = True
 
     def __post_init__(self) -> None:
         if not self.max_gib > 0:

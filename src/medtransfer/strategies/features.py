@@ -7,7 +7,6 @@ classifier, seed or study on the same backbone and data reads them back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,13 @@ from torch import Tensor, nn
 from medtransfer.config import closest
 from medtransfer.data import ImageCache
 from medtransfer.errors import ConfigError, DataError
-from medtransfer.strategies.cached import InputNorm, fit_on_activations, to_float
+from medtransfer.strategies.cached import (
+    InputNorm,
+    fit_on_activations,
+    images_fingerprint,
+    state_hash,
+    to_float,
+)
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
 from medtransfer.train import FitResult
 
@@ -36,18 +41,7 @@ FEATURES_VERSION = 1
 
 def weights_hash(model: nn.Module) -> str:
     """sha256 of the model's state dict (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def images_fingerprint(images: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{images.dtype}|{images.shape}".encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    return digest.hexdigest()
+    return state_hash(model.state_dict().items())
 
 
 def _pool(x: Tensor, pool: str) -> Tensor:

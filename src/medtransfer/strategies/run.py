@@ -21,6 +21,7 @@ from medtransfer.strategies.cached import (
     fit_on_activations,
     plan_cache,
     prefix_activations,
+    prefix_key,
 )
 from medtransfer.strategies.config import (
     CacheConfig,
@@ -109,9 +110,11 @@ def train_stage(
     input_norm: InputNorm | None = None,
     config_for_checkpoint: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    disk_cache: ImageCache | None = None,
 ) -> StageResult:
     """Freeze ``model`` as ``freeze_cfg`` says and train it — on cached activations of the
-    frozen prefix when that is exact, otherwise the full model (the reason is recorded)."""
+    frozen prefix when that is exact, otherwise the full model (the reason is recorded).
+    With ``disk_cache`` (and ``cache_cfg.disk``) the activations are read from / kept there."""
     report = freeze(model, freeze_cfg)
     n_images = len(train[1]) + (0 if val is None else len(val[1]))
     plan = (
@@ -126,15 +129,30 @@ def train_stage(
                   config_for_checkpoint=config_for_checkpoint, callbacks=callbacks)
         return StageResult(name, "full", plan.reason, report, res)
     dev = torch.device(device)
-    acts = [prefix_activations(plan.split, x, batch_size=train_cfg.batch_size,
-                               input_norm=input_norm, device=dev)
-            for x in (train[0], *(() if val is None else (val[0],)))]
+    split = plan.split
+    store = disk_cache if cache_cfg.disk else None
+    hits = 0 if store is None else store.hits
+
+    def activations(x: np.ndarray) -> Tensor:
+        def compute() -> Tensor:
+            return prefix_activations(split, x, batch_size=train_cfg.batch_size,
+                                      input_norm=input_norm, device=dev)
+
+        if store is None:
+            return compute()
+        key = prefix_key(model, split, x, input_norm, dev)
+        return torch.from_numpy(store.get_or_compute_array(key, lambda: compute().cpu().numpy()))
+
+    acts = [activations(x) for x in (train[0], *(() if val is None else (val[0],)))]
+    reason = plan.reason
+    if store is not None and store.hits > hits:
+        reason = reason.replace("computed once", "read from the disk cache")
     res = fit_on_activations(
         model, plan.split.tail, acts[0], train[1], None if val is None else (acts[1], val[1]),
         train_cfg, seed=seed, out_dir=out_dir, num_classes=num_classes, train_mode=train_mode,
         device=dev, config_for_checkpoint=config_for_checkpoint, callbacks=callbacks,
     )
-    return StageResult(name, "cached", plan.reason, report, res)
+    return StageResult(name, "cached", reason, report, res)
 
 
 def _evaluated(val: Split | None, tests: Mapping[str, Split]) -> dict[str, Split]:
@@ -170,7 +188,7 @@ def run_strategy(
     device: str | torch.device = "cpu",
     augment: Augment | None = None,
     input_norm: InputNorm | None = None,
-    feature_cache: ImageCache | None = None,
+    disk_cache: ImageCache | None = None,
     config_for_checkpoint: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> StrategyResult:
@@ -180,14 +198,15 @@ def run_strategy(
     ``best.pt``/``last.pt`` into ``out_dir`` (finetune: stage 1 in ``out_dir/head``, and a
     ``history.csv`` of both stages with a ``stage`` column). ``augment`` is applied to training
     batches (and turns off activation caching). ``callbacks`` (e.g. tracking) join every
-    training stage. Returns probabilities for ``val`` and each test.
+    training stage. ``disk_cache`` keeps features and frozen-prefix activations between runs.
+    Returns probabilities for ``val`` and each test.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(num_classes=num_classes, device=device, augment=augment,
                                   input_norm=input_norm, config_for_checkpoint=config_for_checkpoint,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, disk_cache=disk_cache)
     if isinstance(cfg, FeaturesStrategy):
         if augment is not None:
             raise ConfigError(
@@ -195,7 +214,7 @@ def run_strategy(
                 "augmentation cannot apply; switch augmentation off or use freeze / finetune"
             )
         return _run_features(cfg, model, train, val, tests, num_classes=num_classes, seed=seed,
-                             out=out, device=device, input_norm=input_norm, cache=feature_cache,
+                             out=out, device=device, input_norm=input_norm, cache=disk_cache,
                              config_for_checkpoint=config_for_checkpoint, t0=t0)
     if isinstance(cfg, ScratchStrategy):
         stages = [train_stage("scratch", model, FreezeConfig(), cfg.train, CacheConfig(), train, val,

@@ -17,6 +17,7 @@ from typing import Any
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.models import ModelConfig
+from medtransfer.strategies import CacheConfig
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 from medtransfer.transfer import FreezeConfig, HeadPolicy
@@ -58,10 +59,15 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
+    """Seed 000's transfer: ``freeze`` leaves the last layers trainable; they train on cached
+    activations of the frozen part when that is exact (``cache``; see
+    :mod:`medtransfer.strategies.cached`), else on the full model."""
+
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     head: HeadPolicy = HeadPolicy.AUTO
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ class MatrixRunner:
             target.part(split.val) if len(split.val) else None,
             {k: target.part(idx) for k, idx in parts.items() if k != "val"},
             num_classes=target.images.num_classes, seed=seed, out_dir=workdir, device=self.device,
-            augment=augment, input_norm=input_norm, feature_cache=ImageCache(cfg.cache_dir),
+            augment=augment, input_norm=input_norm, disk_cache=ImageCache(cfg.cache_dir),
             config_for_checkpoint={**unit_spec, "classes": list(target.images.classes)},
             callbacks=tracking(self, workdir, cell.label, unit_spec),
         )

@@ -31,6 +31,7 @@ from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import build_model
 from medtransfer.report import write_report, write_summary
+from medtransfer.strategies import train_stage
 from medtransfer.study.config import StudyConfig, TaskConfig, Variant, VariantSpec, resolve_variants
 from medtransfer.study.store import Unit, write_text_atomic
 from medtransfer.study.units import (
@@ -46,8 +47,8 @@ from medtransfer.study.units import (
     write_predictions,
     write_results,
 )
-from medtransfer.train import fit, load_checkpoint, predict_proba
-from medtransfer.transfer import freeze, load_source_weights, train_mode
+from medtransfer.train import load_checkpoint, predict_proba
+from medtransfer.transfer import freeze, load_source_weights
 
 log = logging.getLogger("medtransfer")
 RESULT_COLUMNS = ("variant", "stage", "test_set", "metric", "value")
@@ -266,15 +267,18 @@ class StudyRunner:
         )
         for msg in load.messages:
             self.echo(f"[{label}] {msg}")
-        frozen = freeze(model, v.transfer.freeze)
         augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
-        res = fit(
-            model, target.part(split.train), target.part(split.val) if len(split.val) else None,
-            train_cfg(self, v.transfer.train), seed=cfg.seed + 1, out_dir=workdir,
-            num_classes=target.images.num_classes, augment=augment, device=self.device,
-            train_mode=train_mode, config_for_checkpoint={**spec, "classes": list(target.images.classes)},
-            callbacks=tracking(self, workdir, label, spec),
+        stage = train_stage(
+            "transfer", model, v.transfer.freeze, train_cfg(self, v.transfer.train), v.transfer.cache,
+            target.part(split.train), target.part(split.val) if len(split.val) else None,
+            seed=cfg.seed + 1, out_dir=workdir, num_classes=target.images.num_classes,
+            augment=augment, device=self.device,
+            config_for_checkpoint={**spec, "classes": list(target.images.classes)},
+            callbacks=tracking(self, workdir, label, spec), disk_cache=ImageCache(cfg.cache_dir),
         )
+        self.echo(f"[{label}] {stage.path} path: {stage.reason}")
+        assert stage.fit is not None and stage.freeze is not None
+        res, frozen = stage.fit, stage.freeze
         # Validation predictions are kept too: thresholds and calibration are chosen on them.
         tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx
                        for k, idx in split.tests.items()}
@@ -293,7 +297,7 @@ class StudyRunner:
             "epochs_run": len(res.history), "seconds": res.seconds,
             "trainable_layers": frozen.trainable, "trainable_params": frozen.trainable_params,
             "frozen_params": frozen.frozen_params, "head_reset": bool(load.reset),
-            "messages": load.messages,
+            "messages": load.messages, "path": stage.path, "path_reason": stage.reason,
         }
         unit.finish(result)
         return result

@@ -7,7 +7,6 @@ from medtransfer.train.callbacks import (
     Callback,
     CSVLogger,
     EarlyStopping,
-    ModelCheckpoint,
     ProgressBar,
     StopReason,
     TrainState,
@@ -23,6 +22,7 @@ from medtransfer.train.loop import (
     metric_names,
     predict_proba,
 )
+from medtransfer.train.model_checkpoint import ModelCheckpoint
 from medtransfer.train.optim import (
     OptimizerConfig,
     OptimizerName,

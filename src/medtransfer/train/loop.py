@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor, nn
 
@@ -19,13 +18,21 @@ from medtransfer.config import to_dict
 from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
+from medtransfer.train.batches import (
+    InputNorm,
+    batches,
+    check_split,
+    input_norm_tensors,
+    loss_and_proba,
+    predict_proba,
+    to_float,
+)
 from medtransfer.train.callbacks import (
     TRAIN_METRICS,
     Callback,
     CSVLogger,
     EarlyStopping,
     EarlyStoppingConfig,
-    ModelCheckpoint,
     ProgressBar,
     StopReason,
     TrainState,
@@ -33,6 +40,7 @@ from medtransfer.train.callbacks import (
 )
 from medtransfer.train.config import ClassWeight, FitResult, TrainConfig, metric_names
 from medtransfer.train.distributed import Replicas
+from medtransfer.train.model_checkpoint import ModelCheckpoint
 from medtransfer.train.optim import (
     SchedulerName,
     build_optimizer,
@@ -52,46 +60,6 @@ __all__ = [
 ]
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
-InputNorm = tuple[Sequence[float], Sequence[float]]
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-def _check_images(name: str, images: Any) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype not in _SCALE:
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images)
-        raise DataError(f"{name}: expected a uint8 or uint16 array (N, C, H, W), got {got}")
-    if len(images) == 0:
-        raise DataError(f"{name}: got no images")
-    return images
-
-
-def _check_split(name: str, split: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    if not (isinstance(split, tuple | list) and len(split) == 2):
-        raise DataError(f"{name}: expected a pair (images, labels)")
-    images = _check_images(f"{name} images", split[0])
-    labels = np.asarray(split[1])
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{name} labels: expected 1-D integers, got {labels.dtype} {labels.shape}")
-    if len(labels) != len(images):
-        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(
-            f"{name} labels: must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-            f"got [{labels.min()}, {labels.max()}]"
-        )
-    return images, labels.astype(np.int64, copy=False)
-
-
-def _norm(input_norm: InputNorm | None, channels: int, dev: torch.device) -> tuple[Tensor, Tensor]:
-    if input_norm is None:
-        return torch.zeros(1, device=dev), torch.ones(1, device=dev)
-    mean, std = (torch.tensor(list(v), dtype=torch.float32, device=dev) for v in input_norm)
-    if mean.shape != (channels,) or std.shape != (channels,) or not bool((std > 0).all()):
-        raise ConfigError(
-            f"input_norm: got mean {mean.tolist()} and std {std.tolist()}; allowed: {channels} "
-            "values each (one per channel), std > 0"
-        )
-    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
 
 def _class_weights(
@@ -107,47 +75,6 @@ def _class_weights(
         )
     w = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
     return torch.tensor(w, dtype=torch.float32, device=dev)
-
-
-def _batches(
-    images: np.ndarray, order: np.ndarray, batch_size: int, dev: torch.device
-) -> Iterator[tuple[np.ndarray, Tensor]]:
-    """(indices, float batch in [0, 1] on ``dev``) in ``order``; converts after the transfer."""
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield idx, _to_float(images[idx], dev)
-
-
-def _to_float(images: np.ndarray, dev: torch.device) -> Tensor:
-    raw = torch.from_numpy(np.ascontiguousarray(images)).to(dev)
-    return raw.to(torch.float32).div_(_SCALE[images.dtype])
-
-
-def _proba(logits: Tensor) -> Tensor:
-    """(B, K) probabilities: softmax, or ``[1 - p, p]`` with p = sigmoid for a single logit."""
-    if logits.ndim != 2:
-        raise ConfigError(f"model output has shape {tuple(logits.shape)}; expected (batch, K)")
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
-
-
-def _loss_and_proba(logits: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-sample losses and (B, K) probabilities for a single-logit or K-logit head."""
-    cols = logits.shape[1] if logits.ndim == 2 else None
-    if cols == 1 and num_classes == 2:
-        z = logits[:, 0]
-        losses = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
-    elif cols == num_classes:
-        losses = F.cross_entropy(logits, y, reduction="none")
-    else:
-        allowed = f"1 (single logit) or {num_classes}" if num_classes == 2 else str(num_classes)
-        raise ConfigError(
-            f"model output has shape {tuple(logits.shape)}; for num_classes={num_classes} "
-            f"expected (batch, {allowed})"
-        )
-    return losses, _proba(logits)
 
 
 @contextlib.contextmanager
@@ -204,15 +131,15 @@ def fit(
         raise ConfigError(f"seed: got {seed!r}; allowed: an integer >= 0")
     if num_classes < 2:
         raise ConfigError(f"num_classes: got {num_classes!r}; allowed: an integer >= 2")
-    x_train, y_train = _check_split("train", train, num_classes)
-    val_split = None if val is None else _check_split("val", val, num_classes)
+    x_train, y_train = check_split("train", train, num_classes)
+    val_split = None if val is None else check_split("val", val, num_classes)
     channels = x_train.shape[1]
     if val_split is not None and val_split[0].shape[1:] != x_train.shape[1:]:
         raise DataError(
             f"val images have shape {val_split[0].shape[1:]} per image, train {x_train.shape[1:]}"
         )
     dev = torch.device(device)
-    mean, std = _norm(input_norm, channels, dev)
+    mean, std = input_norm_tensors(input_norm, channels, dev)
     out_dir = Path(out_dir)
     model.to(dev)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -261,9 +188,9 @@ def fit(
 
     def train_input(batch: np.ndarray, rows: slice) -> Tensor:
         if augment is None:
-            return (_to_float(x_train[batch[rows]], dev) - mean) / std
+            return (to_float(x_train[batch[rows]], dev) - mean) / std
         # The whole (global) batch: with DDP each image gets the augmentation one process gives it.
-        return (augment(_to_float(x_train[batch], dev), augment_gen)[rows] - mean) / std
+        return (augment(to_float(x_train[batch], dev), augment_gen)[rows] - mean) / std
 
     def on_batch(loss: float, n: int) -> None:
         timing["images"] += n
@@ -369,7 +296,7 @@ def _train_epoch(
         rows, real = reps.rows(len(batch))
         yb = torch.from_numpy(labels[batch[rows]]).to(dev)
         optimizer.zero_grad(set_to_none=True)
-        losses, proba = _loss_and_proba(model(train_input(batch, rows)), yb, num_classes)
+        losses, proba = loss_and_proba(model(train_input(batch, rows)), yb, num_classes)
         wb = torch.ones_like(losses) if weights is None else weights[yb]
         batch_w = float(len(batch)) if class_w is None else float(class_w[labels[batch]].sum())
         step = reps.batch_loss(losses, wb, proba, real, batch_w)
@@ -402,35 +329,9 @@ def _evaluate(
     mine = np.arange(len(labels))[rows] if real else np.arange(0)
     loss_sum, probas = 0.0, []
     with torch.no_grad():
-        for idx, xb in _batches(images, mine, batch_size, dev):
+        for idx, xb in batches(images, mine, batch_size, dev):
             yb = torch.from_numpy(labels[idx]).to(dev)
-            losses, proba = _loss_and_proba(model(prepare(xb)), yb, num_classes)
+            losses, proba = loss_and_proba(model(prepare(xb)), yb, num_classes)
             loss_sum += float(losses.sum())
             probas.append(proba.cpu().numpy())
     return reps.gather_eval(loss_sum, probas, len(labels))
-
-
-def predict_proba(
-    model: nn.Module,
-    images: np.ndarray,
-    *,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    input_norm: InputNorm | None = None,
-) -> np.ndarray:
-    """(N, K) class probabilities; a single-logit head gives K=2 as ``[1 - p, p]``.
-
-    Runs in eval mode without gradients and leaves the model in eval mode.
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size: got {batch_size!r}; allowed: an integer >= 1")
-    images = _check_images("images", images)
-    dev = torch.device(device)
-    mean, std = _norm(input_norm, images.shape[1], dev)
-    model.to(dev)
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for _, xb in _batches(images, np.arange(len(images)), batch_size, dev):
-            out.append(_proba(model((xb - mean) / std)).cpu().numpy())
-    return np.concatenate(out)

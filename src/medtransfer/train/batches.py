@@ -1,0 +1,137 @@
+"""From uint8/uint16 image arrays to float batches, and from logits to losses and probabilities:
+shared by training, evaluation, prediction and the cached-activation path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medtransfer.errors import ConfigError, DataError
+
+__all__ = [
+    "InputNorm",
+    "batches",
+    "check_images",
+    "check_split",
+    "input_norm_tensors",
+    "logits_to_proba",
+    "loss_and_proba",
+    "predict_proba",
+    "to_float",
+]
+
+InputNorm = tuple[Sequence[float], Sequence[float]]
+SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def check_images(name: str, images: Any) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype not in SCALE:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images)
+        raise DataError(f"{name}: expected a uint8 or uint16 array (N, C, H, W), got {got}")
+    if len(images) == 0:
+        raise DataError(f"{name}: got no images")
+    return images
+
+
+def check_split(name: str, split: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(split, tuple | list) and len(split) == 2):
+        raise DataError(f"{name}: expected a pair (images, labels)")
+    images = check_images(f"{name} images", split[0])
+    labels = np.asarray(split[1])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name} labels: expected 1-D integers, got {labels.dtype} {labels.shape}")
+    if len(labels) != len(images):
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(
+            f"{name} labels: must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+    return images, labels.astype(np.int64, copy=False)
+
+
+def input_norm_tensors(
+    input_norm: InputNorm | None, channels: int, dev: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(mean, std) shaped to broadcast over (N, C, H, W); checked against ``channels``."""
+    if input_norm is None:
+        return torch.zeros(1, device=dev), torch.ones(1, device=dev)
+    mean, std = (torch.tensor(list(v), dtype=torch.float32, device=dev) for v in input_norm)
+    if mean.shape != (channels,) or std.shape != (channels,) or not bool((std > 0).all()):
+        raise ConfigError(
+            f"input_norm: got mean {mean.tolist()} and std {std.tolist()}; allowed: {channels} "
+            "values each (one per channel), std > 0"
+        )
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+def batches(
+    images: np.ndarray, order: np.ndarray, batch_size: int, dev: torch.device
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """(indices, float batch in [0, 1] on ``dev``) in ``order``; converts after the transfer."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, to_float(images[idx], dev)
+
+
+def to_float(images: np.ndarray, dev: torch.device) -> Tensor:
+    raw = torch.from_numpy(np.ascontiguousarray(images)).to(dev)
+    return raw.to(torch.float32).div_(SCALE[images.dtype])
+
+
+def logits_to_proba(logits: Tensor) -> Tensor:
+    """(B, K) probabilities: softmax, or ``[1 - p, p]`` with p = sigmoid for a single logit."""
+    if logits.ndim != 2:
+        raise ConfigError(f"model output has shape {tuple(logits.shape)}; expected (batch, K)")
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def loss_and_proba(logits: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-sample losses and (B, K) probabilities for a single-logit or K-logit head."""
+    cols = logits.shape[1] if logits.ndim == 2 else None
+    if cols == 1 and num_classes == 2:
+        z = logits[:, 0]
+        losses = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+    elif cols == num_classes:
+        losses = F.cross_entropy(logits, y, reduction="none")
+    else:
+        allowed = f"1 (single logit) or {num_classes}" if num_classes == 2 else str(num_classes)
+        raise ConfigError(
+            f"model output has shape {tuple(logits.shape)}; for num_classes={num_classes} "
+            f"expected (batch, {allowed})"
+        )
+    return losses, logits_to_proba(logits)
+
+
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    input_norm: InputNorm | None = None,
+) -> np.ndarray:
+    """(N, K) class probabilities; a single-logit head gives K=2 as ``[1 - p, p]``.
+
+    Runs in eval mode without gradients and leaves the model in eval mode.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: got {batch_size!r}; allowed: an integer >= 1")
+    images = check_images("images", images)
+    dev = torch.device(device)
+    mean, std = input_norm_tensors(input_norm, images.shape[1], dev)
+    model.to(dev)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for _, xb in batches(images, np.arange(len(images)), batch_size, dev):
+            out.append(logits_to_proba(model((xb - mean) / std)).cpu().numpy())
+    return np.concatenate(out)
