@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,8 +129,35 @@ def test_resample_splits_gives_each_repeat_its_own_split(tmp_path, class_folders
 
     assert test_ids(0) != test_ids(1) and len(test_ids(0)) == len(test_ids(1)) == 16
     single = {"name": "s", "source": {"data": {"path": "a"}}, "target": {"data": {"path": "b"}}}
-    with pytest.raises(ConfigError, match=r"'repeats', 'resample_splits': only matrix studies"):
+    with pytest.raises(ConfigError, match=r"'repeats', 'resample_splits', 'repeat_pretraining': only matrix"):
         study_from_dict({**single, "repeats": 3})
+
+
+def test_repeat_pretraining_pretrains_each_repeat_with_its_own_seed(tmp_path, class_folders):
+    base = _matrix(tmp_path, class_folders, audit=False)
+    cfg = {**base, "targets": {"tgta": base["targets"]["tgta"]},
+           "sources": {"srcdata": base["sources"]["srcdata"]},
+           "strategies": {"svm": base["strategies"]["svm"]}}
+    out = tmp_path / "run"
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    logs: list[str] = []
+    run_study(study_from_dict({**cfg, "repeat_pretraining": True}), out, echo=logs.append, report=False)
+    # Repeat 0's pretraining is the unit the study without the option made; repeat 1 has its own.
+    assert any("[baseline.srcdata.r0] pretraining: done earlier" in m for m in logs)
+    assert any("[baseline.srcdata.r1] pretraining on" in m for m in logs)
+    pre = {json.loads((p / "unit.json").read_text())["spec"]["seed"]: p.name
+           for p in (out / "units").glob("pretrain-*")}
+    assert sorted(pre) == [3, 1003]
+    def cell_sources(repeat: int) -> list[str]:
+        cells = (out / "units").glob(f"cell-baseline.srcdata.tgta.svm.r{repeat}-*")
+        return sorted(json.loads((c / "unit.json").read_text())["spec"]["source"] for c in cells)
+
+    assert cell_sources(0) == [pre[3]]  # the same cell as before: reused
+    assert cell_sources(1) == sorted([pre[3], pre[1003]])  # before, and now on its own pretraining
+    rows = [r for r in _rows(out) if r["stage"] == "pretrain" and r["metric"] == "auc"]
+    assert sorted(r["repeat"] for r in rows) == ["0", "1"]
+    with pytest.raises(ConfigError, match=r"'repeat_pretraining': no source has 'data'"):
+        study_from_dict({**cfg, "repeat_pretraining": True, "sources": {"w": base["sources"]["fromfile"]}})
 
 
 def test_two_worker_processes_give_the_same_matrix(tmp_path, class_folders, one_thread):

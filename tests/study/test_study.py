@@ -67,12 +67,21 @@ def test_transfer_trains_on_cached_activations_and_equals_the_full_path(tmp_path
     for kind in ("cached", "full"):
         units = sorted((tmp_path / kind / "units").glob("transfer-*/result.json"))
         assert [json.loads(u.read_text())["path"] for u in units] == [kind, kind]
-    assert sum("cached path: frozen prefix" in m for m in logs) == 2
+    assert sum("cached path: frozen prefix" in m and "computed once" in m for m in logs) == 2
     cached_rows, full_rows = _rows(tmp_path / "cached"), _rows(tmp_path / "full")
     assert len(cached_rows) == len(full_rows)
     for a, b in zip(cached_rows, full_rows, strict=True):
         assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
         assert float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-4, abs=1e-6), a
+    # Another learning rate for the trainable layers (a search trial, say) on the same
+    # pretrained weights and images: the frozen part's activations come from the disk cache.
+    other_lr = make_config(tmp_path)
+    transfer_train = other_lr["transfer"]["train"]  # the same dict as pretrain's: copy it
+    other_lr["transfer"]["train"] = {**transfer_train, "optimizer": {"name": "adam", "lr": 0.002}}
+    logs.clear()
+    run_study(study_from_dict(other_lr), tmp_path / "cached", echo=logs.append)
+    assert sum("pretraining: done earlier" in m for m in logs) == 2
+    assert sum("cached path: frozen prefix" in m and "read from the disk cache" in m for m in logs) == 2
 
 
 def test_changed_variant_reruns_only_that_variant(tmp_path, make_config):

@@ -101,6 +101,9 @@ class StudyConfig:
     # matrix: each repeat also draws a new split of every target (seed 003); cells of one repeat
     # share it, so differences from scratch stay paired
     resample_splits: bool = False
+    # matrix: each repeat also pretrains every data source anew (its own seed), so the spread
+    # over repeats includes pretraining's; off, one pretraining per source serves all repeats
+    repeat_pretraining: bool = False
     seed: int = 0
     device: str = "auto"
     cache_dir: Path | None = None
@@ -130,9 +133,10 @@ class StudyConfig:
                 if getattr(self, key) is None:
                     raise ConfigError(f"missing required key '{key}' (or give 'sources', 'targets' and "
                                       "'strategies' for a matrix study)")
-            if self.repeats != 1 or self.resample_splits:
-                raise ConfigError("'repeats', 'resample_splits': only matrix studies (sources × "
-                                  "targets × strategies) repeat cells; this study has one source/target")
+            if self.repeats != 1 or self.resample_splits or self.repeat_pretraining:
+                raise ConfigError("'repeats', 'resample_splits', 'repeat_pretraining': only matrix "
+                                  "studies (sources × targets × strategies) repeat cells; this "
+                                  "study has one source/target")
 
     def task(self, role: str) -> TaskConfig:
         """The ``source`` or ``target`` of a single source/target study."""
@@ -164,7 +168,10 @@ class StudyConfig:
                               "names must differ (they name data folders)")
         for name, raw in self.strategies.items():
             strategy_from_dict(raw, f"strategies.{name}")
-        for key in ("freeze", "train"):
+        if self.repeat_pretraining and not any(s.data is not None for s in self.sources.values()):
+            raise ConfigError("'repeat_pretraining': no source has 'data' to pretrain on (weights "
+                              "alone are not trained again); remove it or give a source data")
+        for key in ("freeze", "train", "cache"):
             if getattr(self.transfer, key) != getattr(TransferConfig(), key):
                 raise ConfigError(f"'transfer.{key}': not used by a matrix study, whose strategies "
                                   f"say what trains and how (e.g. strategies.<name>.train)")

@@ -1,7 +1,8 @@
 """Run a matrix study (seed 003): every source × target × strategy × repeat, per variant.
 
 A source is pretrained weights, a data set to pretrain on, or both. Sources with data are
-pretrained first (one unit per variant and source, shared by all cells); then each cell builds
+pretrained first (one unit per variant and source, shared by all cells; with
+``repeat_pretraining`` one per repeat, shared by that repeat's cells); then each cell builds
 its model from its source, transfers it by its strategy with the repeat's training seed, and is
 evaluated on the target's validation and test sets. ``scratch`` strategies ignore the source
 (source ``none``): they are the reference column. Repeats vary initialisation, batch order and
@@ -74,6 +75,12 @@ def repeat_seed(seed: int, repeat: int) -> int:
     return seed + 1 + 1000 * repeat
 
 
+def pretrain_seed(seed: int, repeat: int) -> int:
+    """Pretraining of repeat 0 uses the study seed (the unit a study without
+    ``repeat_pretraining`` has); others are spread apart from it and from the cells' seeds."""
+    return seed + 1000 * repeat
+
+
 class MatrixRunner:
     """Runs one matrix study into one output folder (same store and executors as a study)."""
 
@@ -87,7 +94,7 @@ class MatrixRunner:
             k: strategy_from_dict(raw, f"strategies.{k}") for k, raw in cfg.strategies.items()}
         self.device = pick_device(cfg.device)
         self.size = cfg.preprocess.size if isinstance(cfg.preprocess.size, int) else cfg.preprocess.size[0]
-        self._pretrained: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pretrained: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._resplit: dict[tuple[str, int], LoadedTask] = {}
 
     # -- plan --------------------------------------------------------------------------------
@@ -100,9 +107,13 @@ class MatrixRunner:
                     out += [Cell(v, s, target, name, r) for s in sources for r in range(self.cfg.repeats)]
         return out
 
+    def pretrain_repeats(self) -> range:
+        """The repeats that pretrain their own sources: all, or just 0 (shared by every repeat)."""
+        return range(self.cfg.repeats if self.cfg.repeat_pretraining else 1)
+
     def pretrain_jobs(self) -> list[str]:
-        return [f"pretrain:{v}:{s}" for v in self.variants for s, spec in self.cfg.sources.items()
-                if spec.data is not None]
+        return [f"pretrain:{v}:{s}:{r}" for v in self.variants for s, spec in self.cfg.sources.items()
+                if spec.data is not None for r in self.pretrain_repeats()]
 
     def job_names(self) -> list[str]:
         return [*self.pretrain_jobs(), *(f"cell:{c.label}" for c in self.cells())]
@@ -186,17 +197,19 @@ class MatrixRunner:
     def run_job(self, name: str) -> Any:
         kind, rest = name.split(":", 1)
         if kind == "pretrain":
-            variant, source = rest.split(":", 1)
-            return self._pretrain(variant, source)
+            variant, source, repeat = rest.split(":")
+            return self._pretrain(variant, source, int(repeat))
         cell = next(c for c in self.cells() if c.label == rest)
         return self._cell(cell)
 
-    def _pretrain(self, variant: str, source: str) -> dict[str, Any]:
-        key = (variant, source)
+    def _pretrain(self, variant: str, source: str, repeat: int) -> dict[str, Any]:
+        key = (variant, source, repeat if self.cfg.repeat_pretraining else 0)
         if key not in self._pretrained:
             spec = self.cfg.sources[source]
-            self._pretrained[key] = pretrain_unit(self, self.variants[variant], self.tasks[source],
-                                                  label=f"{variant}.{source}", weights=spec.weights)
+            label = f"{variant}.{source}" + (f".r{key[2]}" if self.cfg.repeat_pretraining else "")
+            self._pretrained[key] = pretrain_unit(
+                self, self.variants[variant], self.tasks[source], label=label, weights=spec.weights,
+                seed=pretrain_seed(self.cfg.seed, key[2]))
         return self._pretrained[key]
 
     def _build(self, v: Variant, spec: SourceSpec | None, target: LoadedTask,
@@ -226,7 +239,8 @@ class MatrixRunner:
         cfg, v = self.cfg, self.variants[cell.variant]
         strategy = self.strategies[cell.strategy]
         spec = cfg.sources.get(cell.source)
-        pre = self._pretrain(cell.variant, cell.source) if spec is not None and spec.data else None
+        pre = (self._pretrain(cell.variant, cell.source, cell.repeat)
+               if spec is not None and spec.data else None)
         target = self.target(cell.target, cell.repeat)
         seed = repeat_seed(cfg.seed, cell.repeat)
         unit_spec = {
@@ -286,8 +300,9 @@ class MatrixRunner:
             rows += metric_rows({**blank, "variant": "*", role: name}, "data", name,
                           {"skipped_images": len(t.images.skipped), **audit})
         for job, result in pre.items():
-            _, variant, source = job.split(":")
-            source_ids = {**blank, "variant": variant, "source": source}
+            _, variant, source, repeat = job.split(":")
+            source_ids = {**blank, "variant": variant, "source": source,
+                          "repeat": repeat if self.cfg.repeat_pretraining else "-"}
             rows += metric_rows(source_ids, "pretrain", "val", result["val"])
         for c in cells:
             result = done[f"cell:{c.label}"]

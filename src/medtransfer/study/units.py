@@ -94,14 +94,16 @@ def seeded_build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int)
 
 
 def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
-                  weights: str | None = None) -> dict[str, Any]:
+                  weights: str | None = None, seed: int | None = None) -> dict[str, Any]:
     """Train ``v.model`` on the source task (from ``weights`` if given; else random init drawn
-    from the study seed); reused, and shared between variants, when the same unit is done."""
+    from ``seed``, default the study seed); reused, and shared between variants, when the same
+    unit is done."""
     cfg = ctx.cfg
+    seed = cfg.seed if seed is None else seed
     spec: dict[str, Any] = {
         "stage": "pretrain", "version": __version__,
         "model": spec_key(v.model), "pretrain": spec_key(v.pretrain),
-        "preprocess": spec_key(cfg.preprocess), "seed": cfg.seed, "data": source.fingerprint,
+        "preprocess": spec_key(cfg.preprocess), "seed": seed, "data": source.fingerprint,
     }
     if weights is not None:
         spec["weights"] = weights
@@ -114,10 +116,10 @@ def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
     workdir = unit.start()
     input_norm = None
     if weights is None:
-        model = seeded_build(v.model, source, ctx.size, cfg.seed)
+        model = seeded_build(v.model, source, ctx.size, seed)
     else:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(seed)
             built = build_pretrained(
                 dataclasses.replace(v.model, weights=weights), num_classes=source.images.num_classes,
                 in_chans=source.images.channels, img_size=ctx.size, classes=list(source.images.classes))
@@ -127,7 +129,7 @@ def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
     augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
     res = fit(
         model, source.part(source.split.train), source.part(source.split.val),
-        train_cfg(ctx, v.pretrain.train), seed=cfg.seed, out_dir=workdir,
+        train_cfg(ctx, v.pretrain.train), seed=seed, out_dir=workdir,
         num_classes=source.images.num_classes, augment=augment, device=ctx.device,
         input_norm=input_norm, config_for_checkpoint={**spec, "classes": list(source.images.classes)},
         callbacks=tracking(ctx, workdir, label, spec),
