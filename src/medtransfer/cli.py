@@ -60,6 +60,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from medtransfer.data import ImageCache
+
+    store = ImageCache(Path(args.dir) if args.dir else None)
+    if args.clear:
+        freed = store.clear(None if args.clear == "all" else args.clear)
+        print(f"cleared {'the cache' if args.clear == 'all' else args.clear} in {store.root}: "
+              f"{freed / 2**20:.1f} MiB freed")
+        return 0
+    print(f"cache: {store.root}")
+    for name, (files, size) in store.usage().items():
+        print(f"  {name:<10} {files:>8} entries {size / 2**20:>10.1f} MiB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     aud.add_argument("--against", help="a second data set (e.g. the target): shared or near-identical images")
     aud.add_argument("--split", help="a run directory or its splits/<role>.csv: leakage across parts")
     aud.add_argument("--out", help="folder for audit.json and audit.md")
+    cache = sub.add_parser("cache", help="size of the disk cache (decoded images, features, "
+                           "frozen-prefix activations); --clear frees it")
+    cache.add_argument("--dir", help="cache folder (default: $MEDTRANSFER_CACHE or ~/.cache/medtransfer; "
+                       "a study's cache_dir)")
+    cache.add_argument("--clear", nargs="?", const="all", metavar="SECTION",
+                       help="delete the whole cache, or one section (images, features, prefix, ...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -114,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 print(f"saved: {Path(args.out) / 'audit.json'}, {Path(args.out) / 'audit.md'}")
             return 0
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "demo":
             args.config = demo_config_path()
             args.out = args.out or "runs/demo"

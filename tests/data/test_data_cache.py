@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -129,3 +130,30 @@ def test_second_dataset_load_is_all_hits(tmp_path, make_image_folder, decode_cal
     second = load_dataset(DataConfig(path=root), PRE, cache)
     assert len(decode_calls) == 7 and (cache.hits, cache.misses) == (7, 7)
     np.testing.assert_array_equal(first.images, second.images)
+
+
+def test_usage_per_section_and_clearing_one_or_all(tmp_path, make_image_folder, capsys):
+    from medtransfer.cli import main
+
+    root = make_image_folder({"a": 2})
+    (tmp_path / "cache").mkdir()
+    keep = tmp_path / "cache" / "notes.txt"  # the user's own file in the cache folder
+    keep.write_text("mine")
+    cache = ImageCache(tmp_path / "cache")
+    for path in sorted((root / "a").iterdir()):
+        cache.get_or_decode(path, PRE)
+    cache.get_or_compute_array("features:x", lambda: np.zeros(100, np.float32))
+    cache.get_or_compute_array("prefix:y", lambda: np.zeros(1000, np.float32))
+    cache.get_or_compute_array("prefix:z", lambda: np.zeros(10, np.float32))
+    usage = cache.usage()
+    assert {k: n for k, (n, _) in usage.items()} == {"images": 2, "features": 1, "prefix": 2}
+    assert usage["prefix"][1] > 4000
+    assert main(["cache", "--dir", str(tmp_path / "cache")]) == 0
+    assert re.search(r"prefix\s+2 entries", capsys.readouterr().out)
+    assert main(["cache", "--dir", str(tmp_path / "cache"), "--clear", "prefix"]) == 0
+    assert "prefix" not in cache.usage() and cache.usage()["features"][0] == 1
+    assert main(["cache", "--dir", str(tmp_path / "cache"), "--clear", "prefx"]) == 2
+    assert "allowed: images, features" in capsys.readouterr().err
+    cache.clear()
+    assert cache.usage() == {"images": (0, 0)} and keep.read_text() == "mine"
+

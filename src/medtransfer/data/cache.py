@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medtransfer.data.images import PreprocessConfig, decode_image
+from medtransfer.errors import ConfigError
 
 _CHUNK = 1 << 20
 
@@ -36,6 +38,12 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _kind(key: str) -> str:
+    """The folder of an array key: its prefix before ':' (``features``, ``prefix``, ``npz``)."""
+    kind = key.split(":", 1)[0] if ":" in key else ""
+    return kind if kind.isidentifier() else "other"
 
 
 class ImageCache:
@@ -85,7 +93,7 @@ class ImageCache:
             self._count(hit=False)
             return fn()
         name = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        entry = self.root / "arrays" / name[:2] / f"{name}.npy"
+        entry = self.root / "arrays" / _kind(key) / name[:2] / f"{name}.npy"
         cached = self._load(entry)
         if cached is not None:
             self._count(hit=True)
@@ -94,6 +102,34 @@ class ImageCache:
         array = np.asarray(fn())
         self._store(entry, array)
         return array
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """(entries, bytes) per section: ``images`` and each kind of array (``npz``,
+        ``features``, ``prefix``: frozen-prefix activations, ...)."""
+        sections = {"images": self.root / "images"}
+        arrays = self.root / "arrays"
+        if arrays.is_dir():
+            sections.update({d.name: d for d in sorted(arrays.iterdir()) if d.is_dir()})
+        out = {}
+        for name, folder in sections.items():
+            files = list(folder.rglob("*.npy")) if folder.is_dir() else []
+            out[name] = (len(files), sum(f.stat().st_size for f in files))
+        return out
+
+    def clear(self, section: str | None = None) -> int:
+        """Delete one section (see :meth:`usage`) or, with None, the whole cache; returns the
+        bytes freed. Entries are recomputed when next needed."""
+        sections = self.usage()
+        if section is not None and section not in sections:
+            raise ConfigError(f"cache section: got {section!r}; allowed: {', '.join(sections)}")
+        freed = sum(b for name, (_, b) in sections.items() if section in (None, name))
+        # Only the cache's own folders: the root may be a folder the user keeps other files in.
+        targets = ([self.root / "images", self.root / "arrays"] if section is None else
+                   [self.root / "images" if section == "images" else self.root / "arrays" / section])
+        for target in targets:
+            if target.is_dir():
+                shutil.rmtree(target)
+        return freed
 
     def _count(self, *, hit: bool) -> None:
         with self._lock:
