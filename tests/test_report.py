@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -153,6 +154,12 @@ def test_report_writes_tidy_csvs_figures_and_markdown(binary_run):
     assert {r["operating_point"] for r in ci} == {"", "default", "youden_val"}
     md = (out / "report.md").read_text()
     assert "| variant |" in md and "](plots/roc.png)" in md and "Holm" in md
+    # What trained, and on which path: each variant's row names cached or full and why.
+    transfer = md[md.index("## Transfer training"):].split("\n## ")[0]
+    rows = [line for line in transfer.splitlines() if line.startswith("| ") and "variant" not in line]
+    variants = [v.name for v in load_run(out).config.variants]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == variants
+    assert all(re.search(r"\| (cached|full): ", r) for r in rows), rows
 
 
 def test_report_html_is_self_contained(binary_run):

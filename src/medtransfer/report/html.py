@@ -99,6 +99,25 @@ def _pretrain_section(doc: Doc, run: RunDir) -> None:
               body)
 
 
+def _transfer_section(doc: Doc, run: RunDir) -> None:
+    doc.heading("Transfer training")
+    body = []
+    for v in run.variants:
+        u = run.transfer.get(v)
+        res = u.result if u else {}
+        params = (f"{res['trainable_params']:,} of {res['trainable_params'] + res['frozen_params']:,}"
+                  if "trainable_params" in res and "frozen_params" in res else "–")
+        path = f"{res['path']}: {res.get('path_reason', '')}" if "path" in res else "–"
+        body.append([v, params, "reset" if res.get("head_reset") else "kept",
+                     str(res.get("best_epoch", "–")), str(res.get("epochs_run", "–")),
+                     str(res.get("stop_reason", "–")), path])
+    doc.para("What trained in each variant's transfer (cross-validation: fold 1). Path `cached`: the "
+             "trainable layers trained on activations of the frozen layers computed once, which is "
+             "exactly the same training as recomputing them every epoch; `full` says why not.")
+    doc.table(["variant", "trainable parameters", "output layer", "best epoch", "epochs run",
+               "stopped by", "path"], body)
+
+
 def _results_section(doc: Doc, run: RunDir, ci: list[dict[str, Any]], level: float) -> None:
     tests = run.predictions(run.variants[0]).tests()
     if not tests:
@@ -217,6 +236,7 @@ def _render(run: RunDir, ci: list[dict[str, Any]], cmp: list[dict[str, Any]],
     _data_section(doc, run)
     _audit_section(doc, run)
     _pretrain_section(doc, run)
+    _transfer_section(doc, run)
     _results_section(doc, run, ci, level)
     _comparison_section(doc, cmp, alpha, level)
     for section, items in plots.items():
