@@ -1,4 +1,5 @@
-"""Seed-000 AlexNet at 128 px: training images/s, and the time of a seed-000 transfer stage.
+"""Seed-000 AlexNet at 128 px: training images/s, and the time of a seed-000 transfer stage as a
+study runs it (``train_stage``: the last 3 layers on cached activations of the frozen rest).
 
 Run: ``make bench`` (or ``python benchmarks/bench_alexnet.py [--device cuda]``). Synthetic images,
 so it needs no data; numbers are from one run on this machine, printed with their ratio.
@@ -16,9 +17,10 @@ import torch
 
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import create_model
+from medtransfer.strategies import CacheConfig, train_stage
 from medtransfer.train import OptimizerConfig, TrainConfig, fit, predict_proba
 from medtransfer.train.optim import OptimizerName
-from medtransfer.transfer import FreezeConfig, freeze, train_mode
+from medtransfer.transfer import FreezeConfig
 
 
 def _images(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,17 +51,19 @@ def main() -> None:
         target = _images(rng, 600, args.size)
         tests = [_images(rng, 300, args.size) for _ in range(4)]
         t0 = time.perf_counter()
-        freeze(model, FreezeConfig(trainable_layers=3))
         tcfg = TrainConfig(epochs=10, batch_size=64, progress=False, checkpoint_monitor="loss",
                            optimizer=OptimizerConfig(name=OptimizerName.adagrad, lr=1e-3))
-        tres = fit(model, target, None, tcfg, seed=1, out_dir=Path(tmp) / "tr", num_classes=2,
-                   device=args.device, train_mode=train_mode)
+        stage = train_stage("freeze", model, FreezeConfig(trainable_layers=3), tcfg, CacheConfig(),
+                            target, None, seed=1, out_dir=Path(tmp) / "tr", num_classes=2,
+                            device=args.device)
+        assert stage.fit is not None
+        tres = stage.fit
         for x, y in tests:
             compute_metrics(y, predict_proba(model, x, batch_size=64, device=args.device))
         seconds = time.perf_counter() - t0
-        print(f"transfer stage (600 images × 10 epochs, last 3 layers, + 4 × 300 test): "
-              f"{seconds:.1f} s ({tres.images_per_second:.1f} images/s while training)")
-        print(f"ratio frozen-tail / full training speed: {tres.images_per_second / full_ips:.2f}")
+        print(f"transfer stage (600 images × 10 epochs, last 3 layers, + 4 × 300 test; {stage.path} "
+              f"path): {seconds:.1f} s ({tres.images_per_second:.1f} images/s while training)")
+        print(f"ratio transfer / pretraining training speed: {tres.images_per_second / full_ips:.2f}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
 
 
