@@ -75,6 +75,14 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_f
     assert "difference from scratch" in summary
     html = (out / "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64" in html
+    report = (out / "report.md").read_text()
+    trained = report[report.index("### How the cells trained"):]
+    # 2 sources × 2 targets × 2 repeats per transfer strategy, 2 targets × 2 repeats for scratch;
+    # repeat 1's finetune heads read repeat 0's frozen-base activations back from the disk cache.
+    for row in ("| svm | svm | sklearn | 8 |", "| finetune | finetune | full | 8 | nothing is frozen |",
+                "| scratch | scratch | full | 4 |", "| finetune | head | cached | 4 | frozen prefix",
+                "up to 'classifier') computed once |", "up to 'classifier') read from the disk cache |"):
+        assert row in trained, trained
     stats = (out / "summary.csv").read_text().splitlines()
     assert stats[0].startswith("variant,target,source,strategy,metric,mean,max_dev")
     units = sorted(p.name for p in (out / "units").iterdir())
@@ -156,6 +164,9 @@ def test_repeat_pretraining_pretrains_each_repeat_with_its_own_seed(tmp_path, cl
     assert cell_sources(1) == sorted([pre[3], pre[1003]])  # before, and now on its own pretraining
     rows = [r for r in _rows(out) if r["stage"] == "pretrain" and r["metric"] == "auc"]
     assert sorted(r["repeat"] for r in rows) == ["0", "1"]
+    summary = (out / "summary.md").read_text()
+    assert "| variant | source | repeat | accuracy | auc | loss |" in summary
+    assert "| baseline | srcdata | 0 |" in summary and "| baseline | srcdata | 1 |" in summary
     with pytest.raises(ConfigError, match=r"'repeat_pretraining': no source has 'data'"):
         study_from_dict({**cfg, "repeat_pretraining": True, "sources": {"w": base["sources"]["fromfile"]}})
 

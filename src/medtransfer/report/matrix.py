@@ -122,12 +122,27 @@ def _doc(cfg: StudyConfig, rows: Sequence[dict[str, Any]], doc: Doc) -> None:
     pre = [r for r in rows if r["stage"] == "pretrain" and r["metric"] in ("accuracy", "auc", "loss")]
     if pre:
         doc.heading("Pretraining on the sources (validation set, best epoch)", 3)
-        table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        table: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
         for r in pre:
-            table[(r["variant"], r["source"])][r["metric"]] = float(r["value"])
-        doc.table(["variant", "source", "accuracy", "auc", "loss"],
-                  [[v, s, *(_fmt(m.get(k, math.nan)) for k in ("accuracy", "auc", "loss"))]
-                   for (v, s), m in table.items()])
+            table[(r["variant"], r["source"], r["repeat"])][r["metric"]] = float(r["value"])
+        per_repeat = cfg.repeat_pretraining
+        doc.table(["variant", "source", *(["repeat"] if per_repeat else []), "accuracy", "auc", "loss"],
+                  [[v, s, *([k] if per_repeat else []),
+                    *(_fmt(m.get(key, math.nan)) for key in ("accuracy", "auc", "loss"))]
+                   for (v, s, k), m in table.items()])
+
+
+def _training_table(doc: Doc, stages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """How each strategy's stages trained: cached activations, the full model or scikit-learn."""
+    counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for strategy, stage in stages:
+        counts[(strategy, str(stage.get("name")), str(stage.get("path")), str(stage.get("reason")))] += 1
+    doc.heading("How the cells trained", 3)
+    doc.para("Per strategy and stage: `cached` trains the trainable layers on activations of the frozen "
+             "ones computed once (the same training as recomputing them every epoch), `full` runs the "
+             "whole model every step (the reason says why), `sklearn` fits a classifier on features.")
+    doc.table(["strategy", "stage", "path", "cells", "why"],
+              [[st, name, path, str(n), why] for (st, name, path, why), n in counts.items()])
 
 
 def write_matrix_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> Path:
@@ -176,9 +191,10 @@ def _data_table(doc: Doc, data: dict[str, Any]) -> None:
 
 
 def write_matrix_report(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]],
-                        data: dict[str, Any]) -> Path:
+                        data: dict[str, Any], stages: Sequence[tuple[str, dict[str, Any]]] = ()) -> Path:
     """``report.md`` and the self-contained ``report.html``: data, audits, the matrix tables,
-    paired differences from scratch and a bar chart."""
+    paired differences from scratch, a bar chart, and (``stages``: (strategy, stage summary)
+    of every cell) how the cells trained."""
     png = _figure_auc(cfg, rows, out)
     pages = []
     for markdown in (True, False):
@@ -200,6 +216,8 @@ def write_matrix_report(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, An
         _doc(cfg, rows, doc)
         if png is not None:
             doc.images([("AUC per target: scratch and each source × strategy", png)])
+        if stages:
+            _training_table(doc, stages)
         pages.append(doc.render())
     write_text_atomic(out / "report.md", pages[0])
     path = out / "report.html"

@@ -315,5 +315,7 @@ class MatrixRunner:
         summary = write_matrix_summary(self.out, self.cfg, rows)
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
         if report:
-            self.echo(f"report: {write_matrix_report(self.out, self.cfg, rows, self.data_summary)}")
+            stages = [(c.strategy, stage) for c in cells
+                      for stage in done[f"cell:{c.label}"]["strategy"]["stages"]]
+            self.echo(f"report: {write_matrix_report(self.out, self.cfg, rows, self.data_summary, stages)}")
         return self.out
