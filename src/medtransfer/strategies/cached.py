@@ -192,24 +192,29 @@ def images_fingerprint(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def prefix_key(model: nn.Module, split: PrefixSplit, images: np.ndarray,
-               input_norm: InputNorm | None, device: torch.device) -> str:
-    """Disk-cache key of the prefix activations of ``images``: what they depend on — the model
-    class, the chain's steps up to the cut, each prefix module's type and settings, their
-    parameters and buffers (not the tail's), the input normalisation and the device type."""
+def prefix_signature(model: nn.Module, split: PrefixSplit, input_norm: InputNorm | None,
+                     device: torch.device) -> str:
+    """What the prefix activations depend on besides the images: the model class, the chain's
+    steps up to the cut, each prefix module's type and settings, their parameters and buffers
+    (not the tail's), the input normalisation and the device type."""
     modules = dict(model.named_modules())
     layers = [(name, type(modules[name]).__qualname__, modules[name].extra_repr())
               for name in split.prefix_modules]
     tensors = [(f"{name}.{key}", t) for name in split.prefix_modules
                for key, t in (*modules[name].named_parameters(recurse=False),
                               *modules[name].named_buffers(recurse=False))]
-    return "prefix:" + json.dumps({
+    return json.dumps({
         "v": PREFIX_VERSION, "arch": type(model).__qualname__,
         "steps": [s.name for s in split.steps[: split.cut]], "layers": layers,
-        "weights": state_hash(tensors), "images": images_fingerprint(images),
+        "weights": state_hash(tensors),
         "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
         "in_chans_policy": getattr(model, "in_chans_policy", None), "device": device.type,
     }, sort_keys=True)
+
+
+def prefix_key(signature: str, images: np.ndarray) -> str:
+    """Disk-cache key of the prefix activations of ``images`` (``signature``: :func:`prefix_signature`)."""
+    return f"prefix:{signature}|{images_fingerprint(images)}"
 
 
 def index_codes(n: int, offset: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from medtransfer.strategies.cached import (
     plan_cache,
     prefix_activations,
     prefix_key,
+    prefix_signature,
 )
 from medtransfer.strategies.config import (
     CacheConfig,
@@ -132,6 +133,7 @@ def train_stage(
     split = plan.split
     store = disk_cache if cache_cfg.disk else None
     hits = 0 if store is None else store.hits
+    signature = "" if store is None else prefix_signature(model, split, input_norm, dev)
 
     def activations(x: np.ndarray) -> Tensor:
         def compute() -> Tensor:
@@ -140,13 +142,14 @@ def train_stage(
 
         if store is None:
             return compute()
-        key = prefix_key(model, split, x, input_norm, dev)
-        return torch.from_numpy(store.get_or_compute_array(key, lambda: compute().cpu().numpy()))
+        array = store.get_or_compute_array(prefix_key(signature, x), lambda: compute().cpu().numpy())
+        return torch.from_numpy(array)
 
     acts = [activations(x) for x in (train[0], *(() if val is None else (val[0],)))]
-    reason = plan.reason
-    if store is not None and store.hits > hits:
-        reason = reason.replace("computed once", "read from the disk cache")
+    read = 0 if store is None else store.hits - hits
+    reason = plan.reason.replace(
+        "computed once", {0: "computed once", len(acts): "read from the disk cache"}.get(
+            read, "computed once (partly read from the disk cache)"))
     res = fit_on_activations(
         model, plan.split.tail, acts[0], train[1], None if val is None else (acts[1], val[1]),
         train_cfg, seed=seed, out_dir=out_dir, num_classes=num_classes, train_mode=train_mode,
