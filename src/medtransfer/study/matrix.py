@@ -316,6 +316,6 @@ class MatrixRunner:
         self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
         if report:
             stages = [(c.strategy, stage) for c in cells
-                      for stage in done[f"cell:{c.label}"]["strategy"]["stages"]]
+                      for stage in done[f"cell:{c.label}"].get("strategy", {}).get("stages", [])]
             self.echo(f"report: {write_matrix_report(self.out, self.cfg, rows, self.data_summary, stages)}")
         return self.out
