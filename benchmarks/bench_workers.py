@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medtransfer.study import run_study, study_from_dict
-from medtransfer.study.runner import make_runner
+from medtransfer.api import run_study
+from medtransfer.study import study_from_dict
+from medtransfer.study.runner import Runner
 
 
 def _folder(root: Path, classes: list[str], per_class: int, size: int, seed: int) -> str:
@@ -76,18 +77,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cfg = _config(root, args)
-        make_runner(study_from_dict(cfg), root / "warm-cache", progress=False,
-                    echo=lambda m: None).prepare()
+        Runner(study_from_dict(cfg), root / "warm-cache", progress=False, echo=lambda m: None).prepare()
         print(f"4 units (2 variants × pretrain + transfer), {args.images} images per class, "
               f"{args.size} px, {args.epochs} epochs; executor {args.executor}; {os.cpu_count()} CPUs")
         times = {w: _timed(cfg, root / f"run-{w}", w, args) for w in (1, 2)}
-        values = [np.loadtxt(root / f"run-{w}" / "results.csv", delimiter=",", skiprows=1, usecols=4)
+        values = [np.loadtxt(root / f"run-{w}" / "results.csv", delimiter=",", skiprows=1, usecols=9)
                   for w in (1, 2)]
     for w, s in times.items():
         print(f"  {w} worker{'s' if w > 1 else ' '}: {s:7.1f} s")
     # Not bitwise equal: 1 worker uses all cores' threads, 2 workers half each (float sums reorder).
-    print(f"  1 worker / 2 workers: {times[1] / times[2]:.2f}×; "
-          f"largest difference in results.csv: {np.abs(values[0] - values[1]).max():.2g}")
+    gap = float(np.abs(values[0] - values[1]).max())
+    print(f"  1 worker / 2 workers: {times[1] / times[2]:.2f}×; largest difference in results.csv: {gap:.2g}")
+    if gap > 1e-4:
+        raise SystemExit(f"results differ between 1 and 2 workers by {gap:.2g} (more than float reordering)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import math
 import re
 import shutil
@@ -19,10 +20,11 @@ import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from medtransfer.api import run_study
 from medtransfer.errors import DataError
 from medtransfer.report import POOLED, comparison_rows, load_run, write_report
 from medtransfer.report.analysis import CI_COLUMNS, COMPARISON_COLUMNS
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.study import study_from_dict
 
 
 def _folder(root: Path, classes: dict[str, int], seed: int, size: int = 16) -> Path:
@@ -79,7 +81,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def _pooled_predictions(run: Path, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    unit = next((run / "units").glob(f"transfer-{variant}-*"))
+    unit = next((run / "units").glob(f"cell-{variant}-*"))
     rows = [r for r in _csv(unit / "predictions.csv") if r["test_set"] != "val"]
     return np.array([int(r["label"]) for r in rows]), np.array([float(r["p_covid"]) for r in rows])
 
@@ -155,7 +157,7 @@ def test_report_writes_tidy_csvs_figures_and_markdown(binary_run):
     md = (out / "report.md").read_text()
     assert "| variant |" in md and "](plots/roc.png)" in md and "Holm" in md
     # What trained, and on which path: each variant's row names cached or full and why.
-    transfer = md[md.index("## Transfer training"):].split("\n## ")[0]
+    transfer = md[md.index("## Transfer training"):].split("\n## ")[0].split("\n### ")[0]
     rows = [line for line in transfer.splitlines() if line.startswith("| ") and "variant" not in line]
     variants = [v.name for v in load_run(out).config.variants]
     assert [r.split(" | ")[0].strip("| ") for r in rows] == variants
@@ -195,6 +197,10 @@ def test_single_variant_and_moved_data_still_give_a_report(binary_run, tmp_path)
     cfg["target"]["data"]["path"] = str(tmp_path / "moved")
     cfg["variants"] = [{"name": "baseline"}]
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # The report reads what ran from the manifest: keep the baseline's jobs only.
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["jobs"] = {k: e for k, e in manifest["jobs"].items() if e["variant"] == "baseline"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
     (run / "plots").rename(tmp_path / "old_plots")
     write_report(run, n_boot=50)
     text = " ".join(_parse((run / "report.html").read_text()).text)
@@ -207,7 +213,7 @@ def test_single_variant_and_moved_data_still_give_a_report(binary_run, tmp_path)
 def test_run_without_test_sets_gets_a_report_saying_so(binary_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(binary_run, run, ignore=shutil.ignore_patterns("plots", "*.pt"))
-    for pred in (run / "units").glob("transfer-*/predictions.csv"):
+    for pred in (run / "units").glob("cell-*/predictions.csv"):
         lines = pred.read_text().splitlines()
         pred.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if ln.startswith("val,"))]) + "\n")
     write_report(run, n_boot=50)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from medtransfer.api import run_study
 from medtransfer.errors import ConfigError
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.study import study_from_dict
 from medtransfer.tracking import TrackingConfig, flat_params, unit_callbacks
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False}
@@ -50,7 +51,7 @@ def test_tensorboard_and_mlflow_log_every_unit_without_changing_results(tmp_path
     exp = client.get_experiment_by_name("tracked")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    run = next(r for r in runs if r.data.params.get("stage") == "transfer")
+    run = next(r for r in runs if r.data.params.get("stage") == "cell")
     assert [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert run.data.params["transfer.freeze.trainable_layers"] == "3"
     assert any(a.path == "history.csv" for a in client.list_artifacts(run.info.run_id))

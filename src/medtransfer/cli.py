@@ -34,8 +34,9 @@ def demo_config_path() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from medtransfer.api import run_study
     from medtransfer.config import deep_merge, read_yaml
-    from medtransfer.study import run_study, study_from_dict
+    from medtransfer.study import study_from_dict
 
     if args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")

@@ -76,7 +76,16 @@ def read_history(path: Path) -> list[dict[str, float]]:
         raise DataError(f"cannot read training history {path}: {exc.strerror or exc}") from exc
     if not rows or "epoch" not in rows[0]:
         raise DataError(f"{path}: expected a CSV with an 'epoch' column and one row per epoch")
-    return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in rows]
+    names = [r.pop("stage") for r in rows] if "stage" in rows[0] else []
+    try:
+        out = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in rows]
+    except ValueError as exc:
+        raise DataError(f"{path}: a non-numeric cell ({exc})") from exc
+    order = list(dict.fromkeys(names))
+    for i, (r, name) in enumerate(zip(out, names, strict=False)):
+        # A two-stage strategy: one epoch axis across the stages, each row knowing its stage.
+        r["stage_epoch"], r["epoch"], r["stage_index"] = r["epoch"], float(i + 1), float(order.index(name))
+    return out
 
 
 def learning_curves_figure(
@@ -93,6 +102,9 @@ def learning_curves_figure(
                 ax.plot(epochs, values, style, markersize=3, label=label)
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label="best epoch")
+        for r, prev in zip(history[1:], history, strict=False):
+            if r.get("stage_index", 0) != prev.get("stage_index", 0):
+                ax.axvline(r["epoch"] - 0.5, color="black", linewidth=0.8, label="next stage")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)

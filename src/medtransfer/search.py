@@ -1,9 +1,12 @@
-"""Hyperparameter search over any study key (seeds 001 and 004), with Optuna's samplers.
+"""Hyperparameter search over any study key of any study shape (seeds 001 and 004), with
+Optuna's samplers.
 
-``search.space`` maps dotted keys of the ``model``, ``pretrain`` and ``transfer`` sections to a
+``search.space`` maps dotted keys of the ``model``, ``pretrain``, ``transfer`` and ``strategies``
+sections (e.g. ``model.name``, ``model.weights``, ``strategies.ft.finetune.optimizer.lr``) to a
 list (grid values, or choices for random/TPE) or a range ``{low, high, log, step}``. Each trial is
-pretrained and transferred like a variant — early stopping and its best checkpoint as the config
-says — and scored on the target's **validation** set; test images are not looked at. The trials,
+a variant: its cells are pretrained and transferred by the study's one runner — early stopping
+and the best checkpoint as the config says — and scored on the targets' **validation** sets (the
+objective is the mean over the trial's cells); test images are not looked at. The trials,
 sorted by the objective, go to ``trials.csv`` and ``search.md``; the best trial's settings are
 written back as a runnable study config ``best.yaml``, which is then run once, on the tests, into
 the same folder (``results.csv``, ``summary.md``, ``report.html``). Trials are units: a rerun
@@ -25,7 +28,7 @@ from medtransfer.config import check_choice, deep_merge, from_dict, to_dict
 from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
 
-SECTIONS = ("model", "pretrain", "transfer")
+SECTIONS = ("model", "pretrain", "transfer", "strategies")
 SAMPLERS = ("grid", "random", "tpe")
 
 
@@ -62,7 +65,7 @@ class SearchConfig:
             where = f"search.space.{key}"
             if key.split(".", 1)[0] not in SECTIONS or "." not in key:
                 raise ConfigError(f"'{where}': keys are dotted paths into {', '.join(SECTIONS)} "
-                                  "(e.g. transfer.train.optimizer.lr)")
+                                  "(e.g. transfer.train.optimizer.lr, model.name)")
             if isinstance(spec, dict):
                 if self.sampler == "grid":
                     raise ConfigError(f"'{where}': a range needs sampler random or tpe; grid takes a list")
@@ -130,10 +133,25 @@ def _check_space(cfg: Any, search: SearchConfig) -> None:
     from medtransfer.study.config import VariantSpec, resolve_variants
 
     first = {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
+    if any(k.startswith("strategies.") for k in first) and not cfg.is_matrix:
+        raise ConfigError("'search.space': 'strategies.' keys need a matrix study (sources, targets, "
+                          "strategies); this study's strategy is its 'transfer' section")
     try:
         resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(first))]))
     except ConfigError as exc:
         raise ConfigError(f"'search.space': {exc}") from None
+
+
+def _score(results: dict[Any, dict[str, Any]], metric: str) -> tuple[float, Any]:
+    """The objective over a trial's cells (their mean) and the best epoch of the first cell."""
+    values = []
+    for result in results.values():
+        value = result["val"].get(metric)
+        if value is None:
+            raise ConfigError(f"'search.objective.metric': got {metric!r}; "
+                              f"validation metrics: {', '.join(sorted(result['val']))}")
+        values.append(float(value))
+    return sum(values) / len(values), next(iter(results.values())).get("best_epoch")
 
 
 def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, progress: bool = True,
@@ -143,8 +161,8 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
     best configuration on the tests; returns ``out``."""
     import optuna
 
-    from medtransfer.study.config import study_from_dict
-    from medtransfer.study.runner import StudyRunner, run_study
+    from medtransfer.api import run_study
+    from medtransfer.study import Runner, VariantSpec, study_from_dict
 
     raw = dict(raw)
     try:
@@ -152,14 +170,11 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
     cfg = study_from_dict(raw, base=base, source_name=source_name)
-    if cfg.is_matrix:
-        raise ConfigError(f"{source_name}: 'search': searches run on a single source/target study, "
-                          "not a matrix")
     _check_space(cfg, search)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "search.yaml", yaml.safe_dump({**to_dict(cfg), "search": to_dict(search)},
                                                           sort_keys=False))
-    runner = StudyRunner(cfg, out, progress=progress, echo=echo)
+    runner = Runner(cfg, out, progress=progress, echo=echo)
     runner.prepare()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=search.objective.direction, sampler=_sampler(search))
@@ -170,19 +185,15 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
         name = f"trial-{trial.number + 1:03d}"
         row: dict[str, Any] = {"trial": name, "params": params}
         try:
-            result = runner.run_trial(name, nested(params))
+            results = runner.run_variants([VariantSpec(name, **nested(params))])
         except ConfigError as exc:  # an impossible combination: recorded (NaN fails it in Optuna)
             rows.append({**row, "value": None, "state": f"failed: {exc}"})
             echo(f"[{name}] failed: {exc}")
             return math.nan
-        value = result["val"].get(search.objective.metric)
-        if value is None:
-            raise ConfigError(f"'search.objective.metric': got {search.objective.metric!r}; "
-                              f"validation metrics: {', '.join(sorted(result['val']))}")
-        rows.append({**row, "value": float(value), "state": "complete",
-                     "best_epoch": result.get("best_epoch")})
+        value, best_epoch = _score(results, search.objective.metric)
+        rows.append({**row, "value": value, "state": "complete", "best_epoch": best_epoch})
         echo(f"[{name}] {params} → val {search.objective.metric} {value:.4f}")
-        return float(value)
+        return value
 
     # The grid sampler stops the study itself once every point is done.
     study.optimize(objective, n_trials=search.n_trials(), catch=())
@@ -197,7 +208,7 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
                                f"{search.objective.metric}; see {out / 'trials.csv'}")
     best = rows[0]
     best_raw = {**raw, **{s: deep_merge(raw.get(s) or {}, nested(best["params"]).get(s, {}))
-                          for s in SECTIONS}}
+                          for s in SECTIONS if s in raw or s in nested(best["params"])}}
     best_raw["variants"] = [{"name": "best"}]
     best_raw.pop("name", None)
     best_raw = {"name": f"{cfg.name}_best", **best_raw}

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import torch
 
+from medtransfer.api import run_study
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.search import run_search
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.study import study_from_dict
 
 BASELINES = Path(__file__).parent / "baselines"
 RECORD = os.environ.get("MEDTRANSFER_RECORD_BASELINES") == "1"
@@ -43,13 +44,15 @@ def _check(name: str, got: Path, value: str, keys: list[str] | None = None) -> N
         return
     expected = _read(expected_path)
     keys = keys or [k for k in expected[0] if k != value]
-    rows = _read(got)
-    index = {tuple(r.get(k, "") for k in keys): r[value] for r in rows}
-    assert len(index) == len(rows), f"{name}: rows are not unique by {keys}"
-    missing = [tuple(r[k] for k in keys) for r in expected if tuple(r[k] for k in keys) not in index]
+    index: dict[tuple[str, ...], list[str]] = {}
+    for r in _read(got):
+        index.setdefault(tuple(r.get(k, "") for k in keys), []).append(r[value])
+    recorded = [(tuple(r[k] for k in keys), r[value]) for r in expected]
+    missing = [k for k, _ in recorded if k not in index]
     assert not missing, f"{name}: {len(missing)} recorded rows are gone, e.g. {missing[:3]}"
-    moved = [(tuple(r[k] for k in keys), r[value], index[tuple(r[k] for k in keys)]) for r in expected
-             if index[tuple(r[k] for k in keys)] != r[value]]
+    ambiguous = [k for k, _ in recorded if len(index[k]) > 1]
+    assert not ambiguous, f"{name}: several rows now match a recorded one, e.g. {ambiguous[:3]}"
+    moved = [(k, v, index[k][0]) for k, v in recorded if index[k][0] != v]
     assert not moved, f"{name}: {len(moved)} of {len(expected)} values moved, e.g. {moved[:5]}"
 
 
@@ -85,21 +88,40 @@ def _matrix(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
     torch.save(model.state_dict(), weights)
     split = {"test_sets": 1, "test_per_class": 8, "val_fraction": 0.2}
     return {
-        "name": "tiny_matrix", "seed": 3, "cache_dir": str(root / "cache"), "audit": False,
-        "preprocess": {"size": 16}, "model": MODEL, "pretrain": {"train": TRAIN},
-        "sources": {"srcdata": {"data": {"path": str(folders(root / "src", {"neg": 40, "pos": 40}, seed=1))},
-                                "split": {"val_fraction": 0.2}},
-                    "fromfile": {"weights": f"file:{weights}"}},
-        "targets": {"tgta": {"data": {"path": str(folders(root / "tgt", {"normal": 30, "covid": 30}, seed=2))},
-                             "split": split},
-                    "tgtb": {"data": {"path": str(folders(root / "tgtb", {"b": 30, "m": 30}, seed=4))},
-                             "split": split}},
-        "strategies": {"scratch": {"kind": "scratch", "train": TRAIN},
-                       "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
-                       "mlp": {"kind": "features", "classifier": "mlp", "mlp": {"hidden": 8, "train": TRAIN}},
-                       "freeze": {"kind": "freeze", "train": TRAIN},
-                       "finetune": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}},
-        "repeats": 2, "resample_splits": True, "repeat_pretraining": True,
+        "name": "tiny_matrix",
+        "seed": 3,
+        "cache_dir": str(root / "cache"),
+        "audit": False,
+        "preprocess": {"size": 16},
+        "model": MODEL,
+        "pretrain": {"train": TRAIN},
+        "sources": {
+            "srcdata": {
+                "data": {"path": str(folders(root / "src", {"neg": 40, "pos": 40}, seed=1))},
+                "split": {"val_fraction": 0.2},
+            },
+            "fromfile": {"weights": f"file:{weights}"},
+        },
+        "targets": {
+            "tgta": {
+                "data": {"path": str(folders(root / "tgt", {"normal": 30, "covid": 30}, seed=2))},
+                "split": split,
+            },
+            "tgtb": {
+                "data": {"path": str(folders(root / "tgtb", {"b": 30, "m": 30}, seed=4))},
+                "split": split,
+            },
+        },
+        "strategies": {
+            "scratch": {"kind": "scratch", "train": TRAIN},
+            "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
+            "mlp": {"kind": "features", "classifier": "mlp", "mlp": {"hidden": 8, "train": TRAIN}},
+            "freeze": {"kind": "freeze", "train": TRAIN},
+            "finetune": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN},
+        },
+        "repeats": 2,
+        "resample_splits": True,
+        "repeat_pretraining": True,
     }
 
 
@@ -112,9 +134,14 @@ def test_matrix_shape(tmp_path, class_folders, one_thread):
 def test_search_shape(tmp_path, tiny, one_thread):
     raw = tiny(tmp_path)
     raw.update(audit=False, variants=[{"name": "baseline"}])
-    raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-3, 1.0e-2],
-                               "transfer.freeze.trainable_layers": [1, 3]}}
+    raw["search"] = {
+        "space": {"transfer.train.optimizer.lr": [1.0e-3, 1.0e-2], "transfer.freeze.trainable_layers": [1, 3]}
+    }
     out = run_search(raw, tmp_path / "run", echo=lambda m: None, progress=False, report=False)
-    _check("search_trials.csv", out / "trials.csv", "val_auc",
-           ["transfer.train.optimizer.lr", "transfer.freeze.trainable_layers"])
+    _check(
+        "search_trials.csv",
+        out / "trials.csv",
+        "val_auc",
+        ["transfer.train.optimizer.lr", "transfer.freeze.trainable_layers"],
+    )
     _check("search_results.csv", out / "results.csv", "value")

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from medtransfer.api import run_study
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.models import ModelConfig, build_model
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.report.summary import SUMMARY_COLUMNS
+from medtransfer.study import study_from_dict
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
 MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
@@ -56,7 +58,7 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_f
     logs: list[str] = []
     run_study(study_from_dict(_matrix(tmp_path, class_folders)), out, echo=logs.append)
     rows = _rows(out)
-    assert list(rows[0]) == ["variant", "source", "target", "strategy", "repeat", "stage", "test_set",
+    assert list(rows[0]) == ["variant", "source", "target", "strategy", "repeat", "fold", "stage", "test_set",
                              "metric", "value"]
     cells = {(r["source"], r["target"], r["strategy"], r["repeat"]) for r in rows if r["stage"] == "transfer"}
     expected = {("none", t, "scratch", str(k)) for t in ("tgta", "tgtb") for k in (0, 1)}
@@ -84,7 +86,7 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_f
                 "up to 'classifier') computed once |", "up to 'classifier') read from the disk cache |"):
         assert row in trained, trained
     stats = (out / "summary.csv").read_text().splitlines()
-    assert stats[0].startswith("variant,target,source,strategy,metric,mean,max_dev")
+    assert stats[0] == ",".join(SUMMARY_COLUMNS)
     units = sorted(p.name for p in (out / "units").iterdir())
     assert len(units) == 1 + len(expected)  # one pretraining unit, one per cell
 

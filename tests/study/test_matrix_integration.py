@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from medtransfer.api import run_study
 from medtransfer.config import read_yaml
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.study import study_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from medtransfer.api import run_study
 from medtransfer.errors import ConfigError, ImageDecodeError
-from medtransfer.study import run_study, study_from_dict
-from medtransfer.study.ray_executor import _share, run_jobs_on_ray
-from medtransfer.study.runner import StudyRunner
+from medtransfer.study import study_from_dict
+from medtransfer.study.executors.ray import _share, run_jobs_on_ray
+from medtransfer.study.plan import make_plan
+from medtransfer.study.runner import Runner
 
 pytest.importorskip("ray")
 
@@ -94,14 +96,16 @@ def test_ray_rerun_reuses_every_unit(ray_run, ray_address, tiny_study_config):
 
 @pytest.mark.slow
 def test_job_error_comes_back_with_its_class_and_message(ray_address, tiny_study_config, tmp_path):
-    runner = StudyRunner(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run",
-                         progress=False, echo=lambda m: None)
+    runner = Runner(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run",
+                    progress=False, echo=lambda m: None)
     runner.prepare()
+    plan = make_plan(runner.cfg)
     # Written after prepare(): only the Ray worker, loading the data again, meets it.
     broken = tmp_path / "tgt" / "covid" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     with pytest.raises(ImageDecodeError, match=r"cannot read image .*broken\.png") as info:
-        run_jobs_on_ray(runner, ["baseline"], address=ray_address, workers=1)
+        run_jobs_on_ray(runner, runner.factory(), plan.cells[:1], address=ray_address, workers=1,
+                        on_done=lambda job, result: None)
     assert info.value.path == str(broken)
     assert any("raised in a Ray worker" in note for note in info.value.__notes__)
 
@@ -129,7 +133,8 @@ def test_unreachable_address_fails_fast_and_names_it(tiny_study_config, tmp_path
 def test_missing_ray_asks_for_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"pip install 'medtransfer\[ray\]'"):
-        run_jobs_on_ray(None, ["a"], address=None, workers=1)  # type: ignore[arg-type]
+        run_jobs_on_ray(None, None, ["a"], address=None, workers=1,  # type: ignore[arg-type]
+                        on_done=lambda job, result: None)
 
 
 @pytest.mark.parametrize(("per_node", "n", "share"), [

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medtransfer.study import run_study, study_from_dict
+from medtransfer.api import run_study
+from medtransfer.study import study_from_dict
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:

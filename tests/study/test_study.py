@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
+from medtransfer.api import run_study
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
-from medtransfer.study import load_study, run_study, study_from_dict
+from medtransfer.study import load_study, study_from_dict
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def test_transfer_trains_on_cached_activations_and_equals_the_full_path(tmp_path
     full["transfer"]["cache"] = {"enabled": False}
     run_study(study_from_dict(full), tmp_path / "full", echo=lambda m: None)
     for kind in ("cached", "full"):
-        units = sorted((tmp_path / kind / "units").glob("transfer-*/result.json"))
+        units = sorted((tmp_path / kind / "units").glob("cell-*/result.json"))
         assert [json.loads(u.read_text())["path"] for u in units] == [kind, kind]
     assert sum("cached path: frozen prefix" in m and "computed once" in m for m in logs) == 2
     cached_rows, full_rows = _rows(tmp_path / "cached"), _rows(tmp_path / "full")
@@ -199,8 +201,13 @@ def test_cross_validation_reports_every_fold(tmp_path, make_config):
     with (out / "splits" / "target.csv").open() as fh:
         parts = [r["part"] for r in csv.DictReader(fh)]
     assert len(parts) == 60 and set(parts) == {"fold_1", "fold_2", "fold_3"}  # each image held out once
-    summary = (out / "summary.csv").read_text()
-    assert "baseline,transfer,accuracy," in summary and ",3\n" in summary  # mean ± sd over 3 folds
+    with (out / "summary.csv").open() as fh:
+        (row,) = [r for r in csv.DictReader(fh) if r["variant"] == "baseline" and r["stage"] == "transfer"
+                  and r["metric"] == "accuracy"]
+    # mean ± sd over the 3 folds, recomputed from results.csv
+    assert (row["n"], row["over"]) == ("3", "folds")
+    assert float(row["mean"]) == pytest.approx(statistics.mean(acc.values()), abs=1e-6)
+    assert float(row["sd"]) == pytest.approx(statistics.stdev(acc.values()), abs=1e-6)
     # The report pools the folds' held-out predictions: every image once, CIs per fold and pooled.
     with (out / "metrics_ci.csv").open() as fh:
         ci = [r for r in csv.DictReader(fh) if r["variant"] == "baseline" and r["metric"] == "auc"]
@@ -239,4 +246,4 @@ def test_identical_pretraining_is_shared_between_variants(tmp_path, make_config)
     assert sum(m.startswith("[frozen] pretraining on") for m in logs) == 1
     assert any(m.startswith("[all] pretraining: done earlier, reused (pretrain-frozen-") for m in logs)
     assert len(list((out / "units").glob("pretrain-*"))) == 1
-    assert len(list((out / "units").glob("transfer-*"))) == 2
+    assert len(list((out / "units").glob("cell-*"))) == 2

@@ -8,7 +8,6 @@ patients across splits or data sets) before anyone trains.
 
 from medtransfer.audit.config import AuditConfig, ProbeModel
 from medtransfer.audit.core import (
-    AuditResult,
     audit_inventory,
     audit_split,
     read_split_csv,
@@ -20,6 +19,7 @@ from medtransfer.audit.findings import Finding, Severity
 from medtransfer.audit.inspect import ColourKind, ImageRecord, Inventory, inspect_arrays, inspect_source
 from medtransfer.audit.probe import ProbeResult, run_probe
 from medtransfer.audit.render import audit_markdown, format_audit, write_audit
+from medtransfer.audit.result import AuditResult
 
 __all__ = [
     "AuditConfig",

@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from medtransfer.audit.config import AuditConfig
+from medtransfer.data.config import DataConfig, SourceKind
 from medtransfer.data.images import PreprocessConfig, decode_image
-from medtransfer.data.sources import DataConfig, SourceKind, list_files
+from medtransfer.data.sources import list_files
 from medtransfer.errors import DataError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

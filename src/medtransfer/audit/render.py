@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from medtransfer.audit.core import AuditResult
 from medtransfer.audit.findings import Finding
+from medtransfer.audit.result import AuditResult
 from medtransfer.fileio import write_text_atomic
 
 _WIDTH = 100

@@ -2,6 +2,7 @@
 
 from medtransfer.data.augment import AugmentConfig, Augmenter
 from medtransfer.data.cache import ImageCache, default_cache_root
+from medtransfer.data.config import DataConfig, SourceKind
 from medtransfer.data.demo import DEMO_CLASSES, DEMO_NAMES, DEMO_PREFIX, demo_path
 from medtransfer.data.folds import make_folds
 from medtransfer.data.images import (
@@ -13,7 +14,7 @@ from medtransfer.data.images import (
     preprocess_array,
 )
 from medtransfer.data.sampling import Sampling
-from medtransfer.data.sources import DataConfig, FileIndex, ImageSet, SourceKind, list_files, load_dataset
+from medtransfer.data.sources import FileIndex, ImageSet, list_files, load_dataset
 from medtransfer.data.splits import Split, SplitConfig, group_leaks, make_split
 
 __all__ = [

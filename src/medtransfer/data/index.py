@@ -12,26 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medtransfer.config import closest
+from medtransfer.data.config import compile_group_pattern
 from medtransfer.data.images import IMAGE_EXTENSIONS
-from medtransfer.errors import ConfigError, DataError
+from medtransfer.errors import DataError
 
 if TYPE_CHECKING:
-    from medtransfer.data.sources import DataConfig
+    from medtransfer.data.config import DataConfig
 
 _EXTS = ", ".join(sorted(IMAGE_EXTENSIONS))
 # An item to decode: (label, absolute path, id).
 Item = tuple[int, Path, str]
-
-
-def compile_group_pattern(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(
-            f"'group_pattern': got {pattern!r}, which is not a valid regular expression ({exc}); "
-            r"expected e.g. '^(P\d+)_' to take 'P0012' from 'P0012_view2.png'"
-        ) from None
-
 
 
 def pattern_groups(pattern: str, keys: list[str], ids: list[str], where: str) -> list[str]:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import nn
 
-from medtransfer.models.registry import InChansPolicy
+
+class InChansPolicy(enum.StrEnum):
+    """How grayscale images meet a model: ``native`` builds it for the images' channel count;
+    ``repeat`` builds a 3-channel model and repeats the grey channel ×3 at its first conv;
+    ``sum`` builds a 1-channel model whose first conv gets RGB weights summed over channels."""
+
+    NATIVE = "native"
+    REPEAT = "repeat"
+    SUM = "sum"
 
 
 def first_conv_name(model: nn.Module) -> str:

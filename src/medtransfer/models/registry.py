@@ -6,7 +6,6 @@ pre_logits=False)``, ``get_classifier``, ``reset_classifier(num_classes)`` and `
 
 from __future__ import annotations
 
-import enum
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from torch import nn
 
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
+from medtransfer.models.adapt import InChansPolicy, apply_in_chans_policy
 
 Builder = Callable[..., nn.Module]
 
@@ -95,19 +95,6 @@ def create_model(
     return info.builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
-class InChansPolicy(enum.StrEnum):
-    """How grayscale images meet a model: ``native`` builds it for the images' channel count;
-    ``repeat`` builds a 3-channel model and repeats the grey channel ×3 at its first conv;
-    ``sum`` builds a 1-channel model whose first conv gets RGB weights summed over channels."""
-
-    NATIVE = "native"
-    REPEAT = "repeat"
-    SUM = "sum"
-
-
-WEIGHT_SCHEMES = ("imagenet", "file:", "run:")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Which architecture, its regularization as flags (0 / False = off), how grayscale input
@@ -161,8 +148,6 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     channels (the in-channels policy applied); weights are loaded by
     :func:`medtransfer.models.build_pretrained`. Regularization flags a builder lacks are an
     error if switched on."""
-    from medtransfer.models.adapt import apply_in_chans_policy  # avoids an import cycle
-
     params = inspect.signature(_builder(cfg.name)).parameters
     flags = {
         "batch_norm": cfg.batch_norm,

@@ -1,5 +1,6 @@
-"""Study reports: ``summary.md``/``summary.csv`` (mean ± sd tables), and ``write_report`` —
-CIs, paired comparisons, figures, Grad-CAM gallery, as a self-contained HTML page."""
+"""Study reports, made from a finished run folder alone: ``summary.md``/``summary.csv`` (tables
+over replicates), and ``write_report`` — CIs, paired comparisons, figures, Grad-CAM gallery, as
+a self-contained HTML page."""
 
 from medtransfer.report.analysis import (
     comparison_rows,
@@ -8,16 +9,18 @@ from medtransfer.report.analysis import (
     write_metrics_ci,
 )
 from medtransfer.report.html import write_report
-from medtransfer.report.rundir import POOLED, RunDir, load_run
-from medtransfer.report.summary import aggregate, write_summary
+from medtransfer.report.rundir import POOLED, Arm, RunDir, load_run
+from medtransfer.report.summary import arm_stats, summarize, write_summary
 
 __all__ = [
     "POOLED",
+    "Arm",
     "RunDir",
-    "aggregate",
+    "arm_stats",
     "comparison_rows",
     "load_run",
     "metrics_ci_rows",
+    "summarize",
     "write_comparisons",
     "write_metrics_ci",
     "write_report",

@@ -1,9 +1,9 @@
-"""Uncertainty for a finished run: bootstrap CIs per (variant, test set, metric) and paired
-comparisons of every variant with a reference variant on the same test images.
+"""Uncertainty for a finished run: bootstrap CIs per (arm, test set, metric) and paired
+comparisons of every arm of a target with that target's reference arm on the same test images.
 
 Written as tidy CSVs, ``metrics_ci.csv`` and ``comparisons.csv``. Random draws are seeded per
-(variant, test set, metric) from the study seed, so each number is reproducible on its own and
-does not change when variants are added or reordered.
+(arm, test set, metric) from the study seed, so each number is reproducible on its own and does
+not change when arms are added or reordered.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from medtransfer.errors import DataError
 from medtransfer.evaluate import choose_threshold
 from medtransfer.fileio import write_text_atomic
-from medtransfer.report.rundir import POOLED, Predictions, RunDir, load_run
+from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir, load_run
 from medtransfer.stats import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
@@ -43,9 +43,10 @@ __all__ = [
     "write_metrics_ci",
 ]
 
-CI_COLUMNS = ["variant", "test_set", "metric", "operating_point", "threshold", "estimate", "ci_low",
+ARM_COLUMNS = ["target", "arm", "variant", "source", "strategy"]
+CI_COLUMNS = [*ARM_COLUMNS, "test_set", "metric", "operating_point", "threshold", "estimate", "ci_low",
               "ci_high", "level", "method", "n_boot", "n"]
-COMPARISON_COLUMNS = ["variant", "reference", "test_set", "metric", "estimate", "diff", "ci_low",
+COMPARISON_COLUMNS = [*ARM_COLUMNS, "reference", "test_set", "metric", "estimate", "diff", "ci_low",
                       "ci_high", "p", "p_holm", "significant", "method", "reference_estimate", "n"]
 # Re-evaluated at the threshold chosen on validation data (Youden's J).
 OPERATING_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -54,6 +55,12 @@ OPERATING_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificit
 def _rng(seed: int, *key: str) -> np.random.Generator:
     tag = zlib.crc32("/".join(key).encode())
     return np.random.default_rng(np.random.SeedSequence([seed, tag]))
+
+
+def _key(arm: Arm) -> tuple[str, ...]:
+    """What seeds an arm's draws: its label alone where the run has one target (as before arms
+    had targets), else target and label."""
+    return (arm.label,) if arm.target == "target" else (arm.target, arm.label)
 
 
 def _seed(run: RunDir, seed: int | None) -> int:
@@ -78,12 +85,12 @@ def youden_threshold(preds: Predictions) -> float | None:
 def metrics_ci_rows(
     run: RunDir, *, n_boot: int = 2000, level: float = 0.95, seed: int | None = None
 ) -> list[dict[str, Any]]:
-    """Bootstrap CIs (stratified, percentile) of every metric per variant and test set (and all
+    """Bootstrap CIs (stratified, percentile) of every metric per arm and test set (and all
     test sets pooled), at 0.5 / argmax and, for binary tasks, at the validation-Youden threshold."""
     seed = _seed(run, seed)
     rows: list[dict[str, Any]] = []
-    for variant in run.variants:
-        preds = run.predictions(variant)
+    for arm in (a for arms in run.arms.values() for a in arms):
+        preds = run.predictions(arm)
         binary = preds.proba.shape[1] == 2
         chosen = youden_threshold(preds)
         for part in _parts(preds):
@@ -94,12 +101,12 @@ def metrics_ci_rows(
             if chosen is not None:
                 runs.append(("youden_val", chosen, OPERATING_METRICS))
             for point, thr, metrics in runs:
-                cis = bootstrap_ci(p.labels, p.proba, metrics, rng=_rng(seed, variant, part, point),
+                cis = bootstrap_ci(p.labels, p.proba, metrics, rng=_rng(seed, *_key(arm), part, point),
                                    threshold=0.5 if math.isnan(thr) else thr, n_boot=n_boot, level=level)
                 for m, ci in cis.items():
                     free = m in THRESHOLD_FREE
                     rows.append({
-                        "variant": variant, "test_set": part, "metric": m,
+                        **arm.ids, "test_set": part, "metric": m,
                         "operating_point": "" if free else point,
                         "threshold": math.nan if free or not binary else thr,
                         "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "level": level,
@@ -138,33 +145,36 @@ def comparison_rows(
     alpha: float = 0.05,
     seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every variant against ``reference`` (default: the first variant of the config) on the
-    same test images, per test set and pooled. AUC: DeLong (binary) or paired bootstrap;
-    accuracy: paired-bootstrap CI and McNemar p. Holm's correction runs over the variants within
-    each (test set, metric); ``significant`` means Holm p < ``alpha``."""
+    """Every arm of each target against that target's ``reference`` arm (default: its first —
+    the first variant, or scratch in a matrix) on the same test images, per test set and pooled.
+    AUC: DeLong (binary) or paired bootstrap; accuracy: paired-bootstrap CI and McNemar p.
+    Holm's correction runs over the arms within each (target, test set, metric);
+    ``significant`` means Holm p < ``alpha``."""
     seed = _seed(run, seed)
-    reference = reference or run.variants[0]
-    if reference not in run.variants:
-        raise DataError(f"reference: got {reference!r}; the study's variants are {', '.join(run.variants)}")
-    ref = run.predictions(reference)
     rows: list[dict[str, Any]] = []
-    for variant in run.variants:
-        if variant == reference:
-            continue
-        mine, theirs = run.predictions(variant).aligned(ref, f"{variant} vs {reference}")
-        for part in _parts(mine):
-            a, b = mine.part(part), theirs.part(part)
-            for metric in metrics:
-                rng = _rng(seed, variant, reference, part, metric)
-                rows.append({"variant": variant, "reference": reference, "test_set": part,
-                             "metric": metric, "n": len(a.labels),
-                             **_compare(a, b, metric, rng, n_boot, level)})
-    for part in {r["test_set"] for r in rows}:
-        for metric in metrics:
-            family = [r for r in rows if r["test_set"] == part and r["metric"] == metric]
-            for r, adj in zip(family, holm([r["p"] for r in family]), strict=True):
-                r["p_holm"] = float(adj)
-                r["significant"] = bool(adj < alpha)
+    for target, arms in run.arms.items():
+        labels = [a.label for a in arms]
+        if reference is not None and reference not in labels:
+            raise DataError(f"reference: got {reference!r}; the arms on target {target!r} are "
+                            f"{', '.join(labels)}")
+        ref_arm = arms[labels.index(reference)] if reference is not None else arms[0]
+        ref = run.predictions(ref_arm)
+        for arm in arms:
+            if arm is ref_arm:
+                continue
+            mine, theirs = run.predictions(arm).aligned(ref, f"{arm.label} vs {ref_arm.label}")
+            for part in _parts(mine):
+                a, b = mine.part(part), theirs.part(part)
+                for metric in metrics:
+                    rng = _rng(seed, *_key(arm), ref_arm.label, part, metric)
+                    rows.append({**arm.ids, "reference": ref_arm.label, "test_set": part,
+                                 "metric": metric, "n": len(a.labels),
+                                 **_compare(a, b, metric, rng, n_boot, level)})
+    for family_key in {(r["target"], r["test_set"], r["metric"]) for r in rows}:
+        family = [r for r in rows if (r["target"], r["test_set"], r["metric"]) == family_key]
+        for r, adj in zip(family, holm([r["p"] for r in family]), strict=True):
+            r["p_holm"] = float(adj)
+            r["significant"] = bool(adj < alpha)
     return rows
 
 

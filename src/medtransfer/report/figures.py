@@ -13,6 +13,7 @@ import numpy as np
 from medtransfer.evaluate import confusion
 from medtransfer.plots import (
     ForestRow,
+    _figure,
     confusion_figure,
     forest_figure,
     learning_curves_figure,
@@ -21,7 +22,8 @@ from medtransfer.plots import (
     roc_figure,
     save_figure,
 )
-from medtransfer.report.rundir import POOLED, RunDir
+from medtransfer.report.rundir import POOLED, Arm, RunDir
+from medtransfer.report.summary import NO_SOURCE, arm_stats
 from medtransfer.report.text import p_text
 
 __all__ = ["Plot", "run_figures"]
@@ -40,73 +42,177 @@ def _save(fig: Any, out: Path, name: str, caption: str) -> Plot:
     return Plot(caption, paths[0])
 
 
-def _forest(rows: Sequence[dict[str, Any]], metric: str, out: Path) -> Plot | None:
+def _forest(rows: Sequence[dict[str, Any]], metric: str, out: Path, suffix: str = "") -> Plot | None:
     chosen = [r for r in rows if r["metric"] == metric]
     if not chosen:
         return None
     order = {t: i for i, t in enumerate([POOLED, *sorted({r["test_set"] for r in chosen} - {POOLED},
                                                        key=lambda s: (len(s), s))])}
-    chosen.sort(key=lambda r: (order[r["test_set"]], r["variant"]))
+    chosen.sort(key=lambda r: (order[r["test_set"]], r["arm"]))
     label = "AUC" if metric == "auc" else metric
     items = [
-        ForestRow(f"{r['variant']} · {r['test_set']}", r["diff"], r["ci_low"], r["ci_high"],
+        ForestRow(f"{r['arm']} · {r['test_set']}", r["diff"], r["ci_low"], r["ci_high"],
                   bool(r["significant"]), f"Holm {p_text(r['p_holm'])}")
         for r in chosen
     ]
     ref = chosen[0]["reference"]
     fig = forest_figure(items, f"{label} difference vs {ref}",
-                        f"{label}: variant − {ref} (95% CI; filled = significant after Holm)")
-    return _save(fig, out, f"forest_{metric}", f"Forest plot of {label} differences against {ref}")
+                        f"{label}: arm − {ref} (95% CI; filled = significant after Holm)")
+    where = f" ({chosen[0]['target']})" if suffix else ""
+    return _save(
+        fig, out, f"forest_{metric}{suffix}", f"Forest plot of {label} differences against {ref}{where}"
+    )
 
 
-def run_figures(run: RunDir, out: Path, comparisons: Sequence[dict[str, Any]], *, n_boot: int = 500,
-                seed: int = 0) -> dict[str, list[Plot]]:
-    """Draw every figure into ``out`` (PNG + SVG); returns them grouped by section."""
-    sections: dict[str, list[Plot]] = {"Learning curves": [], "ROC curves": [], "Confusion matrices": [],
-                                       "Comparisons": [], "Calibration": []}
-    for variant in run.variants:
-        for kind, unit in (("pretrain", run.pretrain.get(variant)), ("transfer", run.transfer[variant])):
-            if unit is None or not (unit.dir / "history.csv").is_file():
-                continue
-            hist = read_history(unit.dir / "history.csv")
-            best = int(unit.result.get("best_epoch") or 0) or None
-            task = "source" if kind == "pretrain" else "target"
-            fig = learning_curves_figure(hist, f"{variant}: {kind} on the {task}", best)
-            sections["Learning curves"].append(
-                _save(fig, out, f"learning_{kind}_{variant}", f"{variant} — {kind} ({task} task)"))
-    first = run.predictions(run.variants[0])
+def _learning_curves(run: RunDir, out: Path) -> list[Plot]:
+    """Every pretraining unit, and each arm's (first) cell."""
+    plots = []
+    units = [("pretrain", u.job["id"], u, "source") for u in run.pretrains]
+    units += [
+        ("transfer", _name(run, arm), arm.cells[0], "target") for arms in run.arms.values() for arm in arms
+    ]
+    for kind, name, unit, task in units:
+        if not (unit.dir / "history.csv").is_file():
+            continue
+        hist = read_history(unit.dir / "history.csv")
+        best = int(unit.result.get("best_epoch") or 0) or None
+        if best and hist and "stage_index" in hist[-1]:  # the best epoch of the last stage
+            best += sum(r["stage_index"] < hist[-1]["stage_index"] for r in hist)
+        fig = learning_curves_figure(hist, f"{name}: {kind} on the {task}", best)
+        plots.append(_save(fig, out, f"learning_{kind}_{name}", f"{name} — {kind} ({task} task)"))
+    return plots
+
+
+def _name(run: RunDir, arm: Arm) -> str:
+    """An arm's name in figure files and captions: its label, prefixed by the target when the
+    run has several."""
+    return arm.label if len(run.arms) == 1 else f"{arm.target}.{arm.label}"
+
+
+def _suffix(run: RunDir, target: str) -> str:
+    return "" if len(run.arms) == 1 else f"_{target}"
+
+
+def _target_figures(
+    run: RunDir,
+    target: str,
+    sections: dict[str, list[Plot]],
+    out: Path,
+    comparisons: Sequence[dict[str, Any]],
+    n_boot: int,
+    seed: int,
+) -> None:
+    arms = run.arms[target]
+    first = run.predictions(arms[0])
     if not first.tests():
-        return {k: v for k, v in sections.items() if v}
+        return
     part = POOLED if len(first.tests()) > 1 else first.tests()[0]
-    where = "all test sets pooled" if part == POOLED else part
-    preds = {v: run.predictions(v).part(part) for v in run.variants}
-    classes = run.classes
-    labels = first.part(part).labels
+    where = ("all test sets pooled" if part == POOLED else part) + (
+        "" if len(run.arms) == 1 else f", {target}"
+    )
+    preds = {arm.label: run.predictions(arm).part(part) for arm in arms}
+    classes, labels, sfx = run.classes(target), first.part(part).labels, _suffix(run, target)
     if first.proba.shape[1] == 2 and len(np.unique(labels)) == 2:
         curves = {v: (p.labels, p.proba[:, 1]) for v, p in preds.items()}
-        fig = roc_figure(curves, rng=np.random.default_rng(seed), n_boot=n_boot,
-                         title=f"ROC, positive class '{classes[-1]}' ({where})")
-        sections["ROC curves"].append(_save(fig, out, "roc", f"ROC curves with bootstrap bands ({where})"))
+        fig = roc_figure(
+            curves,
+            rng=np.random.default_rng(seed),
+            n_boot=n_boot,
+            title=f"ROC, positive class '{classes[-1]}' ({where})",
+        )
+        sections["ROC curves"].append(
+            _save(fig, out, f"roc{sfx}", f"ROC curves with bootstrap bands ({where})")
+        )
     elif first.proba.shape[1] > 2:
         present = [c for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]
         for v, p in preds.items():
             curves = {f"{classes[c]} vs rest": (p.labels == c, p.proba[:, c]) for c in present}
-            fig = roc_figure(curves, rng=np.random.default_rng(seed), n_boot=n_boot,
-                             title=f"{v}: one-vs-rest ROC ({where})")
+            fig = roc_figure(
+                curves,
+                rng=np.random.default_rng(seed),
+                n_boot=n_boot,
+                title=f"{v}: one-vs-rest ROC ({where})",
+            )
             sections["ROC curves"].append(
-                _save(fig, out, f"roc_{v}", f"{v}: one-vs-rest ROC curves with bootstrap bands ({where})"))
+                _save(
+                    fig, out, f"roc{sfx}_{v}", f"{v}: one-vs-rest ROC curves with bootstrap bands ({where})"
+                )
+            )
     for v, p in preds.items():
         k = p.proba.shape[1]
         pred = (p.proba[:, 1] >= 0.5).astype(np.int64) if k == 2 else p.proba.argmax(1)
-        cm = confusion(p.labels, pred, k)
         rule = "threshold 0.5" if k == 2 else "argmax"
-        fig = confusion_figure(cm, classes, f"{v} ({where}, {rule})")
-        sections["Confusion matrices"].append(_save(fig, out, f"confusion_{v}", f"{v} — {where}, {rule}"))
+        fig = confusion_figure(confusion(p.labels, pred, k), classes, f"{v} ({where}, {rule})")
+        sections["Confusion matrices"].append(
+            _save(fig, out, f"confusion{sfx}_{v}", f"{v} — {where}, {rule}")
+        )
     for metric in ("auc", "accuracy"):
-        plot = _forest(comparisons, metric, out)
+        plot = _forest([r for r in comparisons if r["target"] == target], metric, out, sfx)
         if plot:
             sections["Comparisons"].append(plot)
-    fig = reliability_figure({v: (p.labels, p.proba) for v, p in preds.items()},
-                             title=f"Reliability ({where})")
-    sections["Calibration"].append(_save(fig, out, "calibration", f"Reliability diagram ({where})"))
+    fig = reliability_figure(
+        {v: (p.labels, p.proba) for v, p in preds.items()}, title=f"Reliability ({where})"
+    )
+    sections["Calibration"].append(_save(fig, out, f"calibration{sfx}", f"Reliability diagram ({where})"))
+
+
+def _matrix_figure(run: RunDir, out: Path) -> Plot | None:
+    """Seed 003's bar chart: AUC per target for every (source, strategy) of the first variant,
+    mean ± maximum deviation over replicates."""
+    cfg = run.config
+    cells = [c for c in arm_stats(run.results, "auc") if c["variant"] == cfg.variants[0].name]
+    if not cfg.is_matrix or not cells:
+        return None
+    cols = list(
+        dict.fromkeys(
+            (c["source"], c["strategy"])
+            for c in sorted(
+                cells,
+                key=lambda c: (
+                    c["source"] != NO_SOURCE,
+                    [*cfg.sources].index(c["source"]) if c["source"] in cfg.sources else -1,
+                    [*cfg.strategies].index(c["strategy"]),
+                ),
+            )
+        )
+    )
+    by = {(c["target"], c["source"], c["strategy"]): c for c in cells}
+    targets = list(cfg.targets)
+    fig = _figure(1.5 + 0.5 * len(cols) * len(targets), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(cols), 1)
+    for j, (s, st) in enumerate(cols):
+        got = [by.get((t, s, st)) for t in targets]
+        ax.bar(
+            np.arange(len(targets)) + (j - (len(cols) - 1) / 2) * width,
+            [c["mean"] if c else np.nan for c in got],
+            width,
+            yerr=[c["max_dev"] if c else 0.0 for c in got],
+            capsize=2,
+            label=f"{'no transfer' if s == NO_SOURCE else s}: {st}",
+        )
+    ax.set_xticks(range(len(targets)), targets)
+    ax.set_ylabel(f"AUC (mean ± max deviation over {cells[0]['over']})")
+    ax.set_ylim(0.4, 1.0)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7, ncols=2)
+    return _save(fig, out, "matrix_auc", "AUC per target: scratch and each source × strategy")
+
+
+def run_figures(
+    run: RunDir, out: Path, comparisons: Sequence[dict[str, Any]], *, n_boot: int = 500, seed: int = 0
+) -> dict[str, list[Plot]]:
+    """Draw every figure into ``out`` (PNG + SVG); returns them grouped by section."""
+    sections: dict[str, list[Plot]] = {
+        "Learning curves": _learning_curves(run, out),
+        "ROC curves": [],
+        "Confusion matrices": [],
+        "Comparisons": [],
+        "Calibration": [],
+    }
+    matrix = _matrix_figure(run, out)
+    if matrix is not None:
+        sections["Comparisons"].append(matrix)
+    for target in run.arms:
+        _target_figures(run, target, sections, out, comparisons, n_boot, seed)
     return {k: v for k, v in sections.items() if v}

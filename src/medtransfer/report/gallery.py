@@ -1,8 +1,8 @@
-"""Grad-CAM gallery and dead-filter census of each variant's transferred model.
+"""Grad-CAM gallery and dead-filter census of each arm's transferred model.
 
 The test images are reloaded from the study's target data (``config.yaml`` → ``load_dataset``,
 through the same image cache) and picked by the ids in the units' ``predictions.csv``; the
-models are rebuilt from each transfer unit's spec and ``best.pt``.
+models are rebuilt from each cell's spec and ``best.pt``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from medtransfer.errors import DataError
 from medtransfer.explain import cam_maps, dead_filter_share, overlay
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.plots import save_figure
-from medtransfer.report.rundir import POOLED, RunDir
+from medtransfer.report.rundir import POOLED, Arm, RunDir, UnitInfo
 from medtransfer.train import load_checkpoint
 
 __all__ = ["Gallery", "gradcam_gallery", "load_unit_model"]
@@ -32,7 +32,7 @@ log = logging.getLogger("medtransfer")
 
 @dataclass
 class Gallery:
-    """One PNG per variant, dead-filter shares per variant and layer, and notes."""
+    """One PNG per arm, dead-filter shares per arm and layer, and notes (arms not drawn)."""
 
     images: dict[str, Path] = field(default_factory=dict)
     dead: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -40,13 +40,15 @@ class Gallery:
     notes: list[str] = field(default_factory=list)
 
 
-def load_unit_model(run: RunDir, variant: str, in_chans: int) -> tuple[nn.Module, object]:
-    """The variant's transferred model with its checkpoint weights, and the input_norm it used."""
-    unit = run.transfer[variant]
+def load_unit_model(run: RunDir, unit: UnitInfo, num_classes: int, in_chans: int) -> tuple[nn.Module, object]:
+    """A cell's trained model with its checkpoint weights, and the input_norm it used."""
+    if not unit.checkpoint.is_file():
+        raise DataError(f"{unit.dir.name}: no model checkpoint (a {unit.result.get('path', '?')} "
+                        "classifier on frozen features is not a torch model)")
     ckpt = load_checkpoint(unit.checkpoint)
     cfg = from_dict(ModelConfig, unit.spec.get("model", {}), f"{unit.dir.name}/unit.json spec.model")
     size = run.config.preprocess.hw[0]
-    model = build_model(cfg, num_classes=len(run.classes), in_chans=in_chans, img_size=size)
+    model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=size)
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     extra = ckpt.get("extra") or {}
@@ -84,48 +86,66 @@ def _figure(
     return fig
 
 
+def _drawable(arm: Arm) -> str | None:
+    """Why the arm's model cannot be drawn, or None."""
+    strategy = arm.cells[0].result.get("strategy") or {}
+    if strategy.get("kind") == "features":
+        return (f"{arm.label}: a {strategy.get('classifier', '')} classifier on frozen features has no "
+                "single torch model to explain")
+    return None
+
+
 def gradcam_gallery(run: RunDir, out: Path, *, n_images: int = 4, seed: int = 0,
                     dead_batch: int = 256) -> Gallery:
-    """Grad-CAM and Grad-CAM++ of the same ``n_images`` pooled test images for every variant,
-    and the share of dead ReLU filters over (up to ``dead_batch``) test images."""
+    """Grad-CAM and Grad-CAM++ of the same ``n_images`` pooled test images for every arm of
+    each target, and the share of dead ReLU filters over (up to ``dead_batch``) test images."""
     gallery = Gallery()
+    for target, arms in run.arms.items():
+        _target_gallery(run, target, arms, gallery, out, n_images, seed, dead_batch)
+    return gallery
+
+
+def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery, out: Path,
+                    n_images: int, seed: int, dead_batch: int) -> None:
     # Cross-validation: the model shown is fold 1's, so only images it never trained on.
-    ref = run.predictions(run.variants[0]).part("fold_1" if run.folds else POOLED)
+    ref = run.predictions(arms[0]).part("fold_1" if len(arms[0].cells) > 1 else POOLED)
     if not len(ref.ids):
         raise DataError("the run has no test images to explain")
-    target = run.config.task("target").data
-    data = load_dataset(target, run.config.preprocess, ImageCache(run.config.cache_dir))
+    task = run.config.targets[target] if run.config.is_matrix else run.config.task("target")
+    data = load_dataset(task.data, run.config.preprocess, ImageCache(run.config.cache_dir))
     index = {i: k for k, i in enumerate(data.ids)}
     missing = [i for i in ref.ids if i not in index]
     if missing:
-        raise DataError(f"target data {target.path} lacks {len(missing)} test image(s) of "
+        raise DataError(f"target data {task.data.path} lacks {len(missing)} test image(s) of "
                         f"the run, e.g. {missing[0]}; was it changed since the study ran?")
     rows = np.array([index[i] for i in ref.ids], dtype=np.int64)
     if not np.array_equal(data.labels[rows], ref.labels):
-        raise DataError(
-            f"target data {target.path}: labels differ from the run's predictions"
-        )
+        raise DataError(f"target data {task.data.path}: labels differ from the run's predictions")
     rng = np.random.default_rng(seed)
     chosen = _pick_ids(ref.labels, ref.ids, n_images, rng)
     gallery.ids = [str(ref.ids[k]) for k in chosen]
     images = data.images[rows[chosen]]
     census = data.images[rows[np.sort(rng.permutation(len(rows))[:dead_batch])]]
     shown = overlay(images, np.zeros(images.shape[:1] + images.shape[2:], np.float32), image_weight=1.0)
-    for variant in run.variants:
-        model, norm = load_unit_model(run, variant, data.channels)
-        preds = run.predictions(variant).part(POOLED)
+    classes = run.classes(target)
+    for arm in arms:
+        why = _drawable(arm)
+        if why is not None:
+            gallery.notes.append(why)
+            continue
+        name = arm.label if len(run.arms) == 1 else f"{target}.{arm.label}"
+        model, norm = load_unit_model(run, arm.cells[0], len(classes), data.channels)
+        preds = run.predictions(arm).part(POOLED)
         where = {i: k for k, i in enumerate(preds.ids)}
         cams = overlay(images, cam_maps(model, images, method="gradcam", input_norm=norm))  # type: ignore[arg-type]
         campp = overlay(images, cam_maps(model, images, method="gradcam++", input_norm=norm))  # type: ignore[arg-type]
         titles = []
         for k in chosen:
             p = preds.proba[where[ref.ids[k]]]
-            label = run.classes[int(ref.labels[k])]
-            guess = run.classes[int(p.argmax())] if len(p) > 2 else run.classes[int(p[1] >= 0.5)]
-            name = str(ref.ids[k]).replace("\\", "/").rsplit("/", 1)[-1]
-            titles.append(f"{name}\ntrue {label}\npred {guess} ({p.max():.2f})")
-        fig = _figure(list(zip(shown, cams, campp, strict=True)), titles, variant)
-        gallery.images[variant] = save_figure(fig, out / f"gradcam_{variant}")[0]
-        dead = dead_filter_share(model, census, input_norm=norm)  # type: ignore[arg-type]
-        gallery.dead[variant] = dead
-    return gallery
+            label = classes[int(ref.labels[k])]
+            guess = classes[int(p.argmax())] if len(p) > 2 else classes[int(p[1] >= 0.5)]
+            file = str(ref.ids[k]).replace("\\", "/").rsplit("/", 1)[-1]
+            titles.append(f"{file}\ntrue {label}\npred {guess} ({p.max():.2f})")
+        fig = _figure(list(zip(shown, cams, campp, strict=True)), titles, name)
+        gallery.images[name] = save_figure(fig, out / f"gradcam_{name}")[0]
+        gallery.dead[name] = dead_filter_share(model, census, input_norm=norm)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ a Grad-CAM gallery. Images are embedded as base64 data URIs; no scripts, no exte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -23,6 +22,14 @@ from medtransfer.report.analysis import (
 from medtransfer.report.figures import Plot, run_figures
 from medtransfer.report.gallery import Gallery, gradcam_gallery
 from medtransfer.report.rundir import POOLED, RunDir, load_run
+from medtransfer.report.sections import (
+    arm_word,
+    audit_section,
+    data_section,
+    pretrain_section,
+    transfer_section,
+)
+from medtransfer.report.summary import summary_doc
 from medtransfer.report.text import Doc, fmt, p_text, sentence
 from medtransfer.stats import t_interval
 
@@ -41,209 +48,219 @@ def _ci_cell(row: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{fmt(row['estimate'], digits)} [{fmt(row['ci_low'], digits)}, {fmt(row['ci_high'], digits)}]"
 
 
-def _data_section(doc: Doc, run: RunDir) -> None:
-    doc.heading("Data")
-    body = []
-    for role in ("source", "target"):
-        d = run.data.get(role) or {}
-        split = d.get("split", {})
-        counts = "; ".join(
-            f"{part}: {c.get('total', '?')} ("
-            + ", ".join(f"{k} {v}" for k, v in c.items() if k != "total") + ")"
-            for part, c in split.items()
-        )
-        skipped = d.get("skipped_images", [])
-        body.append([role, str(d.get("path", "?")), ", ".join(map(str, d.get("classes", []))),
-                     str(d.get("positive_class") or "– (multiclass)"), counts, str(len(skipped))])
-    doc.table(["role", "path", "classes", "positive class", "images per split (per class)", "skipped"], body)
-    for role in ("source", "target"):
-        skipped = (run.data.get(role) or {}).get("skipped_images", [])
-        if skipped:
-            doc.para(f"Unreadable {role} images skipped ({len(skipped)}; first 50 listed):")
-            doc.table(["id", "reason"], [[str(s.get("id")), str(s.get("reason"))] for s in skipped[:50]])
-
-
-def _audit_section(doc: Doc, run: RunDir) -> None:
-    """Findings of the study's data audit (``audit/<role>/audit.json``), worst first."""
-    body = []
-    for role in ("source", "target"):
-        path = run.path / "audit" / role / "audit.json"
-        if not path.is_file():
-            continue
-        for f in json.loads(path.read_text(encoding="utf-8")).get("findings", []):
-            if f.get("severity") != "info":
-                body.append([role, str(f["severity"]).upper(), str(f["code"]), str(f["message"]),
-                             str(f.get("action", ""))])
-    doc.heading("Data audit (shortcuts, duplicates, leakage)")
-    if not body:
-        doc.para("No warnings or critical findings (or the study ran with audit: false). "
-                 "Details: audit/<role>/audit.md.")
-        return
-    doc.para("Warnings and critical findings of `medtransfer audit` on this study's data and splits; "
-             "full details in audit/<role>/audit.md. A critical finding means the results above may "
-             "reflect a shortcut rather than the disease.")
-    doc.table(["data", "severity", "finding", "what was found", "what to do"], body)
-
-
-def _pretrain_section(doc: Doc, run: RunDir) -> None:
-    doc.heading("Pretraining on the source (validation set, best epoch)")
-    body = []
-    for v in run.variants:
-        u = run.pretrain.get(v)
-        val = (u.result.get("val") or {}) if u else {}
-        res = u.result if u else {}
-        body.append([v, *(fmt(val.get(m, math.nan)) for m in ("loss", "accuracy", "auc")),
-                     str(res.get("best_epoch", "–")), str(res.get("epochs_run", "–")),
-                     str(res.get("stop_reason", "–"))])
-    doc.table(["variant", "val loss", "val accuracy", "val AUC", "best epoch", "epochs run", "stopped by"],
-              body)
-
-
-def _transfer_section(doc: Doc, run: RunDir) -> None:
-    doc.heading("Transfer training")
-    body = []
-    for v in run.variants:
-        u = run.transfer.get(v)
-        res = u.result if u else {}
-        params = (f"{res['trainable_params']:,} of {res['trainable_params'] + res['frozen_params']:,}"
-                  if "trainable_params" in res and "frozen_params" in res else "–")
-        path = f"{res['path']}: {res.get('path_reason', '')}" if "path" in res else "–"
-        body.append([v, params, "reset" if res.get("head_reset") else "kept",
-                     str(res.get("best_epoch", "–")), str(res.get("epochs_run", "–")),
-                     str(res.get("stop_reason", "–")), path])
-    doc.para("What trained in each variant's transfer (cross-validation: fold 1). Path `cached`: the "
-             "trainable layers trained on activations of the frozen layers computed once, which is "
-             "exactly the same training as recomputing them every epoch; `full` says why not.")
-    doc.table(["variant", "trainable parameters", "output layer", "best epoch", "epochs run",
-               "stopped by", "path"], body)
-
-
-def _results_section(doc: Doc, run: RunDir, ci: list[dict[str, Any]], level: float) -> None:
-    tests = run.predictions(run.variants[0]).tests()
+def _results_section(doc: Doc, run: RunDir, target: str, ci: list[dict[str, Any]], level: float) -> None:
+    arms = run.arms[target]
+    tests = run.predictions(arms[0]).tests()
+    title = "Transfer to the target" + ("" if len(run.arms) == 1 else f" {target}")
     if not tests:
-        doc.heading("Transfer to the target")
-        doc.para("This run has no test sets (split.test_sets and split.test_fraction are 0): nothing to "
-                 "evaluate.")
+        doc.heading(title)
+        doc.para(
+            "This run has no test sets (split.test_sets and split.test_fraction are 0): nothing to evaluate."
+        )
         return
     pooled = POOLED if len(tests) > 1 else tests[0]
-    key = {(r["variant"], r["test_set"], r["metric"], r["operating_point"]): r for r in ci}
-    binary = len(run.classes) == 2
-    doc.heading(f"Transfer to the target — {'all test sets pooled' if pooled == POOLED else pooled}")
+    key = {
+        (r["arm"], r["test_set"], r["metric"], r["operating_point"]): r for r in ci if r["target"] == target
+    }
+    binary = len(run.classes(target)) == 2
+    doc.heading(f"{title} — {'all test sets pooled' if pooled == POOLED else pooled}")
     rule = "at p ≥ 0.5" if binary else "at argmax (macro averages)"
-    doc.para(f"Estimate [{level:.0%} CI]; stratified percentile bootstrap over the test images. "
-             f"Threshold metrics {rule}.")
+    doc.para(
+        f"Estimate [{level:.0%} CI]; stratified percentile bootstrap over the test images. "
+        f"Threshold metrics {rule}."
+    )
     names = [m for m in POOLED_METRICS if any(r["metric"] == m for r in ci)]
     body = []
-    for v in run.variants:
+    for arm in arms:
         cells = []
         for m in names:
             point = "" if m in ("auc", "pr_auc", "brier", "ece") else "default"
-            cells.append(_ci_cell(key.get((v, pooled, m, point))))
-        body.append([v, *cells])
-    doc.table(["variant", *names], body)
+            cells.append(_ci_cell(key.get((arm.label, pooled, m, point))))
+        body.append([arm.label, *cells])
+    doc.table([arm_word(run), *names], body)
     doc.heading("Per test set", level=3)
-    doc.para(f"Each cell: estimate [{level:.0%} bootstrap CI]. Last column: mean ± sd over the "
-             f"{len(tests)} test set(s) with a t-based {level:.0%} CI (test sets as repeats, as in "
-             "seed 000).")
+    doc.para(
+        f"Each cell: estimate [{level:.0%} bootstrap CI]. Last column: mean ± sd over the "
+        f"{len(tests)} test set(s) with a t-based {level:.0%} CI (test sets as repeats, as in "
+        "seed 000)."
+    )
     for metric in ("auc", "accuracy"):
         point = "" if metric == "auc" else "default"
         body = []
-        for v in run.variants:
-            cells = [_ci_cell(key.get((v, t, metric, point)), 3) for t in tests]
-            t = t_interval([key[(v, s, metric, point)]["estimate"] for s in tests
-                            if (v, s, metric, point) in key], level)
+        for arm in arms:
+            cells = [_ci_cell(key.get((arm.label, t, metric, point)), 3) for t in tests]
+            t = t_interval(
+                [
+                    key[(arm.label, s, metric, point)]["estimate"]
+                    for s in tests
+                    if (arm.label, s, metric, point) in key
+                ],
+                level,
+            )
             spread = f"{fmt(t.mean)} ± {fmt(t.sd)} [{fmt(t.low)}, {fmt(t.high)}]"
-            body.append([v, *cells, spread])
+            body.append([arm.label, *cells, spread])
         doc.para(f"**{metric}**")
-        doc.table(["variant", *tests, "mean ± sd [t CI]"], body)
-    op = [r for r in ci if r["operating_point"] == "youden_val" and r["test_set"] == pooled]
+        doc.table([arm_word(run), *tests, "mean ± sd [t CI]"], body)
+    op = [
+        r
+        for r in ci
+        if r["operating_point"] == "youden_val" and r["test_set"] == pooled and r["target"] == target
+    ]
     if op:
         doc.heading("Operating point chosen on validation data (Youden's J)", level=3)
-        doc.para("The threshold maximising sensitivity + specificity on each unit's validation "
-                 "predictions, applied unchanged to the test images.")
+        doc.para(
+            "The threshold maximising sensitivity + specificity on each unit's validation "
+            "predictions, applied unchanged to the test images."
+        )
         body = []
-        for v in run.variants:
-            rows = {r["metric"]: r for r in op if r["variant"] == v}
+        for arm in arms:
+            rows = {r["metric"]: r for r in op if r["arm"] == arm.label}
             if rows:
                 thr = next(iter(rows.values()))["threshold"]
-                body.append([v, fmt(thr), *(_ci_cell(rows.get(m)) for m in OPERATING)])
-        doc.table(["variant", "threshold", *OPERATING], body)
+                body.append([arm.label, fmt(thr), *(_ci_cell(rows.get(m)) for m in OPERATING)])
+        doc.table([arm_word(run), "threshold", *OPERATING], body)
 
 
-def _comparison_section(doc: Doc, rows: list[dict[str, Any]], alpha: float, level: float) -> None:
-    doc.heading("Comparisons with the reference variant")
+def _comparison_section(
+    doc: Doc, run: RunDir, rows: list[dict[str, Any]], alpha: float, level: float
+) -> None:
+    doc.heading("Comparisons with the reference arm")
     if not rows:
-        doc.para("Only one variant: nothing to compare.")
+        doc.para(
+            f"Only one {arm_word(run)}{'' if len(run.arms) == 1 else ' per target'}: nothing to compare."
+        )
         return
     delong = any(r["method"] == "DeLong" for r in rows)
-    auc = ("DeLong's test for correlated ROC curves (CI: normal approximation)" if delong else
-           "paired bootstrap of the macro one-vs-rest AUC")
-    doc.para(f"Same test images for both arms. AUC: {auc}; accuracy: paired-bootstrap {level:.0%} CI and "
-             f"McNemar's test (exact below 25 discordant pairs). p-values are Holm-adjusted across the "
-             f"variants within each test set and metric; significant means Holm p < {alpha}.")
+    auc = (
+        "DeLong's test for correlated ROC curves (CI: normal approximation)"
+        if delong
+        else "paired bootstrap of the macro one-vs-rest AUC"
+    )
+    doc.para(
+        f"Same test images for both arms. AUC: {auc}; accuracy: paired-bootstrap {level:.0%} CI and "
+        f"McNemar's test (exact below 25 discordant pairs). p-values are Holm-adjusted across the "
+        f"arms within each target, test set and metric; significant means Holm p < {alpha}. The "
+        "reference is each target's first arm (the first variant, or training from scratch)."
+    )
     pooled = [r for r in rows if r["test_set"] == POOLED] or rows
     doc.bullets([sentence(r, alpha) for r in pooled])
-    body = [[r["variant"], r["reference"], r["test_set"], r["metric"], fmt(r["estimate"]),
-             fmt(r["reference_estimate"]), f"{r['diff']:+.3f}",
-             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
-             p_text(r["p"]), p_text(r["p_holm"]), "yes" if r["significant"] else "no", r["method"]]
-            for r in rows]
-    doc.table(["variant", "reference", "test set", "metric", "estimate", "reference", "diff",
-               f"{level:.0%} CI", "p", "Holm p", "significant", "method"], body)
+    many = len(run.arms) > 1
+    body = [
+        [
+            *([r["target"]] if many else []),
+            r["arm"],
+            r["reference"],
+            r["test_set"],
+            r["metric"],
+            fmt(r["estimate"]),
+            fmt(r["reference_estimate"]),
+            f"{r['diff']:+.3f}",
+            f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+            p_text(r["p"]),
+            p_text(r["p_holm"]),
+            "yes" if r["significant"] else "no",
+            r["method"],
+        ]
+        for r in rows
+    ]
+    doc.table(
+        [
+            *(["target"] if many else []),
+            arm_word(run),
+            "reference",
+            "test set",
+            "metric",
+            "estimate",
+            "reference",
+            "diff",
+            f"{level:.0%} CI",
+            "p",
+            "Holm p",
+            "significant",
+            "method",
+        ],
+        body,
+    )
 
 
-def _gallery_section(doc: Doc, gallery: Gallery | None, error: str | None) -> None:
+def _gallery_section(doc: Doc, gallery: Gallery | None, error: str | None, word: str) -> None:
     doc.heading("Grad-CAM gallery")
     if gallery is None:
         doc.para(f"Not drawn: {error}")
         return
-    doc.para("The same test images for every variant; maps for the class each model predicts, at the last "
-             "convolutional layer (Grad-CAM and Grad-CAM++, pytorch-grad-cam).")
+    doc.para(
+        "The same test images for every arm of a target; maps for the class each model predicts, at "
+        "the last convolutional layer (Grad-CAM and Grad-CAM++, pytorch-grad-cam)."
+    )
     doc.images(list(gallery.images.items()))
+    if gallery.notes:
+        doc.bullets([f"Not drawn: {n}" for n in gallery.notes])
     if gallery.dead:
         doc.heading("Dead ReLU filters on test images", level=3)
         layers = list(next(iter(gallery.dead.values())))
-        doc.para("Share of channels that never fire (output 0 for every test image and position), per "
-                 "ReLU layer.")
+        doc.para(
+            "Share of channels that never fire (output 0 for every test image and position), per ReLU layer."
+        )
         body = [[v, *(f"{d.get(layer, math.nan):.0%}" for layer in layers)] for v, d in gallery.dead.items()]
-        doc.table(["variant", *layers], body)
+        doc.table([word, *layers], body)
 
 
 def _notes(doc: Doc, run: RunDir) -> None:
-    notes = [u.note for u in [*run.transfer.values(), *run.pretrain.values()] if u.note]
+    repeats = "; other repeats enter only the summary tables" if run.config.repeats > 1 else ""
     doc.heading("Methods and caveats")
-    doc.bullets([
-        "Bootstrap CIs resample test images within each class (stratified, percentile, seeded from the "
-        "study seed per variant, test set and metric), so they describe uncertainty from the finite test "
-        "sample only — not from retraining with another seed.",
-        "The mean ± sd over test sets treats disjoint test sets drawn from one pool as repeats; the "
-        "pooled bootstrap CI is the better summary of the same images.",
-        "ECE: top-label expected calibration error with 10 equal-width bins. Brier: mean squared error "
-        "of the positive-class probability (binary) or summed over classes (multiclass).",
-        *notes,
-    ])
+    doc.bullets(
+        [
+            "Bootstrap CIs resample test images within each class (stratified, percentile, seeded from the "
+            "study seed per variant, test set and metric), so they describe uncertainty from the finite test "
+            "sample only — not from retraining with another seed.",
+            "The mean ± sd over test sets treats disjoint test sets drawn from one pool as repeats; the "
+            "pooled bootstrap CI is the better summary of the same images.",
+            "ECE: top-label expected calibration error with 10 equal-width bins. Brier: mean squared error "
+            "of the positive-class probability (binary) or summed over classes (multiclass).",
+            "Per-image analyses (CIs, comparisons, figures, Grad-CAM) use each arm's repeat-0 "
+            f"model{repeats}.",
+        ]
+    )
 
 
-def _render(run: RunDir, ci: list[dict[str, Any]], cmp: list[dict[str, Any]],
-            plots: dict[str, list[Plot]], gallery: Gallery | None, gallery_error: str | None,
-            *, markdown: bool, level: float, alpha: float) -> str:
+def _render(
+    run: RunDir,
+    ci: list[dict[str, Any]],
+    cmp: list[dict[str, Any]],
+    plots: dict[str, list[Plot]],
+    gallery: Gallery | None,
+    gallery_error: str | None,
+    *,
+    markdown: bool,
+    level: float,
+    alpha: float,
+) -> str:
     doc = Doc(markdown=markdown, base=run.path)
     doc.title(f"Study {run.config.name}: report")
-    doc.para(f"Run directory `{run.path}` · variants: {', '.join(run.variants)} · seed {run.config.seed} · "
-             f"medtransfer {__version__}. Tables: `metrics_ci.csv`, `comparisons.csv`, `results.csv`.")
-    doc.heading("Configuration")
-    doc.code((run.path / "config.yaml").read_text(encoding="utf-8"))
-    _data_section(doc, run)
-    _audit_section(doc, run)
-    _pretrain_section(doc, run)
-    _transfer_section(doc, run)
-    _results_section(doc, run, ci, level)
-    _comparison_section(doc, cmp, alpha, level)
+    arms = sorted({a.label for arms in run.arms.values() for a in arms})
+    doc.para(
+        f"Run directory `{run.path}` · targets: {', '.join(run.arms)} · "
+        f"{arm_word(run)}s: {', '.join(arms)} · "
+        f"seed {run.config.seed} · medtransfer {__version__}. Tables: `metrics_ci.csv`, "
+        "`comparisons.csv`, `results.csv`, `summary.csv`."
+    )
+    data_section(doc, run)
+    audit_section(doc, run)
+    pretrain_section(doc, run)
+    transfer_section(doc, run)
+    for target in run.arms:
+        _results_section(doc, run, target, ci, level)
+    if run.config.is_matrix or run.config.repeats > 1:
+        doc.heading("Over repeats and sources × strategies")
+        summary_doc(doc, run.config, run.results)
+    _comparison_section(doc, run, cmp, alpha, level)
     for section, items in plots.items():
         doc.heading(section)
         doc.images([(plot.caption, plot.png) for plot in items])
-    _gallery_section(doc, gallery, gallery_error)
+    _gallery_section(doc, gallery, gallery_error, arm_word(run))
     _notes(doc, run)
+    doc.heading("Configuration")
+    doc.code((run.path / "config.yaml").read_text(encoding="utf-8"))
     return doc.render()
 
 

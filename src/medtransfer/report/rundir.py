@@ -1,11 +1,15 @@
-"""Read a finished run directory: config, data summary, results, the units of each variant and
-their predictions. Everything the report shows is derived from these files alone."""
+"""Read a finished run directory: config, data summary, results, and — from ``manifest.json``
+— every job's unit and result. Everything the report shows is derived from these files alone.
+
+The report compares *arms* on each target: an arm is one (variant, source, strategy) of the
+study; its predictions are those of its repeat-0 cell (cross-validation: all folds' held-out
+predictions together), so every arm of a target is evaluated on the same images.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,26 +17,27 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medtransfer.config import to_dict
 from medtransfer.errors import DataError
-from medtransfer.study.config import StudyConfig, resolve_variants, study_from_dict
+from medtransfer.study.config import StudyConfig, study_from_dict
+from medtransfer.study.manifest import read_manifest
 
-__all__ = ["POOLED", "Predictions", "RunDir", "UnitInfo", "load_run"]
+__all__ = ["POOLED", "Arm", "Predictions", "RunDir", "UnitInfo", "load_run"]
 
-log = logging.getLogger("medtransfer")
 POOLED = "pooled"  # name of all test sets taken together
 
 
 @dataclass(frozen=True)
 class UnitInfo:
-    """One finished unit folder."""
+    """One finished unit: the manifest's job entry, its folder, spec and result."""
 
-    kind: str
-    variant: str
+    job: dict[str, Any]
     dir: Path
     spec: dict[str, Any]
     result: dict[str, Any]
-    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        return str(self.job["kind"])
 
     @property
     def checkpoint(self) -> Path:
@@ -42,9 +47,27 @@ class UnitInfo:
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One (variant, source, strategy) on a target; ``cells``: its repeat-0 cell per fold."""
+
+    label: str
+    variant: str
+    source: str
+    target: str
+    strategy: str
+    cells: tuple[UnitInfo, ...]
+    pretrain: UnitInfo | None = None
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"target": self.target, "arm": self.label, "variant": self.variant, "source": self.source,
+                "strategy": self.strategy}
+
+
+@dataclass(frozen=True)
 class Predictions:
-    """Per-image predictions of one transfer unit: ``test_set`` (val, test_1...), ids, labels
-    and (N, K) class probabilities in the order of ``classes``."""
+    """Per-image predictions of one arm: ``test_set`` (val, test_1...), ids, labels and (N, K)
+    class probabilities in the order of ``classes``."""
 
     test_set: np.ndarray
     ids: np.ndarray
@@ -68,7 +91,7 @@ class Predictions:
         mine = {(t, i): k for k, (t, i) in enumerate(zip(self.test_set, self.ids, strict=True))}
         theirs = {(t, i): k for k, (t, i) in enumerate(zip(other.test_set, other.ids, strict=True))}
         if set(mine) != set(theirs):
-            raise DataError(f"{where}: the two units were not evaluated on the same images")
+            raise DataError(f"{where}: the two arms were not evaluated on the same images")
         keys = sorted(mine)
         a = np.array([mine[k] for k in keys], dtype=np.int64)
         b = np.array([theirs[k] for k in keys], dtype=np.int64)
@@ -86,31 +109,43 @@ class RunDir:
     config: StudyConfig
     data: dict[str, Any]
     results: list[dict[str, Any]]
-    variants: list[str]
-    transfer: dict[str, UnitInfo]
-    pretrain: dict[str, UnitInfo]
-    # cross-validation: every fold's transfer unit per variant (``transfer`` holds fold 1's)
-    folds: dict[str, list[UnitInfo]] = field(default_factory=dict)
-    _predictions: dict[str, Predictions] = field(default_factory=dict, repr=False)
+    units: dict[str, UnitInfo]  # manifest job key → unit
+    arms: dict[str, list[Arm]]  # target → its arms, the reference (first) arm first
+    _predictions: dict[tuple[str, str], Predictions] = field(default_factory=dict, repr=False)
 
     @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.data["target"]["classes"]]
+    def targets(self) -> list[str]:
+        return list(self.arms)
 
-    def predictions(self, variant: str) -> Predictions:
-        """Predictions of the variant's transfer unit (read once). Cross-validation: every
-        fold's held-out predictions together (each image once, ``test_set`` fold_i); the folds'
-        validation rows are left out, so thresholds stay at the default."""
-        if variant in self._predictions:
-            return self._predictions[variant]
-        if variant not in self.folds:
-            preds = _read_predictions(self.transfer[variant].dir / "predictions.csv")
-        else:
-            parts = [_read_predictions(u.dir / "predictions.csv").part(POOLED) for u in self.folds[variant]]
-            cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
-            preds = Predictions(cat("test_set"), cat("ids"), cat("labels"), cat("proba"), parts[0].classes)
-        self._predictions[variant] = preds
-        return preds
+    def classes(self, target: str) -> list[str]:
+        return [str(c) for c in self.data[target]["classes"]]
+
+    def arm(self, target: str, label: str) -> Arm:
+        found = [a for a in self.arms[target] if a.label == label]
+        if not found:
+            raise DataError(f"{self.path}: no arm {label!r} on target {target!r}; arms: "
+                            f"{', '.join(a.label for a in self.arms[target])}")
+        return found[0]
+
+    @property
+    def pretrains(self) -> list[UnitInfo]:
+        return [u for u in self.units.values() if u.kind == "pretrain"]
+
+    def predictions(self, arm: Arm) -> Predictions:
+        """The arm's predictions (read once). Cross-validation: every fold's held-out predictions
+        together (each image once, ``test_set`` fold_i), without the folds' validation rows."""
+        key = (arm.target, arm.label)
+        if key not in self._predictions:
+            if len(arm.cells) == 1:
+                preds = read_predictions(arm.cells[0].dir / "predictions.csv")
+            else:
+                parts = [read_predictions(u.dir / "predictions.csv").part(POOLED) for u in arm.cells]
+                cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
+                preds = Predictions(
+                    cat("test_set"), cat("ids"), cat("labels"), cat("proba"), parts[0].classes
+                )
+            self._predictions[key] = preds
+        return self._predictions[key]
 
 
 def _read_yaml(path: Path) -> Any:
@@ -131,19 +166,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path) -> list[dict[str, Any]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc}); has the study finished?") from exc
-    need = {"variant", "stage", "test_set", "metric", "value"}
+    need = {"variant", "source", "target", "strategy", "repeat", "stage", "test_set", "metric", "value"}
     if rows and not need <= set(rows[0]):
         raise DataError(f"{path}: expected columns {sorted(need)}, got {sorted(rows[0])}")
     return [{**r, "value": float(r["value"])} for r in rows]
 
 
-def _read_predictions(path: Path) -> Predictions:
+def read_predictions(path: Path) -> Predictions:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -165,37 +200,53 @@ def _read_predictions(path: Path) -> Predictions:
     return Predictions(np.array(cols[0]), np.array(cols[1]), labels, proba, classes)
 
 
-def _agrees(a: Any, b: Any) -> bool:
-    """Equal where both define a key: settings added to or dropped from the config format
-    since the unit ran do not make it a different unit."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return all(_agrees(a[k], b[k]) for k in a.keys() & b.keys())
-    return bool(a == b)
+def _unit(root: Path, entry: dict[str, Any]) -> UnitInfo:
+    d = root / entry["unit"]
+    if not (d / "result.json").is_file():
+        raise DataError(
+            f"{root}: manifest job {entry['id']!r} points at {d}, which is not a finished unit "
+            "(no result.json); rerun the study"
+        )
+    spec = _read_json(d / "unit.json").get("spec", {}) if (d / "unit.json").is_file() else {}
+    return UnitInfo(entry, d, spec, _read_json(d / "result.json"))
 
 
-def _pick(root: Path, kind: str, variant: str, expect: dict[str, Any]) -> UnitInfo:
-    """The finished unit of ``kind``/``variant`` whose spec matches ``expect``; if none matches
-    (e.g. the spec format changed), the newest finished one, with a note saying so."""
-    found = []
-    for d in sorted((root / "units").glob(f"{kind}-{variant}-*")):
-        if d.name.rsplit("-", 1)[0] != f"{kind}-{variant}" or not (d / "result.json").is_file():
-            continue
-        unit = _read_json(d / "unit.json") if (d / "unit.json").is_file() else {"spec": {}}
-        found.append(UnitInfo(kind, variant, d, unit.get("spec", {}), _read_json(d / "result.json")))
-    if not found:
-        raise DataError(f"{root}: no finished {kind} unit for variant '{variant}' in units/")
-    match = [u for u in found if _agrees(u.spec, expect)]
-    if len(match) == 1:
-        return match[0]
-    newest = max(match or found, key=lambda u: (u.dir / "result.json").stat().st_mtime_ns)
-    why = f"{len(match)} units match config.yaml" if match else "no unit's spec matches config.yaml"
-    note = f"{kind} '{variant}': {why}; the newest finished one ({newest.dir.name}) was used"
-    log.warning("%s: %s", root, note)
-    return UnitInfo(newest.kind, newest.variant, newest.dir, newest.spec, newest.result, note)
+def _arm_label(job: dict[str, Any], axes: dict[str, bool]) -> str:
+    parts = [str(job[k]) for k in ("variant", "source", "strategy") if axes[k]]
+    return ".".join(parts) or str(job["variant"])
+
+
+def _arms(cfg: StudyConfig, units: dict[str, UnitInfo]) -> dict[str, list[Arm]]:
+    """Per target, one arm per (variant, source, strategy) of the repeat-0 cells, in plan order."""
+    cells = [u for u in units.values() if u.kind == "cell" and int(u.job["repeat"]) == 0]
+    variants = {u.job["variant"] for u in cells}
+    axes = {"variant": len(variants) > 1, "source": cfg.is_matrix, "strategy": cfg.is_matrix}
+    pretrains = {u.job["id"]: u for u in units.values() if u.kind == "pretrain"}
+    grouped: dict[tuple[str, str, str, str], list[UnitInfo]] = {}
+    for u in cells:
+        j = u.job
+        grouped.setdefault((j["target"], j["variant"], j["source"], j["strategy"]), []).append(u)
+    variant_order = [v.name for v in cfg.variants]
+    source_order = ["none", *cfg.sources]
+    strategy_order = list(cfg.strategies)
+
+    def order(key: tuple[str, str, str, str]) -> tuple[int, int, int]:
+        rank = lambda seq, x: seq.index(x) if x in seq else len(seq)  # noqa: E731
+        return rank(variant_order, key[1]), rank(source_order, key[2]), rank(strategy_order, key[3])
+
+    out: dict[str, list[Arm]] = {}
+    for (target, variant, source, strategy), group in sorted(grouped.items(), key=lambda kv: order(kv[0])):
+        group.sort(key=lambda u: -1 if u.job["fold"] is None else int(u.job["fold"]))
+        pre = pretrains.get(str(group[0].job.get("pretrain_id")))
+        out.setdefault(target, []).append(
+            Arm(_arm_label(group[0].job, axes), variant, source, target, strategy, tuple(group), pre)
+        )
+    target_order = list(cfg.targets) or ["target"]
+    return {t: out[t] for t in sorted(out, key=lambda t: target_order.index(t) if t in target_order else 0)}
 
 
 def load_run(path: str | Path) -> RunDir:
-    """Read ``config.yaml``, ``data.yaml``, ``results.csv`` and each variant's units."""
+    """Read ``config.yaml``, ``data.yaml``, ``results.csv`` and the units ``manifest.json`` lists."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"run directory {root} does not exist")
@@ -204,25 +255,12 @@ def load_run(path: str | Path) -> RunDir:
         raise DataError(f"{root / 'config.yaml'}: expected a mapping (the resolved study config)")
     cfg = study_from_dict(raw, base=root, source_name=str(root / "config.yaml"))
     data = _read_yaml(root / "data.yaml")
-    if not isinstance(data, dict) or "target" not in data:
-        raise DataError(f"{root / 'data.yaml'}: expected 'source' and 'target' sections")
-    results = _read_results(root / "results.csv")
-    transfer, pretrain, folds = {}, {}, {}
-    k = cfg.task("target").split.folds
-    for v in resolve_variants(cfg):
-        expect = {"model": to_dict(v.model), "transfer": to_dict(v.transfer), "seed": cfg.seed,
-                  "data": data["target"].get("fingerprint")}
-        if k:
-            folds[v.name] = [_pick(root, "transfer", f"{v.name}-fold{i + 1}", {**expect, "fold": i})
-                             for i in range(k)]
-        unit = folds[v.name][0] if k else _pick(root, "transfer", v.name, expect)
-        transfer[v.name] = unit
-        source = unit.spec.get("source_unit")
-        if source and (root / "units" / source / "result.json").is_file():
-            d = root / "units" / source
-            spec = _read_json(d / "unit.json").get("spec", {}) if (d / "unit.json").is_file() else {}
-            pretrain[v.name] = UnitInfo("pretrain", v.name, d, spec, _read_json(d / "result.json"))
-        else:
-            pexpect = {"model": to_dict(v.model), "pretrain": to_dict(v.pretrain), "seed": cfg.seed}
-            pretrain[v.name] = _pick(root, "pretrain", v.name, pexpect)
-    return RunDir(root, cfg, data, results, [v.name for v in cfg.variants], transfer, pretrain, folds)
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{root / 'data.yaml'}: expected a section per data set")
+    results = read_results(root / "results.csv")
+    jobs = read_manifest(root)["jobs"]
+    units = {key: _unit(root, entry) for key, entry in jobs.items() if entry.get("kind") != "trial"}
+    arms = _arms(cfg, units)
+    if not arms:
+        raise DataError(f"{root}: the manifest lists no finished cell; has the study run to the end?")
+    return RunDir(root, cfg, data, results, units, arms)

@@ -1,91 +1,276 @@
-"""Study summaries: aggregate tidy result rows into mean ± sd tables (CSV and Markdown)."""
+"""Study summaries from ``results.csv``, for every shape: ``summary.csv`` (each arm's mean, sd
+and maximum deviation over its replicates, and its paired difference from scratch) and
+``summary.md`` (seed 000's per-test-set tables, seed 003's source × strategy table).
+
+Replicates are the repeats (each the mean over its test sets or folds) when the study has more
+than one repeat, otherwise the test sets (or cross-validation folds) themselves.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medtransfer.evaluate import mean_sd
+import numpy as np
+from scipy import stats
+
 from medtransfer.fileio import write_text_atomic
+from medtransfer.report.text import Doc, fmt
 from medtransfer.study.config import StudyConfig
 
-SOURCE_METRICS = ["loss", "accuracy", "auc"]
+__all__ = ["NO_SOURCE", "SUMMARY_COLUMNS", "arm_stats", "matrix_tables", "summary_doc", "write_summary"]
+
+NO_SOURCE = "none"
+SOURCE_METRICS = ["accuracy", "auc", "loss"]
 TARGET_METRICS = ["accuracy", "auc", "recall", "specificity", "f1"]
+ARM = ("variant", "target", "source", "strategy")
+SUMMARY_COLUMNS = (*ARM, "stage", "metric", "mean", "sd", "max_dev", "n", "over", "diff", "diff_low",
+                   "diff_high", "diff_n")
+Key = tuple[str, str, str, str]
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over test sets, per (variant, stage, metric)."""
-    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+def _replicates(
+    rows: Sequence[dict[str, Any]], metric: str, stage: str
+) -> tuple[dict[Key, dict[Any, float]], str]:
+    """Each arm's metric per replicate, and what the replicates are."""
+    repeats = {str(r["repeat"]) for r in rows if r["stage"] == stage}
+    over = (
+        "repeats"
+        if len(repeats) > 1
+        else "folds"
+        if any(r["fold"] != "-" for r in rows if r["stage"] == stage)
+        else "test sets"
+    )
+    acc: dict[Key, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["stage"] == "data":
-            continue
-        groups[(r["variant"], r["stage"], r["metric"])].append(float(r["value"]))
+        if r["stage"] == stage and r["metric"] == metric:
+            key = tuple(str(r[k]) for k in ARM)
+            rep = r["repeat"] if over == "repeats" else (r["test_set"] if stage == "transfer" else r["fold"])
+            acc[key][rep].append(float(r["value"]))  # type: ignore[index]
+    return {k: {rep: float(np.mean(v)) for rep, v in d.items()} for k, d in acc.items()}, over
+
+
+def arm_stats(
+    rows: Sequence[dict[str, Any]], metric: str = "auc", stage: str = "transfer"
+) -> list[dict[str, Any]]:
+    """Per arm: mean, sd, maximum deviation from the mean and n over its replicates; for arms
+    with a source, the paired difference from the scratch arm (same variant, target and
+    replicates) with a 95% t-interval."""
+    per, over = _replicates(rows, metric, stage)
+    scratch = {(k[0], k[1]): v for k, v in per.items() if k[2] == NO_SOURCE}
     out = []
-    for (variant, stage, metric), values in groups.items():
-        mean, sd = mean_sd(values)
-        out.append({"variant": variant, "stage": stage, "metric": metric, "mean": mean, "sd": sd,
-                    "n": len(values)})
+    for key, values in per.items():
+        x = np.array(list(values.values()))
+        row: dict[str, Any] = dict(zip(ARM, key, strict=True))
+        row.update(
+            stage=stage,
+            metric=metric,
+            mean=float(x.mean()),
+            max_dev=float(np.abs(x - x.mean()).max()),
+            sd=float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+            n=len(x),
+            over=over,
+        )
+        ref = scratch.get((key[0], key[1]))
+        if key[2] != NO_SOURCE and ref:
+            common = sorted(set(values) & set(ref), key=str)
+            d = np.array([values[i] - ref[i] for i in common])
+            half = (
+                float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+                if len(d) > 1
+                else math.nan
+            )
+            row.update(
+                diff=float(d.mean()),
+                diff_low=float(d.mean()) - half,
+                diff_high=float(d.mean()) + half,
+                diff_n=len(d),
+            )
+        out.append(row)
     return out
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
+def _arm_name(key: tuple[str, str, str], cfg: StudyConfig) -> str:
+    variant, source, strategy = key
+    if not cfg.is_matrix:
+        return variant
+    name = f"{'no transfer' if source == NO_SOURCE else source}: {strategy}"
+    return name if len(cfg.variants) == 1 else f"{variant} · {name}"
 
 
-def write_summary(out: Path, cfg: StudyConfig, rows: list[dict[str, Any]],
-                  data: dict[str, Any]) -> Path:
-    """Write ``summary.csv`` and ``summary.md`` (seed 000's Tables 2 and 3) into ``out``."""
-    agg = aggregate(rows)
-    csv_lines = ["variant,stage,metric,mean,sd,n\n"] + [
-        f"{a['variant']},{a['stage']},{a['metric']},{a['mean']:.6g},{a['sd']:.6g},{a['n']}\n"
-        for a in agg
-    ]
-    write_text_atomic(out / "summary.csv", "".join(csv_lines))
-    variants = [v.name for v in cfg.variants]
-    value = {(r["variant"], r["stage"], r["test_set"], r["metric"]): r["value"] for r in rows}
-    stats = {(a["variant"], a["stage"], a["metric"]): a for a in agg}
-    tests = sorted({r["test_set"] for r in rows if r["stage"] == "transfer"},
-                   key=lambda s: (len(s), s))
-    md = [f"# Study `{cfg.name}`", ""]
-    for role in ("source", "target"):
-        d = data[role]
+def _columns(cfg: StudyConfig, cells: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(source, strategy) columns: scratch references first, then each source's strategies."""
+    present = {(c["source"], c["strategy"]) for c in cells}
+    order = [(src, s) for src in (NO_SOURCE, *cfg.sources) for s in cfg.strategies]
+    return [c for c in order if c in present]
+
+
+def _diff(c: dict[str, Any] | None) -> str:
+    if not c or "diff" not in c:
+        return "–"
+    return f"{c['diff']:+.3f} [{fmt(c['diff_low'])}, {fmt(c['diff_high'])}]"
+
+
+def matrix_tables(
+    cfg: StudyConfig, rows: Sequence[dict[str, Any]], metric: str = "auc"
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Seed 003's Table II per variant: targets as rows, ``mean ± max dev`` per (source,
+    strategy) column; then the paired differences from scratch."""
+    cells = arm_stats(rows, metric)
+    cols = _columns(cfg, cells)
+    by = {(c["variant"], c["target"], c["source"], c["strategy"]): c for c in cells}
+    over = cells[0]["over"] if cells else "repeats"
+    out = []
+    for v in [v.name for v in cfg.variants]:
+        suffix = f" — variant {v}" if len(cfg.variants) > 1 else ""
+        head = ["target", *(f"{'no transfer' if s == NO_SOURCE else s}: {st}" for s, st in cols)]
+        body, diffs = [], []
+        for t in cfg.targets:
+            got = [by.get((v, t, s, st)) for s, st in cols]
+            body.append([t, *(f"{fmt(c['mean'])} ± {fmt(c['max_dev'])}" if c else "–" for c in got)])
+            diffs.append([t, *(_diff(c) for (s, _), c in zip(cols, got, strict=True) if s != NO_SOURCE)])
+        out.append((f"{metric.upper()} mean ± max deviation over {over}{suffix}", head, body))
+        if any(s == NO_SOURCE for s, _ in cols):
+            out.append(
+                (
+                    f"{metric.upper()} difference from scratch (paired by {over.removesuffix('s')}), mean "
+                    f"[95% t-interval]{suffix}",
+                    ["target", *(f"{s}: {st}" for s, st in cols if s != NO_SOURCE)],
+                    diffs,
+                )
+            )
+    return out
+
+
+def _value_tables(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]], target: str) -> None:
+    """Seed 000's tables for one target: each arm's metric per test set (or fold), mean ± sd."""
+    mine = [r for r in rows if r["stage"] == "transfer" and r["target"] == target]
+    arms = list(dict.fromkeys((str(r["variant"]), str(r["source"]), str(r["strategy"])) for r in mine))
+    tests = sorted({str(r["test_set"]) for r in mine}, key=lambda s: (len(s), s))
+    value = {
+        (str(r["variant"]), str(r["source"]), str(r["strategy"]), str(r["test_set"]), r["metric"]): r["value"]
+        for r in mine
+    }
+    stats_ = {
+        (s["variant"], s["source"], s["strategy"], s["metric"]): s
+        for m in {*TARGET_METRICS, "auc"}
+        for s in arm_stats(mine, m)
+    }
+    label = "arm" if cfg.is_matrix else "variant"
+    for metric in ("accuracy", "auc"):
+        doc.heading(f"Transfer to {target}: {metric} per test set", 3)
+        body = []
+        for a in arms:
+            s = stats_.get((*a, metric))
+            cells = [fmt(value.get((*a, t, metric), math.nan), 4) for t in tests]
+            body.append([_arm_name(a, cfg), *cells, f"{fmt(s['mean'])} ± {fmt(s['sd'])}" if s else "–"])
+        doc.table([label, *tests, "mean ± sd"], body)
+    doc.heading(f"Transfer to {target}: other metrics (mean ± sd over test sets)", 3)
+    doc.table(
+        [label, *TARGET_METRICS],
+        [
+            [
+                _arm_name(a, cfg),
+                *(
+                    f"{fmt(s['mean'])} ± {fmt(s['sd'])}" if (s := stats_.get((*a, m))) else "–"
+                    for m in TARGET_METRICS
+                ),
+            ]
+            for a in arms
+        ],
+    )
+
+
+def _pretrain_table(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> None:
+    pre = [r for r in rows if r["stage"] == "pretrain" and r["metric"] in SOURCE_METRICS]
+    if not pre:
+        return
+    doc.heading("Pretraining on the source (validation set, best epoch)", 3)
+    table: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for r in pre:
+        table[(str(r["variant"]), str(r["source"]), str(r["repeat"]))][r["metric"]] = float(r["value"])
+    per_repeat, named = cfg.repeat_pretraining, cfg.is_matrix
+    doc.table(
+        ["variant", *(["source"] if named else []), *(["repeat"] if per_repeat else []), *SOURCE_METRICS],
+        [
+            [
+                v,
+                *([s] if named else []),
+                *([k] if per_repeat else []),
+                *(fmt(m.get(key, math.nan)) for key in SOURCE_METRICS),
+            ]
+            for (v, s, k), m in table.items()
+        ],
+    )
+
+
+def summary_doc(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> None:
+    """The summary tables, for every shape, into ``doc``."""
+    repeats = {str(r["repeat"]) for r in rows if r["stage"] == "transfer"}
+    if cfg.is_matrix:
+        splits = (
+            "each repeat draws its own split of every target, shared by that repeat's cells"
+            if cfg.resample_splits
+            else "the split is the same in every repeat"
+        )
+        doc.para(
+            f"{cfg.repeats} repeat(s) per cell (training seeds; {splits}). A repeat's value is the "
+            "mean over the target's test sets. `no transfer` is the scratch reference; max deviation "
+            "is the largest distance of a replicate from the mean (seed 003's Table II)."
+        )
+        for metric in ("auc", "accuracy"):
+            for title, head, body in matrix_tables(cfg, rows, metric):
+                doc.heading(title, 3)
+                doc.table(head, body)
+    _pretrain_table(doc, cfg, rows)
+    if len(repeats) <= 1:
+        for target in dict.fromkeys(str(r["target"]) for r in rows if r["stage"] == "transfer"):
+            _value_tables(doc, cfg, rows, target)
+        doc.para(
+            "sd: sample standard deviation across test sets (or folds). No significance tests "
+            "are applied in these tables; see report.html."
+        )
+
+
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, d in data.items():
         parts = ", ".join(f"{k}: {v['total']}" for k, v in d["split"].items())
         skipped = len(d["skipped_images"])
-        md.append(f"- **{role}**: `{d['path']}` — classes {d['classes']}"
-                  f" (positive: {d['positive_class']}); {parts}"
-                  + (f"; **{skipped} unreadable images skipped**" if skipped else ""))
-    md += ["", "## Pretraining on the source (validation set, best epoch)", ""]
-    md.append(_table(["variant", *SOURCE_METRICS],
-                     [[v, *(_fmt(value.get((v, "pretrain", "val", m), math.nan)) for m in SOURCE_METRICS)]
-                      for v in variants]))
-    for metric in ("accuracy", "auc"):
-        md += ["", f"## Transfer to the target: {metric} per test set", ""]
-        body = []
-        for v in variants:
-            s = stats.get((v, "transfer", metric))
-            cells = [_fmt(value.get((v, "transfer", t, metric), math.nan), 4) for t in tests]
-            ms = f"{_fmt(s['mean'])} ± {_fmt(s['sd'])}" if s else "–"
-            body.append([v, *cells, ms])
-        md.append(_table(["variant", *tests, "mean ± sd"], body))
-    md += ["", "## Transfer to the target: other metrics (mean ± sd over test sets)", ""]
-    body = []
-    for v in variants:
-        cells = []
-        for m in TARGET_METRICS:
-            s = stats.get((v, "transfer", m))
-            cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['sd'])}" if s else "–")
-        body.append([v, *cells])
-    md.append(_table(["variant", *TARGET_METRICS], body))
-    md += ["", "sd: sample standard deviation across test sets (n = "
-           f"{len(tests)}). No significance tests are applied in this table.", ""]
+        lines.append(
+            f"**{name}** ({d.get('role', '?')}): `{d['path']}` — classes {d['classes']}"
+            f" (positive: {d['positive_class']}); {parts}"
+            + (f"; **{skipped} unreadable images skipped**" if skipped else "")
+        )
+    return lines
+
+
+def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> Path:
+    """``summary.csv`` (every arm's statistics) and ``summary.md`` (the tables) into ``out``."""
+    from medtransfer.report.analysis import write_csv
+
+    stats_rows = [
+        s
+        for stage in ("transfer", "val", "pretrain")
+        for m in ("auc", "accuracy")
+        for s in arm_stats(rows, m, stage)
+    ]
+    write_csv(out / "summary.csv", stats_rows, SUMMARY_COLUMNS)
+    doc = Doc(markdown=True, base=out)
+    doc.title(f"Study `{cfg.name}`")
+    doc.bullets(_data_lines(data))
+    summary_doc(doc, cfg, rows)
     path = out / "summary.md"
-    write_text_atomic(path, "\n".join(md))
+    write_text_atomic(path, doc.render())
     return path
+
+
+def summarize(run_dir: str | Path) -> Path:
+    """Write ``summary.csv`` and ``summary.md`` for a finished run directory."""
+    from medtransfer.report.rundir import load_run
+
+    run = load_run(run_dir)
+    return write_summary(run.path, run.config, run.results, run.data)

@@ -17,6 +17,7 @@ from medtransfer.strategies.config import (
     MLPHeadConfig,
     ScratchStrategy,
     StrategyConfig,
+    freeze_configs,
     strategy_from_dict,
 )
 from medtransfer.strategies.features import extract_features, make_estimator
@@ -38,6 +39,7 @@ __all__ = [
     "StrategyResult",
     "extract_features",
     "fit_on_activations",
+    "freeze_configs",
     "make_estimator",
     "plan_cache",
     "prefix_activations",

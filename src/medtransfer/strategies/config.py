@@ -48,19 +48,15 @@ class ScratchStrategy:
 
 @dataclass(frozen=True)
 class FreezeStrategy:
-    """Train what ``freeze`` leaves trainable (default: the last 3 weight layers, seed 000)."""
+    """Train what ``freeze`` leaves trainable (default: the last 3 weight layers, seed 000).
+    A config written by a user must freeze something (:func:`strategy_from_dict`); a study
+    written as source/target whose ``transfer.freeze`` freezes nothing trains the whole model
+    from the source's weights in one stage."""
 
     kind: Literal["freeze"] = "freeze"
     freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(trainable_layers=3))
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-
-    def __post_init__(self) -> None:
-        if self.freeze.trains_everything:
-            raise ConfigError(
-                "'strategy.freeze': freezes nothing; set trainable_layers, train_from or "
-                "trainable_blocks (or use kind: scratch or finetune)"
-            )
 
 
 def _small_lr() -> TrainConfig:
@@ -153,6 +149,15 @@ STRATEGIES: dict[str, type[Any]] = {
 }
 
 
+def freeze_configs(cfg: StrategyConfig) -> list[FreezeConfig]:
+    """The freezings a strategy applies, in order (to check them before training)."""
+    if isinstance(cfg, FreezeStrategy):
+        return [cfg.freeze]
+    if isinstance(cfg, FinetuneStrategy):
+        return [cfg.head_freeze, cfg.unfreeze]
+    return []
+
+
 def strategy_from_dict(data: Mapping[str, Any], where: str = "strategy") -> StrategyConfig:
     """The strategy config ``data["kind"]`` names, built strictly (errors name ``where.key``)."""
     if not isinstance(data, Mapping):
@@ -161,4 +166,9 @@ def strategy_from_dict(data: Mapping[str, Any], where: str = "strategy") -> Stra
         raise ConfigError(f"missing required key '{where}.kind'; allowed: {', '.join(STRATEGIES)}")
     check_choice(f"{where}.kind", data["kind"], STRATEGIES)
     cfg: StrategyConfig = from_dict(STRATEGIES[data["kind"]], data, where)
+    if isinstance(cfg, FreezeStrategy) and cfg.freeze.trains_everything:
+        raise ConfigError(
+            f"'{where}.freeze': freezes nothing; set trainable_layers, train_from or "
+            "trainable_blocks (or use kind: scratch or finetune)"
+        )
     return cfg

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict
+from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.models import ModelConfig
-from medtransfer.strategies import CacheConfig
+from medtransfer.strategies import CacheConfig, FreezeStrategy, StrategyConfig, strategy_from_dict
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 from medtransfer.transfer import FreezeConfig, HeadPolicy
@@ -78,6 +78,7 @@ class VariantSpec:
     model: dict[str, Any] = field(default_factory=dict)
     pretrain: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
+    strategies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a matrix's, by name
 
     def __post_init__(self) -> None:
         _check_name("variants", self.name)
@@ -129,10 +130,14 @@ class StudyConfig:
         if self.is_matrix:
             self._check_matrix()
         else:
-            for key in ("source", "target"):
-                if getattr(self, key) is None:
-                    raise ConfigError(f"missing required key '{key}' (or give 'sources', 'targets' and "
-                                      "'strategies' for a matrix study)")
+            if self.target is None:
+                raise ConfigError("missing required key 'target' (or give 'sources', 'targets' and "
+                                  "'strategies' for a matrix study)")
+            if self.source is None and self.model.weights is None:
+                raise ConfigError("missing required key 'source': a data set to pretrain on, or "
+                                  "model.weights (imagenet, file:PATH, run:UNIT_DIR) to start from")
+            if self.source is not None and self.source.split.folds:
+                raise ConfigError("'source.split.folds': cross-validation is for the target task")
             if self.repeats != 1 or self.resample_splits or self.repeat_pretraining:
                 raise ConfigError("'repeats', 'resample_splits', 'repeat_pretraining': only matrix "
                                   "studies (sources × targets × strategies) repeat cells; this "
@@ -150,8 +155,6 @@ class StudyConfig:
         return bool(self.sources or self.targets or self.strategies)
 
     def _check_matrix(self) -> None:
-        from medtransfer.strategies.config import strategy_from_dict
-
         for key in ("source", "target"):
             if getattr(self, key) is not None:
                 raise ConfigError(f"'{key}': a matrix study names its data under '{key}s'; "
@@ -162,6 +165,9 @@ class StudyConfig:
                                   "targets and strategies")
             for name in getattr(self, key):
                 _check_name(key, name)
+        for name, src in self.sources.items():
+            if src.data is not None and src.split.folds:
+                raise ConfigError(f"'sources.{name}.split.folds': cross-validation is for targets")
         both = sorted(set(self.sources) & set(self.targets))
         if both:
             raise ConfigError(f"'sources' and 'targets' share the names {', '.join(both)}; "
@@ -185,13 +191,30 @@ class Variant:
     model: ModelConfig
     pretrain: PretrainConfig
     transfer: TransferConfig
+    strategies: dict[str, StrategyConfig] = field(default_factory=dict)
 
 
 def resolve_variants(cfg: StudyConfig) -> list[Variant]:
+    """Each variant with its overrides laid over the shared sections, and its strategies: a
+    matrix's ``strategies`` (with the variant's overrides), or for a study written as
+    source/target the one strategy ``freeze`` its ``transfer`` section describes."""
     base_model, base_pre, base_tr = to_dict(cfg.model), to_dict(cfg.pretrain), to_dict(cfg.transfer)
     out = []
     for i, spec in enumerate(cfg.variants):
         where = f"variants[{i}] ({spec.name})"
+        transfer = from_dict(TransferConfig, deep_merge(base_tr, spec.transfer), f"{where}.transfer")
+        unknown = sorted(set(spec.strategies) - set(cfg.strategies))
+        if unknown:
+            raise ConfigError(unknown_key_message(unknown[0], f"{where}.strategies", cfg.strategies))
+        if cfg.is_matrix:
+            strategies = {
+                name: strategy_from_dict(deep_merge(raw, spec.strategies.get(name, {})),
+                                         f"{where}.strategies.{name}" if name in spec.strategies
+                                         else f"strategies.{name}")
+                for name, raw in cfg.strategies.items()}
+        else:
+            strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
+                                                   cache=transfer.cache)}
         out.append(
             Variant(
                 name=spec.name,
@@ -199,9 +222,8 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
                 pretrain=from_dict(
                     PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain"
                 ),
-                transfer=from_dict(
-                    TransferConfig, deep_merge(base_tr, spec.transfer), f"{where}.transfer"
-                ),
+                transfer=transfer,
+                strategies=strategies,
             )
         )
     return out

@@ -1,57 +1,56 @@
-"""Run a study: load and split both data sets, pretrain each variant on the source, transfer it
-to the target, evaluate on every target test set, and write tidy results.
+"""Run a study: load and split its data sets, check every model, then run the plan's jobs —
+pretrainings, then cells — and write tidy results.
 
 Everything that can be checked is checked before the first epoch, and every finished unit is
-kept on disk, so a bad input or a crash loses nothing already computed.
+kept on disk, so a bad input or a crash loses nothing already computed. The run folder records
+``config.yaml``, ``data.yaml``, ``splits/``, ``audit/``, ``units/``, ``manifest.json`` (job →
+unit → result) and ``results.csv``; tables and the report are made from these files by
+:mod:`medtransfer.report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from medtransfer import __version__
-from medtransfer.data import (
-    Augmenter,
-    DataConfig,
-    ImageCache,
-    ImageSet,
-    load_dataset,
-    make_folds,
-    make_split,
+from medtransfer.config import to_dict
+from medtransfer.data import ImageCache
+from medtransfer.errors import DataError
+from medtransfer.fileio import write_text_atomic
+from medtransfer.models import build_model, build_pretrained
+from medtransfer.strategies import freeze_configs
+from medtransfer.study.config import (
+    StudyConfig,
+    TaskConfig,
+    Variant,
+    VariantSpec,
+    resolve_variants,
+    study_from_dict,
 )
-from medtransfer.errors import ConfigError, DataError
-from medtransfer.evaluate import compute_metrics
-from medtransfer.models import build_model
-from medtransfer.report import write_report, write_summary
-from medtransfer.strategies import train_stage
-from medtransfer.study.config import StudyConfig, TaskConfig, Variant, VariantSpec, resolve_variants
-from medtransfer.study.store import Unit, write_text_atomic
-from medtransfer.study.units import (
-    LoadedTask,
-    fingerprint,
-    metric_rows,
-    open_run,
-    pretrain_unit,
-    seeded_build,
-    spec_key,
-    tracking,
-    train_cfg,
-    write_predictions,
-    write_results,
+from medtransfer.study.executors import preflight, run_jobs
+from medtransfer.study.manifest import Manifest
+from medtransfer.study.plan import (
+    SINGLE_SOURCE,
+    SINGLE_TARGET,
+    CellJob,
+    Job,
+    Plan,
+    PretrainJob,
+    make_plan,
 )
-from medtransfer.train import load_checkpoint, predict_proba
-from medtransfer.transfer import freeze, load_source_weights
+from medtransfer.study.results import result_rows, write_results
+from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
+from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
+from medtransfer.transfer import HeadPolicy, freeze
 
-log = logging.getLogger("medtransfer")
-RESULT_COLUMNS = ("variant", "stage", "test_set", "metric", "value")
+__all__ = ["Runner", "pick_device", "run_study"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -60,264 +59,207 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_task(role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
-    return split_task(role, task, load_dataset(task.data, cfg.preprocess, cache), cfg.seed)
+def _echo_flush(msg: str) -> None:
+    print(msg, flush=True)
 
 
-def split_task(role: str, task: TaskConfig, images: ImageSet, seed: int) -> LoadedTask:
-    """Loaded images split as ``task.split`` says, drawn from ``seed``."""
-    classes = list(images.classes)
-    try:
-        if task.split.folds:
-            if role != "target":
-                raise ConfigError(f"'{role}.split.folds': cross-validation is for the target task")
-            folds = make_folds(images.labels, task.split.folds, seed, groups=images.groups,
-                               val_fraction=task.split.val_fraction, classes=classes)
-            return LoadedTask(role, images, folds[0], fingerprint(images, folds), folds)
-        split = make_split(images.labels, task.split, seed, origin=images.origin, classes=classes,
-                           groups=images.groups)
-    except DataError as exc:
-        raise DataError(f"{role} data {task.data.path}: {exc}") from None
-    return LoadedTask(role, images, split, fingerprint(images, [split]))
+def worker_runner(cfg_data: dict[str, Any], out: str, extra: list[dict[str, Any]],
+                  echo: Callable[[str], None] | None = None) -> Runner:
+    """A prepared runner in a worker process (the executors' factory)."""
+    runner = Runner(study_from_dict(cfg_data), Path(out), progress=False, echo=echo or _echo_flush)
+    for spec in extra:
+        runner.add_variant(VariantSpec(**spec))
+    runner.prepare(write=False)
+    return runner
 
 
-def _split_summary(task: LoadedTask) -> dict[str, Any]:
-    """Images per class in each part; for cross-validation, in each fold's held-out part."""
-    classes = list(task.images.classes)
-    if not task.folds:
-        return task.split.summary(task.images.labels, classes)
-    return {f"fold_{i + 1}": f.summary(task.images.labels, classes)["test"]
-            for i, f in enumerate(task.folds)}
-
-
-def _write_split(out: Path, task: LoadedTask) -> None:
-    rows = []
-    parts = [("train", task.split.train), ("val", task.split.val), *sorted(task.split.tests.items())]
-    if task.folds:  # each image is held out in exactly one fold
-        parts = [(f"fold_{i + 1}", f.tests["test"]) for i, f in enumerate(task.folds)]
-    for part, idx in parts:
-        for i in idx:
-            rows.append((part, task.images.ids[i], task.images.classes[task.images.labels[i]]))
-    path = out / "splits" / f"{task.name}.csv"
-    text = "part,id,label\n" + "".join(f"{p},{i},{c}\n" for p, i, c in rows)
-    write_text_atomic(path, text)
-
-
-def _check_models(variants: list[Variant], source: LoadedTask, target: LoadedTask, size: int) -> None:
-    """Build every model once and apply its freezing, so config errors surface before training."""
-    for v in variants:
-        for task in (source, target):
-            model = build_model(
-                v.model, num_classes=task.images.num_classes, in_chans=task.images.channels,
-                img_size=size,
-            )
-        freeze(model, v.transfer.freeze)
-
-
-def audit_tasks(runner: Any, items: list[tuple[LoadedTask, DataConfig, DataConfig | None]]
-                ) -> dict[str, dict[str, int]]:
-    """Audit each task (against a second data set, if given) with its split; an audit is reused
-    while the task's fingerprint is unchanged. Returns critical/warning counts per task."""
-    from medtransfer.audit import AuditConfig, run_audit, split_parts
-
-    counts: dict[str, dict[str, int]] = {}
-    for task, data, against in items:
-        where = runner.out / "audit" / task.name
-        stamp = where / "fingerprint.txt"
-        if stamp.is_file() and stamp.read_text() == task.fingerprint:
-            found = yaml.safe_load((where / "audit.json").read_text())
-            severities = [f["severity"] for f in found.get("findings", [])]
-        else:
-            res = run_audit(data, against=against, cfg=AuditConfig(seed=runner.cfg.seed),
-                            split=split_parts(task.images.ids, task.split), out=where)
-            write_text_atomic(stamp, task.fingerprint)
-            severities = [str(f.severity) for f in res.findings]
-        counts[task.name] = {s: severities.count(s) for s in ("critical", "warning")}
-        runner.echo(f"audit {task.name}: {counts[task.name]['critical']} critical, "
-                    f"{counts[task.name]['warning']} warnings — {where / 'audit.md'}")
-    return counts
-
-
-class StudyRunner:
-    """Runs one study into one output folder."""
+class Runner:
+    """Runs the jobs of one study in one run folder."""
 
     def __init__(self, cfg: StudyConfig, out: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> None:
-        self.cfg, self.out, self.progress, self.echo = cfg, Path(out), progress, echo
-        self.variants = resolve_variants(cfg)
-        self.device = pick_device(cfg.device)
-        self.size = cfg.preprocess.size if isinstance(cfg.preprocess.size, int) else cfg.preprocess.size[0]
+        self.cfg, self.out = cfg, Path(out)
+        size = cfg.preprocess.hw[0]
+        self.ctx = Context(cfg, self.out, pick_device(cfg.device), size, echo, progress)
+        self.variants: dict[str, Variant] = {v.name: v for v in resolve_variants(cfg)}
+        self._extra: list[VariantSpec] = []
+        self.tasks: dict[str, LoadedTask] = {}
+        self.audit_counts: dict[str, dict[str, int]] = {}
+        self._resplit: dict[tuple[str, int], LoadedTask] = {}
+        self._pretrained: dict[PretrainJob, dict[str, Any]] = {}
+        self._manifest: Manifest | None = None
+
+    @property
+    def device_name(self) -> str:
+        return self.cfg.device
+
+    @property
+    def echo(self) -> Callable[[str], None]:
+        return self.ctx.echo
+
+    def add_variant(self, spec: VariantSpec) -> Variant:
+        """A variant beyond the study's own (a search trial), runnable by workers too."""
+        v = resolve_variants(dataclasses.replace(self.cfg, variants=[spec]))[0]
+        self.variants[v.name] = v
+        self._extra.append(spec)
+        return v
+
+    def factory(self) -> Callable[..., Runner]:
+        """A picklable callable that builds this runner again in a worker process."""
+        return functools.partial(worker_runner, to_dict(self.cfg), str(self.out),
+                                 [to_dict(s) for s in self._extra])
+
+    # -- data ----------------------------------------------------------------------------------
+    def task_configs(self) -> dict[str, tuple[str, TaskConfig]]:
+        """Every data set: name → (role, task): the sources with data, then the targets."""
+        cfg = self.cfg
+        if not cfg.is_matrix:
+            single = {SINGLE_SOURCE: ("source", cfg.source)} if cfg.source is not None else {}
+            return {**single, SINGLE_TARGET: ("target", cfg.task("target"))}
+        sources = {k: ("source", TaskConfig(s.data, s.split)) for k, s in cfg.sources.items()
+                   if s.data is not None}
+        return {**sources, **{k: ("target", t) for k, t in cfg.targets.items()}}
 
     def prepare(self, *, write: bool = True) -> None:
-        """Load and split both data sets and check every variant's model, before any training."""
+        """Load and split every data set, check every model, write the run folder's records
+        (``write``) and audit the data, before any training."""
         cfg, out = self.cfg, self.out
-        cache = open_run(out, cfg, write=write)
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        cache = ImageCache(cfg.cache_dir)
         t0 = time.perf_counter()
-        self.source = source = load_task("source", cfg.task("source"), cfg, cache)
-        self.target = target = load_task("target", cfg.task("target"), cfg, cache)
+        self.tasks = {name: load_task(name, role, task, cfg, cache)
+                      for name, (role, task) in self.task_configs().items()}
+        chans = {t.images.channels for t in self.tasks.values()}
+        if len(chans) > 1:
+            raise DataError("the data sets' images have different channel counts ("
+                            + ", ".join(f"{k}: {t.images.channels}" for k, t in self.tasks.items())
+                            + "); set preprocess.channels")
         if not write:
             return
-        self.echo(
-            f"data: source {len(source.images)} images {source.images.class_counts()}, "
-            f"target {len(target.images)} images {target.images.class_counts()} "
-            f"({time.perf_counter() - t0:.1f} s, cache {cache.hits} hits / {cache.misses} decoded)"
-        )
-        if source.images.channels != target.images.channels:
-            raise DataError("source and target images have different channel counts")
-        _check_models(self.variants, source, target, self.size)
-        for task in (source, target):
-            _write_split(out, task)
-        self.data_summary = {
-            t.name: {
-                "path": str(cfg.task(t.name).data.path),
-                "classes": list(t.images.classes),
-                "positive_class": t.images.classes[-1] if t.images.num_classes == 2 else None,
-                "split": _split_summary(t),
-                "skipped_images": [{"id": i, "reason": r} for i, r in t.images.skipped],
-                "fingerprint": t.fingerprint,
-            }
-            for t in (source, target)
-        }
-        write_text_atomic(out / "data.yaml", yaml.safe_dump(self.data_summary, sort_keys=False))
+        self.echo("data: " + "; ".join(f"{k} {len(t.images)} images {t.images.class_counts()}"
+                                      for k, t in self.tasks.items())
+                  + f" ({time.perf_counter() - t0:.1f} s, cache {cache.hits} hits / {cache.misses} decoded)")
+        self._check_models()
+        for task in self.tasks.values():
+            write_split(out, task)
+        for name, task in self.tasks.items():
+            for r in range(1, cfg.repeats) if cfg.resample_splits and task.role == "target" else ():
+                write_split(out, self.target(name, r))
+        summary = {name: data_summary(t) for name, t in self.tasks.items()}
+        write_text_atomic(out / "data.yaml", yaml.safe_dump(summary, sort_keys=False))
         self.audit_counts = self._audit() if cfg.audit else {}
 
     def _audit(self) -> dict[str, dict[str, int]]:
-        cfg = self.cfg
-        return audit_tasks(self, [(self.source, cfg.task("source").data, cfg.task("target").data),
-                                  (self.target, cfg.task("target").data, None)])
+        """Each data set with its split; a source also against the target when there is one."""
+        targets = [t for t in self.tasks.values() if t.role == "target"]
+        against = targets[0].config.data if len(targets) == 1 else None
+        return audit_tasks(self.out, self.cfg.seed,
+                           [(t, against if t.role == "source" else None) for t in self.tasks.values()],
+                           self.echo)
 
-    def run_variant(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Pretrain and transfer one variant (each unit reused if already done)."""
-        v = next(v for v in self.variants if v.name == name)
-        pre = pretrain_unit(self, v, self.source, label=v.name)
-        if not self.target.folds:
-            return pre, self._transfer(v, pre, self.source, self.target)
-        tests: dict[str, dict[str, float]] = {}
-        for i in range(len(self.target.folds)):
-            tests.update(self._transfer(v, pre, self.source, self.target, fold=i)["tests"])
-        return pre, {"tests": tests}
+    def _check_models(self) -> None:
+        """Build each variant's model for every data set, freeze it as each strategy says and
+        open every pretrained weights file, so a bad architecture, option, layer name or
+        weights file fails before the first epoch."""
+        size, opened = self.ctx.size, set()
+        sources = list(self.cfg.sources) or [SINGLE_SOURCE]
+        for v in self.variants.values():
+            for t in self.tasks.values():
+                model = build_model(v.model, num_classes=t.images.num_classes, in_chans=t.images.channels,
+                                    img_size=size)
+                for strategy in v.strategies.values() if t.role == "target" else ():
+                    for fz in freeze_configs(strategy):
+                        freeze(model, fz)
+            for s in sources:
+                weights = source_weights(self.cfg, v, s)
+                if weights is None:
+                    continue
+                tasks = [self.tasks[s]] if s in self.tasks else [t for t in self.tasks.values()
+                                                                  if t.role == "target"]
+                for t in tasks:
+                    key = (repr(v.model), weights, t.name)
+                    if key not in opened:
+                        opened.add(key)
+                        head = v.transfer.head if t.role == "target" else HeadPolicy.AUTO
+                        build_pretrained(dataclasses.replace(v.model, weights=weights),
+                                         num_classes=t.images.num_classes, in_chans=t.images.channels,
+                                         img_size=size, classes=t.classes, head=head)
 
-    def job_names(self) -> list[str]:
-        """Independent jobs of this study (call after :meth:`prepare`); executors run them in
-        any order and any process via :meth:`run_job`, sharing the unit store."""
-        return [v.name for v in self.variants]
+    def target(self, name: str, repeat: int) -> LoadedTask:
+        """Target ``name`` as repeat ``repeat`` splits it (the study's split unless resampled)."""
+        if not self.cfg.resample_splits or repeat == 0:
+            return self.tasks[name]
+        if (name, repeat) not in self._resplit:
+            base = self.tasks[name]
+            self._resplit[(name, repeat)] = split_task(f"{name}.r{repeat}", "target", base.config,
+                                                       base.images, self.cfg.seed + repeat)
+        return self._resplit[(name, repeat)]
 
-    def run_job(self, name: str) -> Any:
-        """Run one job (each unit reused if already done); returns plain, picklable data."""
-        return self.run_variant(name)
+    # -- jobs ----------------------------------------------------------------------------------
+    def run_job(self, job: Job) -> dict[str, Any]:
+        """Run one job (its unit reused if already done); returns plain, picklable data."""
+        if isinstance(job, PretrainJob):
+            return self.pretrained(job)
+        # A worker meets a cell's pretraining already done by the pretraining phase: no message.
+        pre = self.pretrained(job.pretrain, announce=False) if job.pretrain is not None else None
+        return run_cell(self.ctx, self.variants[job.variant], job, self.target(job.target, job.repeat), pre)
 
-    def run(self, *, workers: int = 1, report: bool = True, executor: str = "local",
-            address: str | None = None) -> Path:
-        from medtransfer.study.executor import preflight, run_jobs
+    def pretrained(self, job: PretrainJob, *, announce: bool = True) -> dict[str, Any]:
+        """The result of pretraining ``job`` (run now unless done earlier)."""
+        if job not in self._pretrained:
+            self._pretrained[job] = run_pretrain(self.ctx, self.variants[job.variant], job,
+                                                 self.tasks[job.source], announce=announce)
+        return self._pretrained[job]
 
+    def execute(self, plan: Plan, *, workers: int = 1, executor: str = "local",
+                address: str | None = None) -> dict[Job, dict[str, Any]]:
+        """Run the plan's pretrainings, then its cells; each finished job goes into the manifest."""
+        if self._manifest is None:
+            self._manifest = Manifest(self.out, self.cfg.name)
+        manifest = self._manifest
+        outcomes: dict[Job, dict[str, Any]] = {}
+        # Pretraining first: cells of one source share its unit, which must not run twice at once.
+        for jobs in (plan.pretrains, plan.cells):
+            outcomes.update(run_jobs(self, self.factory(), jobs, executor=executor, workers=workers,
+                                     address=address, on_done=manifest.record))
+        return outcomes
+
+    def run(self, *, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:
+        """Run the whole study; returns the run folder."""
         preflight(executor, workers, address, self.out)
         self.prepare()
-
-        outcomes = run_jobs(self, self.job_names(), executor=executor, workers=workers,
-                            address=address)
-        rows: list[dict[str, Any]] = []
-        for t in (self.source, self.target):
-            audit = {f"audit_{k}": v for k, v in self.audit_counts.get(t.name, {}).items()}
-            counts = {"skipped_images": len(t.images.skipped), **audit}
-            rows += metric_rows({"variant": "*"}, "data", t.name, counts)
-        for v in self.variants:
-            pre, tr = outcomes[v.name]
-            rows += metric_rows({"variant": v.name}, "pretrain", "val", pre["val"])
-            for test_set, metrics in tr["tests"].items():
-                rows += metric_rows({"variant": v.name}, "transfer", test_set, metrics)
-        write_results(self.out / "results.csv", rows, RESULT_COLUMNS)
-        summary = write_summary(self.out, self.cfg, rows, self.data_summary)
-        self.echo(f"results: {self.out / 'results.csv'}\nsummary: {summary}")
-        if report:
-            self.echo(f"report: {write_report(self.out)}")
+        plan = make_plan(self.cfg)
+        outcomes = self.execute(plan, workers=workers, executor=executor, address=address)
+        rows = result_rows(plan, outcomes, self.tasks, self.audit_counts,
+                           repeat_pretraining=self.cfg.repeat_pretraining)
+        write_results(self.out / "results.csv", rows)
+        self.echo(f"results: {self.out / 'results.csv'}")
         return self.out
 
-    # -- units -------------------------------------------------------------------------------
-    def run_trial(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        """A search trial: the study's model/pretrain/transfer with ``overrides`` laid over them,
-        pretrained and transferred, evaluated on the validation set only (never the tests)."""
-        v = resolve_variants(dataclasses.replace(self.cfg, variants=[VariantSpec(name, **overrides)]))[0]
-        pre = pretrain_unit(self, v, self.source, label=name)
-        return self._transfer(v, pre, self.source, self.target, tests=False)
-
-    def _transfer(self, v: Variant, pre: dict[str, Any], source: LoadedTask,
-                  target: LoadedTask, fold: int | None = None, *, tests: bool = True) -> dict[str, Any]:
-        cfg = self.cfg
-        split = target.split if fold is None or target.folds is None else target.folds[fold]
-        label = v.name if fold is None else f"{v.name}-fold{fold + 1}"
-        spec = {
-            "stage": "transfer", "version": __version__,
-            "model": spec_key(v.model), "transfer": spec_key(v.transfer),
-            "preprocess": spec_key(cfg.preprocess), "seed": cfg.seed, "data": target.fingerprint,
-            "source_unit": Path(pre["dir"]).name, "fold": fold,
-        }
-        if not tests:
-            spec["evaluate"] = "val"  # a search trial: test images are never looked at
-        unit = Unit(self.out, "trial" if not tests else "transfer", label, spec)
-        if unit.done():
-            self.echo(f"[{label}] transfer: done earlier, reused ({unit.dir.name})")
-            return unit.result()
-        self.echo(f"[{label}] transfer to {len(split.train)} target images")
-        workdir = unit.start()
-        model = seeded_build(v.model, target, self.size, cfg.seed + 1)
-        ckpt = load_checkpoint(Path(pre["dir"]) / pre["checkpoint"])
-        load = load_source_weights(
-            model, ckpt["model_state"], head=v.transfer.head, source_classes=pre["classes"],
-            target_classes=list(target.images.classes),
-        )
-        for msg in load.messages:
-            self.echo(f"[{label}] {msg}")
-        augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
-        stage = train_stage(
-            "transfer", model, v.transfer.freeze, train_cfg(self, v.transfer.train), v.transfer.cache,
-            target.part(split.train), target.part(split.val) if len(split.val) else None,
-            seed=cfg.seed + 1, out_dir=workdir, num_classes=target.images.num_classes,
-            augment=augment, device=self.device,
-            config_for_checkpoint={**spec, "classes": list(target.images.classes)},
-            callbacks=tracking(self, workdir, label, spec), disk_cache=ImageCache(cfg.cache_dir),
-        )
-        self.echo(f"[{label}] {stage.path} path: {stage.reason}")
-        assert stage.fit is not None and stage.freeze is not None
-        res, frozen = stage.fit, stage.freeze
-        # Validation predictions are kept too: thresholds and calibration are chosen on them.
-        tests_named = {("test" if fold is None else f"fold_{fold + 1}") if k == "test" else k: idx
-                       for k, idx in split.tests.items()}
-        parts = {name: idx for name, idx in [("val", split.val), *sorted(tests_named.items())]
-                 if len(idx) and (tests or name == "val")}
-        proba = {name: predict_proba(model, target.part(idx)[0], batch_size=v.transfer.train.batch_size,
-                                     device=self.device) for name, idx in parts.items()}
-        metrics = {name: compute_metrics(target.images.labels[idx], proba[name])
-                   for name, idx in parts.items()}
-        if "val" in metrics and res.best_epoch > 0:
-            metrics["val"]["loss"] = float(res.history[res.best_epoch - 1].get("val_loss", float("nan")))
-        write_predictions(workdir / "predictions.csv", target, parts, proba)
-        result = {
-            "tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
-            "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
-            "epochs_run": len(res.history), "seconds": res.seconds,
-            "trainable_layers": frozen.trainable, "trainable_params": frozen.trainable_params,
-            "frozen_params": frozen.frozen_params, "head_reset": bool(load.reset),
-            "messages": load.messages, "path": stage.path, "path_reason": stage.reason,
-        }
-        unit.finish(result)
-        return result
-
-def make_runner(cfg: StudyConfig, out: Path, *, progress: bool = True,
-                echo: Callable[[str], None] = print) -> Any:
-    """The runner for ``cfg``'s shape: :class:`StudyRunner` or, for sources × targets ×
-    strategies, :class:`medtransfer.study.matrix.MatrixRunner` (same interface)."""
-    if cfg.is_matrix:
-        from medtransfer.study.matrix import MatrixRunner
-
-        return MatrixRunner(cfg, out, progress=progress, echo=echo)
-    return StudyRunner(cfg, out, progress=progress, echo=echo)
+    def run_variants(
+        self, specs: Sequence[VariantSpec], *, evaluate: str = "val"
+    ) -> dict[CellJob, dict[str, Any]]:
+        """Pretrain and transfer extra variants (search trials), scored on validation only by
+        default; returns each cell's result."""
+        plan = make_plan(self.cfg, [self.add_variant(s) for s in specs], evaluate=evaluate)  # type: ignore[arg-type]
+        outcomes = self.execute(plan)
+        return {c: outcomes[c] for c in plan.cells}
 
 
-def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, workers: int = 1,
-              report: bool = True, echo: Callable[[str], None] = print, executor: str = "local",
-              address: str | None = None) -> Path:
+def run_study(
+    cfg: StudyConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    echo: Callable[[str], None] = print,
+    executor: str = "local",
+    address: str | None = None,
+) -> Path:
     """Run ``cfg`` into ``out``; ``workers`` > 1 runs jobs in parallel processes (``executor``
-    ``local``) or Ray tasks (``ray``, on the cluster at ``address``, else a local Ray); ``report``
-    writes CIs, paired comparisons, plots and ``report.html`` at the end."""
-    return make_runner(cfg, out, progress=progress, echo=echo).run(
-        workers=workers, report=report, executor=executor, address=address)
+    ``local``) or Ray actors (``ray``, on the cluster at ``address``, else a local Ray)."""
+    return Runner(cfg, out, progress=progress, echo=echo).run(
+        workers=workers, executor=executor, address=address
+    )

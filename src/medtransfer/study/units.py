@@ -1,5 +1,6 @@
-"""Units shared by both study shapes: pretraining on a source task, and writing a unit's
-per-image predictions. A unit's spec is everything that determines its result."""
+"""The two units every study is made of: a pretraining on a source task, and a cell — a model
+initialised from its source, transferred to a target by a strategy and evaluated. A unit's spec
+is everything that determines its result; a finished unit is reused, never recomputed."""
 
 from __future__ import annotations
 
@@ -9,38 +10,34 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from medtransfer import __version__
 from medtransfer.config import to_dict
-from medtransfer.data import Augmenter, ImageCache, ImageSet, Split
+from medtransfer.data import Augmenter, ImageCache
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model, build_pretrained
+from medtransfer.strategies import StrategyResult, run_strategy
 from medtransfer.study.config import StudyConfig, Variant
-from medtransfer.study.store import Unit, write_text_atomic
+from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
+from medtransfer.study.store import Unit
+from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
-from medtransfer.train import Callback, TrainConfig, fit, predict_proba
+from medtransfer.train import Callback, fit, load_checkpoint, predict_proba
+from medtransfer.transfer import HeadPolicy, load_source_weights
+
+__all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
+
+InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @dataclass
-class LoadedTask:
-    name: str
-    images: ImageSet
-    split: Split
-    fingerprint: str
-    folds: list[Split] | None = None  # cross-validation: split is then folds[0]
-
-    def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.images.images[idx], self.images.labels[idx]
-
-
-class Context(Protocol):
-    """What a unit needs of the runner."""
+class Context:
+    """What units need of the runner: the study, the run folder, where to train, and how to talk."""
 
     cfg: StudyConfig
     out: Path
@@ -49,13 +46,17 @@ class Context(Protocol):
     echo: Callable[[str], None]
     progress: bool
 
+    def train_cfg(self, train: Any) -> Any:
+        return train if self.progress else dataclasses.replace(train, progress=False)
 
-def open_run(out: Path, cfg: StudyConfig, *, write: bool) -> ImageCache:
-    """Create the run folder with the resolved ``config.yaml`` (if ``write``); the image cache."""
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return ImageCache(cfg.cache_dir)
+    def callbacks(self, unit_dir: Path, name: str, spec: dict[str, Any]) -> list[Callback]:
+        """TensorBoard / MLflow callbacks for one unit's training, as ``cfg.tracking`` asks."""
+        return unit_callbacks(self.cfg.tracking, run_dir=self.out, unit_dir=unit_dir, study=self.cfg.name,
+                              name=name, params=spec)
+
+    @property
+    def disk_cache(self) -> ImageCache:
+        return ImageCache(self.cfg.cache_dir)
 
 
 def spec_key(cfg: Any) -> Any:
@@ -63,26 +64,13 @@ def spec_key(cfg: Any) -> Any:
     return to_dict(cfg, skip_defaults=True)
 
 
-def fingerprint(images: ImageSet, splits: list[Split]) -> str:
-    """Hash of the pixels, labels and split(s): a unit is redone if any of them changes."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images.images).tobytes())
-    h.update(images.labels.tobytes())
-    for split in splits:
-        for name, idx in [("train", split.train), ("val", split.val), *sorted(split.tests.items())]:
-            h.update(name.encode())
-            h.update(np.asarray(idx, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-def train_cfg(ctx: Context, train: TrainConfig) -> TrainConfig:
-    return train if ctx.progress else dataclasses.replace(train, progress=False)
-
-
-def tracking(ctx: Context, unit_dir: Path, name: str, spec: dict[str, Any]) -> list[Callback]:
-    """TensorBoard / MLflow callbacks for one unit's training, as ``cfg.tracking`` asks."""
-    return unit_callbacks(ctx.cfg.tracking, run_dir=ctx.out, unit_dir=unit_dir, study=ctx.cfg.name,
-                          name=name, params=spec)
+def source_weights(cfg: StudyConfig, v: Variant, source: str) -> str | None:
+    """The weights ``source`` starts from: its own ``weights``, else the variant's
+    ``model.weights``; none for scratch cells."""
+    if source == NO_SOURCE:
+        return None
+    spec = cfg.sources.get(source)
+    return spec.weights if spec is not None and spec.weights else v.model.weights
 
 
 def seeded_build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int) -> nn.Module:
@@ -93,50 +81,100 @@ def seeded_build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int)
                            in_chans=task.images.channels, img_size=size)
 
 
-def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
-                  weights: str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Train ``v.model`` on the source task (from ``weights`` if given; else random init drawn
-    from ``seed``, default the study seed); reused, and shared between variants, when the same
-    unit is done."""
+@dataclass
+class ModelStart:
+    """A model ready to train, the input normalisation its weights expect, what loading did."""
+
+    model: nn.Module
+    input_norm: InputNorm | None
+    messages: list[str]
+    head_reset: bool = False
+
+
+def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weights: str | None,
+                pretrained: dict[str, Any] | None = None, head: HeadPolicy | None = None) -> ModelStart:
+    """``v.model`` for ``task``: initialised from ``seed``, then from a finished pretraining
+    (``pretrained``: its result), else from ``weights`` (imagenet / file: / run:). The output
+    layer is kept or reset as ``head`` says (default: the variant's ``transfer.head``)."""
+    head = v.transfer.head if head is None else head
+    if pretrained is not None:
+        model = seeded_build(v.model, task, ctx.size, seed)
+        ckpt = load_checkpoint(Path(pretrained["dir"]) / pretrained["checkpoint"])
+        load = load_source_weights(model, ckpt["model_state"], head=head,
+                                   source_classes=pretrained["classes"], target_classes=task.classes)
+        norm = pretrained.get("input_norm")
+        return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None, load.messages,
+                          bool(load.reset))
+    if weights is None:
+        return ModelStart(seeded_build(v.model, task, ctx.size, seed), None, [])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        built = build_pretrained(dataclasses.replace(v.model, weights=weights),
+                                 num_classes=task.images.num_classes, in_chans=task.images.channels,
+                                 img_size=ctx.size, classes=task.classes, head=head)
+    report = built.report
+    return ModelStart(built.model, built.input_norm, report.messages if report else [],
+                      bool(report and report.reset))
+
+
+def weights_stamp(weights: str | None) -> str | None:
+    """``weights`` with a hash of its file's content for ``file:`` weights, so changing the
+    file redoes the units that start from it."""
+    if weights is None or not weights.startswith("file:"):
+        return weights
+    path = Path(weights.removeprefix("file:")).expanduser()
+    if not path.is_file():
+        return weights
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _STAMPS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        _STAMPS[key] = f"{weights}#sha256={digest.hexdigest()[:16]}"
+    return _STAMPS[key]
+
+
+_STAMPS: dict[tuple[str, int, int], str] = {}
+
+
+def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, *,
+                 announce: bool = True) -> dict[str, Any]:
+    """Train ``v.model`` on the source task (from its weights, if any); reused, and shared
+    between variants and repeats, when the same unit is done (said only if ``announce``).
+    Returns the result and ``dir``."""
     cfg = ctx.cfg
-    seed = cfg.seed if seed is None else seed
+    weights = source_weights(cfg, v, job.source)
     spec: dict[str, Any] = {
         "stage": "pretrain", "version": __version__,
         "model": spec_key(v.model), "pretrain": spec_key(v.pretrain),
-        "preprocess": spec_key(cfg.preprocess), "seed": seed, "data": source.fingerprint,
+        "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": source.fingerprint,
     }
     if weights is not None:
-        spec["weights"] = weights
-    unit = Unit(ctx.out, "pretrain", label, spec, share=True)
+        spec["weights"] = weights_stamp(weights)
+    unit = Unit(ctx.out, "pretrain", job.label, spec, share=True)
     if unit.done():
-        ctx.echo(f"[{label}] pretraining: done earlier, reused ({unit.dir.name})")
+        if announce:
+            ctx.echo(f"[{job.label}] pretraining: done earlier, reused ({unit.dir.name})")
         return {**unit.result(), "dir": str(unit.dir)}
-    ctx.echo(f"[{label}] pretraining on {len(source.split.train)} source images"
+    ctx.echo(f"[{job.label}] pretraining on {len(source.split.train)} source images"
              + (f" from {weights}" if weights else ""))
     workdir = unit.start()
-    input_norm = None
-    if weights is None:
-        model = seeded_build(v.model, source, ctx.size, seed)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built = build_pretrained(
-                dataclasses.replace(v.model, weights=weights), num_classes=source.images.num_classes,
-                in_chans=source.images.channels, img_size=ctx.size, classes=list(source.images.classes))
-        model, input_norm = built.model, built.input_norm
-        for msg in built.report.messages if built.report else []:
-            ctx.echo(f"[{label}] {msg}")
+    start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO)
+    for msg in start.messages:
+        ctx.echo(f"[{job.label}] {msg}")
     augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
     res = fit(
-        model, source.part(source.split.train), source.part(source.split.val),
-        train_cfg(ctx, v.pretrain.train), seed=seed, out_dir=workdir,
+        start.model, source.part(source.split.train), source.part(source.split.val),
+        ctx.train_cfg(v.pretrain.train), seed=job.seed, out_dir=workdir,
         num_classes=source.images.num_classes, augment=augment, device=ctx.device,
-        input_norm=input_norm, config_for_checkpoint={**spec, "classes": list(source.images.classes)},
-        callbacks=tracking(ctx, workdir, label, spec),
+        input_norm=start.input_norm, config_for_checkpoint={**spec, "classes": source.classes},
+        callbacks=ctx.callbacks(workdir, job.label, spec),
     )
     val_x, val_y = source.part(source.split.val)
-    proba = predict_proba(model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
-                          input_norm=input_norm)
+    proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
+                          input_norm=start.input_norm)
     val = compute_metrics(val_y, proba)
     best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
     val["loss"] = float(best.get("val_loss", float("nan")))
@@ -144,28 +182,82 @@ def pretrain_unit(ctx: Context, v: Variant, source: LoadedTask, *, label: str,
         "val": val, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
         "epochs_run": len(res.history), "seconds": res.seconds,
         "images_per_second": res.images_per_second,
-        "checkpoint": (res.best_path or res.last_path).name,
-        "classes": list(source.images.classes),
+        "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
     }
-    if input_norm is not None:
-        result["input_norm"] = [list(v) for v in input_norm]
+    if start.input_norm is not None:
+        result["input_norm"] = [list(x) for x in start.input_norm]
     unit.finish(result)
     return {**result, "dir": str(unit.dir)}
 
 
-def metric_rows(ids: dict[str, Any], stage: str, test_set: str,
-                metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tidy ``results.csv`` rows: ``ids`` (variant, and a matrix cell's source, target, …), then
-    one row per metric, sorted by name."""
-    return [{**ids, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
-            for k, v in sorted(metrics.items())]
+def _last_stage(res: StrategyResult) -> dict[str, Any]:
+    """What the report's training table shows of the stage that produced the final model."""
+    stage = res.stages[-1]
+    out: dict[str, Any] = {"path": stage.path, "path_reason": stage.reason}
+    if stage.freeze is not None:
+        out.update(trainable_layers=stage.freeze.trainable, trainable_params=stage.freeze.trainable_params,
+                   frozen_params=stage.freeze.frozen_params)
+    if stage.fit is not None:
+        out.update(best_epoch=stage.fit.best_epoch, stop_reason=stage.fit.stop_reason.value,
+                   epochs_run=len(stage.fit.history), seconds=stage.fit.seconds)
+    return out
 
 
-def write_results(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """``rows`` as CSV, ``columns`` ending in ``value`` (6 significant digits)."""
-    lines = [",".join(columns) + "\n"]
-    lines += [",".join(str(r[k]) for k in columns[:-1]) + f",{r['value']:.6g}\n" for r in rows]
-    write_text_atomic(path, "".join(lines))
+def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
+             pretrained: dict[str, Any] | None) -> dict[str, Any]:
+    """Start ``v``'s model from the cell's source, transfer it to ``target`` by the cell's
+    strategy, and evaluate it on the validation set and (unless a trial) every test set."""
+    cfg = ctx.cfg
+    strategy = v.strategies[job.strategy]
+    weights = None if pretrained is not None else source_weights(cfg, v, job.source)
+    source_id = Path(pretrained["dir"]).name if pretrained is not None else weights_stamp(weights)
+    spec: dict[str, Any] = {
+        "stage": "cell", "version": __version__, "model": spec_key(v.model),
+        "transfer": spec_key(v.transfer), "strategy": spec_key(strategy),
+        "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": target.fingerprint,
+        "source": source_id or NO_SOURCE, "fold": job.fold,
+    }
+    if job.evaluate == "val":
+        spec["evaluate"] = "val"  # a search trial: test images are never looked at
+    unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
+    if unit.done():
+        ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
+        return {**unit.result(), "dir": str(unit.dir)}
+    split = target.fold(job.fold)
+    ctx.echo(f"[{job.label}] {strategy.kind} on {len(split.train)} target images")
+    workdir = unit.start()
+    start = start_model(ctx, v, target, seed=job.seed, weights=weights, pretrained=pretrained)
+    for msg in start.messages:
+        ctx.echo(f"[{job.label}] {msg}")
+    tests = {} if job.evaluate == "val" else {
+        (f"fold_{job.fold + 1}" if job.fold is not None and k == "test" else k): idx
+        for k, idx in sorted(split.tests.items())}
+    parts = {name: idx for name, idx in [("val", split.val), *tests.items()] if len(idx)}
+    augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
+    res = run_strategy(
+        strategy, start.model, target.part(split.train),
+        target.part(split.val) if len(split.val) else None,
+        {k: target.part(idx) for k, idx in parts.items() if k != "val"},
+        num_classes=target.images.num_classes, seed=job.seed, out_dir=workdir, device=ctx.device,
+        augment=augment, input_norm=start.input_norm, disk_cache=ctx.disk_cache,
+        config_for_checkpoint={**spec, "classes": target.classes},
+        callbacks=ctx.callbacks(workdir, job.label, spec),
+    )
+    summary = _last_stage(res)
+    ctx.echo(f"[{job.label}] {summary['path']} path: {summary['path_reason']}")
+    metrics = {name: compute_metrics(target.images.labels[idx], res.probabilities[name])
+               for name, idx in parts.items()}
+    final = res.stages[-1].fit
+    if "val" in metrics and final is not None and final.best_epoch > 0:
+        metrics["val"]["loss"] = float(final.history[final.best_epoch - 1].get("val_loss", float("nan")))
+    write_predictions(workdir / "predictions.csv", target, parts, res.probabilities)
+    result = {"tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
+              "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
+              "classes": target.classes, **summary}
+    if start.input_norm is not None:
+        result["input_norm"] = [list(x) for x in start.input_norm]
+    unit.finish(result)
+    return {**result, "dir": str(unit.dir)}
 
 
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],
@@ -174,7 +266,7 @@ def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.nda
     and calibration are chosen on it)."""
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.images.classes)])
+        w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.classes)])
         for name, idx in parts.items():
             for i, p in zip(idx, proba[name], strict=True):
                 w.writerow([name, target.images.ids[i], int(target.images.labels[i]),

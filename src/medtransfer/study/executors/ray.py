@@ -20,18 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medtransfer.config import to_dict
 from medtransfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from medtransfer.study.executor import JobRunner
+    from medtransfer.study.executors import JobRunner, OnDone
 
 
 class _Worker:
-    """Ray actor: prepares the runner on its first job; keeps its messages until drained."""
+    """Ray actor: builds its runner on its first job; keeps its messages until drained."""
 
-    def __init__(self, cfg_data: dict[str, Any], out: str, threads: int) -> None:
-        self.cfg_data, self.out, self.threads = cfg_data, out, threads
+    def __init__(self, factory: Callable[..., Any], out: str, threads: int) -> None:
+        self.factory, self.out, self.threads = factory, out, threads
         self.runner: Any = None
         self.lines: list[str] = []
         self.lock = threading.Lock()
@@ -45,13 +44,13 @@ class _Worker:
             lines, self.lines = self.lines, []
         return lines
 
-    def run_job(self, name: str) -> tuple[bool, Any]:
+    def run_job(self, job: Any) -> tuple[bool, Any]:
         """``(True, result)`` or ``(False, (class, args, attributes, traceback))``: returned, not
         raised, as not every exception survives pickling (ImageDecodeError's ``__init__`` does not)."""
         try:
             if self.runner is None:
                 self.runner = self._prepare()
-            return True, self.runner.run_job(name)
+            return True, self.runner.run_job(job)
         except Exception as exc:
             info = (type(exc), exc.args, vars(exc))
             try:
@@ -63,17 +62,12 @@ class _Worker:
     def _prepare(self) -> Any:
         import ray
 
-        from medtransfer.study.config import study_from_dict
-        from medtransfer.study.runner import make_runner
-
         if not (Path(self.out) / "config.yaml").is_file():
             raise ConfigError(f"run folder {self.out} is not visible on Ray node "
                               f"{ray.util.get_node_ip_address()}: with executor 'ray' the run folder, "
                               "data and cache_dir must be on storage all nodes share")
         torch.set_num_threads(self.threads)
-        runner = make_runner(study_from_dict(self.cfg_data), Path(self.out), progress=False, echo=self._echo)
-        runner.prepare(write=False)
-        return runner
+        return self.factory(echo=self._echo)
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any],
@@ -126,10 +120,11 @@ def _connect(ray: Any, address: str, out: Path) -> None:
                           f"({kept})") from exc
 
 
-def run_jobs_on_ray(runner: JobRunner, names: list[str], *, address: str | None,
-                    workers: int) -> dict[str, Any]:
-    """``{job: runner.run_job(job)}`` computed by at most ``workers`` Ray actors, on the cluster at
-    ``address`` (``HOST:PORT``), else on a Ray started here for this call.
+def run_jobs_on_ray(runner: JobRunner, factory: Callable[..., Any], jobs: list[Any], *,
+                    address: str | None, workers: int, on_done: OnDone) -> dict[Any, Any]:
+    """``{job: result}`` computed by at most ``workers`` Ray actors (each building its runner
+    with ``factory(echo=...)``), on the cluster at ``address`` (``HOST:PORT``), else on a Ray
+    started here for this call; ``on_done(job, result)`` runs here as each job finishes.
 
     ``runner.out``, the data and the cache must be on storage all Ray nodes share. Each actor gets
     an equal share of CPUs (and of GPUs unless the device is ``cpu``) such that all fit at once.
@@ -140,9 +135,9 @@ def run_jobs_on_ray(runner: JobRunner, names: list[str], *, address: str | None,
         import ray
     except ImportError as exc:
         raise ConfigError("executor 'ray' needs Ray: pip install 'medtransfer[ray]'") from exc
-    if not names:
+    if not jobs:
         return {}
-    n = min(workers, len(names))
+    n = min(workers, len(jobs))
     started = not ray.is_initialized()
     if started and address is None:
         ray.init(address="local", num_cpus=max(n, os.cpu_count() or 1), include_dashboard=False,
@@ -155,14 +150,13 @@ def run_jobs_on_ray(runner: JobRunner, names: list[str], *, address: str | None,
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         cpus = _share([r.get("CPU", 0.0) for r in nodes], n)
         node_gpus = [r.get("GPU", 0.0) for r in nodes]
-        gpus = _share(node_gpus, n) if runner.cfg.device != "cpu" and sum(node_gpus) else 0.0
+        gpus = _share(node_gpus, n) if runner.device_name != "cpu" and sum(node_gpus) else 0.0
         echo(f"ray: {n} workers × {cpus:g} CPUs{f' + {gpus:g} GPU' if gpus else ''} on "
              f"{len(nodes)} node(s) ({address or 'started here'})")
         # Two threads per actor: one runs a job while the other answers drain().
         remote = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)
-        cfg_data, out = to_dict(runner.cfg), str(runner.out)
-        actors = [remote.remote(cfg_data, out, max(1, int(cpus))) for _ in range(n)]
-        return _schedule(ray, echo, runner.out, actors, names)
+        actors = [remote.remote(factory, str(runner.out), max(1, int(cpus))) for _ in range(n)]
+        return _schedule(ray, echo, runner.out, actors, jobs, on_done)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -171,36 +165,37 @@ def run_jobs_on_ray(runner: JobRunner, names: list[str], *, address: str | None,
 
 
 def _schedule(ray: Any, echo: Callable[[str], None], out: Path, actors: list[Any],
-              names: list[str]) -> dict[str, Any]:
+              jobs: list[Any], on_done: OnDone) -> dict[Any, Any]:
     """Hand jobs to idle actors and relay their messages; after a failure, start no more jobs."""
-    todo, idle, live = list(reversed(names)), list(actors), list(actors)
-    running: dict[Any, tuple[Any, str]] = {}
+    todo, idle, live = list(reversed(jobs)), list(actors), list(actors)
+    running: dict[Any, tuple[Any, Any]] = {}
     drains: dict[Any, Any] = {}
-    results: dict[str, Any] = {}
+    results: dict[Any, Any] = {}
     error: BaseException | None = None
     while running or (todo and error is None):
         while idle and todo and error is None:
-            actor, name = idle.pop(), todo.pop()
-            running[actor.run_job.remote(name)] = (actor, name)
+            actor, job = idle.pop(), todo.pop()
+            running[actor.run_job.remote(job)] = (actor, job)
         done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
         _relay(ray, echo, live, drains, timeout=0)
         for ref in done:
-            actor, name = running.pop(ref)
+            actor, job = running.pop(ref)
             idle.append(actor)
             try:
                 ok, value = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the actor died: killed, out of memory, node lost
-                ok, value = False, (RuntimeError, (f"job {name!r} failed on Ray: {exc}\nunits "
+                ok, value = False, (RuntimeError, (f"job {job.label!r} failed on Ray: {exc}\nunits "
                                     f"finished so far stay in {out / 'units'}",), {}, "")
             if ok:
-                results[name] = value
+                results[job] = value
+                on_done(job, value)
             else:
                 error = error or _rebuild(*value)
     for _ in range(2):  # a drain() sent before the last job ended may miss its last lines
         _relay(ray, echo, live, drains, timeout=60)
     if error is not None:
         raise error
-    return results
+    return {job: results[job] for job in jobs}
 
 
 def _relay(ray: Any, echo: Callable[[str], None], live: list[Any], drains: dict[Any, Any],

@@ -1,0 +1,123 @@
+"""Where a data set lives and how to read its labels: :class:`DataConfig`, checked on creation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from medtransfer.data.demo import DEMO_PREFIX
+from medtransfer.errors import ConfigError
+
+__all__ = ["NPZ_SPLITS", "DataConfig", "SourceKind", "compile_group_pattern"]
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"'group_pattern': got {pattern!r}, which is not a valid regular expression ({exc}); "
+            r"expected e.g. '^(P\d+)_' to take 'P0012' from 'P0012_view2.png'"
+        ) from None
+
+
+NPZ_SPLITS = ("train", "val", "test")
+
+
+class SourceKind(StrEnum):
+    """Layout of the data at ``DataConfig.path``."""
+
+    FOLDER = "folder"
+    CSV = "csv"
+    NPZ = "npz"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a data set lives and how to read its labels.
+
+    ``path`` is a folder, a ``.csv``, a ``.npz`` or ``demo:<name>`` for a bundled demo set.
+    ``kind`` stays None unless given; :attr:`source_kind` is the inferred one.
+
+    Patient (group) ids come from the CSV column ``group_column`` or from ``group_pattern``, a
+    regular expression searched (``re.search``) in each image's path relative to its class folder
+    (folder sources) or relative to the CSV's folder (CSV sources), posix-style; the group is the
+    first capture group, or the whole match when the pattern has none. Every image must match.
+    """
+
+    path: Path
+    kind: SourceKind | None = None
+    classes: list[str] | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str | None = None
+    npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))
+    name: str | None = None
+    group_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.kind is not None and not isinstance(self.kind, SourceKind):
+            try:
+                object.__setattr__(self, "kind", SourceKind(self.kind))
+            except ValueError:
+                allowed = ", ".join(k.value for k in SourceKind)
+                raise ConfigError(f"'kind': got {self.kind!r}; allowed: {allowed}") from None
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise ConfigError(
+                    f"'classes': got {self.classes!r}; a classifier needs at least 2 class names"
+                )
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dupes or not all(isinstance(c, str) and c for c in self.classes):
+                raise ConfigError(
+                    f"'classes': got {self.classes!r}; expected distinct, non-empty names"
+                )
+        bad = [s for s in self.npz_splits if s not in NPZ_SPLITS]
+        if bad or not self.npz_splits or len(set(self.npz_splits)) != len(self.npz_splits):
+            raise ConfigError(
+                f"'npz_splits': got {self.npz_splits!r}; expected distinct values from "
+                f"{', '.join(NPZ_SPLITS)}"
+            )
+        columns = [self.path_column, self.label_column, self.group_column]
+        named = [c for c in columns if c is not None]
+        if len(set(named)) != len(named) or not all(named):
+            raise ConfigError(
+                f"'path_column', 'label_column', 'group_column': got {columns!r}; "
+                "expected distinct, non-empty column names"
+            )
+        if self.group_pattern is not None:
+            compile_group_pattern(self.group_pattern)
+            if self.group_column is not None:
+                raise ConfigError(
+                    f"'group_pattern': got {self.group_pattern!r} together with group_column="
+                    f"{self.group_column!r}; take group ids from one of them"
+                )
+            if self.source_kind is SourceKind.NPZ:
+                raise ConfigError(
+                    f"'group_pattern': got {self.group_pattern!r} for the .npz source {self.path}; "
+                    "npz images have no file names to match (use a folder or CSV source)"
+                )
+
+    @property
+    def demo_name(self) -> str | None:
+        """The bundled demo set named by a ``demo:<name>`` path, else None."""
+        text = str(self.path)
+        return text[len(DEMO_PREFIX) :] if text.startswith(DEMO_PREFIX) else None
+
+    @property
+    def source_kind(self) -> SourceKind:
+        """``kind`` if set, else inferred: .csv → csv, .npz or ``demo:`` → npz, else folder."""
+        if self.kind is not None:
+            return self.kind
+        if self.demo_name is not None:
+            return SourceKind.NPZ
+        suffix = self.path.suffix.lower()
+        return {".csv": SourceKind.CSV, ".npz": SourceKind.NPZ}.get(suffix, SourceKind.FOLDER)
+
+    @property
+    def display_name(self) -> str:
+        """``name`` if given, else the demo name or the file or folder name."""
+        return self.name or self.demo_name or self.path.stem or str(self.path)

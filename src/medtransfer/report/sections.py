@@ -1,0 +1,192 @@
+"""The report's sections on what ran: data, audit findings, pretraining and transfer training,
+read from the run folder's records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from medtransfer.report.rundir import RunDir
+from medtransfer.report.text import Doc, fmt
+
+__all__ = ["arm_word", "audit_section", "data_section", "pretrain_section", "transfer_section"]
+
+
+def data_section(doc: Doc, run: RunDir) -> None:
+    doc.heading("Data")
+    body = []
+    for name, d in run.data.items():
+        split = d.get("split", {})
+        counts = "; ".join(
+            f"{part}: {c.get('total', '?')} ("
+            + ", ".join(f"{k} {v}" for k, v in c.items() if k != "total") + ")"
+            for part, c in split.items()
+        )
+        skipped = d.get("skipped_images", [])
+        body.append(
+            [
+                name,
+                str(d.get("role", "?")),
+                str(d.get("path", "?")),
+                ", ".join(map(str, d.get("classes", []))),
+                str(d.get("positive_class") or "– (multiclass)"),
+                counts,
+                str(len(skipped)),
+            ]
+        )
+    doc.table(
+        ["data", "role", "path", "classes", "positive class", "images per split (per class)", "skipped"], body
+    )
+    for name, d in run.data.items():
+        skipped = d.get("skipped_images", [])
+        if skipped:
+            doc.para(f"Unreadable {name} images skipped ({len(skipped)}; first 50 listed):")
+            doc.table(["id", "reason"], [[str(s.get("id")), str(s.get("reason"))] for s in skipped[:50]])
+
+
+def audit_section(doc: Doc, run: RunDir) -> None:
+    """Findings of the study's data audit (``audit/<name>/audit.json``), worst first."""
+    body = []
+    for name in run.data:
+        path = run.path / "audit" / name / "audit.json"
+        if not path.is_file():
+            continue
+        for f in json.loads(path.read_text(encoding="utf-8")).get("findings", []):
+            if f.get("severity") != "info":
+                body.append(
+                    [
+                        name,
+                        str(f["severity"]).upper(),
+                        str(f["code"]),
+                        str(f["message"]),
+                        str(f.get("action", "")),
+                    ]
+                )
+    doc.heading("Data audit (shortcuts, duplicates, leakage)")
+    if not body:
+        doc.para(
+            "No warnings or critical findings (or the study ran with audit: false). "
+            "Details: audit/<data>/audit.md."
+        )
+        return
+    doc.para(
+        "Warnings and critical findings of `medtransfer audit` on this study's data and splits; "
+        "full details in audit/<data>/audit.md. A critical finding means the results above may "
+        "reflect a shortcut rather than the disease."
+    )
+    doc.table(["data", "severity", "finding", "what was found", "what to do"], body)
+
+
+def pretrain_section(doc: Doc, run: RunDir) -> None:
+    if not run.pretrains:
+        return
+    doc.heading("Pretraining on the source (validation set, best epoch)")
+    body = []
+    for u in run.pretrains:
+        val, res = u.result.get("val") or {}, u.result
+        body.append(
+            [
+                str(u.job["id"]),
+                str(u.job["source"]),
+                *(fmt(val.get(m, math.nan)) for m in ("loss", "accuracy", "auc")),
+                str(res.get("best_epoch", "–")),
+                str(res.get("epochs_run", "–")),
+                str(res.get("stop_reason", "–")),
+            ]
+        )
+    doc.table(
+        [
+            "pretraining",
+            "source",
+            "val loss",
+            "val accuracy",
+            "val AUC",
+            "best epoch",
+            "epochs run",
+            "stopped by",
+        ],
+        body,
+    )
+
+
+def transfer_section(doc: Doc, run: RunDir) -> None:
+    doc.heading("Transfer training")
+    body = []
+    folds = any(len(a.cells) > 1 for arms in run.arms.values() for a in arms)
+    many = len(run.arms) > 1
+    for target, arms in run.arms.items():
+        for arm in arms:
+            res = arm.cells[0].result
+            params = (
+                f"{res['trainable_params']:,} of {res['trainable_params'] + res['frozen_params']:,}"
+                if "trainable_params" in res and "frozen_params" in res
+                else "–"
+            )
+            path = f"{res['path']}: {res.get('path_reason', '')}" if "path" in res else "–"
+            body.append(
+                [
+                    *([target] if many else []),
+                    arm.label,
+                    str((res.get("strategy") or {}).get("kind", arm.strategy)),
+                    params,
+                    "reset" if res.get("head_reset") else "kept",
+                    str(res.get("best_epoch", "–")),
+                    str(res.get("epochs_run", "–")),
+                    str(res.get("stop_reason", "–")),
+                    path,
+                ]
+            )
+    which = "fold 1's cell" if folds else "its cell"
+    doc.para(
+        f"What trained in each arm (repeat 0, {which}; the last stage of a two-stage strategy). "
+        "Path `cached`: the trainable layers trained on activations of the frozen layers computed "
+        "once, exactly the same training as recomputing them every epoch; `full` says why not; "
+        "`sklearn`: a classifier on frozen features."
+    )
+    doc.table(
+        [
+            *(["target"] if many else []),
+            arm_word(run),
+            "strategy",
+            "trainable parameters",
+            "output layer",
+            "best epoch",
+            "epochs run",
+            "stopped by",
+            "path",
+        ],
+        body,
+    )
+    _training_table(doc, run)
+
+
+def _training_table(doc: Doc, run: RunDir) -> None:
+    """How every cell's stages trained: cached activations, the full model or scikit-learn."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for u in run.units.values():
+        for stage in (u.result.get("strategy") or {}).get("stages", []) if u.kind == "cell" else ():
+            key = (
+                str(u.job["strategy"]),
+                str(stage.get("name")),
+                str(stage.get("path")),
+                str(stage.get("reason")),
+            )
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return
+    doc.heading("How the cells trained", 3)
+    doc.para(
+        "Per strategy and stage, over every cell (all repeats and folds): `cached` trains the trainable "
+        "layers on activations of the frozen ones computed once (the same training as recomputing them "
+        "every epoch), `full` runs the whole model every step (the reason says why), `sklearn` fits a "
+        "classifier on features."
+    )
+    doc.table(
+        ["strategy", "stage", "path", "cells", "why"],
+        [[st, name, path, str(n), why] for (st, name, path, why), n in counts.items()],
+    )
+
+
+def arm_word(run: RunDir) -> str:
+    """What a report row is called: a variant in the single-target shape, an arm of a matrix."""
+    return "arm" if run.config.is_matrix else "variant"

@@ -1,0 +1,133 @@
+"""Every study shape as one plan of typed jobs.
+
+A study is a matrix: variants × sources × targets × strategies × repeats (× cross-validation
+folds of the target). Seed 000's shape (one ``source``, one ``target``, ``transfer.freeze``) is
+the matrix with one source, one target and one strategy named ``freeze``; a search trial is a
+variant whose cells are scored on validation only. Sources with data are pretrained first
+(:class:`PretrainJob`); each cell (:class:`CellJob`) then starts from its source — the
+pretraining, pretrained weights, or random initialisation for ``scratch`` (source ``none``) —
+transfers by its strategy and is evaluated.
+
+The plan is pure configuration: building it reads no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from medtransfer.strategies import ScratchStrategy, StrategyConfig
+from medtransfer.study.config import StudyConfig, Variant, resolve_variants
+
+__all__ = ["NO_SOURCE", "SINGLE_SOURCE", "SINGLE_STRATEGY", "SINGLE_TARGET", "CellJob", "Job", "Plan",
+           "PretrainJob", "make_plan", "pretrain_seed", "repeat_seed"]
+
+NO_SOURCE = "none"  # the source of scratch cells
+# The names of the one source, target and strategy of a study written as source/target/transfer.
+SINGLE_SOURCE, SINGLE_TARGET, SINGLE_STRATEGY = "source", "target", "freeze"
+Evaluate = Literal["tests", "val"]
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """A cell's training seed: repeat 0 uses ``seed + 1``; other repeats are spread apart."""
+    return seed + 1 + 1000 * repeat
+
+
+def pretrain_seed(seed: int, repeat: int) -> int:
+    """A pretraining's seed: repeat 0 uses the study seed; others are spread apart from it and
+    from the cells' seeds."""
+    return seed + 1000 * repeat
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """Train ``variant``'s model on data source ``source`` (from the source's weights, if any)."""
+
+    variant: str
+    source: str
+    repeat: int  # whose seed it trains with: 0 unless the study has repeat_pretraining
+    seed: int
+    label: str  # names the unit folder
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Transfer from ``source`` to ``target`` by ``strategy``, with repeat ``repeat``'s seed,
+    on cross-validation fold ``fold`` (None: the target's split); evaluated on the validation
+    set and the tests (``evaluate: tests``) or the validation set only (a search trial)."""
+
+    variant: str
+    source: str
+    target: str
+    strategy: str
+    repeat: int
+    fold: int | None
+    seed: int
+    label: str
+    pretrain: PretrainJob | None = None
+    evaluate: Evaluate = "tests"
+
+    @property
+    def kind(self) -> str:
+        """The unit kind: ``cell``, or ``trial`` when only validation is looked at."""
+        return "cell" if self.evaluate == "tests" else "trial"
+
+
+Job = PretrainJob | CellJob
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Pretrainings (each shared by the cells that start from it), then cells."""
+
+    pretrains: tuple[PretrainJob, ...]
+    cells: tuple[CellJob, ...]
+    variants: tuple[Variant, ...]
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+def _sources(cfg: StudyConfig) -> dict[str, bool]:
+    """Source name → whether it has data to pretrain on."""
+    if not cfg.is_matrix:
+        return {SINGLE_SOURCE: cfg.source is not None}
+    return {name: spec.data is not None for name, spec in cfg.sources.items()}
+
+
+def _targets(cfg: StudyConfig) -> dict[str, int]:
+    """Target name → cross-validation folds (0: none)."""
+    if not cfg.is_matrix:
+        return {SINGLE_TARGET: cfg.task("target").split.folds or 0}
+    return {name: t.split.folds or 0 for name, t in cfg.targets.items()}
+
+
+def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
+              evaluate: Evaluate = "tests") -> Plan:
+    """The jobs of ``cfg`` for ``variants`` (default: the study's own)."""
+    variants = variants if variants is not None else resolve_variants(cfg)
+    matrix = cfg.is_matrix
+    sources, targets = _sources(cfg), _targets(cfg)
+    pre_repeats = cfg.repeats if cfg.repeat_pretraining else 1
+    pretrains: dict[tuple[str, str, int], PretrainJob] = {}
+    for v in variants:
+        for s, has_data in sources.items():
+            for r in range(pre_repeats) if has_data else ():
+                label = f"{v.name}.{s}" + (f".r{r}" if cfg.repeat_pretraining else "") if matrix else v.name
+                pretrains[(v.name, s, r)] = PretrainJob(v.name, s, r, pretrain_seed(cfg.seed, r), label)
+    cells = []
+    for v in variants:
+        strategies: dict[str, StrategyConfig] = v.strategies
+        for t, n_folds in targets.items():
+            for st, strategy in strategies.items():
+                names = [NO_SOURCE] if isinstance(strategy, ScratchStrategy) else list(sources)
+                for s in names:
+                    for r in range(cfg.repeats):
+                        pre = pretrains.get((v.name, s, r if cfg.repeat_pretraining else 0))
+                        for fold in range(n_folds) if n_folds else [None]:
+                            base = f"{v.name}.{s}.{t}.{st}.r{r}" if matrix else v.name
+                            label = base if fold is None else (
+                                f"{base}.f{fold + 1}" if matrix else f"{base}-fold{fold + 1}")
+                            cells.append(CellJob(v.name, s, t, st, r, fold, repeat_seed(cfg.seed, r),
+                                                 label, pre, evaluate))
+    return Plan(tuple(pretrains.values()), tuple(cells), tuple(variants))
