@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="local processes (default) or a Ray cluster")
         p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
     sub.add_parser("models", help="list registered architectures")
-    rep = sub.add_parser("report", help="CIs, paired comparisons, plots and Grad-CAM as report.html")
+    rep = sub.add_parser("report", help="summary tables, CIs, paired comparisons, plots and Grad-CAM as "
+                         "report.html, rewritten from what a run recorded")
     rep.add_argument("run_dir", help="a finished run directory")
     rep.add_argument("--reference", help="variant the others are compared with (default: the first)")
     rep.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(list_models()))
             return 0
         if args.command == "report":
-            from medtransfer.report import write_report
+            from medtransfer.report import summarize, write_report
 
+            print(f"summary: {summarize(Path(args.run_dir))}")
             path = write_report(Path(args.run_dir), reference=args.reference, n_boot=args.n_boot,
                                 gallery_images=args.gallery)
             print(f"report: {path}")

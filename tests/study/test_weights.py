@@ -118,3 +118,22 @@ def test_pretraining_starts_from_the_file_in_the_seed000_shape(tmp_path, tiny_st
     run_study(study_from_dict({**_single(tiny_study_config(tmp_path), f"file:{file}"),
                                "model": MODEL}), scratch, echo=lambda m: None, report=False)
     assert (out / "results.csv").read_text() != (scratch / "results.csv").read_text()
+
+
+def test_a_search_across_pretrained_weights(tmp_path, tiny_study_config):
+    """Seeds 001 and 004 compare pretrained models: a search space over ``model.weights``."""
+    files = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    firsts = []
+    for seed, file in enumerate(files):
+        state = _weights(file, seed=20 + seed)
+        firsts.append(next(v for k, v in state.items() if v.ndim == 4))
+    raw = _single(tiny_study_config(tmp_path), f"file:{files[0]}", source=False)
+    raw["search"] = {"space": {"model.weights": [f"file:{f}" for f in files]}}
+    out = tmp_path / "run"
+    run_search(raw, out, echo=lambda m: None, progress=False, report=False)
+    trials = sorted((out / "units").glob("trial-*"))
+    assert len(trials) == 2
+    states = [torch.load(t / "best.pt", weights_only=True)["model_state"] for t in trials]
+    used = [next(v for v in state.values() if v.ndim == 4) for state in states]
+    # Each trial's frozen first convolution is its own file's.
+    assert sorted(torch.equal(u, f) for u in used for f in firsts) == [False, False, True, True]
