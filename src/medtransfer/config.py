@@ -61,13 +61,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if len(options) == 1:  # Optional[X]: X's own error says what is wrong inside the value
             return _convert(value, options[0], where)
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in options:
             try:
                 return _convert(value, arg, where)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(f"as {_type_name(arg)}: {exc}")
         names = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"'{where}': expected {names}, got {value!r}")
+        raise ConfigError(f"'{where}': expected {names}, got {value!r} ({'; '.join(errors)})")
     if origin is typing.Literal:
         if value in args:
             return value
