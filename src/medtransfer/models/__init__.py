@@ -7,12 +7,11 @@ from medtransfer.models import inception as _inception  # noqa: F401
 from medtransfer.models import mobilenet as _mobilenet  # noqa: F401
 from medtransfer.models import resnet as _resnet  # noqa: F401
 from medtransfer.models import vgg as _vgg  # noqa: F401
-from medtransfer.models.adapt import first_conv_name
+from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.chain import Step, forward_chain, register_chain
+from medtransfer.models.config import ModelConfig
 from medtransfer.models.pretrained import BuiltModel, build_pretrained, open_weights
 from medtransfer.models.registry import (
-    InChansPolicy,
-    ModelConfig,
     ModelInfo,
     build_model,
     create_model,

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from medtransfer.errors import ConfigError
-from medtransfer.models.adapt import first_conv_name
-from medtransfer.models.registry import InChansPolicy, ModelConfig, build_model
+from medtransfer.models.adapt import InChansPolicy, first_conv_name
+from medtransfer.models.config import ModelConfig
+from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
     PretrainedWeights,
     WeightsError,

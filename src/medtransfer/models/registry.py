@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from dataclasses import dataclass
+from typing import Any, overload
 
 from torch import nn
 
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
-from medtransfer.models.adapt import InChansPolicy, apply_in_chans_policy
+from medtransfer.models.adapt import apply_in_chans_policy
+from medtransfer.models.config import ModelConfig
 
 Builder = Callable[..., nn.Module]
 
@@ -93,54 +94,6 @@ def create_model(
         )
     check_img_size(name, img_size, info.min_img_size)
     return info.builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which architecture, its regularization as flags (0 / False = off), how grayscale input
-    meets it, and which weights initialise it (None = random; ``imagenet``; ``file:PATH`` — a
-    checkpoint or state dict; ``run:PATH`` — a unit folder or checkpoint of an earlier run)."""
-
-    name: str = "alexnet_seed000"
-    batch_norm: bool = False
-    conv_dropout: float = 0.0
-    spatial_dropout: float = 0.0
-    dense_dropout: float = 0.0
-    binary_output: Literal["single", "pair"] = "single"
-    options: dict[str, Any] = field(default_factory=dict)
-    in_chans_policy: InChansPolicy = InChansPolicy.NATIVE
-    weights: str | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
-            rate = getattr(self, key)
-            if not 0.0 <= rate < 1.0:
-                raise ConfigError(f"'model.{key}': got {rate}; expected a rate in [0, 1)")
-        if not isinstance(self.in_chans_policy, InChansPolicy):
-            check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
-            object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))
-        w = self.weights
-        if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)):
-            raise ConfigError(
-                f"'model.weights': got {w!r}; allowed: null (random init), imagenet, "
-                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt)"
-            )
-
-    def outputs(self, num_classes: int) -> int:
-        """Logit count: binary tasks use one sigmoid logit unless ``binary_output: pair``."""
-        return 1 if num_classes == 2 and self.binary_output == "single" else num_classes
-
-    def model_in_chans(self, data_chans: int) -> int:
-        """Input channels of the network itself for images with ``data_chans`` channels."""
-        if self.in_chans_policy is InChansPolicy.NATIVE:
-            return data_chans
-        if data_chans != 1:
-            raise ConfigError(
-                f"'model.in_chans_policy': got {self.in_chans_policy.value!r}, which adapts "
-                f"1-channel images to RGB weights, but the images have {data_chans} channels; "
-                "use native (or preprocess.color: grayscale)"
-            )
-        return 3 if self.in_chans_policy is InChansPolicy.REPEAT else 1
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
