@@ -68,9 +68,10 @@ def _seed(run: RunDir, seed: int | None) -> int:
 
 
 def _parts(preds: Predictions) -> list[str]:
-    """Test sets, plus all of them pooled when there are several; empty for a run without any."""
+    """Test sets, plus all of them pooled when there are several, then the external sets;
+    empty for a run without any."""
     tests = preds.tests()
-    return [*tests, POOLED] if len(tests) > 1 else tests
+    return [*tests, POOLED, *preds.externals()] if len(tests) > 1 else [*tests, *preds.externals()]
 
 
 def youden_threshold(preds: Predictions) -> float | None:

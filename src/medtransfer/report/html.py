@@ -29,7 +29,7 @@ from medtransfer.report.sections import (
     pretrain_section,
     transfer_section,
 )
-from medtransfer.report.summary import summary_doc
+from medtransfer.report.summary import internal_rows, summary_doc
 from medtransfer.report.text import Doc, fmt, p_text, sentence
 from medtransfer.stats import t_interval
 
@@ -101,6 +101,7 @@ def _results_section(doc: Doc, run: RunDir, target: str, ci: list[dict[str, Any]
             body.append([arm.label, *cells, spread])
         doc.para(f"**{metric}**")
         doc.table([arm_word(run), *tests, "mean ± sd [t CI]"], body)
+    _external_table(doc, run, target, key, pooled, level)
     op = [
         r
         for r in ci
@@ -119,6 +120,35 @@ def _results_section(doc: Doc, run: RunDir, target: str, ci: list[dict[str, Any]
                 thr = next(iter(rows.values()))["threshold"]
                 body.append([arm.label, fmt(thr), *(_ci_cell(rows.get(m)) for m in OPERATING)])
         doc.table([arm_word(run), "threshold", *OPERATING], body)
+
+
+def _external_table(doc: Doc, run: RunDir, target: str, key: dict[tuple[str, str, str, str], Any],
+                    internal: str, level: float) -> None:
+    """Internal vs external test sets side by side, with the drop from one to the other."""
+    arms = run.arms[target]
+    externals = run.predictions(arms[0]).externals()
+    if not externals:
+        return
+    doc.heading("External test sets", level=3)
+    inner_name = "all internal test sets pooled" if internal == POOLED else internal
+    doc.para(f"Images from other collections, never trained on or used to choose anything; estimate "
+             f"[{level:.0%} bootstrap CI]. Internal: {inner_name}. "
+             "Drop: external minus internal estimate. A large drop means the model learnt something "
+             "of its own collection that does not carry over (see the audit of each external set).")
+    for metric in ("auc", "accuracy"):
+        point = "" if metric == "auc" else "default"
+        body = []
+        for arm in arms:
+            inner = key.get((arm.label, internal, metric, point))
+            row = [arm.label, _ci_cell(inner)]
+            for ext in externals:
+                outer = key.get((arm.label, ext, metric, point))
+                both = inner is not None and outer is not None
+                drop = f"{outer['estimate'] - inner['estimate']:+.3f}" if both else "–"  # type: ignore[index]
+                row += [_ci_cell(outer), drop]
+            body.append(row)
+        doc.para(f"**{metric}**")
+        doc.table([arm_word(run), "internal", *(c for e in externals for c in (e, f"drop {e}"))], body)
 
 
 def _comparison_section(
@@ -252,7 +282,7 @@ def _render(
         _results_section(doc, run, target, ci, level)
     if run.config.is_matrix or run.config.repeats > 1:
         doc.heading("Over repeats and sources × strategies")
-        summary_doc(doc, run.config, run.results)
+        summary_doc(doc, run.config, internal_rows(run.results, run.data))
     _comparison_section(doc, run, cmp, alpha, level)
     for section, items in plots.items():
         doc.heading(section)

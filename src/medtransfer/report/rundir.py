@@ -9,6 +9,7 @@ predictions together), so every arm of a target is evaluated on the same images.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import yaml
 
 from medtransfer.errors import DataError
+from medtransfer.fileio import cell_in, file_record
 from medtransfer.study.config import StudyConfig, study_from_dict
 from medtransfer.study.manifest import read_manifest
 
@@ -66,25 +68,35 @@ class Arm:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per-image predictions of one arm: ``test_set`` (val, test_1...), ids, labels and (N, K)
-    class probabilities in the order of ``classes``."""
+    """Per-image predictions of one arm: ``test_set`` (val, test_1..., external sets), ids,
+    labels and (N, K) class probabilities in the order of ``classes``."""
 
     test_set: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
     proba: np.ndarray
     classes: list[str]
+    external: tuple[str, ...] = ()  # names of the external test sets among ``test_set``
 
     def part(self, name: str) -> Predictions:
-        """Rows of one test set, or of every test set for :data:`POOLED`."""
-        mask = self.test_set != "val" if name == POOLED else self.test_set == name
+        """Rows of one test set, or for :data:`POOLED` of every internal test set (external sets
+        come from elsewhere: they are never pooled with the target's own)."""
+        if name == POOLED:
+            mask = (self.test_set != "val") & ~np.isin(self.test_set, list(self.external))
+        else:
+            mask = self.test_set == name
         return Predictions(self.test_set[mask], self.ids[mask], self.labels[mask], self.proba[mask],
-                           self.classes)
+                           self.classes, self.external)
 
     def tests(self) -> list[str]:
-        """Test set names (not ``val``) in natural order (test_2 before test_10)."""
-        names = {str(t) for t in self.test_set if t != "val"}
+        """Internal test set names (not ``val``) in natural order (test_2 before test_10)."""
+        names = {str(t) for t in self.test_set if t != "val" and t not in self.external}
         return sorted(names, key=lambda s: (len(s), s))
+
+    def externals(self) -> list[str]:
+        """External test set names present, in the config's order."""
+        present = {str(t) for t in self.test_set}
+        return [e for e in self.external if e in present]
 
     def aligned(self, other: Predictions, where: str) -> tuple[Predictions, Predictions]:
         """Both prediction sets restricted to, and ordered by, the same (test_set, id) pairs."""
@@ -97,7 +109,8 @@ class Predictions:
         b = np.array([theirs[k] for k in keys], dtype=np.int64)
         if not np.array_equal(self.labels[a], other.labels[b]):
             raise DataError(f"{where}: the same image ids carry different labels")
-        pick = lambda p, i: Predictions(p.test_set[i], p.ids[i], p.labels[i], p.proba[i], p.classes)  # noqa: E731
+        pick = lambda p, i: Predictions(p.test_set[i], p.ids[i], p.labels[i], p.proba[i], p.classes,  # noqa: E731
+                                        p.external)
         return pick(self, a), pick(other, b)
 
 
@@ -127,6 +140,10 @@ class RunDir:
                             f"{', '.join(a.label for a in self.arms[target])}")
         return found[0]
 
+    def externals(self, target: str) -> tuple[str, ...]:
+        """The target's external test sets (from ``data.yaml``)."""
+        return tuple(self.data[target].get("external", {}))
+
     @property
     def pretrains(self) -> list[UnitInfo]:
         return [u for u in self.units.values() if u.kind == "pretrain"]
@@ -137,14 +154,14 @@ class RunDir:
         key = (arm.target, arm.label)
         if key not in self._predictions:
             if len(arm.cells) == 1:
-                preds = read_predictions(arm.cells[0].dir / "predictions.csv")
+                preds = unit_predictions(arm.cells[0])
             else:
-                parts = [read_predictions(u.dir / "predictions.csv").part(POOLED) for u in arm.cells]
+                parts = [unit_predictions(u).part(POOLED) for u in arm.cells]
                 cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
                 preds = Predictions(
                     cat("test_set"), cat("ids"), cat("labels"), cat("proba"), parts[0].classes
                 )
-            self._predictions[key] = preds
+            self._predictions[key] = dataclasses.replace(preds, external=self.externals(arm.target))
         return self._predictions[key]
 
 
@@ -190,6 +207,10 @@ def read_predictions(path: Path) -> Predictions:
         raise DataError(f"{path}: expected columns test_set,id,label,p_<class>..., got {header}")
     if not rows:
         raise DataError(f"{path}: no predictions")
+    for line, row in enumerate(rows, 2):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)} "
+                            "(truncated or edited?); rerun the study to redo this unit")
     cols = list(zip(*rows, strict=True))
     try:
         proba = np.array(cols[3:], dtype=np.float64).T
@@ -197,7 +218,28 @@ def read_predictions(path: Path) -> Predictions:
     except ValueError as exc:
         raise DataError(f"{path}: non-numeric label or probability: {exc}") from exc
     classes = [h[2:] if h.startswith("p_") else h for h in header[3:]]
-    return Predictions(np.array(cols[0]), np.array(cols[1]), labels, proba, classes)
+    return Predictions(np.array(cols[0]), np.array([cell_in(i) for i in cols[1]]), labels, proba, classes)
+
+
+def unit_predictions(unit: UnitInfo) -> Predictions:
+    """A cell's ``predictions.csv``, checked against its ``result.json``: the file's recorded size
+    and SHA-256, and the number of rows of each test set; a mismatch is a clear error."""
+    path = unit.dir / "predictions.csv"
+    fix = "; rerun the study to redo this unit (medtransfer run with the same --out)"
+    record = unit.result.get("files", {}).get("predictions.csv")
+    if isinstance(record, dict) and path.is_file():
+        got = file_record(path)
+        if got["size"] != record.get("size") or got["sha256"] != record.get("sha256"):
+            raise DataError(f"{path}: does not match result.json ({got['size']} bytes, recorded "
+                            f"{record.get('size')}; sha256 differs): truncated or edited" + fix)
+    preds = read_predictions(path)
+    counts = unit.result.get("prediction_rows")
+    if isinstance(counts, dict):
+        names, n = np.unique(preds.test_set, return_counts=True)
+        got_counts = {str(k): int(c) for k, c in zip(names, n, strict=True)}
+        if got_counts != {str(k): int(c) for k, c in counts.items()}:
+            raise DataError(f"{path}: rows per test set {got_counts}, result.json recorded {counts}" + fix)
+    return preds
 
 
 def _unit(root: Path, entry: dict[str, Any]) -> UnitInfo:

@@ -47,7 +47,9 @@ def data_section(doc: Doc, run: RunDir) -> None:
 def audit_section(doc: Doc, run: RunDir) -> None:
     """Findings of the study's data audit (``audit/<name>/audit.json``), worst first."""
     body = []
-    for name in run.data:
+    names = [n for name, d in run.data.items()
+             for n in [name, *(f"{name}.{e}" for e in d.get("external", {}))]]
+    for name in names:
         path = run.path / "audit" / name / "audit.json"
         if not path.is_file():
             continue

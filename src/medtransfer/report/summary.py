@@ -248,10 +248,19 @@ def _data_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def internal_rows(rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` without the external test sets' (they are not replicates of the internal ones;
+    the report shows them beside the internal results)."""
+    external = {(t, e) for t, d in data.items() for e in (d or {}).get("external", {})}
+    return [r for r in rows if r["stage"] != "transfer" or (r["target"], r["test_set"]) not in external]
+
+
 def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> Path:
-    """``summary.csv`` (every arm's statistics) and ``summary.md`` (the tables) into ``out``."""
+    """``summary.csv`` (every arm's statistics over internal test sets, folds or repeats) and
+    ``summary.md`` (the tables) into ``out``."""
     from medtransfer.report.analysis import write_csv
 
+    rows = internal_rows(rows, data)
     stats_rows = [
         s
         for stage in ("transfer", "val", "pretrain")

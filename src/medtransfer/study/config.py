@@ -24,11 +24,34 @@ from medtransfer.transfer import FreezeConfig, HeadPolicy
 
 
 @dataclass(frozen=True)
+class ExternalConfig:
+    """An external test set: images from another collection (hospital, scanner, data set),
+    never split or trained on, with the target's classes matched by name."""
+
+    data: DataConfig
+
+
+RESERVED_TEST_NAMES = ("train", "val", "test", "pooled", "none")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
-    """A data set and how it is split."""
+    """A data set and how it is split; a target may name ``external`` test sets."""
 
     data: DataConfig
     split: SplitConfig = field(default_factory=SplitConfig)
+    external: dict[str, ExternalConfig] = field(default_factory=dict)
+
+    def check_external(self, where: str) -> None:
+        for name in self.external:
+            _check_name(f"{where}.external", name)
+            lowered = name.lower()
+            if lowered in RESERVED_TEST_NAMES or lowered.startswith(("test_", "fold_")):
+                raise ConfigError(f"'{where}.external': name {name!r} is taken by the study's own "
+                                  "parts (train, val, test_N, fold_N, pooled); choose another")
+        if self.external and self.split.folds:
+            raise ConfigError(f"'{where}.external' with '{where}.split.folds': external test sets "
+                              "are evaluated with a fixed split only (not yet with cross-validation)")
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,9 @@ class StudyConfig:
                                   "model.weights (imagenet, file:PATH, run:UNIT_DIR) to start from")
             if self.source is not None and self.source.split.folds:
                 raise ConfigError("'source.split.folds': cross-validation is for the target task")
+            if self.source is not None and self.source.external:
+                raise ConfigError("'source.external': external test sets belong to the target")
+            self.target.check_external("target")
             if self.repeats != 1 or self.resample_splits or self.repeat_pretraining:
                 raise ConfigError("'repeats', 'resample_splits', 'repeat_pretraining': only matrix "
                                   "studies (sources × targets × strategies) repeat cells; this "
@@ -165,6 +191,8 @@ class StudyConfig:
                                   "targets and strategies")
             for name in getattr(self, key):
                 _check_name(key, name)
+        for name, tgt in self.targets.items():
+            tgt.check_external(f"targets.{name}")
         for name, src in self.sources.items():
             if src.data is not None and src.split.folds:
                 raise ConfigError(f"'sources.{name}.split.folds': cross-validation is for targets")
@@ -243,6 +271,8 @@ def _resolve_task(task: Any, base: Path) -> Any:
     data = out.get("data")
     if isinstance(data, dict) and "path" in data:
         out["data"] = {**data, "path": _resolve_path(data["path"], base)}
+    if isinstance(out.get("external"), dict):
+        out["external"] = {k: _resolve_task(v, base) for k, v in out["external"].items()}
     weights = out.get("weights")
     if isinstance(weights, str) and weights.startswith(("file:", "run:")):
         scheme, rest = weights.split(":", 1)

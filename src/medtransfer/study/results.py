@@ -43,6 +43,10 @@ def result_rows(plan: Plan, outcomes: Mapping[PretrainJob | CellJob, dict[str, A
         counts = {"skipped_images": len(t.images.skipped),
                   **{f"audit_{k}": n for k, n in audits.get(name, {}).items()}}
         rows += metric_rows({"variant": "*", t.role: name}, "data", name, counts)
+        for ext, images in t.externals.items():
+            counts = {"skipped_images": len(images.skipped),
+                      **{f"audit_{k}": n for k, n in audits.get(f"{name}.{ext}", {}).items()}}
+            rows += metric_rows({"variant": "*", t.role: name}, "data", ext, counts)
     for job in plan.pretrains:
         ids = {"variant": job.variant, "source": job.source,
                "repeat": job.repeat if repeat_pretraining else BLANK}

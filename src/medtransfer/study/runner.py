@@ -35,6 +35,7 @@ from medtransfer.study.config import (
     study_from_dict,
 )
 from medtransfer.study.executors import preflight, run_jobs
+from medtransfer.study.lock import run_lock
 from medtransfer.study.manifest import Manifest
 from medtransfer.study.plan import (
     SINGLE_SOURCE,
@@ -194,7 +195,8 @@ class Runner:
         if (name, repeat) not in self._resplit:
             base = self.tasks[name]
             self._resplit[(name, repeat)] = split_task(f"{name}.r{repeat}", "target", base.config,
-                                                       base.images, self.cfg.seed + repeat)
+                                                       base.own or base.images, self.cfg.seed + repeat,
+                                                       base.externals)
         return self._resplit[(name, repeat)]
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -227,14 +229,15 @@ class Runner:
         return outcomes
 
     def run(self, *, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:
-        """Run the whole study; returns the run folder."""
+        """Run the whole study, holding the run folder's lock; returns the run folder."""
         preflight(executor, workers, address, self.out)
-        self.prepare()
-        plan = make_plan(self.cfg)
-        outcomes = self.execute(plan, workers=workers, executor=executor, address=address)
-        rows = result_rows(plan, outcomes, self.tasks, self.audit_counts,
-                           repeat_pretraining=self.cfg.repeat_pretraining)
-        write_results(self.out / "results.csv", rows)
+        with run_lock(self.out):
+            self.prepare()
+            plan = make_plan(self.cfg)
+            outcomes = self.execute(plan, workers=workers, executor=executor, address=address)
+            rows = result_rows(plan, outcomes, self.tasks, self.audit_counts,
+                               repeat_pretraining=self.cfg.repeat_pretraining)
+            write_results(self.out / "results.csv", rows)
         self.echo(f"results: {self.out / 'results.csv'}")
         return self.out
 

@@ -8,7 +8,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 
 from medtransfer.data import DataConfig, ImageCache, ImageSet, Split, load_dataset, make_folds, make_split
 from medtransfer.errors import DataError
-from medtransfer.fileio import write_text_atomic
+from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.study.config import StudyConfig, TaskConfig
 
 __all__ = ["LoadedTask", "audit_tasks", "data_summary", "fingerprint", "load_task", "split_task",
@@ -36,6 +36,10 @@ class LoadedTask:
     split: Split
     fingerprint: str
     folds: list[Split] | None = None
+    # External test sets: their images follow the task's own in ``images``; ``own`` is the
+    # task's own images alone (what a new split is drawn from).
+    externals: dict[str, ImageSet] = field(default_factory=dict)
+    own: ImageSet | None = None
 
     def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of the rows ``idx``."""
@@ -67,12 +71,53 @@ def fingerprint(images: ImageSet, splits: list[Split]) -> str:
 
 
 def load_task(name: str, role: str, task: TaskConfig, cfg: StudyConfig, cache: ImageCache) -> LoadedTask:
-    return split_task(name, role, task, load_dataset(task.data, cfg.preprocess, cache), cfg.seed)
+    images = load_dataset(task.data, cfg.preprocess, cache)
+    externals = {k: _matched(load_dataset(e.data, cfg.preprocess, cache), images, f"{name}.external.{k}",
+                             e.data.path) for k, e in task.external.items()}
+    return split_task(name, role, task, images, cfg.seed, externals)
 
 
-def split_task(name: str, role: str, task: TaskConfig, images: ImageSet, seed: int) -> LoadedTask:
-    """Loaded images split as ``task.split`` says, drawn from ``seed``."""
+def _matched(ext: ImageSet, own: ImageSet, where: str, path: Path) -> ImageSet:
+    """``ext`` with its labels renumbered to ``own``'s classes (matched by name)."""
+    extra = [c for c in ext.classes if c not in own.classes]
+    missing = [c for c in own.classes if c not in ext.classes]
+    if extra or missing:
+        raise DataError(f"{where} ({path}): its classes {list(ext.classes)} must be the target's "
+                        f"{list(own.classes)}" + (f"; not in the target: {extra}" if extra else "")
+                        + (f"; missing: {missing}" if missing else "")
+                        + " (set data.classes, or rename the folders)")
+    if ext.channels != own.channels:
+        raise DataError(f"{where} ({path}): {ext.channels}-channel images, the target's have "
+                        f"{own.channels}; set preprocess.channels")
+    to_own = np.array([own.classes.index(c) for c in ext.classes], dtype=np.int64)
+    return ImageSet(ext.images, to_own[ext.labels], own.classes, ext.ids, skipped=ext.skipped)
+
+
+def _with_externals(own: ImageSet, externals: dict[str, ImageSet]) -> tuple[ImageSet, dict[str, np.ndarray]]:
+    """``own`` followed by every external set's images (ids ``NAME:id``), and their indices."""
+    if not externals:
+        return own, {}
+    sets, parts, n = [own], {}, len(own)
+    for name, ext in externals.items():
+        parts[name] = np.arange(n, n + len(ext))
+        n += len(ext)
+        sets.append(ImageSet(ext.images, ext.labels, own.classes, [f"{name}:{i}" for i in ext.ids],
+                             skipped=[(f"{name}:{i}", r) for i, r in ext.skipped]))
+    groups = None if own.groups is None else [*own.groups, *(i for s in sets[1:] for i in s.ids)]
+    origin = None if own.origin is None else [*own.origin, *(["external"] * (n - len(own)))]
+    images = ImageSet(np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets]),
+                      own.classes, [i for s in sets for i in s.ids], groups=groups, origin=origin,
+                      skipped=[x for s in sets for x in s.skipped])
+    return images, parts
+
+
+def split_task(name: str, role: str, task: TaskConfig, images: ImageSet, seed: int,
+               externals: dict[str, ImageSet] | None = None) -> LoadedTask:
+    """Loaded images split as ``task.split`` says, drawn from ``seed``; every external set is
+    one more test set of every split, never trained on."""
     classes = list(images.classes)
+    externals = externals or {}
+    combined, external = _with_externals(images, externals)
     try:
         if task.split.folds:
             folds = make_folds(images.labels, task.split.folds, seed, groups=images.groups,
@@ -82,7 +127,9 @@ def split_task(name: str, role: str, task: TaskConfig, images: ImageSet, seed: i
                            groups=images.groups)
     except DataError as exc:
         raise DataError(f"{role} data {task.data.path}: {exc}") from None
-    return LoadedTask(name, role, task, images, split, fingerprint(images, [split]))
+    split = Split(split.train, split.val, {**split.tests, **external})
+    return LoadedTask(name, role, task, combined, split, fingerprint(combined, [split]), None, externals,
+                      images)
 
 
 def _split_summary(task: LoadedTask) -> dict[str, Any]:
@@ -103,6 +150,8 @@ def data_summary(task: LoadedTask) -> dict[str, Any]:
         "split": _split_summary(task),
         "skipped_images": [{"id": i, "reason": r} for i, r in task.images.skipped],
         "fingerprint": task.fingerprint,
+        **({"external": {k: {"path": str(task.config.external[k].data.path), "images": len(e)}
+                         for k, e in task.externals.items()}} if task.externals else {}),
     }
 
 
@@ -116,29 +165,41 @@ def write_split(out: Path, task: LoadedTask) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["part", "id", "label"])
     for part, idx in parts:
-        writer.writerows((part, task.images.ids[i], task.images.classes[task.images.labels[i]]) for i in idx)
+        writer.writerows((part, cell_out(str(task.images.ids[i])),
+                          cell_out(str(task.images.classes[task.images.labels[i]]))) for i in idx)
     write_text_atomic(out / "splits" / f"{task.name}.csv", buf.getvalue())
 
 
 def audit_tasks(out: Path, seed: int, items: list[tuple[LoadedTask, DataConfig | None]],
                 echo: Callable[[str], None]) -> dict[str, dict[str, int]]:
-    """Audit each task (against a second data set, if given) with its split; an audit is reused
-    while the task's fingerprint is unchanged. Returns critical/warning counts per task."""
-    from medtransfer.audit import AuditConfig, run_audit, split_parts
-
+    """Audit each task (against a second data set, if given) with its split, and each external
+    test set against its task; an audit is reused while the task's fingerprint is unchanged.
+    Returns critical/warning counts per audited data set (``task`` or ``task.external``)."""
     counts: dict[str, dict[str, int]] = {}
     for task, against in items:
-        where = out / "audit" / task.name
-        stamp = where / "fingerprint.txt"
-        if stamp.is_file() and stamp.read_text() == task.fingerprint:
-            found = yaml.safe_load((where / "audit.json").read_text())
-            severities = [f["severity"] for f in found.get("findings", [])]
-        else:
-            res = run_audit(task.config.data, against=against, cfg=AuditConfig(seed=seed),
-                            split=split_parts(task.images.ids, task.split), out=where)
-            write_text_atomic(stamp, task.fingerprint)
-            severities = [str(f.severity) for f in res.findings]
-        counts[task.name] = {s: severities.count(s) for s in ("critical", "warning")}
-        echo(f"audit {task.name}: {counts[task.name]['critical']} critical, "
-             f"{counts[task.name]['warning']} warnings — {where / 'audit.md'}")
+        counts[task.name] = _audit_one(out / "audit" / task.name, task.fingerprint, seed, task.config.data,
+                                       against, task.images.ids, task.split)
+        for name in task.externals:
+            key = f"{task.name}.{name}"
+            counts[key] = _audit_one(out / "audit" / key, task.fingerprint, seed,
+                                     task.config.external[name].data, task.config.data)
+        for key in [task.name, *(f"{task.name}.{n}" for n in task.externals)]:
+            echo(f"audit {key}: {counts[key]['critical']} critical, {counts[key]['warning']} warnings — "
+                 f"{out / 'audit' / key / 'audit.md'}")
     return counts
+
+
+def _audit_one(where: Path, stamp_text: str, seed: int, data: DataConfig, against: DataConfig | None,
+               ids: list[str] | None = None, split: Split | None = None) -> dict[str, int]:
+    from medtransfer.audit import AuditConfig, run_audit, split_parts
+
+    stamp = where / "fingerprint.txt"
+    if stamp.is_file() and stamp.read_text() == stamp_text:
+        found = yaml.safe_load((where / "audit.json").read_text())
+        severities = [f["severity"] for f in found.get("findings", [])]
+    else:
+        parts = split_parts(ids, split) if ids is not None and split is not None else None
+        res = run_audit(data, against=against, cfg=AuditConfig(seed=seed), split=parts, out=where)
+        write_text_atomic(stamp, stamp_text)
+        severities = [str(f.severity) for f in res.findings]
+    return {s: severities.count(s) for s in ("critical", "warning")}
