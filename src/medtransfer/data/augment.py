@@ -1,9 +1,10 @@
 """Batched, seeded image augmentation with Keras ``ImageDataGenerator`` semantics.
 
-Geometric transforms (rotation, shift, zoom, shear) become one per-sample affine matrix, applied
-with a single ``affine_grid`` + ``grid_sample`` (bilinear). Flips are done by exact index
-reversal (``torch.flip``), so a flip never blurs. Then brightness and contrast, then a clamp to
-[0, 1].
+Geometric transforms (rotation, shift, zoom, shear) become one per-sample affine matrix (Keras's
+``rotation @ shift @ shear @ zoom``), applied with a single ``affine_grid`` + ``grid_sample``
+(bilinear). Then flips, by exact index reversal (``torch.flip``) so a flip never blurs, then
+brightness, in Keras's order; then contrast, then a clamp to [0, 1]. :class:`AugmentParams`
+says what each parameter means and where the shifts' naming differs from Keras's code.
 
 Keras conventions kept on purpose, so published settings mean the same here:
 
@@ -21,7 +22,6 @@ switching one transform on or off does not change the others' draws.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -111,6 +111,46 @@ def _check_range(name: str, value: float, low: float, high: float, allowed: str)
         raise ConfigError(f"'{name}': got {value}; expected {allowed}")
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """Per-sample transform parameters, each a tensor of shape (B,) or None (transform off).
+
+    Units are those of Keras ``ImageDataGenerator.apply_transform``'s parameter dict, and a batch
+    of :class:`AugmentParams` gives what ``apply_transform`` gives for the same values (checked
+    against Keras itself in ``tests/data/test_augment_keras.py``): ``rotation`` (Keras ``theta``)
+    in degrees; ``shift_x`` / ``shift_y`` in pixels along the columns / rows, the sampling point
+    moving by ``+shift`` (so the content moves by ``-shift``); ``zoom_x`` / ``zoom_y`` sampling
+    scales along the columns / rows; ``shear`` in degrees; ``flip_h`` / ``flip_v`` booleans;
+    ``brightness`` and ``contrast`` factors.
+
+    One naming difference from Keras, on purpose: Keras draws the shift it applies along the
+    columns (its ``tx``) from ``height_shift_range`` × height and the one along the rows
+    (``ty``) from ``width_shift_range`` × width, so its ``height_shift_range`` moves images
+    sideways (keras-team/keras#17398, keras-preprocessing#348). Here ``width_shift`` moves
+    images sideways by up to that fraction of the width and ``height_shift`` up and down, as
+    Keras documents.
+    """
+
+    rotation: torch.Tensor | None = None
+    shift_x: torch.Tensor | None = None
+    shift_y: torch.Tensor | None = None
+    zoom_x: torch.Tensor | None = None
+    zoom_y: torch.Tensor | None = None
+    shear: torch.Tensor | None = None
+    flip_h: torch.Tensor | None = None
+    flip_v: torch.Tensor | None = None
+    brightness: torch.Tensor | None = None
+    contrast: torch.Tensor | None = None
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any resampling parameter is set."""
+        return any(
+            v is not None
+            for v in (self.rotation, self.shift_x, self.shift_y, self.zoom_x, self.zoom_y, self.shear)
+        )
+
+
 class Augmenter:
     """Apply an :class:`AugmentConfig` to float batches (B, C, H, W) in [0, 1]."""
 
@@ -122,60 +162,113 @@ class Augmenter:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented copy of ``x``; ``x`` itself when nothing is enabled."""
-        cfg = self.cfg
-        if not cfg.enabled:
+        if not self.cfg.enabled:
             return x
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(
-                f"Augmenter expects a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}"
-            )
+        _check_batch(x)
         batch, _, height, width = x.shape
+        return self.apply(x, self.draw(batch, height, width, generator))
+
+    def draw(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> AugmentParams:
+        """Random parameters for ``batch`` images of ``height`` × ``width`` pixels.
+
+        Keras's distributions: rotation, shifts and shear uniform in ± their range, the two zoom
+        factors independent and uniform in the zoom range, each flip with probability 1/2,
+        brightness uniform in its range. A fixed block of draws per sample, on the generator's
+        device, whatever is enabled.
+        """
+        cfg = self.cfg
         u = torch.rand((batch, _DRAWS), generator=generator, device=generator.device)
-        u = u.to(device=x.device, dtype=torch.float32)
-        if cfg.horizontal_flip:
-            x = torch.where((u[:, 6] < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
-        if cfg.vertical_flip:
-            x = torch.where((u[:, 7] < 0.5).view(-1, 1, 1, 1), x.flip(-2), x)
-        if cfg.geometric:
-            theta = self._theta(u, height, width)
-            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        u = u.to(torch.float32)
+
+        def sym(col: int, half: float) -> torch.Tensor:
+            return (2.0 * u[:, col] - 1.0) * half
+
+        low, high = cfg.zoom_range
+        zoom = cfg.zoom_range != (1.0, 1.0)
+        bright = cfg.brightness is not None and cfg.brightness != (1.0, 1.0)
+        return AugmentParams(
+            rotation=sym(0, cfg.rotation) if cfg.rotation else None,
+            shift_x=sym(1, cfg.width_shift * width) if cfg.width_shift else None,
+            shift_y=sym(2, cfg.height_shift * height) if cfg.height_shift else None,
+            zoom_x=low + u[:, 3] * (high - low) if zoom else None,
+            zoom_y=low + u[:, 4] * (high - low) if zoom else None,
+            shear=sym(5, cfg.shear) if cfg.shear else None,
+            flip_h=u[:, 6] < 0.5 if cfg.horizontal_flip else None,
+            flip_v=u[:, 7] < 0.5 if cfg.vertical_flip else None,
+            brightness=(
+                cfg.brightness[0] + u[:, 8] * (cfg.brightness[1] - cfg.brightness[0])
+                if bright and cfg.brightness is not None
+                else None
+            ),
+            contrast=1.0 + sym(9, cfg.contrast) if cfg.contrast > 0 else None,
+        )
+
+    def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+        """``x`` transformed by ``p``, in Keras's order: the affine resampling, then the flips
+        (exact index reversal), then brightness; then contrast and a clamp to [0, 1]."""
+        _check_batch(x)
+        _, _, height, width = x.shape
+
+        def col(v: torch.Tensor) -> torch.Tensor:
+            return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+        if p.geometric:
+            theta = _theta(p, len(x), height, width).to(device=x.device, dtype=x.dtype)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(
-                x, grid, mode="bilinear", padding_mode=_PADDING[cfg.fill], align_corners=False
+                x, grid, mode="bilinear", padding_mode=_PADDING[self.cfg.fill], align_corners=False
             )
-        if cfg.brightness is not None:
-            low, high = cfg.brightness
-            factor = low + u[:, 8] * (high - low)
-            x = x * factor.to(x.dtype).view(-1, 1, 1, 1)
-        if cfg.contrast > 0:
-            factor = 1.0 + (2.0 * u[:, 9] - 1.0) * cfg.contrast
+        if p.flip_h is not None:
+            x = torch.where(col(p.flip_h).bool(), x.flip(-1), x)
+        if p.flip_v is not None:
+            x = torch.where(col(p.flip_v).bool(), x.flip(-2), x)
+        if p.brightness is not None:
+            x = x * col(p.brightness)
+        if p.contrast is not None:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = mean + (x - mean) * factor.to(x.dtype).view(-1, 1, 1, 1)
+            x = mean + (x - mean) * col(p.contrast)
         return x.clamp(0.0, 1.0)
 
-    def _theta(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, 2, 3) output→input sampling matrices in ``affine_grid``'s normalized coordinates."""
-        cfg = self.cfg
-        angle = torch.deg2rad((2.0 * u[:, 0] - 1.0) * cfg.rotation)
-        shift_x = (2.0 * u[:, 1] - 1.0) * cfg.width_shift * width
-        shift_y = (2.0 * u[:, 2] - 1.0) * cfg.height_shift * height
-        low, high = cfg.zoom_range
-        zoom_x = low + u[:, 3] * (high - low)
-        zoom_y = low + u[:, 4] * (high - low)
-        shear = (2.0 * u[:, 5] - 1.0) * math.radians(cfg.shear)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        # Pixel-space (origin at the centre) matrix: rotation @ shear @ zoom, as Keras composes.
-        a = cos * zoom_x
-        b = (-cos * torch.sin(shear) - sin * torch.cos(shear)) * zoom_y
-        c = sin * zoom_x
-        d = (-sin * torch.sin(shear) + cos * torch.cos(shear)) * zoom_y
-        # Normalized coords are pixels / (size / 2): conjugate by diag(W/2, H/2) so rotations
-        # stay rotations on non-square images.
-        ratio = height / width
-        theta = torch.stack(
-            [
-                torch.stack([a, b * ratio, shift_x * 2.0 / width], dim=1),
-                torch.stack([c / ratio, d, shift_y * 2.0 / height], dim=1),
-            ],
-            dim=1,
+
+def _check_batch(x: torch.Tensor) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"Augmenter expects a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}"
         )
-        return theta
+
+
+def _theta(p: AugmentParams, batch: int, height: int, width: int) -> torch.Tensor:
+    """(B, 2, 3) output→input sampling matrices in ``affine_grid``'s normalized coordinates.
+
+    Keras's matrix, in pixels with the origin at the image centre and (x, y) = (column, row):
+    ``rotation @ shift @ shear @ zoom``, so the shift is applied in the rotated frame.
+    """
+
+    def get(v: torch.Tensor | None, default: float) -> torch.Tensor:
+        if v is None:
+            return torch.full((batch,), default, dtype=torch.float64)
+        return v.detach().to(device="cpu", dtype=torch.float64)
+
+    angle = torch.deg2rad(get(p.rotation, 0.0))
+    shear = torch.deg2rad(get(p.shear, 0.0))
+    zoom_x, zoom_y = get(p.zoom_x, 1.0), get(p.zoom_y, 1.0)
+    shift_x, shift_y = get(p.shift_x, 0.0), get(p.shift_y, 0.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    a = cos * zoom_x
+    b = (-cos * torch.sin(shear) - sin * torch.cos(shear)) * zoom_y
+    c = sin * zoom_x
+    d = (-sin * torch.sin(shear) + cos * torch.cos(shear)) * zoom_y
+    t_x = cos * shift_x - sin * shift_y
+    t_y = sin * shift_x + cos * shift_y
+    # Normalized coords are pixels / (size / 2): conjugate by diag(W/2, H/2) so rotations
+    # stay rotations on non-square images.
+    ratio = height / width
+    return torch.stack(
+        [
+            torch.stack([a, b * ratio, t_x * 2.0 / width], dim=1),
+            torch.stack([c / ratio, d, t_y * 2.0 / height], dim=1),
+        ],
+        dim=1,
+    ).to(torch.float32)
