@@ -17,8 +17,8 @@ import torch
 
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import create_model
-from medtransfer.strategies import CacheConfig, train_stage
-from medtransfer.train import OptimizerConfig, TrainConfig, fit, predict_proba
+from medtransfer.strategies import CacheConfig, Stage, TransferData, train_stage
+from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, fit, predict_proba
 from medtransfer.train.optim import OptimizerName
 from medtransfer.transfer import FreezeConfig
 
@@ -41,8 +41,7 @@ def main() -> None:
         train = _images(rng, args.train_images, args.size)
         cfg = TrainConfig(epochs=2, batch_size=64, optimizer=opt, progress=False,
                           checkpoint_monitor="loss")
-        res = fit(model, train, None, cfg, seed=0, out_dir=Path(tmp) / "pre", num_classes=2,
-                  device=args.device)
+        res = fit(model, train, None, cfg, TrainEnv(0, Path(tmp) / "pre", 2, args.device))
         full_ips = res.images_per_second
         print(f"pretraining (all layers), {args.size} px, batch 64: {full_ips:.1f} images/s")
 
@@ -53,9 +52,8 @@ def main() -> None:
         t0 = time.perf_counter()
         tcfg = TrainConfig(epochs=10, batch_size=64, progress=False, checkpoint_monitor="loss",
                            optimizer=OptimizerConfig(name=OptimizerName.adagrad, lr=1e-3))
-        stage = train_stage("freeze", model, FreezeConfig(trainable_layers=3), tcfg, CacheConfig(),
-                            target, None, seed=1, out_dir=Path(tmp) / "tr", num_classes=2,
-                            device=args.device)
+        stage = train_stage(Stage("freeze", FreezeConfig(trainable_layers=3), tcfg, CacheConfig()),
+                            model, TransferData(target), TrainEnv(1, Path(tmp) / "tr", 2, args.device))
         assert stage.fit is not None
         tres = stage.fit
         for x, y in tests:

@@ -35,8 +35,8 @@ import torch
 
 from medtransfer.data import ImageCache
 from medtransfer.models import create_model
-from medtransfer.strategies import CacheConfig, StageResult, train_stage
-from medtransfer.train import OptimizerConfig, TrainConfig, save_checkpoint
+from medtransfer.strategies import CacheConfig, Stage, StageResult, TransferData, train_stage
+from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, save_checkpoint
 from medtransfer.train.optim import OptimizerName
 from medtransfer.transfer import FreezeConfig
 
@@ -58,9 +58,9 @@ def _run(cache: bool, trainable: int, args: argparse.Namespace, tmp: Path, every
                       checkpoint_every=every)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     stage = train_stage(
-        "freeze", model, FreezeConfig(trainable_layers=trainable), cfg, CacheConfig(enabled=cache),
-        train, None, seed=1, out_dir=tmp / f"{cache}-{trainable}-{every}{name}", num_classes=2,
-        device=args.device, disk_cache=store,
+        Stage("freeze", FreezeConfig(trainable_layers=trainable), cfg, CacheConfig(enabled=cache)),
+        model, TransferData(train),
+        TrainEnv(1, tmp / f"{cache}-{trainable}-{every}{name}", 2, args.device, cache=store),
     )
     return time.perf_counter() - t0, stage, model
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medtransfer.train import OptimizerConfig, TrainConfig, fit
+from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, fit
 from medtransfer.train.distributed import cleanup, init_distributed, is_distributed, is_main_process
 
 
@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, progress=False,
                           optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
                           class_weight="balanced")  # type: ignore[arg-type]
-        res = fit(model, make_data(args.train, 1), make_data(args.val, 2), cfg, seed=args.seed,
-                  out_dir=Path(args.out.format(rank=rank)), num_classes=2, device=device,
+        env = TrainEnv(args.seed, Path(args.out.format(rank=rank)), num_classes=2, device=device)
+        res = fit(model, make_data(args.train, 1), make_data(args.val, 2), cfg, env,
                   augment=shift if args.augment else None)
         flat = torch.cat([v.detach().flatten().double() for v in model.state_dict().values()])
         spread = 0.0

@@ -12,7 +12,7 @@ import difflib
 import enum
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,9 @@ import yaml
 from medtransfer.errors import ConfigError
 
 T = TypeVar("T")
+
+# Per-channel (mean, std) of inputs in [0, 1]; models see ``(x - mean) / std``.
+InputNorm = tuple[Sequence[float], Sequence[float]]
 
 
 def _join(where: str, key: str | int) -> str:

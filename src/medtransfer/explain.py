@@ -21,7 +21,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
-from medtransfer.config import check_choice
+from medtransfer.config import InputNorm, check_choice
 from medtransfer.errors import ConfigError, DataError
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 
 CamMethod = Literal["gradcam", "gradcam++"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
-InputNorm = tuple[Sequence[float], Sequence[float]] | None
 
 
 class BinaryLogitTarget:
@@ -58,7 +57,7 @@ class BinaryLogitTarget:
         return self.sign * (model_output[..., 0])
 
 
-def to_tensor(images: np.ndarray, input_norm: InputNorm = None) -> Tensor:
+def to_tensor(images: np.ndarray, input_norm: InputNorm | None = None) -> Tensor:
     """(N, C, H, W) uint8/uint16/float images → normalised float32 tensor as the model saw them."""
     arr = np.asarray(images)
     if arr.ndim != 4:
@@ -139,7 +138,7 @@ def cam_maps(
     method: CamMethod = "gradcam",
     target: Literal["predicted"] | int | Sequence[int] = "predicted",
     layer: str | None = None,
-    input_norm: InputNorm = None,
+    input_norm: InputNorm | None = None,
     batch_size: int = 16,
 ) -> np.ndarray:
     """Class activation maps (N, H, W) in [0, 1] at the input size.
@@ -185,7 +184,7 @@ def overlay(images: np.ndarray, maps: np.ndarray, image_weight: float = 0.55) ->
 
 
 def feature_maps(
-    model: nn.Module, images: np.ndarray, layer: str, *, input_norm: InputNorm = None
+    model: nn.Module, images: np.ndarray, layer: str, *, input_norm: InputNorm | None = None
 ) -> np.ndarray:
     """Output of module ``layer`` for the images, (N, C, h, w) float32 (seed 004's feature maps)."""
     net = _prepared(model)
@@ -219,7 +218,7 @@ def activation_maximization(
     seed: int,
     steps: int = 64,
     lr: float = 0.05,
-    input_norm: InputNorm = None,
+    input_norm: InputNorm | None = None,
 ) -> np.ndarray:
     """Images (F, C, H, W) in [0, 1] that maximise the mean activation of each chosen filter of
     ``layer``: gradient ascent on the input (Adam) from a seeded random start (seed 003)."""
@@ -256,7 +255,7 @@ def activation_maximization(
     return torch.sigmoid(raw).detach().numpy().astype(np.float32)
 
 
-def _normalise(x: Tensor, input_norm: InputNorm) -> Tensor:
+def _normalise(x: Tensor, input_norm: InputNorm | None) -> Tensor:
     if input_norm is None:
         return x
     mean = torch.tensor(list(input_norm[0]), dtype=torch.float32).view(1, -1, 1, 1)
@@ -265,7 +264,7 @@ def _normalise(x: Tensor, input_norm: InputNorm) -> Tensor:
 
 
 def dead_filter_share(
-    model: nn.Module, images: np.ndarray, *, input_norm: InputNorm = None, batch_size: int = 32
+    model: nn.Module, images: np.ndarray, *, input_norm: InputNorm | None = None, batch_size: int = 32
 ) -> dict[str, float]:
     """Per ReLU / ReLU6 call: the share of its channels that are zero for every image and position
     of the batch (dead filters). Each call is named by the conv / linear layer that ran just before

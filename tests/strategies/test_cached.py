@@ -9,9 +9,15 @@ import torch
 
 from medtransfer.data import AugmentConfig, Augmenter, ImageCache
 from medtransfer.models import create_model
-from medtransfer.strategies import CacheConfig, plan_cache, train_stage
-from medtransfer.strategies.cached import ActivationModel, index_codes
-from medtransfer.train import EarlyStoppingConfig, OptimizerConfig, TrainConfig, load_checkpoint
+from medtransfer.strategies import CacheConfig, Stage, TailModel, TransferData, plan_cache, train_stage
+from medtransfer.train import (
+    EarlyStoppingConfig,
+    OptimizerConfig,
+    TensorBatches,
+    TrainConfig,
+    TrainEnv,
+    load_checkpoint,
+)
 from medtransfer.transfer import BNPolicy, FreezeConfig, freeze, train_mode
 
 
@@ -34,9 +40,9 @@ CFG = TrainConfig(epochs=4, batch_size=8, progress=False, optimizer=OptimizerCon
 
 def _stage(model, tmp, name, *, cache, freeze_cfg, augment=None, norm=None, disk_cache=None, seed=7):
     return train_stage(
-        name, model, freeze_cfg, CFG, CacheConfig(enabled=cache), _data(40, 1), _data(16, 2),
-        seed=seed, out_dir=tmp / name, num_classes=2, augment=augment, input_norm=norm,
-        disk_cache=disk_cache,
+        Stage(name, freeze_cfg, CFG, CacheConfig(enabled=cache)), model,
+        TransferData(_data(40, 1), _data(16, 2), augment=augment),
+        TrainEnv(seed, tmp / name, num_classes=2, input_norm=norm, cache=disk_cache),
     )
 
 
@@ -150,13 +156,20 @@ def test_memory_cap_and_timm_models(tmp_path):
     assert plan.split is not None and plan.split.boundary == "forward_head"
 
 
-def test_index_codes_survive_fits_float_conversion():
-    n = 70_000  # more than 16 bits of indices
-    codes = index_codes(n)
-    as_fit_feeds_them = torch.from_numpy(codes).to(torch.float32).div_(65535.0)
+def test_activations_are_a_batch_source_and_the_tail_model_is_the_full_model():
+    n = 70_000
     acts = torch.arange(n, dtype=torch.float64).view(n, 1)
-    wrapper = ActivationModel(torch.nn.Linear(1, 1), lambda a: a, acts)
-    assert torch.equal(wrapper(as_fit_feeds_them)[:, 0], acts[:, 0])
+    source = TensorBatches("train", acts, np.arange(n) % 2, 2, torch.device("cpu"))
+    idx = np.array([69_999, 0, 65_536, 3])
+    assert torch.equal(source.train_batch(idx, slice(1, 3), torch.Generator())[:, 0],
+                       torch.tensor([0.0, 65_536.0], dtype=torch.float64))
+    assert torch.equal(source.eval_batch(idx)[:, 0], torch.from_numpy(idx).double())
+    full = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.Linear(2, 1))
+    tail = TailModel(full, full[1])
+    assert list(tail.state_dict()) == list(full.state_dict())
+    assert [p is q for p, q in zip(tail.parameters(), full.parameters(), strict=True)] == [True] * 4
+    x = torch.rand(3, 2)
+    assert torch.equal(tail(x), full[1](x))
 
 
 class _FunctionalDropout(torch.nn.Module):

@@ -12,7 +12,7 @@ from medtransfer.models import create_model
 from medtransfer.strategies import FeaturesStrategy, extract_features, make_estimator
 from medtransfer.strategies.config import MLPHeadConfig
 from medtransfer.strategies.features import fit_mlp, mlp_proba, sklearn_proba
-from medtransfer.train import TrainConfig
+from medtransfer.train import TrainConfig, TrainEnv
 
 
 def _data(n, seed, size=32, classes=2):
@@ -90,8 +90,8 @@ def test_mlp_head_trains_with_fit_on_cached_features(tmp_path):
     y = np.arange(40) % 2
     feats = (rng.normal(0, 1, (40, 8)) + y[:, None]).astype(np.float32)
     cfg = MLPHeadConfig(hidden=16, dropout=0.5, train=TrainConfig(epochs=3, batch_size=8, progress=False))
-    head, res = fit_mlp(feats, y, (feats[:10], y[:10]), cfg, outputs=1, num_classes=2, seed=0,
-                        out_dir=tmp_path)
+    head, res = fit_mlp(feats, y, (feats[:10], y[:10]), cfg,
+                        TrainEnv(num_classes=2, seed=0, out_dir=tmp_path), outputs=1)
     assert len(res.history) == 3 and (tmp_path / "history.csv").is_file()
     assert [type(m).__name__ for m in head.net] == ["Linear", "ReLU", "Dropout", "Linear"]
     proba = mlp_proba(head, feats)

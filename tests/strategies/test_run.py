@@ -1,6 +1,7 @@
 """run_strategy for every kind, and strategy configs from plain data."""
 
 import csv
+import types
 
 import numpy as np
 import pytest
@@ -11,15 +12,19 @@ from medtransfer.data import ImageCache
 from medtransfer.errors import ConfigError
 from medtransfer.models import create_model
 from medtransfer.strategies import (
+    STRATEGIES,
+    STRATEGY_RUNNERS,
     FeaturesStrategy,
     FinetuneStrategy,
     FreezeStrategy,
     MLPHeadConfig,
     ScratchStrategy,
+    register_strategy,
     run_strategy,
+    strategy_for,
     strategy_from_dict,
 )
-from medtransfer.train import OptimizerConfig, TrainConfig
+from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv
 
 TRAIN = TrainConfig(epochs=2, batch_size=8, progress=False)
 
@@ -31,13 +36,13 @@ def _data(n, seed, size=32):
     return x.astype(np.uint8), y.astype(np.int64)
 
 
-def _run(cfg, tmp_path, **kw):
+def _run(cfg, tmp_path, disk_cache=None, **kw):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=32, base=4)
     tests = {"test_1": _data(10, 3), "test_2": _data(6, 4)}
-    return run_strategy(cfg, model, _data(24, 1), _data(8, 2), tests, num_classes=2, seed=0,
-                        out_dir=tmp_path, **kw)
+    return run_strategy(cfg, model, _data(24, 1), _data(8, 2), tests,
+                        TrainEnv(num_classes=2, seed=0, out_dir=tmp_path, cache=disk_cache), **kw)
 
 
 def _check_probabilities(res):
@@ -116,3 +121,14 @@ def test_strategy_configs_from_plain_data():
         strategy_from_dict({"kind": "freeze", "freeze": {"trainable_layers": None}})
     with pytest.raises(ConfigError, match="missing required key 'strategy.kind'"):
         strategy_from_dict({})
+
+
+def test_every_strategy_kind_has_a_registered_runner():
+    assert sorted(STRATEGY_RUNNERS) == sorted(STRATEGIES)
+    for kind, cls in STRATEGIES.items():
+        assert type(strategy_for(cls())).__name__.lower() == kind
+    unknown = types.SimpleNamespace(kind="transplant")
+    with pytest.raises(ConfigError, match=r"'strategy.kind': got 'transplant'.*Allowed: features, finetune"):
+        strategy_for(unknown)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_strategy("freeze")(object)

@@ -21,6 +21,7 @@ from medtransfer.train import (
     SchedulerConfig,
     StopReason,
     TrainConfig,
+    TrainEnv,
     TrainState,
     fit,
     load_checkpoint,
@@ -80,7 +81,7 @@ def test_end_writes_the_same_files_once(toy, make_model, tmp_path: Path, writes,
         model = make_model(2, dropout=0.3)  # batch norm buffers and dropout too
         writes.clear()
         results[every] = fit(model, train, val, _cfg(checkpoint_every=every, early_stopping=es),
-                             seed=5, out_dir=tmp_path / every, num_classes=2, augment=augment)
+                             TrainEnv(seed=5, out_dir=tmp_path / every, num_classes=2), augment=augment)
         states[every] = (list(writes), model.state_dict())
     per_epoch, at_end = results["epoch"], results["end"]
     epochs = 2 if early else 4
@@ -117,8 +118,8 @@ def test_end_after_non_finite_loss_marks_last_partial(toy, tmp_path: Path, write
             return out if self.calls <= self.good else out * math.nan
 
     # epoch 1: 4 train + 2 val batches; epoch 2 fails at its second batch, after one step
-    res = fit(Emit(good=7), train, val, _cfg(checkpoint_every="end"), seed=0, out_dir=tmp_path,
-              num_classes=2)
+    res = fit(Emit(good=7), train, val, _cfg(checkpoint_every="end"),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert res.stop_reason is StopReason.non_finite_loss and len(res.history) == 1
     last, best = load_checkpoint(res.last_path), load_checkpoint(tmp_path / "best.pt")
     assert last["epoch"] == 1 and last["extra"]["partial_epoch"] is True
@@ -138,8 +139,8 @@ def test_end_on_interrupt_and_on_error(toy, make_model, tmp_path: Path, writes):
                 raise self.exc
 
     with pytest.raises(KeyboardInterrupt):
-        fit(make_model(2), train, val, _cfg(checkpoint_every="end"), seed=0,
-            out_dir=tmp_path / "ctrl-c", num_classes=2, callbacks=[Fail(KeyboardInterrupt)])
+        fit(make_model(2), train, val, _cfg(checkpoint_every="end"),
+            TrainEnv(seed=0, out_dir=tmp_path / "ctrl-c", num_classes=2, callbacks=[Fail(KeyboardInterrupt)]))
     last = load_checkpoint(tmp_path / "ctrl-c" / "last.pt")
     assert last["epoch"] == 2 and last["extra"]["partial_epoch"] is False  # between epochs
     assert last["extra"]["stop_reason"] == "interrupted"
@@ -148,8 +149,8 @@ def test_end_on_interrupt_and_on_error(toy, make_model, tmp_path: Path, writes):
 
     writes.clear()
     with pytest.raises(RuntimeError):
-        fit(make_model(2), train, val, _cfg(checkpoint_every="end"), seed=0,
-            out_dir=tmp_path / "error", num_classes=2, callbacks=[Fail(RuntimeError)])
+        fit(make_model(2), train, val, _cfg(checkpoint_every="end"),
+            TrainEnv(seed=0, out_dir=tmp_path / "error", num_classes=2, callbacks=[Fail(RuntimeError)]))
     # the best weights so far survive an error; last.pt (never written) does not exist
     assert load_checkpoint(tmp_path / "error" / "best.pt")["epoch"] in (1, 2)
     assert writes == ["best.pt"] and not (tmp_path / "error" / "last.pt").exists()
@@ -204,8 +205,8 @@ def test_cached_path_writes_at_end_unless_told(tmp_path: Path, writes, every: st
     acts = torch.from_numpy(np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
     cfg = TrainConfig(epochs=3, batch_size=8, progress=False, checkpoint_monitor="loss",
                       checkpoint_every=every)  # type: ignore[arg-type]
-    fit_on_activations(model, model[1], acts, np.arange(40) % 2, None, cfg, seed=0,
-                       out_dir=tmp_path, num_classes=2)
+    fit_on_activations(model, model[1], acts, np.arange(40) % 2, None, cfg,
+                       TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     if every == "auto":
         assert writes == ["best.pt", "last.pt"]
     else:

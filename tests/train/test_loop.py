@@ -18,6 +18,7 @@ from medtransfer.train import (
     SchedulerConfig,
     StopReason,
     TrainConfig,
+    TrainEnv,
     fit,
     load_checkpoint,
     metric_names,
@@ -56,7 +57,7 @@ class Emit(nn.Module):
 
 def test_fit_learns_bright_vs_dark(toy, make_model, tmp_path: Path):
     train, val = toy
-    res = fit(make_model(2), train, val, _cfg(epochs=8), seed=0, out_dir=tmp_path, num_classes=2)
+    res = fit(make_model(2), train, val, _cfg(epochs=8), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     h = res.history
     assert len(h) == 8 and res.stop_reason is StopReason.completed
     assert list(h[0]) == metric_names(True)
@@ -73,7 +74,7 @@ def test_fit_learns_bright_vs_dark(toy, make_model, tmp_path: Path):
 def test_single_logit_and_two_logit_heads(toy, make_model, tmp_path: Path, outputs: int):
     train, val = toy
     model = make_model(outputs)
-    res = fit(model, train, val, _cfg(epochs=6), seed=0, out_dir=tmp_path, num_classes=2)
+    res = fit(model, train, val, _cfg(epochs=6), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert res.history[-1]["val_accuracy"] >= 0.9
     proba = predict_proba(model, val[0], batch_size=7)
     assert proba.shape == (32, 2) and np.allclose(proba.sum(1), 1, atol=1e-6)
@@ -85,13 +86,13 @@ def test_multiclass(make_data, make_model, tmp_path: Path):
     train = make_data(90, seed=1, num_classes=3)
     val = make_data(30, seed=2, num_classes=3)
     model = make_model(3)
-    res = fit(model, train, val, _cfg(epochs=10, optimizer=OptimizerConfig(lr=0.1)), seed=0,
-              out_dir=tmp_path, num_classes=3)
+    res = fit(model, train, val, _cfg(epochs=10, optimizer=OptimizerConfig(lr=0.1)),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=3))
     last = res.history[-1]
     assert last["val_accuracy"] > 0.6 and 0 <= last["val_auc"] <= 1
     assert predict_proba(model, val[0]).shape == (30, 3)
     with pytest.raises(ConfigError, match=r"expected \(batch, 3\)"):
-        fit(make_model(2), train, val, _cfg(), seed=0, out_dir=tmp_path, num_classes=3)
+        fit(make_model(2), train, val, _cfg(), TrainEnv(seed=0, out_dir=tmp_path, num_classes=3))
 
 
 @pytest.mark.parametrize(
@@ -101,10 +102,10 @@ def test_balanced_class_weights(make_data, tmp_path: Path, logits, l0, l1):
     labels = np.array([0] * 12 + [1] * 4)
     train = make_data(16, labels=labels)
     cfg = _cfg(epochs=1, batch_size=16)  # one batch: the epoch loss is the loss before the step
-    plain = fit(Bias(logits), train, train, cfg, seed=0, out_dir=tmp_path, num_classes=2)
+    plain = fit(Bias(logits), train, train, cfg, TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     model = Bias(logits)
     weighted = fit(model, train, train, _cfg(epochs=1, batch_size=16, class_weight="balanced"),
-                   seed=0, out_dir=tmp_path, num_classes=2)
+                   TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert plain.history[0]["loss"] == pytest.approx((12 * l0 + 4 * l1) / 16, abs=1e-4)
     # balanced weights 16/(2*12) and 16/(2*4): the weighted mean is the mean of the class losses
     assert weighted.history[0]["loss"] == pytest.approx((l0 + l1) / 2, abs=1e-4)
@@ -118,7 +119,7 @@ def test_balanced_weights_need_every_class(make_data, tmp_path: Path):
     train = make_data(8, labels=np.zeros(8, dtype=int))
     with pytest.raises(DataError, match=r"class\(es\) \[1\] have no training samples"):
         fit(Bias([0.0, 0.0]), train, None, _cfg(class_weight="balanced", checkpoint_monitor="loss"),
-            seed=0, out_dir=tmp_path, num_classes=2)
+            TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
 
 
 def test_frozen_parameters_do_not_change_and_train_mode_hook_runs(toy, make_model, tmp_path):
@@ -135,7 +136,7 @@ def test_frozen_parameters_do_not_change_and_train_mode_hook_runs(toy, make_mode
         m.train()
         frozen_bn.eval()
 
-    fit(model, train, val, _cfg(), seed=0, out_dir=tmp_path, num_classes=2,
+    fit(model, train, val, _cfg(), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2),
         train_mode=keep_bn_frozen)
     after = model.state_dict()
     assert len(calls) == 3  # once per epoch
@@ -154,8 +155,8 @@ def test_same_seed_is_bitwise_identical_and_leaves_global_rng(toy, make_model, t
 
     def run(seed: int, name: str):
         model = make_model(2, dropout=0.5)
-        res = fit(model, train, val, _cfg(epochs=2), seed=seed, out_dir=tmp_path / name,
-                  num_classes=2, augment=augment)
+        res = fit(model, train, val, _cfg(epochs=2),
+                  TrainEnv(seed=seed, out_dir=tmp_path / name, num_classes=2), augment=augment)
         return res, model.state_dict()
 
     torch.manual_seed(123)
@@ -174,13 +175,13 @@ def test_same_seed_is_bitwise_identical_and_leaves_global_rng(toy, make_model, t
 
 def test_history_csv_columns_and_rows(toy, make_model, tmp_path: Path):
     train, val = toy
-    fit(make_model(2), train, val, _cfg(epochs=3), seed=0, out_dir=tmp_path, num_classes=2)
+    fit(make_model(2), train, val, _cfg(epochs=3), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc",
                              "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc"]
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    res = fit(make_model(2), train, None, _cfg(epochs=2, checkpoint_monitor="loss"), seed=0,
-              out_dir=tmp_path / "noval", num_classes=2)
+    res = fit(make_model(2), train, None, _cfg(epochs=2, checkpoint_monitor="loss"),
+              TrainEnv(seed=0, out_dir=tmp_path / "noval", num_classes=2))
     rows = list(csv.DictReader((tmp_path / "noval" / "history.csv").open()))
     assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc"]
     assert len(rows) == len(res.history) == 2
@@ -189,8 +190,8 @@ def test_history_csv_columns_and_rows(toy, make_model, tmp_path: Path):
 def test_early_stopping_in_fit(toy, make_model, tmp_path: Path):
     train, val = toy
     es = EarlyStoppingConfig(patience=2, min_delta=1e9)  # nothing after epoch 1 counts
-    res = fit(make_model(2), train, val, _cfg(epochs=10, early_stopping=es), seed=0,
-              out_dir=tmp_path, num_classes=2)
+    res = fit(make_model(2), train, val, _cfg(epochs=10, early_stopping=es),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert res.stop_reason is StopReason.early_stopping
     assert len(res.history) == 3
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 4
@@ -201,10 +202,10 @@ def test_missing_monitor_fails_before_training(toy, make_model, tmp_path: Path):
     expected = (r"checkpoint_monitor 'val_loss' is not a logged metric; "
                 r"available: lr, loss, accuracy, precision, recall, auc$")
     with pytest.raises(ConfigError, match=expected):
-        fit(make_model(2), train, None, _cfg(), seed=0, out_dir=tmp_path, num_classes=2)
+        fit(make_model(2), train, None, _cfg(), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     cfg = _cfg(checkpoint_monitor="loss", early_stopping=EarlyStoppingConfig("val_auc", "max"))
     with pytest.raises(ConfigError, match="early_stopping.monitor 'val_auc'"):
-        fit(make_model(2), train, None, cfg, seed=0, out_dir=tmp_path, num_classes=2)
+        fit(make_model(2), train, None, cfg, TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert not (tmp_path / "history.csv").exists()
 
 
@@ -213,20 +214,20 @@ def test_plateau_scheduler_in_fit(toy, make_model, tmp_path: Path):
     sched = SchedulerConfig(name="plateau", monitor="val_loss", factor=0.5, patience=0)
     es = EarlyStoppingConfig(patience=5, min_delta=1e9)
     res = fit(make_model(2), train, val, _cfg(epochs=4, scheduler=sched, early_stopping=es),
-              seed=0, out_dir=tmp_path, num_classes=2)
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     lrs = [h["lr"] for h in res.history]
     assert lrs[0] == 0.05 and all(b <= a for a, b in itertools.pairwise(lrs))
 
 
 def test_non_finite_loss_stops_training(toy, tmp_path: Path):
     train, val = toy
-    res = fit(Emit(math.inf), train, val, _cfg(), seed=0, out_dir=tmp_path, num_classes=2)
+    res = fit(Emit(math.inf), train, val, _cfg(), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     assert res.stop_reason is StopReason.non_finite_loss
     assert res.history == [] and res.best_path is None and math.isnan(res.best_metric)
     assert load_checkpoint(res.last_path)["epoch"] == 0
     # fine for one epoch (4 train batches + 2 val batches), then NaN: epoch 1 is kept
     model = Emit(math.nan, good=6)
-    res = fit(model, train, val, _cfg(), seed=0, out_dir=tmp_path / "b", num_classes=2)
+    res = fit(model, train, val, _cfg(), TrainEnv(seed=0, out_dir=tmp_path / "b", num_classes=2))
     assert res.stop_reason is StopReason.non_finite_loss and len(res.history) == 1
     assert res.best_epoch == 1 and load_checkpoint(res.last_path)["epoch"] == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())  # best weights restored
@@ -245,8 +246,8 @@ def test_keyboard_interrupt_saves_last_and_reraises(toy, make_model, tmp_path: P
             seen.append(state.stop_reason)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(make_model(2), train, val, _cfg(), seed=0, out_dir=tmp_path, num_classes=2,
-            callbacks=[Interrupt()])
+        fit(make_model(2), train, val, _cfg(),
+            TrainEnv(seed=0, out_dir=tmp_path, num_classes=2, callbacks=[Interrupt()]))
     assert seen == [StopReason.interrupted]
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 1 and last["extra"]["partial_epoch"] is True
@@ -257,14 +258,15 @@ def test_keyboard_interrupt_saves_last_and_reraises(toy, make_model, tmp_path: P
 def test_restore_best_and_checkpoint_contents(toy, make_model, tmp_path: Path):
     train, val = toy
     model = make_model(2)
-    res = fit(model, train, val, _cfg(epochs=4), seed=3, out_dir=tmp_path, num_classes=2,
-              input_norm=([0.5], [0.25]), config_for_checkpoint={"study": "demo", "size": (8, 8)})
+    res = fit(model, train, val, _cfg(epochs=4),
+              TrainEnv(seed=3, out_dir=tmp_path, num_classes=2, input_norm=([0.5], [0.25]),
+                       checkpoint_config={"study": "demo", "size": (8, 8)}))
     best = load_checkpoint(res.best_path)
     assert all(torch.equal(best["model_state"][k], v) for k, v in model.state_dict().items())
     assert best["config"] == {"study": "demo", "size": [8, 8]}
     assert best["extra"]["input_norm"] == [[0.5], [0.25]] and best["extra"]["seed"] == 3
-    default = fit(make_model(2), train, val, _cfg(epochs=1), seed=0, out_dir=tmp_path / "d",
-                  num_classes=2)
+    default = fit(make_model(2), train, val, _cfg(epochs=1),
+                  TrainEnv(seed=0, out_dir=tmp_path / "d", num_classes=2))
     assert load_checkpoint(default.last_path)["config"] == {"train": to_dict(_cfg(epochs=1))}
 
 
@@ -272,8 +274,8 @@ def test_uint16_and_input_norm(make_data, make_model, tmp_path: Path):
     train = make_data(32, seed=1, dtype=np.uint16, channels=3)
     model = make_model(2, channels=3)
     norm = ([0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
-    fit(model, train, None, _cfg(epochs=1, checkpoint_monitor="loss"), seed=0,
-        out_dir=tmp_path, num_classes=2, input_norm=norm)
+    fit(model, train, None, _cfg(epochs=1, checkpoint_monitor="loss"),
+        TrainEnv(seed=0, out_dir=tmp_path, num_classes=2, input_norm=norm))
     x = torch.from_numpy(train[0].astype(np.float32) / 65535)
     with torch.no_grad():
         expected = torch.softmax(model((x - 0.5) / 0.2), dim=1).numpy()
@@ -293,16 +295,16 @@ def test_bad_inputs_are_named(toy, make_model, tmp_path: Path):
     ]
     for train, exc, match in cases:
         with pytest.raises(exc, match=match):
-            fit(model, train, None, _cfg(checkpoint_monitor="loss"), seed=0, out_dir=tmp_path,
-                num_classes=2)
+            fit(model, train, None, _cfg(checkpoint_monitor="loss"),
+                TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     with pytest.raises(ConfigError, match="seed"):
-        fit(model, (x, y), None, _cfg(checkpoint_monitor="loss"), seed=-1, out_dir=tmp_path,
-            num_classes=2)
+        fit(model, (x, y), None, _cfg(checkpoint_monitor="loss"),
+            TrainEnv(seed=-1, out_dir=tmp_path, num_classes=2))
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
-        fit(model, (x, y), None, _cfg(checkpoint_monitor="loss"), seed=0, out_dir=tmp_path,
-            num_classes=2)
+        fit(model, (x, y), None, _cfg(checkpoint_monitor="loss"),
+            TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
 
 
 def test_train_config_from_yaml_data():
@@ -336,8 +338,8 @@ def test_fit_on_cuda_leaves_global_rngs_alone(toy, make_model, tmp_path: Path):
         return x + 0.01 * torch.rand(x.shape, generator=gen, device=gen.device)
 
     model = make_model(2, dropout=0.5)
-    res = fit(model, train, val, _cfg(epochs=2), seed=0, out_dir=tmp_path, num_classes=2,
-              augment=augment, device="cuda")
+    res = fit(model, train, val, _cfg(epochs=2),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2, device="cuda"), augment=augment)
     assert len(res.history) == 2 and next(model.parameters()).is_cuda
     assert predict_proba(model, val[0], device="cuda").shape == (32, 2)
     assert torch.equal(torch.get_rng_state(), cpu_state)

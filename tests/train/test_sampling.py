@@ -9,7 +9,7 @@ import pytest
 
 from medtransfer.config import from_dict, to_dict
 from medtransfer.errors import ConfigError
-from medtransfer.train import Callback, OptimizerConfig, TrainConfig, fit
+from medtransfer.train import Callback, OptimizerConfig, TrainConfig, TrainEnv, fit
 from medtransfer.train.loop import Sampling
 
 
@@ -46,16 +46,16 @@ def test_fit_epoch_sizes(make_data, make_model, tmp_path: Path, kind: str, image
     labels = np.repeat([0, 1], [50, 10])
     train = make_data(60, labels=labels)
     counter = CountImages()
-    res = fit(make_model(2), train, None, _cfg(sampling=kind, checkpoint_monitor="loss"), seed=0,
-              out_dir=tmp_path, num_classes=2, callbacks=[counter])
+    res = fit(make_model(2), train, None, _cfg(sampling=kind, checkpoint_monitor="loss"),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2, callbacks=[counter]))
     assert counter.per_epoch == [images, images] and len(res.history) == 2
 
 
 def test_sampled_fit_is_reproducible(make_data, make_model, tmp_path: Path):
     train = make_data(48, labels=np.repeat([0, 1], [40, 8]))
     cfg = _cfg(sampling="oversample", checkpoint_monitor="loss")
-    runs = [fit(make_model(2), train, None, cfg, seed=3, out_dir=tmp_path / str(i), num_classes=2)
+    runs = [fit(make_model(2), train, None, cfg, TrainEnv(seed=3, out_dir=tmp_path / str(i), num_classes=2))
             for i in range(2)]
     assert runs[0].history == runs[1].history
-    other = fit(make_model(2), train, None, cfg, seed=4, out_dir=tmp_path / "o", num_classes=2)
+    other = fit(make_model(2), train, None, cfg, TrainEnv(seed=4, out_dir=tmp_path / "o", num_classes=2))
     assert other.history != runs[0].history

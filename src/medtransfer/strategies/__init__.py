@@ -1,9 +1,19 @@
 """Transfer strategies (scratch, features, freeze, finetune) and cached-activation training."""
 
+from medtransfer.strategies.base import (
+    STRATEGY_RUNNERS,
+    Stage,
+    StageResult,
+    Strategy,
+    StrategyResult,
+    TransferData,
+    register_strategy,
+    strategy_for,
+)
 from medtransfer.strategies.cached import (
-    ActivationModel,
     CachePlan,
     PrefixSplit,
+    TailModel,
     fit_on_activations,
     plan_cache,
     prefix_activations,
@@ -21,11 +31,12 @@ from medtransfer.strategies.config import (
     strategy_from_dict,
 )
 from medtransfer.strategies.features import extract_features, make_estimator
-from medtransfer.strategies.run import StageResult, StrategyResult, run_strategy, train_stage
+from medtransfer.strategies.run import run_strategy
+from medtransfer.strategies.stage import train_stage
 
 __all__ = [
     "STRATEGIES",
-    "ActivationModel",
+    "STRATEGY_RUNNERS",
     "CacheConfig",
     "CachePlan",
     "FeaturesStrategy",
@@ -34,16 +45,22 @@ __all__ = [
     "MLPHeadConfig",
     "PrefixSplit",
     "ScratchStrategy",
+    "Stage",
     "StageResult",
+    "Strategy",
     "StrategyConfig",
     "StrategyResult",
+    "TailModel",
+    "TransferData",
     "extract_features",
     "fit_on_activations",
     "freeze_configs",
     "make_estimator",
     "plan_cache",
     "prefix_activations",
+    "register_strategy",
     "run_strategy",
+    "strategy_for",
     "strategy_from_dict",
     "train_stage",
 ]

@@ -7,9 +7,10 @@ norm layers in eval mode (``bn_policy: frozen``). :func:`plan_cache` checks all 
 statically, then by running the prefix in training mode twice against eval mode — and says why
 when caching does not apply, so the caller falls back to the full path.
 
-Training reuses :func:`medtransfer.train.fit` unchanged: fit is handed uint16 "images" that
-encode sample indices, and a wrapper module looks the activations up; the wrapper's state dict
-is the full model's, so checkpoints are the same files the full path writes.
+Training reuses :func:`medtransfer.train.fit`: the activations are its batch source
+(:class:`~medtransfer.train.TensorBatches`) and a wrapper module runs only the tail on them;
+the wrapper's state dict is the full model's, so checkpoints are the same files the full path
+writes.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,13 +27,12 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from medtransfer.config import to_dict
+from medtransfer.config import InputNorm, to_dict
 from medtransfer.models.chain import Step, forward_chain, run_chain
-from medtransfer.train import Callback, FitResult, TrainConfig, fit
-from medtransfer.train.batches import InputNorm, input_norm_tensors
+from medtransfer.train import Augment, FitResult, TensorBatches, TrainConfig, TrainEnv, fit
+from medtransfer.train.batches import input_norm_tensors
 from medtransfer.train.batches import to_float as images_to_float
 
-Augment = Callable[[Tensor, torch.Generator], Tensor]
 _BN = nn.modules.batchnorm._BatchNorm
 PREFIX_VERSION = 1
 
@@ -217,33 +216,21 @@ def prefix_key(signature: str, images: np.ndarray) -> str:
     return f"prefix:{signature}|{images_fingerprint(images)}"
 
 
-def index_codes(n: int, offset: int = 0) -> np.ndarray:
-    """Sample indices as (N, 1, 1, 2) uint16 "images" (high and low 16 bits)."""
-    idx = np.arange(offset, offset + n, dtype=np.int64)
-    if offset + n >= 2**32:
-        raise ValueError("index_codes: at most 2**32 samples")
-    return np.stack([idx >> 16, idx & 0xFFFF], axis=-1).astype(np.uint16).reshape(n, 1, 1, 2)
-
-
-class ActivationModel(nn.Module):
-    """What ``fit`` trains on the cached path: index codes → cached activations → ``tail``.
+class TailModel(nn.Module):
+    """What ``fit`` trains on the cached path: activations of the frozen prefix → ``tail``.
 
     ``model`` is a submodule, so parameters (and their order), ``.to`` and ``train``/``eval``
     are the full model's; ``state_dict``/``load_state_dict`` are delegated to it, so the
     checkpoints fit writes hold the full model under its own names.
     """
 
-    def __init__(self, model: nn.Module, tail: Callable[[Tensor], Tensor], activations: Tensor) -> None:
+    def __init__(self, model: nn.Module, tail: Callable[[Tensor], Tensor]) -> None:
         super().__init__()
         self.model = model
         self._tail = tail
-        self._activations = activations  # a plain attribute: not a buffer, not checkpointed
 
-    def forward(self, codes: Tensor) -> Tensor:
-        # fit hands in code / 65535 as float32; *65535 and rounding recovers each 16-bit code exactly.
-        digits = torch.round(codes.reshape(len(codes), 2).double() * 65535.0).long()
-        idx = digits[:, 0] * 65536 + digits[:, 1]
-        return self._tail(self._activations[idx.to(self._activations.device)])
+    def forward(self, activations: Tensor) -> Tensor:
+        return self._tail(activations)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.state_dict(*args, **kwargs)
@@ -259,14 +246,9 @@ def fit_on_activations(
     y_train: np.ndarray,
     val: tuple[Tensor, np.ndarray] | None,
     cfg: TrainConfig,
+    env: TrainEnv,
     *,
-    seed: int,
-    out_dir: str | Path,
-    num_classes: int,
     train_mode: Callable[[nn.Module], None] | None = None,
-    device: str | torch.device = "cpu",
-    config_for_checkpoint: dict[str, Any] | None = None,
-    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """``fit`` of ``model`` where each sample's forward pass is ``tail(activation)``.
 
@@ -274,19 +256,12 @@ def fit_on_activations(
     writing the whole model's checkpoints every epoch would dominate it. The checkpoints record
     ``cfg`` as given, as the full path's do.
     """
-    dev = torch.device(device)
     if cfg.checkpoint_every == "auto":
-        if config_for_checkpoint is None:
-            config_for_checkpoint = {"train": to_dict(cfg)}
+        if env.checkpoint_config is None:
+            env = env.replace(checkpoint_config={"train": to_dict(cfg)})
         cfg = dataclasses.replace(cfg, checkpoint_every="end")
-    acts = torch.cat([train_acts, val[0]]) if val is not None else train_acts
-    wrapper = ActivationModel(model, tail, acts.to(dev))
-    n = len(train_acts)
-    val_split = None if val is None else (index_codes(len(val[0]), n), np.asarray(val[1]))
+    k, dev = env.num_classes, env.device
+    train_src = TensorBatches("train", train_acts, np.asarray(y_train), k, dev)
+    val_src = None if val is None else TensorBatches("val", val[0], np.asarray(val[1]), k, dev)
     mode = None if train_mode is None else (lambda w: train_mode(w.model))
-    return fit(
-        wrapper, (index_codes(n), np.asarray(y_train)), val_split, cfg, seed=seed,
-        out_dir=out_dir, num_classes=num_classes, device=dev, train_mode=mode,
-        config_for_checkpoint=config_for_checkpoint, callbacks=callbacks,
-    )
-
+    return fit(TailModel(model, tail), train_src, val_src, cfg, env, train_mode=mode)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,18 +22,17 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import Tensor, nn
 
-from medtransfer.config import closest
+from medtransfer.config import InputNorm, closest
 from medtransfer.data import ImageCache
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.strategies.cached import (
-    InputNorm,
     fit_on_activations,
     images_fingerprint,
     state_hash,
     to_float,
 )
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
-from medtransfer.train import FitResult
+from medtransfer.train import FitResult, TrainEnv
 
 FEATURES_VERSION = 1
 
@@ -148,22 +146,16 @@ def fit_mlp(
     labels: np.ndarray,
     val: tuple[np.ndarray, np.ndarray] | None,
     cfg: MLPHeadConfig,
+    env: TrainEnv,
     *,
     outputs: int,
-    num_classes: int,
-    seed: int,
-    out_dir: Path,
-    device: str | torch.device = "cpu",
-    config_for_checkpoint: dict[str, Any] | None = None,
 ) -> tuple[MLPHead, FitResult]:
-    """Train :class:`MLPHead` with ``fit`` on cached features (initialised from ``seed``)."""
+    """Train :class:`MLPHead` with ``fit`` on cached features (initialised from ``env.seed``)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(env.seed)
         head = MLPHead(feats.shape[1], outputs, cfg)
     val_t = None if val is None else (torch.from_numpy(val[0]), val[1])
-    res = fit_on_activations(head, head.forward, torch.from_numpy(feats), labels, val_t, cfg.train,
-                             seed=seed, out_dir=out_dir, num_classes=num_classes, device=device,
-                             config_for_checkpoint=config_for_checkpoint)
+    res = fit_on_activations(head, head.forward, torch.from_numpy(feats), labels, val_t, cfg.train, env)
     return head, res
 
 

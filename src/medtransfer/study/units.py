@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from medtransfer import __version__
-from medtransfer.config import to_dict
+from medtransfer.config import InputNorm, to_dict
 from medtransfer.data import Augmenter, ImageCache
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models import ModelConfig, build_model, build_pretrained
@@ -27,12 +27,10 @@ from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
-from medtransfer.train import Callback, fit, load_checkpoint, predict_proba
+from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.transfer import HeadPolicy, load_source_weights
 
 __all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
-
-InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @dataclass
@@ -165,13 +163,10 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
     augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
-    res = fit(
-        start.model, source.part(source.split.train), source.part(source.split.val),
-        ctx.train_cfg(v.pretrain.train), seed=job.seed, out_dir=workdir,
-        num_classes=source.images.num_classes, augment=augment, device=ctx.device,
-        input_norm=start.input_norm, config_for_checkpoint={**spec, "classes": source.classes},
-        callbacks=ctx.callbacks(workdir, job.label, spec),
-    )
+    env = TrainEnv(job.seed, workdir, source.images.num_classes, ctx.device, start.input_norm,
+                   ctx.callbacks(workdir, job.label, spec), {**spec, "classes": source.classes})
+    res = fit(start.model, source.part(source.split.train), source.part(source.split.val),
+              ctx.train_cfg(v.pretrain.train), env, augment=augment)
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
                           input_norm=start.input_norm)
@@ -234,14 +229,13 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
         for k, idx in sorted(split.tests.items())}
     parts = {name: idx for name, idx in [("val", split.val), *tests.items()] if len(idx)}
     augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
+    env = TrainEnv(job.seed, workdir, target.images.num_classes, ctx.device, start.input_norm,
+                   ctx.callbacks(workdir, job.label, spec), {**spec, "classes": target.classes},
+                   ctx.disk_cache)
     res = run_strategy(
         strategy, start.model, target.part(split.train),
         target.part(split.val) if len(split.val) else None,
-        {k: target.part(idx) for k, idx in parts.items() if k != "val"},
-        num_classes=target.images.num_classes, seed=job.seed, out_dir=workdir, device=ctx.device,
-        augment=augment, input_norm=start.input_norm, disk_cache=ctx.disk_cache,
-        config_for_checkpoint={**spec, "classes": target.classes},
-        callbacks=ctx.callbacks(workdir, job.label, spec),
+        {k: target.part(idx) for k, idx in parts.items() if k != "val"}, env, augment=augment,
     )
     summary = _last_stage(res)
     ctx.echo(f"[{job.label}] {summary['path']} path: {summary['path_reason']}")

@@ -13,6 +13,7 @@ from medtransfer.train.callbacks import (
 )
 from medtransfer.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from medtransfer.train.distributed import init_distributed, is_main_process
+from medtransfer.train.env import TrainEnv
 from medtransfer.train.loop import (
     ClassWeight,
     EarlyStoppingConfig,
@@ -32,11 +33,15 @@ from medtransfer.train.optim import (
     build_scheduler,
     step_scheduler,
 )
+from medtransfer.train.sources import Arrays, Augment, BatchSource, ImageBatches, TensorBatches
 
 __all__ = [
     "ALL_METRICS",
     "TRAIN_METRICS",
     "VAL_METRICS",
+    "Arrays",
+    "Augment",
+    "BatchSource",
     "CSVLogger",
     "Callback",
     "CheckpointError",
@@ -44,6 +49,7 @@ __all__ = [
     "EarlyStopping",
     "EarlyStoppingConfig",
     "FitResult",
+    "ImageBatches",
     "ModelCheckpoint",
     "OptimizerConfig",
     "OptimizerName",
@@ -51,7 +57,9 @@ __all__ = [
     "SchedulerConfig",
     "SchedulerName",
     "StopReason",
+    "TensorBatches",
     "TrainConfig",
+    "TrainEnv",
     "TrainState",
     "build_optimizer",
     "build_scheduler",

@@ -3,7 +3,7 @@ shared by training, evaluation, prediction and the cached-activation path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError, DataError
 
 __all__ = [
-    "InputNorm",
     "batches",
     "check_images",
+    "check_labels",
     "check_split",
     "input_norm_tensors",
     "logits_to_proba",
@@ -25,7 +26,6 @@ __all__ = [
     "to_float",
 ]
 
-InputNorm = tuple[Sequence[float], Sequence[float]]
 SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -39,20 +39,28 @@ def check_images(name: str, images: Any) -> np.ndarray:
 
 
 def check_split(name: str, split: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, int64 labels) of a pair, checked."""
     if not (isinstance(split, tuple | list) and len(split) == 2):
         raise DataError(f"{name}: expected a pair (images, labels)")
     images = check_images(f"{name} images", split[0])
-    labels = np.asarray(split[1])
+    return images, check_labels(name, split[1], num_classes, len(images))
+
+
+def check_labels(name: str, labels: Any, num_classes: int, n: int | None = None) -> np.ndarray:
+    """1-D int64 labels in [0, num_classes), ``n`` of them when given."""
+    labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{name} labels: expected 1-D integers, got {labels.dtype} {labels.shape}")
-    if len(labels) != len(images):
-        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if n is not None and len(labels) != n:
+        raise DataError(f"{name}: {n} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{name}: got no samples")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(
             f"{name} labels: must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
             f"got [{labels.min()}, {labels.max()}]"
         )
-    return images, labels.astype(np.int64, copy=False)
+    return labels.astype(np.int64, copy=False)
 
 
 def input_norm_tensors(
