@@ -21,7 +21,8 @@ LAYERS = [
     {"strategies", "tracking", "audit"},
     {"study"},
     {"report"},
-    {"api"},
+    {"api", "inference"},
+    {"export"},
     {"search"},
     {"cli"},
 ]

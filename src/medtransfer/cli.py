@@ -102,6 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--reference", help="variant the others are compared with (default: the first)")
     rep.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     rep.add_argument("--gallery", type=int, default=4, help="Grad-CAM images per variant (0: none)")
+    pred = sub.add_parser("predict", help="class probabilities of new images from a finished run's model")
+    pred.add_argument("run_dir", help="a finished run directory")
+    pred.add_argument("paths", nargs="+", help="image files, folders, or a CSV with a 'path' column")
+    pred.add_argument("--out", required=True, help="CSV to write (path, predicted, p_<class>..., threshold)")
+    exp = sub.add_parser("export", help="a finished run's model as ONNX or TorchScript, with its "
+                         "preprocessing in a sidecar JSON")
+    exp.add_argument("run_dir", help="a finished run directory")
+    exp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    exp.add_argument("--out", required=True, help="model file to write (FILE.json beside it)")
+    for p in (pred, exp):
+        p.add_argument("--variant", help="the variant (or a matrix arm's label) to use")
+        p.add_argument("--target", help="the target, in a study with several")
+        p.add_argument("--fold", type=int, default=1, help="cross-validation: the fold's model (default 1)")
+    pred.add_argument("--threshold", choices=["default", "val"], default="default",
+                      help="binary tasks: 0.5 (default) or the threshold chosen on validation data")
     aud = sub.add_parser("audit", help="look for shortcuts, duplicates and leakage in a data set")
     aud.add_argument("data", help="class-per-folder tree, CSV (path,label[,group]) or MedMNIST .npz")
     aud.add_argument("--against", help="a second data set (e.g. the target): shared or near-identical images")
@@ -140,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "cache":
             return _cache(args)
+        if args.command in ("predict", "export"):
+            return _use_model(args)
         if args.command == "demo":
             args.config = demo_config_path()
             args.out = args.out or "runs/demo"
@@ -147,6 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     except MedTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _use_model(args: argparse.Namespace) -> int:
+    from medtransfer.inference import load_model, predict, write_predictions
+
+    model = load_model(args.run_dir, arm=args.variant, target=args.target, fold=args.fold)
+    if args.command == "export":
+        from medtransfer.export import export_model
+
+        path, sidecar = export_model(model, args.out, args.format)
+        print(f"exported {model.arm} ({model.unit.name}): {path}, {sidecar}")
+        return 0
+    rows = predict(args.paths, model, use_threshold=args.threshold == "val")
+    write_predictions(rows, args.out)
+    bad = [r for r in rows if r["error"]]
+    for r in bad:
+        print(f"skipped: {r['error']}", file=sys.stderr)
+    print(f"predicted {len(rows) - len(bad)} of {len(rows)} images with {model.arm} "
+          f"({model.unit.name}): {args.out}")
+    return 0 if len(bad) < len(rows) else 2
 
 
 if __name__ == "__main__":

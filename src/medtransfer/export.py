@@ -1,0 +1,102 @@
+"""Hand a trained model to someone else: ONNX or TorchScript, with its preprocessing in a sidecar
+JSON (and, for ONNX, in the model's metadata).
+
+The exported graph takes float images in [0, 1], shape (N, C, H, W) at the recorded size and
+colour (pixel / 255 for 8-bit, / 65535 for 16-bit files), normalises them itself and returns
+class probabilities (N, K) in the order of ``classes``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from medtransfer import __version__
+from medtransfer.config import check_choice
+from medtransfer.errors import ConfigError
+from medtransfer.fileio import write_text_atomic
+from medtransfer.inference import LoadedModel
+from medtransfer.train.batches import logits_to_proba
+
+__all__ = ["FORMATS", "Exportable", "export_model", "model_metadata"]
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 17
+
+
+class Exportable(nn.Module):
+    """The network with its input normalisation in front and probabilities at the end."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__()
+        self.net = model.module
+        mean, std = model.input_norm if model.input_norm is not None else ([0.0], [1.0])
+        chans = model.in_chans
+        for name, values in (("mean", mean), ("std", std)):
+            tensor = torch.tensor(list(values), dtype=torch.float32).expand(chans).reshape(1, -1, 1, 1)
+            self.register_buffer(name, tensor.clone())
+
+    mean: Tensor
+    std: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_to_proba(self.net((x - self.mean) / self.std))
+
+
+def model_metadata(model: LoadedModel, fmt: str) -> dict[str, Any]:
+    """What a user of the exported file needs to feed it and read its output."""
+    height, width = model.preprocess.hw
+    norm = model.input_norm
+    return {
+        "format": fmt, "medtransfer_version": __version__, "classes": model.classes,
+        "input": {"name": "image", "shape": ["N", model.in_chans, height, width], "dtype": "float32",
+                  "range": "[0, 1]: pixel / 255 (8-bit) or / 65535 (16-bit), after resizing to "
+                           f"{height}x{width} (bilinear) as {model.preprocess.color.value}",
+                  "colour": model.preprocess.color.value,
+                  "normalisation_inside_model": None if norm is None else {"mean": list(norm[0]),
+                                                                           "std": list(norm[1])}},
+        "output": {"name": "probabilities", "shape": ["N", len(model.classes)]},
+        "threshold": model.threshold, "threshold_rule": "Youden's J on the unit's validation images"
+        if model.threshold is not None else None,
+        "positive_class": model.classes[-1] if len(model.classes) == 2 else None,
+        "arm": model.arm, "target": model.target, "unit": str(model.unit),
+    }
+
+
+def export_model(model: LoadedModel, out: str | Path,
+                 fmt: Literal["onnx", "torchscript"] = "onnx") -> tuple[Path, Path]:
+    """Write the model to ``out`` and its metadata to ``out`` + ``.json``; returns both paths."""
+    check_choice("format", fmt, FORMATS)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = Exportable(model).eval()
+    height, width = model.preprocess.hw
+    example = torch.rand(2, model.in_chans, height, width)
+    meta = model_metadata(model, fmt)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.trace(wrapper, example).save(str(out))
+        else:
+            _onnx(wrapper, example, out, meta)
+    sidecar = out.with_name(out.name + ".json")
+    write_text_atomic(sidecar, json.dumps(meta, indent=2))
+    return out, sidecar
+
+
+def _onnx(wrapper: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]) -> None:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError("format 'onnx' needs the onnx package: pip install 'medtransfer[export]'") from exc
+    torch.onnx.export(wrapper, (example,), str(out), input_names=["image"], output_names=["probabilities"],
+                      dynamic_axes={"image": {0: "N"}, "probabilities": {0: "N"}}, opset_version=OPSET,
+                      dynamo=False)
+    proto = onnx.load(str(out))
+    for key, value in (("medtransfer", json.dumps(meta)),):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
