@@ -239,29 +239,58 @@ def test_bootstrap_ci_contains_estimate_and_is_deterministic():
     assert a["auc"].estimate == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
 
 
-def test_bootstrap_ci_coverage_of_a_known_accuracy():
-    # 200 seeded data sets of 100 cases whose predictions are right with probability 0.8: the
-    # 95% percentile interval should cover 0.8 in roughly 95% of them.
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+def test_bootstrap_ci_coverage_tells_95_from_90_percent(method):
+    # 1000 seeded data sets of 80 cases whose squared errors are uniform on [0.04, 0.36] (Brier
+    # 0.2). The coverage of a 95% interval is estimated with sd ≈ 0.007, so a 90% interval
+    # (coverage ≈ 0.90) or a 99% one would fall outside [0.925, 0.975] by 3 sd or more.
+    rng = np.random.default_rng(1)
+    y = np.arange(80) % 2
     covered = 0
-    for _ in range(200):
-        y = np.arange(100) % 2
-        right = rng.random(100) < 0.8
-        p1 = np.where(right == (y == 1), 0.7, 0.3)
-        ci = bootstrap_ci(y, np.stack([1 - p1, p1], 1), ["accuracy"], rng=rng, n_boot=300)["accuracy"]
-        covered += ci.low <= 0.8 <= ci.high
-    assert 0.88 <= covered / 200 <= 0.99
+    for _ in range(1000):
+        err = np.sqrt(rng.uniform(0.04, 0.36, 80))
+        p1 = np.where(y == 1, 1 - err, err)
+        ci = bootstrap_ci(y, np.stack([1 - p1, p1], 1), ["brier"], rng=rng, n_boot=250,
+                          method=method)["brier"]
+        assert ci.method == f"{method} bootstrap"
+        covered += ci.low <= 0.2 <= ci.high
+    assert 0.925 <= covered / 1000 <= 0.975
 
 
-def test_bca_matches_scipy_bootstrap_without_stratification():
-    y, p = _problem(2, 150, seed=9, ties=False)
-    correct = ((p[:, 1] >= 0.5) == (y == 1)).astype(float)
-    ours = bootstrap_ci(y, p, ["accuracy"], rng=np.random.default_rng(0), n_boot=20000, method="bca",
-                        stratify=False)["accuracy"]
-    ref = sps.bootstrap((correct,), np.mean, n_resamples=20000, method="BCa",
-                        rng=np.random.default_rng(1)).confidence_interval
-    assert ours.method == "bca bootstrap"
-    assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=0.012)
+def _skewed_problem() -> tuple[np.ndarray, np.ndarray]:
+    """80 cases, mostly confident and right, 6 confidently wrong: skewed per-case errors."""
+    rng = np.random.default_rng(5)
+    y = np.arange(80) % 2
+    p1 = np.where(y == 1, rng.uniform(0.75, 0.99, 80), rng.uniform(0.01, 0.25, 80))
+    wrong = rng.choice(80, 6, replace=False)
+    p1[wrong] = 1 - p1[wrong]
+    return y, np.stack([1 - p1, p1], 1)
+
+
+@pytest.mark.parametrize("metric", ["brier", "accuracy"])
+def test_bca_equals_scipy_bca_on_the_same_resamples(metric):
+    """Unstratified replicates from ``default_rng(0)`` are scipy's own resamples (checked), so
+    the BCa bounds must agree to rounding; the percentile interval is far outside that."""
+    y, p = _skewed_problem()
+    per_case = Scored(y, p).batch([metric], np.eye(80))[metric]  # each case's own score
+    kw = {"n_resamples": 5000, "rng": np.random.default_rng(0)}
+    ref = sps.bootstrap((per_case,), np.mean, method="BCa", **kw)
+    boot = np.concatenate([Scored(y, p).batch([metric], w)[metric] for w in
+                           bootstrap_weights(y, 5000, np.random.default_rng(0), stratify=False)])
+    assert np.allclose(np.sort(boot), np.sort(ref.bootstrap_distribution), rtol=0, atol=1e-12)
+
+    def ci(method):
+        return bootstrap_ci(y, p, [metric], rng=np.random.default_rng(0), n_boot=5000,
+                            method=method, stratify=False)[metric]
+
+    bca, pct = ci("bca"), ci("percentile")
+    tol = 1e-9
+    assert bca.method == "bca bootstrap"
+    assert abs(bca.low - ref.confidence_interval.low) < tol
+    assert abs(bca.high - ref.confidence_interval.high) < tol
+    assert max(abs(bca.low - pct.low), abs(bca.high - pct.high)) > 1000 * tol  # ≥ 0.004 here
+    if metric == "accuracy":  # many replicates tie with the estimate: scipy counts them half
+        assert np.mean(boot == bca.estimate) > 0.05
 
 
 def test_bca_falls_back_to_percentile_when_undefined():
@@ -282,6 +311,30 @@ def test_paired_bootstrap_identical_arms_and_clear_difference():
     assert d.diff == pytest.approx(skm.roc_auc_score(y, p[:, 1]) - skm.roc_auc_score(y, noise))
     again = paired_bootstrap(y, p, bad, "auc", rng=np.random.default_rng(0), n_boot=500)
     assert again == d
+
+
+@pytest.mark.parametrize(("metric", "seed", "noise"), [("accuracy", 2, 0.15), ("brier", 3, 0.1)])
+def test_paired_bootstrap_intermediate_p_matches_scipy_resamples(metric, seed, noise):
+    """A difference that is not significant: the CI and p-value recomputed from scipy's paired
+    resamples (the same draws, unstratified) of each case's difference in score."""
+    y, p = _skewed_problem()
+    rng = np.random.default_rng(seed)
+    other = np.clip(p[:, 1] + rng.normal(0, noise, 80), 0.01, 0.99)
+    q = np.stack([1 - other, other], 1)
+    d = paired_bootstrap(y, p, q, metric, rng=np.random.default_rng(0), n_boot=4000, stratify=False)
+    per_case = Scored(y, p).batch([metric], np.eye(80))[metric] - Scored(y, q).batch(
+        [metric], np.eye(80))[metric]
+    ref = sps.bootstrap((per_case,), np.mean, n_resamples=4000, method="percentile",
+                        rng=np.random.default_rng(0))
+    reps = ref.bootstrap_distribution
+    below = (1 + np.sum(reps <= 1e-12)) / 4001
+    above = (1 + np.sum(reps >= -1e-12)) / 4001
+    p_ref = min(1.0, 2 * min(below, above))
+    assert 0.05 < d.p < 0.2  # intermediate: near, not at, the 5% line
+    assert d.p == pytest.approx(p_ref, abs=1e-12)
+    assert (d.low, d.high) == pytest.approx(tuple(ref.confidence_interval), abs=1e-12)
+    assert d.diff == pytest.approx(per_case.mean(), abs=1e-12)
+    assert d.low <= 0 <= d.high  # the CI agrees with p > 0.05
 
 
 def test_bad_arguments_name_the_parameter():

@@ -124,12 +124,18 @@ def _percentile(boot: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _bca(boot: np.ndarray, estimate: float, jack: np.ndarray, level: float) -> tuple[float, float] | None:
-    """BCa bounds (Efron 1987, as scipy.stats.bootstrap); None where z0 or a is undefined."""
+    """BCa bounds (Efron 1987, as scipy.stats.bootstrap); None where z0 or a is undefined.
+
+    The bias correction counts replicates equal to the estimate as half below, half above (as
+    scipy): with a discrete metric such as accuracy many replicates tie with the estimate, and
+    counting them all as above would shift the interval down with no bias to correct.
+    """
     finite = boot[np.isfinite(boot)]
     jack = jack[np.isfinite(jack)]
     if not finite.size or not jack.size or not math.isfinite(estimate):
         return None
-    z0 = sps.norm.ppf(np.mean(finite < estimate))
+    below = np.count_nonzero(finite < estimate) + np.count_nonzero(finite <= estimate)
+    z0 = sps.norm.ppf(below / (2 * finite.size))
     dev = jack.mean() - jack
     denom = 6.0 * (dev**2).sum() ** 1.5
     if not math.isfinite(z0) or denom == 0:
