@@ -22,6 +22,7 @@ LAYERS = [
     {"study"},
     {"report"},
     {"api", "inference"},
+    {"model_card"},
     {"export"},
     {"search"},
     {"cli"},

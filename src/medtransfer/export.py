@@ -20,6 +20,7 @@ from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.fileio import write_text_atomic
 from medtransfer.inference import LoadedModel
+from medtransfer.model_card import model_card
 from medtransfer.train.batches import logits_to_proba
 
 __all__ = ["FORMATS", "Exportable", "export_model", "model_metadata"]
@@ -69,7 +70,8 @@ def model_metadata(model: LoadedModel, fmt: str) -> dict[str, Any]:
 
 def export_model(model: LoadedModel, out: str | Path,
                  fmt: Literal["onnx", "torchscript"] = "onnx") -> tuple[Path, Path]:
-    """Write the model to ``out`` and its metadata to ``out`` + ``.json``; returns both paths."""
+    """Write the model to ``out``, its metadata to ``out`` + ``.json`` and its model card to
+    ``<stem>_model_card.md``; returns the model and metadata paths."""
     check_choice("format", fmt, FORMATS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,7 @@ def export_model(model: LoadedModel, out: str | Path,
             _onnx(wrapper, example, out, meta)
     sidecar = out.with_name(out.name + ".json")
     write_text_atomic(sidecar, json.dumps(meta, indent=2))
+    write_text_atomic(out.with_name(f"{out.stem}_model_card.md"), model_card(model))
     return out, sidecar
 
 

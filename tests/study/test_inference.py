@@ -72,6 +72,9 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     meta = json.loads(sidecar.read_text())
     assert meta["classes"] == ["normal", "covid"] and meta["input"]["shape"] == ["N", 1, 16, 16]
     assert json.loads(session.get_modelmeta().custom_metadata_map["medtransfer"])["arm"] == "src.freeze"
+    card = (tmp_path / "model_model_card.md").read_text()
+    assert "# Model card: src.freeze → tgt" in card and "## Not tested on" in card
+    assert "| tgt | target | test_1 |" in card  # the data and its split, from data.yaml
     ts_file, _ = export_model(model, tmp_path / "model.pt", "torchscript")
     scripted = torch.jit.load(str(ts_file))
     with torch.no_grad():

@@ -139,8 +139,10 @@ class Runner:
                             + "); set preprocess.channels")
         if not write:
             return
-        self.echo("data: " + "; ".join(f"{k} {len(t.images)} images {t.images.class_counts()}"
-                                      for k, t in self.tasks.items())
+        self.echo("data: " + "; ".join(
+            f"{k} {len(t.own or t.images)} images {(t.own or t.images).class_counts()}"
+            + "".join(f", external {e} {len(x)} images {x.class_counts()}" for e, x in t.externals.items())
+            for k, t in self.tasks.items())
                   + f" ({time.perf_counter() - t0:.1f} s, cache {cache.hits} hits / {cache.misses} decoded)")
         self._check_models()
         for task in self.tasks.values():
