@@ -53,6 +53,7 @@ class DataConfig:
     path_column: str = "path"
     label_column: str = "label"
     group_column: str | None = None
+    split_column: str | None = None  # CSV: a fixed train/val/test part per row (split.use_official)
     npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))
     name: str | None = None
     group_pattern: str | None = None
@@ -81,13 +82,16 @@ class DataConfig:
                 f"'npz_splits': got {self.npz_splits!r}; expected distinct values from "
                 f"{', '.join(NPZ_SPLITS)}"
             )
-        columns = [self.path_column, self.label_column, self.group_column]
+        columns = [self.path_column, self.label_column, self.group_column, self.split_column]
         named = [c for c in columns if c is not None]
         if len(set(named)) != len(named) or not all(named):
             raise ConfigError(
-                f"'path_column', 'label_column', 'group_column': got {columns!r}; "
+                f"'path_column', 'label_column', 'group_column', 'split_column': got {columns!r}; "
                 "expected distinct, non-empty column names"
             )
+        if self.split_column is not None and self.source_kind is not SourceKind.CSV:
+            raise ConfigError(f"'split_column': got {self.split_column!r} for {self.path}, which is not "
+                              "a CSV source; a fixed split comes from a CSV column (or a MedMNIST .npz)")
         if self.group_pattern is not None:
             compile_group_pattern(self.group_pattern)
             if self.group_column is not None:

@@ -92,7 +92,9 @@ def _scan_class(folder: Path) -> tuple[list[str], list[str]]:
 
 
 
-def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]:
+def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None, list[str] | None]:
+    """Items, classes, group ids (``group_column``) and fixed parts (``split_column``: train,
+    val or test per row) of a CSV source."""
     csv_path = cfg.path
     base = csv_path.parent
     try:
@@ -101,6 +103,7 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]
             header = list(reader.fieldnames or [])
             wanted = [cfg.path_column, cfg.label_column]
             wanted += [cfg.group_column] if cfg.group_column else []
+            wanted += [cfg.split_column] if cfg.split_column else []
             missing = [c for c in wanted if c not in header]
             if missing:
                 raise DataError(
@@ -114,6 +117,7 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows")
     records: list[tuple[int, str, str, str]] = []
+    parts: list[str] = []
     for line, row in rows:
         values = []
         for column in wanted:
@@ -121,6 +125,12 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]
             if not value:
                 raise DataError(f"{csv_path}: line {line}: empty value in column '{column}'")
             values.append(value)
+        if cfg.split_column:
+            part = values.pop().lower()
+            if part not in ("train", "val", "test"):
+                raise DataError(f"{csv_path}: line {line}: column '{cfg.split_column}' is {part!r}; "
+                                "allowed: train, val, test")
+            parts.append(part)
         records.append((line, values[0], values[1], values[2] if len(values) > 2 else ""))
     found = sorted({r[2] for r in records}, key=_natural_key)
     if cfg.classes is not None:
@@ -160,7 +170,7 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]
             stacklevel=4,
         )
     groups = [r[3] for r in records] if cfg.group_column else None
-    return items, classes, groups
+    return items, classes, groups, parts if cfg.split_column else None
 
 
 

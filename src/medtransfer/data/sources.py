@@ -105,8 +105,8 @@ def load_dataset(
         raise DataError(missing_path_message(path))
     if cfg.source_kind is SourceKind.NPZ:
         return _load_npz(cfg, path, pre, cache)
-    items, classes, groups = _index(cfg)
-    return _decode_items(items, classes, groups, pre, cache, workers, where=str(path))
+    items, classes, groups, origin = _index(cfg)
+    return _decode_items(items, classes, groups, pre, cache, workers, where=str(path), origin=origin)
 
 
 @dataclass
@@ -126,7 +126,7 @@ def list_files(cfg: DataConfig) -> FileIndex:
         raise DataError(missing_path_message(cfg.path))
     if cfg.source_kind is SourceKind.NPZ:
         raise DataError(f"{cfg.path} is an .npz archive: it holds arrays, not image files")
-    items, classes, groups = _index(cfg)
+    items, classes, groups, _ = _index(cfg)
     return FileIndex(
         paths=[item[1] for item in items],
         labels=np.array([item[0] for item in items], dtype=np.int64),
@@ -138,9 +138,10 @@ def list_files(cfg: DataConfig) -> FileIndex:
 
 
 
-def _index(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]:
+def _index(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None, list[str] | None]:
+    origin = None
     if cfg.source_kind is SourceKind.CSV:
-        items, classes, groups = index_csv(cfg)
+        items, classes, groups, origin = index_csv(cfg)
         keys = [item[2] for item in items]
     else:
         items, classes = index_folder(cfg)
@@ -148,7 +149,7 @@ def _index(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None]:
         keys = [item[2].split("/", 1)[1] for item in items]  # path inside the class folder
     if cfg.group_pattern is not None:
         groups = pattern_groups(cfg.group_pattern, keys, [item[2] for item in items], str(cfg.path))
-    return items, classes, groups
+    return items, classes, groups, origin
 
 
 def _decode_items(
@@ -159,6 +160,7 @@ def _decode_items(
     cache: ImageCache,
     workers: int,
     where: str,
+    origin: list[str] | None = None,
 ) -> ImageSet:
     def decode(item: Item) -> np.ndarray | ImageDecodeError:
         try:
@@ -201,7 +203,7 @@ def _decode_items(
         classes=tuple(classes),
         ids=[items[i][2] for i in keep],
         groups=None if groups is None else [groups[i] for i in keep],
-        origin=None,
+        origin=None if origin is None else [origin[i] for i in keep],
         skipped=skipped,
     )
 

@@ -221,8 +221,9 @@ def _official(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     if origin is None:
         raise DataError(
-            "split.use_official needs each image's official split; only .npz (MedMNIST) "
-            "sources have one. Set use_official: false to split at random"
+            "split.use_official needs each image's official split: a MedMNIST .npz, or a CSV "
+            "source with data.split_column (train/val/test per row). Set use_official: false "
+            "to split at random"
         )
     if len(origin) != len(labels):
         raise DataError(f"origin has {len(origin)} entries for {len(labels)} labels")
