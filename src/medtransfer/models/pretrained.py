@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import ModelConfig
@@ -25,8 +26,6 @@ from medtransfer.models.weights import (
     state_of,
 )
 from medtransfer.transfer import HeadPolicy, LoadReport, load_source_weights
-
-InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @dataclass
