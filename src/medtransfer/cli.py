@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--variant", help="the variant (or a matrix arm's label) to use")
         p.add_argument("--target", help="the target, in a study with several")
         p.add_argument("--fold", type=int, default=1, help="cross-validation: the fold's model (default 1)")
+    pred.add_argument("--cam", metavar="DIR", help="also write a Grad-CAM overlay per image into DIR")
     pred.add_argument("--threshold", choices=["default", "val"], default="default",
                       help="binary tasks: 0.5 (default) or the threshold chosen on validation data")
     aud = sub.add_parser("audit", help="look for shortcuts, duplicates and leakage in a data set")
@@ -176,7 +177,7 @@ def _use_model(args: argparse.Namespace) -> int:
         path, sidecar = export_model(model, args.out, args.format)
         print(f"exported {model.arm} ({model.unit.name}): {path}, {sidecar}")
         return 0
-    rows = predict(args.paths, model, use_threshold=args.threshold == "val")
+    rows = predict(args.paths, model, use_threshold=args.threshold == "val", cam_dir=args.cam)
     write_predictions(rows, args.out)
     bad = [r for r in rows if r["error"]]
     for r in bad:

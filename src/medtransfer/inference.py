@@ -115,17 +115,19 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
 
 
 def predict(paths: Sequence[str | Path], model: LoadedModel, *, use_threshold: bool = False,
-            batch_size: int = 64, device: str = "cpu") -> list[dict[str, Any]]:
+            batch_size: int = 64, device: str = "cpu",
+            cam_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per image: ``path``, ``predicted``, ``p_<class>`` per class, the ``threshold``
     used (binary: 0.5, or the validation-chosen one with ``use_threshold``) and ``error`` (an
-    unreadable image gets its reason and no prediction; the others are still predicted)."""
+    unreadable image gets its reason and no prediction; the others are still predicted). With
+    ``cam_dir``, a Grad-CAM overlay per image for its predicted class (column ``cam``)."""
     files = expand_paths(paths)
     arrays: list[np.ndarray] = []
     ok: list[int] = []
     rows: list[dict[str, Any]] = []
     for k, path in enumerate(files):
         rows.append({"path": str(path), "predicted": "", **{f"p_{c}": "" for c in model.classes},
-                     "threshold": "", "error": ""})
+                     "threshold": "", "error": "", **({"cam": ""} if cam_dir is not None else {})})
         try:
             arrays.append(decode_image(path, model.preprocess))
             ok.append(k)
@@ -138,11 +140,29 @@ def predict(paths: Sequence[str | Path], model: LoadedModel, *, use_threshold: b
     proba = model.predict_proba(batch, batch_size=batch_size, device=device)
     binary = len(model.classes) == 2
     threshold = model.threshold if use_threshold and model.threshold is not None else 0.5
-    for k, p in zip(ok, proba, strict=True):
-        label = (int(p[1] >= threshold) if binary else int(np.argmax(p)))
+    labels = [int(p[1] >= threshold) if binary else int(np.argmax(p)) for p in proba]
+    for k, p, label in zip(ok, proba, labels, strict=True):
         rows[k].update({f"p_{c}": float(q) for c, q in zip(model.classes, p, strict=True)},
                        predicted=model.classes[label], threshold=threshold if binary else "")
+    if cam_dir is not None:
+        _write_cams(Path(cam_dir), model, batch, labels, [rows[k] for k in ok])
     return rows
+
+
+def _write_cams(out: Path, model: LoadedModel, batch: np.ndarray, labels: list[int],
+                rows: list[dict[str, Any]]) -> None:
+    from PIL import Image
+
+    from medtransfer.explain import cam_maps, overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    maps = cam_maps(model.module, batch, method="gradcam", target=labels,
+                    input_norm=model.input_norm)
+    for k, (row, picture) in enumerate(zip(rows, overlay(batch, maps), strict=True)):
+        # Numbered: images of one name in different folders must not overwrite each other.
+        path = out / f"{k:05d}_{Path(row['path']).stem}_gradcam.png"
+        Image.fromarray(picture).save(path)
+        row["cam"] = str(path)
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> Path:

@@ -88,13 +88,15 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     table = tmp_path / "pred.csv"
     assert main(["predict", str(out), str(folder), "--variant", "src.freeze", "--out", str(table),
-                 "--threshold", "val"]) == 0
+                 "--threshold", "val", "--cam", str(tmp_path / "cams")]) == 0
     with table.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert "broken.png" in broken["error"] and broken["predicted"] == ""
     assert all(r["predicted"] in ("normal", "covid") for r in rows if r is not broken)
+    cams = sorted((tmp_path / "cams").glob("*_gradcam.png"))
+    assert len(cams) == 3 and {r["cam"] for r in rows if r is not broken} == {str(c) for c in cams}
     assert main(["export", str(out), "--variant", "src.finetune", "--format", "torchscript",
                  "--out", str(tmp_path / "ft.pt")]) == 0
 
