@@ -99,8 +99,12 @@ def _compare(trainable: int, args: argparse.Namespace, tmp: Path) -> None:
               f"training, {end_s / cached_s:.1f}× end to end, {end_s / warm_s:.1f}× from the disk cache")
         print(f"  per epoch: frozen prefix {prefix:.3f} s (what caching skips), trainable tail "
               f"{tail:.3f} s (forward, backward, optimizer step, metrics: paid on both paths)")
-    print(f"  largest weight difference to the full path's model: {_max_diff(full_model, cached_model):.2e} "
-          f"(computed), {_max_diff(full_model, warm_model):.2e} (read from disk)")
+    computed, from_disk = _max_diff(full_model, cached_model), _max_diff(full_model, warm_model)
+    print(f"  largest weight difference to the full path's model: {computed:.2e} "
+          f"(computed), {from_disk:.2e} (read from disk)")
+    if (worst := max(computed, from_disk)) > args.tolerance:
+        raise SystemExit(f"the cached path's weights differ from the full path's by {worst:.2e} "
+                         f"(allowed: {args.tolerance:.2e}): the two paths must train the same model")
     if cached.freeze is not None:
         print(f"  trainable parameters: {cached.freeze.trainable_params:,} of "
               f"{cached.freeze.trainable_params + cached.freeze.frozen_params:,}")
@@ -124,6 +128,8 @@ def main() -> None:
                     help="also time training the output layer alone")
     ap.add_argument("--full-end", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the full path with checkpoint_every: end")
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="largest weight difference allowed between the paths (default 0: bitwise equal)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
