@@ -46,7 +46,7 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     run_study(study_from_dict(_matrix(base)), out, echo=lambda m: None, report=False)
     root = Path(base["target"]["data"]["path"])
 
-    for arm in ("src.freeze", "src.finetune"):
+    for arm in ("src.freeze", "src.finetune", "src.svm"):
         model = load_model(out, arm=arm)
         own = _own_predictions(model.unit)
         rows = predict([root / i for i in own], model)
@@ -105,7 +105,13 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
         load_model(out, arm="nope")
     with pytest.raises(ConfigError, match=r"several"):
         load_model(out)
-    with pytest.raises(DataError, match=r"cannot be loaded as a model yet"):
+    # The features unit's linear SVM + Platt scaling, rebuilt from arrays, exports like any model.
+    svm = load_model(out, arm="src.svm")
+    svm_file, _ = export_model(svm, tmp_path / "svm.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(svm_file), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], svm.predict_proba(images), atol=1e-4)
+    (next(svm.unit.parent.glob("cell-*svm*")) / "classifier.npz").unlink()
+    with pytest.raises(DataError, match=r"no classifier\.npz"):
         load_model(out, arm="src.svm")
     with pytest.raises(DataError, match=r"nowhere\.png: no such file"):
         predict([tmp_path / "nowhere.png"], model)

@@ -50,6 +50,12 @@ def _pool(x: Tensor, pool: str) -> Tensor:
     return x.flatten(1)
 
 
+def layer_features(model: nn.Module, layer: str, pool: str) -> Any:
+    """A function images → (N, D) features of ``model`` at ``layer`` (``pre_logits``,
+    ``pooled`` or a module name), pooled by ``pool``."""
+    return _layer_fn(model, layer, pool)
+
+
 def _layer_fn(model: nn.Module, layer: str, pool: str) -> Any:
     if layer == "pre_logits":
         return lambda x: _pool(model.forward_head(model.forward_features(x), pre_logits=True), "flatten")  # type: ignore[operator]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from medtransfer.errors import ConfigError
@@ -40,6 +41,7 @@ from medtransfer.strategies.features import (
     mlp_proba,
     sklearn_proba,
 )
+from medtransfer.strategies.linear_head import BACKBONE_FILE, classifier_arrays, save_head
 from medtransfer.strategies.stage import train_stage
 from medtransfer.train import Arrays, Augment, TrainEnv, predict_proba
 from medtransfer.transfer import FreezeConfig
@@ -172,6 +174,9 @@ class Features:
         t0 = time.perf_counter()
         for p in model.parameters():
             p.requires_grad_(False)
+        # The backbone as used (pretrained weights, head reset): predict and export rebuild it.
+        env.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), env.out_dir / BACKBONE_FILE)
         hits = cache.hits if cache is not None else 0
 
         def feats(x: np.ndarray) -> np.ndarray:
@@ -194,6 +199,10 @@ class Features:
                                   time.perf_counter() - t0, extra)
         estimator = make_estimator(cfg, env.seed, data.train[1])
         estimator.fit(f_train, data.train[1])
+        arrays = classifier_arrays(estimator, f_train.shape[1])
+        if arrays is not None:
+            save_head(arrays, env.out_dir)
+        extra["classifier_saved"] = arrays is not None
         probabilities = {name: sklearn_proba(estimator, f, env.num_classes)
                          for name, (f, _) in evaluated.items()}
         how = ("Platt scaling (sigmoid) of LinearSVC's one-vs-rest decision function"
