@@ -10,6 +10,7 @@ from typing import Any
 from medtransfer.report import summarize, write_report
 from medtransfer.study import StudyConfig, load_study
 from medtransfer.study import run_study as _run_plan
+from medtransfer.study.lock import run_lock
 
 __all__ = ["load_study", "run_study"]
 
@@ -23,8 +24,10 @@ def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, r
     if not isinstance(cfg, StudyConfig):
         cfg = load_study(cfg)
     out = Path(out) if out is not None else Path("runs") / cfg.name
-    _run_plan(cfg, out, progress=progress, workers=workers, executor=executor, address=address, echo=echo)
-    echo(f"summary: {summarize(out)}")
-    if report:
-        echo(f"report: {write_report(out, **report_options)}")
+    with run_lock(out):  # held from the first unit to the report: no second run writes here
+        _run_plan(cfg, out, progress=progress, workers=workers, executor=executor, address=address,
+                  echo=echo)
+        echo(f"summary: {summarize(out)}")
+        if report:
+            echo(f"report: {write_report(out, **report_options)}")
     return out

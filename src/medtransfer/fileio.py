@@ -1,26 +1,95 @@
-"""Atomic file writes: a temp file in the same folder, then ``os.replace`` — readers never see a
-half-written file, and a killed process leaves the old one (or none) behind."""
+"""Atomic, durable file writes and safe CSV cells.
+
+Writes go to a temp file in the same folder, which is flushed and fsynced, then renamed over the
+target with ``os.replace`` and the folder fsynced: readers never see a half-written file, and a
+killed process or a power loss leaves the old file (or none) behind, never a truncated one.
+Files are created with the mode the user's umask gives (``0666 & ~umask``), like ``open``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
+__all__ = ["cell_in", "cell_out", "file_record", "fsync_dir", "umask_mode", "write_bytes_atomic",
+           "write_json_atomic", "write_text_atomic"]
 
-def write_text_atomic(path: Path, text: str) -> None:
+_UMASK_LOCK = threading.Lock()
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` with the process's umask applied (what ``open`` would create)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return base & ~mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, mode ``0666 & ~umask``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp creates 0600: colleagues could not read the run
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically and durably."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file: what a unit's ``result.json`` vouches for."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def cell_out(text: str) -> str:
+    """A text cell as written to CSV: one that a spreadsheet would run as a formula (starting
+    with ``= + - @``, tab or CR) — or that starts with ``'`` — gets a leading ``'``.
+    :func:`cell_in` gives the original back."""
+    return "'" + text if text.startswith((*FORMULA_START, "'")) else text
+
+
+def cell_in(text: str) -> str:
+    """The original text of a cell written by :func:`cell_out`."""
+    return text[1:] if text.startswith("'") else text

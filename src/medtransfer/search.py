@@ -158,7 +158,16 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
                report: bool = True, echo: Callable[[str], None] = print,
                source_name: str = "<config>") -> Path:
     """Run the search that ``raw`` (a study config with a ``search`` section) declares, then the
-    best configuration on the tests; returns ``out``."""
+    best configuration on the tests, holding ``out``'s run lock throughout; returns ``out``."""
+    from medtransfer.study.lock import run_lock
+
+    with run_lock(out):
+        return _search(raw, out, base=base, progress=progress, report=report, echo=echo,
+                       source_name=source_name)
+
+
+def _search(raw: dict[str, Any], out: Path, *, base: Path | None, progress: bool, report: bool,
+            echo: Callable[[str], None], source_name: str) -> Path:
     import optuna
 
     from medtransfer.api import run_study

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from medtransfer import __version__
 from medtransfer.config import InputNorm, to_dict
 from medtransfer.data import Augmenter, ImageCache
 from medtransfer.evaluate import compute_metrics
+from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.strategies import StrategyResult, run_strategy
 from medtransfer.study.config import StudyConfig, Variant
@@ -152,13 +154,27 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     if weights is not None:
         spec["weights"] = weights_stamp(weights)
     unit = Unit(ctx.out, "pretrain", job.label, spec, share=True)
-    if unit.done():
-        if announce:
-            ctx.echo(f"[{job.label}] pretraining: done earlier, reused ({unit.dir.name})")
-        return {**unit.result(), "dir": str(unit.dir)}
-    ctx.echo(f"[{job.label}] pretraining on {len(source.split.train)} source images"
-             + (f" from {weights}" if weights else ""))
-    workdir = unit.start()
+    with unit.claimed():
+        if unit.done():
+            if announce:
+                ctx.echo(f"[{job.label}] pretraining: done earlier, reused ({unit.dir.name})")
+            return {**unit.result(), "dir": str(unit.dir)}
+        _say_redo(ctx, job.label, unit)
+        ctx.echo(f"[{job.label}] pretraining on {len(source.split.train)} source images"
+                 + (f" from {weights}" if weights else ""))
+        return {**unit.finish(_pretrain(ctx, v, job, source, unit.start(), spec, weights)),
+                "dir": str(unit.dir)}
+
+
+def _say_redo(ctx: Context, label: str, unit: Unit) -> None:
+    """Say why a unit that was once finished is computed again."""
+    if unit.result_path.is_file():
+        ctx.echo(f"[{label}] redone: {unit.problem()}")
+
+
+def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, workdir: Path,
+              spec: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Train the pretraining unit in ``workdir``; returns its result."""
     start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO)
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
@@ -181,8 +197,7 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     }
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
-    unit.finish(result)
-    return {**result, "dir": str(unit.dir)}
+    return result
 
 
 def _last_stage(res: StrategyResult) -> dict[str, Any]:
@@ -215,12 +230,21 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     if job.evaluate == "val":
         spec["evaluate"] = "val"  # a search trial: test images are never looked at
     unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
-    if unit.done():
-        ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
-        return {**unit.result(), "dir": str(unit.dir)}
+    with unit.claimed():
+        if unit.done():
+            ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
+            return {**unit.result(), "dir": str(unit.dir)}
+        _say_redo(ctx, job.label, unit)
+        return {**unit.finish(_cell(ctx, v, job, target, pretrained, unit.start(), spec, weights)),
+                "dir": str(unit.dir)}
+
+
+def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained: dict[str, Any] | None,
+          workdir: Path, spec: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Transfer and evaluate the cell in ``workdir``; returns its result."""
+    strategy = v.strategies[job.strategy]
     split = target.fold(job.fold)
     ctx.echo(f"[{job.label}] {strategy.kind} on {len(split.train)} target images")
-    workdir = unit.start()
     start = start_model(ctx, v, target, seed=job.seed, weights=weights, pretrained=pretrained)
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
@@ -247,21 +271,22 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     write_predictions(workdir / "predictions.csv", target, parts, res.probabilities)
     result = {"tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
               "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
-              "classes": target.classes, **summary}
+              "classes": target.classes, "prediction_rows": {k: len(idx) for k, idx in parts.items()},
+              **summary}
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
-    unit.finish(result)
-    return {**result, "dir": str(unit.dir)}
+    return result
 
 
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],
                       proba: Mapping[str, np.ndarray]) -> None:
     """``test_set,id,label,p_<class>...`` for every evaluated part (val included: thresholds
     and calibration are chosen on it)."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.classes)])
-        for name, idx in parts.items():
-            for i, p in zip(idx, proba[name], strict=True):
-                w.writerow([name, target.images.ids[i], int(target.images.labels[i]),
-                            *(f"{q:.6g}" for q in p)])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.classes)])
+    for name, idx in parts.items():
+        for i, p in zip(idx, proba[name], strict=True):
+            w.writerow([name, cell_out(str(target.images.ids[i])), int(target.images.labels[i]),
+                        *(f"{q:.6g}" for q in p)])
+    write_text_atomic(path, buf.getvalue())
