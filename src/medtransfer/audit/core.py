@@ -31,6 +31,7 @@ from medtransfer.data.config import DataConfig
 from medtransfer.data.sources import ImageSet
 from medtransfer.data.splits import Split
 from medtransfer.errors import DataError
+from medtransfer.fileio import cell_in
 
 SplitSpec = Path | str | Mapping[str, str]
 
@@ -195,6 +196,6 @@ def read_split_csv(path: Path, ids: Sequence[str] | None = None) -> dict[str, st
             missing = [c for c in ("part", "id") if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected part,id,label")
-            return {row["id"]: row["part"] for row in reader}
+            return {cell_in(row["id"] or ""): cell_in(row["part"] or "") for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from exc

@@ -189,6 +189,7 @@ def inspect_arrays(
 
 def _inspect_npz(data: DataConfig, cfg: AuditConfig) -> Inventory:
     from medtransfer.data.demo import demo_path
+    from medtransfer.data.npz import npz_array, npz_labels
 
     path = demo_path(data.demo_name) if data.demo_name is not None else data.path
     try:
@@ -201,9 +202,11 @@ def _inspect_npz(data: DataConfig, cfg: AuditConfig) -> Inventory:
         if missing:
             raise DataError(f"{path}: missing key(s) {', '.join(missing)}; keys found: "
                             f"{', '.join(sorted(archive.files))}")
-        images = [archive[f"{s}_images"] for s in data.npz_splits]
-        labels = [archive[f"{s}_labels"].reshape(-1).astype(np.int64) for s in data.npz_splits]
-        stored = [str(c) for c in archive["classes"].reshape(-1)] if "classes" in archive.files else None
+        images = [npz_array(archive, f"{s}_images", path) for s in data.npz_splits]
+        labels = [npz_labels(npz_array(archive, f"{s}_labels", path), len(x), f"{path}: '{s}_labels'")
+                  for s, x in zip(data.npz_splits, images, strict=True)]
+        stored = ([str(c) for c in npz_array(archive, "classes", path).reshape(-1)]
+                  if "classes" in archive.files else None)
     all_labels = np.concatenate(labels)
     classes = data.classes or stored or [str(i) for i in range(int(all_labels.max(initial=0)) + 1)]
     origin = [s for s, y in zip(data.npz_splits, labels, strict=True) for _ in range(len(y))]

@@ -106,8 +106,8 @@ def decode_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     try:
         array = _read_dicom(path) if path.suffix.lower() == ".dcm" else _read_pil(path)
         return preprocess_array(array, cfg)
-    except ImageDecodeError:
-        raise
+    except (ImageDecodeError, MemoryError, KeyboardInterrupt):
+        raise  # running out of memory is not a bad file: never "unreadable, skipped"
     except Exception as exc:
         # Pillow and pydicom raise many exception types on corrupt input (OSError, SyntaxError,
         # struct.error, ValueError, ...); all of them mean "this file is unreadable".
@@ -198,6 +198,26 @@ def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 
 
+def pixel_limit() -> int | None:
+    """The most pixels one image may have: Pillow's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else int(limit)
+
+
+def _check_dicom_size(path: Path, ds: Any) -> int:
+    """Refuse a DICOM whose declared Rows × Columns × frames exceed :func:`pixel_limit`, before
+    any pixel is decoded; returns the frame count."""
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    limit = pixel_limit()
+    if limit is not None and rows * cols * frames > limit:
+        raise ImageDecodeError(
+            str(path), f"declares {rows} × {cols} pixels × {frames} frame(s) = {rows * cols * frames:,} "
+            f"pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS, which also guards "
+            "PNG/JPEG against decompression bombs); raise that limit if the image is genuine")
+    return frames
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     try:
         import pydicom
@@ -206,8 +226,8 @@ def _read_dicom(path: Path) -> np.ndarray:
             str(path), "reading DICOM needs pydicom: pip install 'medtransfer[dicom]'"
         ) from None
     ds: Any = pydicom.dcmread(path)
+    frames = _check_dicom_size(path, ds)
     pixels = np.asarray(ds.pixel_array)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
         pixels = pixels[0]  # multi-frame: the first frame only
@@ -215,14 +235,33 @@ def _read_dicom(path: Path) -> np.ndarray:
         if pixels.dtype == np.uint8:
             return pixels
         return _to_uint16(pixels)
-    data = pixels.astype(np.float64)
-    data = data * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-        getattr(ds, "RescaleIntercept", 0) or 0
-    )
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        data = data.max() + data.min() - data  # MONOCHROME1: low values are bright
-    # DICOM values are calibrated (e.g. Hounsfield units), not display levels: stretch them.
-    lo, hi = float(data.min()), float(data.max())
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    return _stretch16(pixels, slope, intercept, invert)
+
+
+_CHUNK_ROWS_PIXELS = 1 << 20  # float64 work in chunks of about 1 M pixels (8 MB), not the image
+
+
+def _stretch16(pixels: np.ndarray, slope: float, intercept: float, invert: bool) -> np.ndarray:
+    """Calibrated values ``pixels * slope + intercept`` (MONOCHROME1: inverted, low values are
+    bright) min-max stretched to uint16. Same numbers as doing it on the whole float64 image,
+    but memory beyond the uint16 result stays bounded."""
+    step = max(1, _CHUNK_ROWS_PIXELS // max(1, pixels[0].size if pixels.ndim > 1 else 1))
+    chunks = lambda: (slice(i, i + step) for i in range(0, len(pixels), step))  # noqa: E731
+    rescale = lambda sl: pixels[sl].astype(np.float64) * slope + intercept  # noqa: E731
+    lo = min(float(rescale(sl).min()) for sl in chunks())
+    hi = max(float(rescale(sl).max()) for sl in chunks())
+    if invert:  # as (max + min) - data on the whole image
+        value = lambda sl: (hi + lo) - rescale(sl)  # noqa: E731
+        lo, hi = (min(float(value(sl).min()) for sl in chunks()),
+                  max(float(value(sl).max()) for sl in chunks()))
+    else:
+        value = rescale
+    out = np.zeros(pixels.shape, np.uint16)
     if hi <= lo:
-        return np.zeros(data.shape, np.uint16)
-    return np.rint((data - lo) * (65535.0 / (hi - lo))).astype(np.uint16)
+        return out
+    for sl in chunks():
+        out[sl] = np.rint((value(sl) - lo) * (65535.0 / (hi - lo)))
+    return out

@@ -59,9 +59,10 @@ def read_npz(
         digest = file_sha256(path)
         out = []
         for split in splits:
-            raw = archive[f"{split}_images"]
+            raw = npz_array(archive, f"{split}_images", path)
             _check_images(raw, f"{path}: '{split}_images'")
-            labels = _labels(archive[f"{split}_labels"], len(raw), f"{path}: '{split}_labels'")
+            labels = npz_labels(npz_array(archive, f"{split}_labels", path), len(raw),
+                                f"{path}: '{split}_labels'")
             images = cache.get_or_compute_array(
                 f"npz:{digest}:{split}:{pre.key()}", partial(preprocess_stack, raw, pre)
             )
@@ -80,13 +81,31 @@ def preprocess_stack(raw: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
 
 def _read_classes(archive: np.lib.npyio.NpzFile, path: Path) -> list[str]:
     try:
-        names = archive["classes"]
+        names = np.asarray(archive["classes"])
     except ValueError as exc:  # object arrays need pickle, which we never enable
         raise DataError(f"{path}: key 'classes' is not a plain string array: {exc}") from exc
     return [str(c) for c in names.reshape(-1)]
 
 
-def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """``archive[key]``; an object array (which would need pickle) or a damaged member is a
+    DataError naming the file and the key."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as exc:  # object arrays need pickle, which we never enable
+        raise DataError(f"{path}: key '{key}' is not a plain numeric/string array ({exc}); save it "
+                        f"with a numeric dtype (np.savez(..., {key}=np.asarray(x, dtype=np.uint8)))"
+                        ) from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: key '{key}' cannot be read ({exc}); the archive is damaged") from exc
+
+
+def npz_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+    """``n`` integer labels as int64, from shape (n,) or (n, 1); float labels (NaN among them)
+    or another shape are a DataError naming ``where``."""
+    if labels.dtype.kind == "f" and labels.size and not np.isfinite(labels).all():
+        raise DataError(f"{where}: {int((~np.isfinite(labels)).sum())} NaN/infinite label(s); "
+                        f"expected {n} integer class numbers")
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise DataError(f"{where} has shape {labels.shape}: multi-label data is not supported")
     if labels.dtype.kind not in "iu" or labels.ndim not in (1, 2) or labels.shape[0] != n:

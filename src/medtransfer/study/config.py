@@ -140,6 +140,10 @@ class StudyConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # TensorBoard / MLflow, off
 
     def __post_init__(self) -> None:
+        if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
+                or not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
+            raise ConfigError(f"'name': got {self.name!r}; expected letters, digits, '-', '_' or '.' "
+                              "(not first): it names the run folder runs/<name>")
         names = [v.name for v in self.variants]
         if not names:
             raise ConfigError("'variants': the study needs at least one variant")
