@@ -90,7 +90,7 @@ def test_official_splits_from_origin():
     split = make_split(labels, SplitConfig(use_official=True), seed=0, origin=origin)
     assert split.train.tolist() == [0, 1, 2, 3]
     assert split.val.tolist() == [4, 5] and split.tests["test"].tolist() == [6, 7]
-    with pytest.raises(DataError, match=r"only .npz"):
+    with pytest.raises(DataError, match=r"a MedMNIST .npz, or a CSV source with data.split_column"):
         make_split(labels, SplitConfig(use_official=True), seed=0)
 
 

@@ -91,3 +91,21 @@ def test_external_set_errors_name_what_is_wrong(tmp_path, tiny_study_config, cla
     with pytest.raises(ConfigError, match=r"'source\.external'"):
         external = {"x": {"data": {"path": str(other)}}}
         study_from_dict({**base, "source": {**base["source"], "external": external}})
+
+
+def test_split_test_from_is_the_test_set(tmp_path, tiny_study_config, class_folders):
+    base = tiny_study_config(tmp_path)
+    held = class_folders(tmp_path / "held", {"normal": 6, "covid": 5}, seed=13)
+    cfg = {**base, "audit": False, "variants": [{"name": "baseline"}],
+           "target": {**base["target"], "split": {"val_fraction": 0.2, "test_from": str(held)}}}
+    out = tmp_path / "run"
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    split = _rows(out / "splits" / "target.csv")
+    assert sum(r["part"] == "test" for r in split) == 11
+    assert {r["part"] for r in split} == {"train", "val", "test"}  # all own images train or validate
+    assert sum(r["part"] in ("train", "val") for r in split) == 60
+    tests = {r["test_set"] for r in _rows(out / "results.csv") if r["stage"] == "transfer"}
+    assert tests == {"test"}
+    with pytest.raises(ConfigError, match=r"'test_from'.*test_sets"):
+        study_from_dict({**cfg, "target": {**cfg["target"], "split": {"test_sets": 1, "test_per_class": 2,
+                                                                      "test_from": str(held)}}})

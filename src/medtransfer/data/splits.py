@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,15 +40,25 @@ from medtransfer.errors import ConfigError, DataError
 class SplitConfig:
     """How to split: k balanced test sets or a test fraction, a per-class cap, a val fraction."""
 
-    test_sets: int = 0
-    test_per_class: int | None = None
-    test_fraction: float = 0.0
-    train_per_class: int | None = None
-    val_fraction: float = 0.1
-    use_official: bool = False
+    test_sets: int = 0  # how many disjoint, class-balanced test sets to carve (0: none)
+    test_per_class: int | None = None  # images per class in each of the test_sets
+    test_fraction: float = 0.0  # a stratified fraction held out as the one test set
+    train_per_class: int | None = None  # cap on training-pool images per class (null: all)
+    val_fraction: float = 0.1  # the part of the training pool held out for validation
+    use_official: bool = False  # use the data set's own train/val/test parts (.npz, split_column)
     folds: int = 0  # k-fold cross-validation (study target only): each fold is held out once
+    # A separate test set (folder, CSV or .npz, the task's classes by name); the task's own
+    # images then go to train and val only.
+    test_from: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.test_from is not None:
+            object.__setattr__(self, "test_from", Path(self.test_from))
+            if self.folds or self.test_sets or self.test_fraction or self.use_official:
+                raise ConfigError(
+                    f"'test_from': got {str(self.test_from)!r} together with folds, test_sets, "
+                    "test_fraction or use_official; the test images come from test_from alone"
+                )
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"'folds': got {self.folds}; expected 0 (no cross-validation) or >= 2")
         if self.folds and (self.test_sets or self.test_fraction or self.use_official

@@ -76,6 +76,8 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    """Training on the source data set (a study written as source/target)."""
+
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -87,7 +89,7 @@ class TransferConfig:
     :mod:`medtransfer.strategies.cached`), else on the full model."""
 
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    head: HeadPolicy = HeadPolicy.AUTO
+    head: HeadPolicy = HeadPolicy.AUTO  # output layer: reset when the class count differs (auto)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -97,10 +99,10 @@ class TransferConfig:
 class VariantSpec:
     """One arm of the study: a name and the overrides that make it differ."""
 
-    name: str
-    model: dict[str, Any] = field(default_factory=dict)
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    transfer: dict[str, Any] = field(default_factory=dict)
+    name: str  # the variant's name in tables and folder names
+    model: dict[str, Any] = field(default_factory=dict)  # keys of 'model' this variant changes
+    pretrain: dict[str, Any] = field(default_factory=dict)  # keys of 'pretrain' it changes
+    transfer: dict[str, Any] = field(default_factory=dict)  # keys of 'transfer' it changes
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a matrix's, by name
 
     def __post_init__(self) -> None:
@@ -115,11 +117,12 @@ def _check_name(where: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    name: str
-    source: TaskConfig | None = None
-    target: TaskConfig | None = None
-    sources: dict[str, SourceSpec] = field(default_factory=dict)
-    targets: dict[str, TaskConfig] = field(default_factory=dict)
+    name: str  # the study's name; it names the run folder runs/<name>
+    source: TaskConfig | None = None  # the data set to pretrain on (one source/target study)
+    target: TaskConfig | None = None  # the data set to transfer to (one source/target study)
+    sources: dict[str, SourceSpec] = field(default_factory=dict)  # matrix: named sources
+    targets: dict[str, TaskConfig] = field(default_factory=dict)  # matrix: named targets
+    # matrix: named transfer strategies, each with a kind (scratch, features, freeze, finetune)
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 1  # matrix: training seeds per cell (initialisation, order, augmentation)
     # matrix: each repeat also draws a new split of every target (seed 003); cells of one repeat
@@ -128,12 +131,12 @@ class StudyConfig:
     # matrix: each repeat also pretrains every data source anew (its own seed), so the spread
     # over repeats includes pretraining's; off, one pretraining per source serves all repeats
     repeat_pretraining: bool = False
-    seed: int = 0
-    device: str = "auto"
-    cache_dir: Path | None = None
+    seed: int = 0  # the study's random seed (splits, initialisation, order, augmentation)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    cache_dir: Path | None = None  # disk cache (default: $MEDTRANSFER_CACHE or ~/.cache/medtransfer)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # training on the source
     transfer: TransferConfig = field(default_factory=TransferConfig)
     variants: list[VariantSpec] = field(default_factory=lambda: [VariantSpec("baseline")])
     audit: bool = True  # audit both data sets (shortcuts, duplicates, leakage) before training
@@ -277,6 +280,9 @@ def _resolve_task(task: Any, base: Path) -> Any:
         out["data"] = {**data, "path": _resolve_path(data["path"], base)}
     if isinstance(out.get("external"), dict):
         out["external"] = {k: _resolve_task(v, base) for k, v in out["external"].items()}
+    split = out.get("split")
+    if isinstance(split, dict) and isinstance(split.get("test_from"), str):
+        out["split"] = {**split, "test_from": _resolve_path(split["test_from"], base)}
     weights = out.get("weights")
     if isinstance(weights, str) and weights.startswith(("file:", "run:")):
         scheme, rest = weights.split(":", 1)

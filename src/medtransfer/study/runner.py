@@ -198,7 +198,7 @@ class Runner:
             base = self.tasks[name]
             self._resplit[(name, repeat)] = split_task(f"{name}.r{repeat}", "target", base.config,
                                                        base.own or base.images, self.cfg.seed + repeat,
-                                                       base.externals)
+                                                       base.externals, base.fixed_test)
         return self._resplit[(name, repeat)]
 
     # -- jobs ----------------------------------------------------------------------------------

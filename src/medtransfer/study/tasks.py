@@ -40,6 +40,7 @@ class LoadedTask:
     # task's own images alone (what a new split is drawn from).
     externals: dict[str, ImageSet] = field(default_factory=dict)
     own: ImageSet | None = None
+    fixed_test: ImageSet | None = None  # split.test_from's images (the test set "test")
 
     def part(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of the rows ``idx``."""
@@ -74,7 +75,12 @@ def load_task(name: str, role: str, task: TaskConfig, cfg: StudyConfig, cache: I
     images = load_dataset(task.data, cfg.preprocess, cache)
     externals = {k: _matched(load_dataset(e.data, cfg.preprocess, cache), images, f"{name}.external.{k}",
                              e.data.path) for k, e in task.external.items()}
-    return split_task(name, role, task, images, cfg.seed, externals)
+    fixed = None
+    if task.split.test_from is not None:
+        data = DataConfig(path=task.split.test_from, classes=task.data.classes)
+        fixed = _matched(load_dataset(data, cfg.preprocess, cache), images, f"{name}.split.test_from",
+                         task.split.test_from)
+    return split_task(name, role, task, images, cfg.seed, externals, fixed)
 
 
 def _matched(ext: ImageSet, own: ImageSet, where: str, path: Path) -> ImageSet:
@@ -112,12 +118,15 @@ def _with_externals(own: ImageSet, externals: dict[str, ImageSet]) -> tuple[Imag
 
 
 def split_task(name: str, role: str, task: TaskConfig, images: ImageSet, seed: int,
-               externals: dict[str, ImageSet] | None = None) -> LoadedTask:
+               externals: dict[str, ImageSet] | None = None,
+               fixed_test: ImageSet | None = None) -> LoadedTask:
     """Loaded images split as ``task.split`` says, drawn from ``seed``; every external set is
-    one more test set of every split, never trained on."""
+    one more test set of every split, never trained on; ``fixed_test`` (``split.test_from``) is
+    the test set ``test``."""
     classes = list(images.classes)
     externals = externals or {}
-    combined, external = _with_externals(images, externals)
+    extra = {**({"test": fixed_test} if fixed_test is not None else {}), **externals}
+    combined, external = _with_externals(images, extra)
     try:
         if task.split.folds:
             folds = make_folds(images.labels, task.split.folds, seed, groups=images.groups,
@@ -129,7 +138,7 @@ def split_task(name: str, role: str, task: TaskConfig, images: ImageSet, seed: i
         raise DataError(f"{role} data {task.data.path}: {exc}") from None
     split = Split(split.train, split.val, {**split.tests, **external})
     return LoadedTask(name, role, task, combined, split, fingerprint(combined, [split]), None, externals,
-                      images)
+                      images, fixed_test)
 
 
 def _split_summary(task: LoadedTask) -> dict[str, Any]:
