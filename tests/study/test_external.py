@@ -56,6 +56,8 @@ def test_external_set_is_evaluated_audited_and_reported(tmp_path, tiny_study_con
     pooled_n = {int(r["n"]) for r in ci if r["test_set"] == "pooled" and r["metric"] == "auc"}
     assert pooled_n == {20}  # 2 internal test sets × 10 images, external not pooled in
     assert any(r["test_set"] == "hospital_b" for r in _rows(out / "comparisons.csv"))
+    assert (out / "plots" / "roc_hospital_b.png").is_file() and "external test set hospital_b" in (
+        out / "report.md").read_text()
     report = (out / "report.md").read_text()
     section = report[report.index("### External test sets"):]
     assert "| variant | internal | hospital_b | drop hospital_b |" in section

@@ -123,6 +123,14 @@ def _target_figures(
         sections["ROC curves"].append(
             _save(fig, out, f"roc{sfx}", f"ROC curves with bootstrap bands ({where})")
         )
+        for ext in first.externals():  # external sets beside the internal curve, never pooled in
+            parts = {arm.label: run.predictions(arm).part(ext) for arm in arms}
+            if len(np.unique(parts[arms[0].label].labels)) == 2:
+                fig = roc_figure({v: (p.labels, p.proba[:, 1]) for v, p in parts.items()},
+                                 rng=np.random.default_rng(seed), n_boot=n_boot,
+                                 title=f"ROC, positive class '{classes[-1]}' (external: {ext})")
+                sections["ROC curves"].append(_save(fig, out, f"roc{sfx}_{ext}",
+                                                    f"ROC curves on the external test set {ext}"))
     elif first.proba.shape[1] > 2:
         present = [c for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]
         for v, p in preds.items():
