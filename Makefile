@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint bench clean
 
-$(BIN)/medtransfer: pyproject.toml
+$(BIN)/medtransfer: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,dicom]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,dicom,weights]'
 	touch $@
 
 setup: $(BIN)/medtransfer

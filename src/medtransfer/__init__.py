@@ -1,3 +1,53 @@
-"""medtransfer: transfer-learning studies for medical image classification."""
+"""medtransfer: transfer-learning studies for medical image classification.
+
+The Python API (imported lazily, so ``import medtransfer`` stays cheap):
+
+- :func:`run_study` — run a study (a config, a YAML path) and write its tables and report;
+- :func:`load_study` — read a study YAML into a checked :class:`~medtransfer.study.StudyConfig`;
+- :func:`load_run` — a finished run folder's records (arms, results, predictions);
+- :func:`create_model` — a registered architecture by name, ready for ``num_classes``/``in_chans``;
+- :func:`run_audit` — shortcuts, duplicates and leakage in a data set;
+- :func:`load_model` / :func:`predict` — a finished run's model and its predictions on new images.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_API = {
+    "run_study": "medtransfer.api",
+    "load_study": "medtransfer.study",
+    "load_run": "medtransfer.report",
+    "create_model": "medtransfer.models",
+    "run_audit": "medtransfer.audit",
+    "load_model": "medtransfer.inference",
+    "predict": "medtransfer.inference",
+}
+
+__all__ = ["__version__", "create_model", "load_model", "load_run", "load_study", "predict", "run_audit",
+           "run_study"]
+
+if TYPE_CHECKING:
+    from medtransfer.api import run_study
+    from medtransfer.audit import run_audit
+    from medtransfer.inference import load_model, predict
+    from medtransfer.models import create_model
+    from medtransfer.report import load_run
+    from medtransfer.study import load_study
+
+
+def __getattr__(name: str) -> Any:
+    """Import an API function from its module on first use."""
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medtransfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

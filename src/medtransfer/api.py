@@ -3,7 +3,10 @@ and report, as ``medtransfer run`` does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,70 @@ from medtransfer.study import StudyConfig, load_study
 from medtransfer.study import run_study as _run_plan
 from medtransfer.study.lock import run_lock
 
-__all__ = ["load_study", "run_study"]
+__all__ = ["LogEcho", "load_study", "run_log", "run_study"]
+
+RUN_LOG = "run.log"
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class LogEcho:
+    """An ``echo`` that logs each progress line at INFO (to the console handler the CLI sets up,
+    and to ``run.log`` while a run is open)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("medtransfer.run")
+
+    def __call__(self, msg: str) -> None:
+        self.logger.info(msg)
+
+
+@contextmanager
+def run_log(out: str | Path, level: int = logging.DEBUG) -> Iterator[logging.Handler]:
+    """``out/run.log`` (appended) receives the ``medtransfer`` loggers' records and the warnings
+    shown while the block runs; nested calls for the same folder share one handler."""
+    path = (Path(out) / RUN_LOG).resolve()
+    logger = logging.getLogger("medtransfer")
+    for existing in logger.handlers:
+        if isinstance(existing, logging.FileHandler) and Path(existing.baseFilename) == path:
+            yield existing
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setLevel(level)
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # the file gets progress even when the console is quiet
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        shown(message, category, filename, lineno, file, line)
+        handler.handle(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno,
+                                         f"{category.__name__}: {message}", None, None))
+
+    warnings.showwarning = show
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        if warnings.showwarning is show:
+            warnings.showwarning = shown
+        handler.close()
+
+
+def _tee(echo: Callable[[str], None], handler: logging.Handler) -> Callable[[str], None]:
+    """``echo``, and each line into ``handler`` too unless ``echo`` logs already."""
+    if isinstance(echo, LogEcho):
+        return echo
+
+    def both(msg: str) -> None:
+        echo(msg)
+        handler.handle(logging.LogRecord("medtransfer.run", logging.INFO, __file__, 0, msg, None, None))
+
+    return both
 
 
 def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, report: bool = True,
@@ -20,11 +86,14 @@ def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, r
               echo: Callable[[str], None] = print, **report_options: Any) -> Path:
     """Run a study (a config or the path of its YAML) into ``out`` (default ``runs/<name>``),
     then write ``summary.md``/``summary.csv`` and, with ``report``, ``report.html``
-    (``report_options`` go to :func:`medtransfer.report.write_report`). Returns ``out``."""
+    (``report_options`` go to :func:`medtransfer.report.write_report`). Progress goes to ``echo``
+    and to ``out/run.log``. Returns ``out``."""
     if not isinstance(cfg, StudyConfig):
         cfg = load_study(cfg)
     out = Path(out) if out is not None else Path("runs") / cfg.name
-    with run_lock(out):  # held from the first unit to the report: no second run writes here
+    # held from the first unit to the report: no second run writes here
+    with run_lock(out), run_log(out) as handler:
+        echo = _tee(echo, handler)
         _run_plan(cfg, out, progress=progress, workers=workers, executor=executor, address=address,
                   echo=echo)
         echo(f"summary: {summarize(out)}")

@@ -1,4 +1,4 @@
-"""The ``medtransfer`` command."""
+"""The medtransfer command: run a study, report on it, use its model, audit data, list keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,27 @@ from typing import Any
 
 import yaml
 
+from medtransfer import __version__
 from medtransfer.errors import ConfigError, MedTransferError
+
+DESCRIPTION = ("Transfer-learning studies for medical image classification: run a study config, "
+               "report on a run, predict with or export its model, audit a data set.")
+_CONSOLE = "medtransfer-console"  # marks the console handler main() installs
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Console logging for the ``medtransfer`` loggers: -q warnings only, -v debug, else info."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logger = logging.getLogger("medtransfer")
+    for old in [h for h in logger.handlers if h.get_name() == _CONSOLE]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stdout)  # progress lines stay on stdout, as print's did
+    handler.set_name(_CONSOLE)
+    handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG
+                                           else "%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO))  # run.log gets INFO even with -q
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -34,7 +54,7 @@ def demo_config_path() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medtransfer.api import run_study
+    from medtransfer.api import LogEcho, run_log, run_study
     from medtransfer.config import deep_merge, read_yaml
     from medtransfer.study import study_from_dict
 
@@ -49,14 +69,15 @@ def _run(args: argparse.Namespace) -> int:
         from medtransfer.search import run_search
 
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
-        run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
-                   report=not args.no_report, source_name=str(path))
+        with run_log(out):
+            run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
+                       report=not args.no_report, source_name=str(path), echo=LogEcho())
         print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
         return 0
     cfg = study_from_dict(raw, base=path.resolve().parent, source_name=str(path))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report,
-              executor=args.executor, address=args.address)
+              executor=args.executor, address=args.address, echo=LogEcho())
     print(f"table: {out / 'summary.md'}")
     return 0
 
@@ -77,7 +98,10 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medtransfer", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"medtransfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a study config")
     run.add_argument("config", help="study YAML file")
@@ -96,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="local processes (default) or a Ray cluster")
         p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
     sub.add_parser("models", help="list registered architectures")
+    keys = sub.add_parser("keys", help="every study config key: type, default, allowed values, meaning")
+    keys.add_argument("section", nargs="?", help="only keys under this section, e.g. pretrain.train or data")
+    fmt = keys.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="as Markdown tables (docs/config.md)")
+    fmt.add_argument("--json-schema", action="store_true", help="as a JSON Schema of a study YAML")
     rep = sub.add_parser("report", help="summary tables, CIs, paired comparisons, plots and Grad-CAM as "
                          "report.html, rewritten from what a run recorded")
     rep.add_argument("run_dir", help="a finished run directory")
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--clear", nargs="?", const="all", metavar="SECTION",
                        help="delete the whole cache, or one section (images, features, prefix, ...)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(args.verbose - args.quiet)
     try:
         if args.command == "models":
             from medtransfer.models import list_models
@@ -156,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "cache":
             return _cache(args)
+        if args.command == "keys":
+            return _keys(args)
         if args.command in ("predict", "export"):
             return _use_model(args)
         if args.command == "demo":
@@ -165,6 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     except MedTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from medtransfer.study.keys import config_keys, format_keys, keys_markdown, study_schema
+
+    if args.json_schema:
+        import json
+
+        if args.section:
+            raise ConfigError("keys --json-schema: gives the whole study's schema; drop the section")
+        print(json.dumps(study_schema(), indent=2))
+        return 0
+    found = config_keys(args.section)
+    print(keys_markdown(found) if args.markdown else format_keys(found))
+    return 0
 
 
 def _use_model(args: argparse.Namespace) -> int:

@@ -22,8 +22,8 @@ __all__ = ["MLflowLogger", "TensorBoardLogger", "TrackingConfig", "flat_params",
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    tensorboard: bool = False
-    mlflow: bool = False
+    tensorboard: bool = False  # event files in each unit's tensorboard/ folder
+    mlflow: bool = False  # log params, metrics and artifacts to an MLflow tracking store
     mlflow_uri: str | None = None  # e.g. sqlite:///mlflow.db or http://host:5000
     experiment: str | None = None  # default: the study's name
 

@@ -48,6 +48,8 @@ class FreezeConfig:
     All unset = everything trains."""
 
     trainable_layers: int | None = None
+    # batch norm: frozen outside the trainable part, train (always), stats (running statistics
+    # update, weights frozen), eval (never updated)
     bn_policy: BNPolicy = BNPolicy.FROZEN
     train_from: str | None = None
     trainable_blocks: tuple[str, ...] | None = None

@@ -39,16 +39,16 @@ _DRAWS = 10  # rotation, shift x, shift y, zoom x, zoom y, shear, hflip, vflip, 
 class AugmentConfig:
     """Random training-time transforms; everything is off by default."""
 
-    rotation: float = 0.0
-    width_shift: float = 0.0
-    height_shift: float = 0.0
-    zoom: float | tuple[float, float] = 0.0
-    shear: float = 0.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    brightness: tuple[float, float] | None = None
-    contrast: float = 0.0
-    fill: Literal["nearest", "constant", "reflect"] = "nearest"
+    rotation: float = 0.0  # random rotation within ± this many degrees
+    width_shift: float = 0.0  # random horizontal shift within ± this fraction of the width
+    height_shift: float = 0.0  # random vertical shift within ± this fraction of the height
+    zoom: float | tuple[float, float] = 0.0  # scale drawn from [1 - z, 1 + z], or [low, high]
+    shear: float = 0.0  # random shear within ± this many degrees (Keras's shear_range)
+    horizontal_flip: bool = False  # mirror left-right with probability 0.5
+    vertical_flip: bool = False  # mirror top-bottom with probability 0.5
+    brightness: tuple[float, float] | None = None  # brightness factor drawn from [low, high]
+    contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c] around the image mean
+    fill: Literal["nearest", "constant", "reflect"] = "nearest"  # pixels moved in from outside
 
     def __post_init__(self) -> None:
         _check_range("rotation", self.rotation, 0, 180, "degrees, 0 <= x <= 180")

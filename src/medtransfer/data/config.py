@@ -47,16 +47,16 @@ class DataConfig:
     first capture group, or the whole match when the pattern has none. Every image must match.
     """
 
-    path: Path
-    kind: SourceKind | None = None
-    classes: list[str] | None = None
-    path_column: str = "path"
-    label_column: str = "label"
-    group_column: str | None = None
+    path: Path  # a class-per-folder tree, a .csv, a MedMNIST .npz, or demo:<name>
+    kind: SourceKind | None = None  # the source's format; null: inferred from the path
+    classes: list[str] | None = None  # class names in label order; null: sorted folder/label names
+    path_column: str = "path"  # CSV: the column with image paths (relative to the CSV's folder)
+    label_column: str = "label"  # CSV: the column with class labels
+    group_column: str | None = None  # CSV: patient (group) ids, kept on one side of every split
     split_column: str | None = None  # CSV: a fixed train/val/test part per row (split.use_official)
-    npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))
-    name: str | None = None
-    group_pattern: str | None = None
+    npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))  # .npz: parts read
+    name: str | None = None  # a display name for tables and the report (default: from the path)
+    group_pattern: str | None = None  # a regex finding the patient (group) id in each path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

@@ -60,9 +60,9 @@ class OnError(StrEnum):
 class PreprocessConfig:
     """How files become arrays: size (int, or [height, width]), colour mode, error policy."""
 
-    size: int | tuple[int, int] = 224
-    color: ColorMode = ColorMode.GRAYSCALE
-    on_error: OnError = OnError.RAISE
+    size: int | tuple[int, int] = 224  # images are resized to size × size, or [height, width]
+    color: ColorMode = ColorMode.GRAYSCALE  # decode to one grey channel or to RGB
+    on_error: OnError = OnError.RAISE  # an undecodable image stops the run (raise) or is left out
 
     def __post_init__(self) -> None:
         dims = (self.size,) if isinstance(self.size, int) else tuple(self.size)
