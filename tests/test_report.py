@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from medtransfer.api import run_study
 from medtransfer.errors import DataError
+from medtransfer.fileio import file_record
 from medtransfer.report import POOLED, comparison_rows, load_run, write_report
 from medtransfer.report.analysis import CI_COLUMNS, COMPARISON_COLUMNS
 from medtransfer.study import study_from_dict
@@ -215,7 +216,13 @@ def test_run_without_test_sets_gets_a_report_saying_so(binary_run, tmp_path):
     shutil.copytree(binary_run, run, ignore=shutil.ignore_patterns("plots", "*.pt"))
     for pred in (run / "units").glob("cell-*/predictions.csv"):
         lines = pred.read_text().splitlines()
-        pred.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if ln.startswith("val,"))]) + "\n")
+        kept = [ln for ln in lines[1:] if ln.startswith("val,")]
+        pred.write_text("\n".join([lines[0], *kept]) + "\n")
+        # result.json vouches for its predictions: record the edited file, or the report refuses it
+        result = json.loads((pred.parent / "result.json").read_text())
+        result["files"]["predictions.csv"] = file_record(pred)
+        result["prediction_rows"] = {"val": len(kept)}
+        (pred.parent / "result.json").write_text(json.dumps(result))
     write_report(run, n_boot=50)
     text = " ".join(_parse((run / "report.html").read_text()).text)
     assert "no test sets" in text and "Not drawn: the run has no test images" in text

@@ -29,8 +29,9 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "cell": ("tests", "val", "classes", "files"),
     "trial": ("tests", "val", "classes", "files"),
 }
-# The files a unit vouches for: every checkpoint, its predictions and its training history.
-VOUCHED = ("*.pt", "predictions.csv", "history.csv")
+# The files a unit vouches for: every checkpoint (a features unit's classifier.npz too), its
+# predictions and its training history.
+VOUCHED = ("*.pt", "*.npz", "predictions.csv", "history.csv")
 
 
 def stable_hash(obj: Any, length: int = 10) -> str:
