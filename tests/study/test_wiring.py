@@ -52,10 +52,10 @@ def _unit(out: Path, job_id: str) -> Path:
 def test_every_strategy_learns_and_frozen_layers_are_the_pretraining(tmp_path, tiny_study_config):
     out = tmp_path / "run"
     run_study(study_from_dict(_matrix(tiny_study_config(tmp_path))), out, echo=lambda m: None, report=False)
-    # Classes differ in mean brightness by 4 sd: chance is 0.5, every strategy must be far above.
+    # Classes differ in mean brightness by 4 sd: every strategy must reach AUC > 0.95.
     auc = _auc(out)
     assert set(auc) == {"scratch", "freeze", "finetune", "svm", "mlp"}
-    assert all(v >= 0.9 for v in auc.values()), auc
+    assert all(v > 0.95 for v in auc.values()), auc
 
     jobs = json.loads((out / "manifest.json").read_text())["jobs"]
     cell = jobs["cell:baseline.src.tgt.freeze.r0"]
