@@ -75,7 +75,7 @@ class StageResult:
         if self.fit is not None:
             out.update(best_epoch=self.fit.best_epoch, epochs_run=len(self.fit.history),
                        stop_reason=self.fit.stop_reason.value, seconds=self.fit.seconds,
-                       images_per_second=self.fit.images_per_second)
+                       images_per_second=self.fit.images_per_second, precision=self.fit.precision)
         return out
 
 

@@ -32,6 +32,7 @@ from medtransfer.models.chain import Step, forward_chain, run_chain
 from medtransfer.train import Augment, FitResult, TensorBatches, TrainConfig, TrainEnv, fit
 from medtransfer.train.batches import input_norm_tensors
 from medtransfer.train.batches import to_float as images_to_float
+from medtransfer.train.precision import resolve_precision
 
 _BN = nn.modules.batchnorm._BatchNorm
 PREFIX_VERSION = 1
@@ -166,12 +167,18 @@ def plan_cache(
 
 
 def prefix_activations(split: PrefixSplit, images: np.ndarray, *, batch_size: int,
-                       input_norm: InputNorm | None, device: torch.device) -> Tensor:
-    """The prefix outputs of ``images`` in eval mode, without gradients."""
+                       input_norm: InputNorm | None, device: torch.device,
+                       precision: str = "fp32") -> Tensor:
+    """The prefix outputs of ``images`` in eval mode, without gradients, as float32 (computed
+    under autocast for ``precision`` bf16/fp16)."""
+    amp = resolve_precision(precision, device, "train.precision")
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            out.append(split.prefix(to_float(images[start : start + batch_size], device, input_norm)))
+            x = to_float(images[start : start + batch_size], device, input_norm)
+            with amp.autocast():
+                y = split.prefix(x)
+            out.append(y if y.dtype == torch.float32 else y.float())
     return torch.cat(out)
 
 
@@ -192,10 +199,10 @@ def images_fingerprint(images: np.ndarray) -> str:
 
 
 def prefix_signature(model: nn.Module, split: PrefixSplit, input_norm: InputNorm | None,
-                     device: torch.device) -> str:
+                     device: torch.device, precision: str = "fp32") -> str:
     """What the prefix activations depend on besides the images: the model class, the chain's
     steps up to the cut, each prefix module's type and settings, their parameters and buffers
-    (not the tail's), the input normalisation and the device type."""
+    (not the tail's), the input normalisation, the device type and a reduced precision."""
     modules = dict(model.named_modules())
     layers = [(name, type(modules[name]).__qualname__, modules[name].extra_repr())
               for name in split.prefix_modules]
@@ -208,6 +215,8 @@ def prefix_signature(model: nn.Module, split: PrefixSplit, input_norm: InputNorm
         "weights": state_hash(tensors),
         "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
         "in_chans_policy": getattr(model, "in_chans_policy", None), "device": device.type,
+        # Only when not fp32, so fp32 keys (and caches) stay as they were.
+        **({} if precision == "fp32" else {"precision": precision}),
     }, sort_keys=True)
 
 

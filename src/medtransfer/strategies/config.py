@@ -17,6 +17,7 @@ from typing import Any, Literal
 from medtransfer.config import check_choice, from_dict
 from medtransfer.errors import ConfigError
 from medtransfer.train import OptimizerConfig, TrainConfig
+from medtransfer.train.precision import Precision, check_precision
 from medtransfer.transfer import FreezeConfig
 
 
@@ -108,7 +109,8 @@ class FeaturesStrategy:
     pooled by ``pool`` if 4-D). ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
     ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
     decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request) or
-    ``mlp``. ``C`` is the inverse regularization strength of both linear models.
+    ``mlp``. ``C`` is the inverse regularization strength of both linear models. ``precision``:
+    of the feature extraction, as ``train.precision`` (the MLP head trains by ``mlp.train``).
     """
 
     kind: Literal["features"] = "features"
@@ -123,8 +125,10 @@ class FeaturesStrategy:
     batch_size: int = 64
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
     disk_cache: bool = True
+    precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
 
     def __post_init__(self) -> None:
+        check_precision("strategy.precision", self.precision)
         check_choice("strategy.pool", self.pool, ("avg", "max", "flatten"))
         check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
         check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))

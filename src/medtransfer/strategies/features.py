@@ -33,6 +33,7 @@ from medtransfer.strategies.cached import (
 )
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
 from medtransfer.train import FitResult, TrainEnv
+from medtransfer.train.precision import resolve_precision
 
 FEATURES_VERSION = 1
 
@@ -92,8 +93,10 @@ def extract_features(
     device: str | torch.device = "cpu",
     cache: ImageCache | None = None,
 ) -> np.ndarray:
-    """(N, D) float32 features of ``images`` at ``cfg.layer``, from the disk cache if seen."""
+    """(N, D) float32 features of ``images`` at ``cfg.layer``, from the disk cache if seen;
+    computed under autocast when ``cfg.precision`` is bf16/fp16."""
     dev = torch.device(device)
+    amp = resolve_precision(cfg.precision, dev, "strategy.precision")
     model.to(dev).eval()
     fn = _layer_fn(model, cfg.layer, cfg.pool)
 
@@ -102,7 +105,9 @@ def extract_features(
         with torch.no_grad():
             for start in range(0, len(images), cfg.batch_size):
                 batch = to_float(images[start : start + cfg.batch_size], dev, input_norm)
-                out.append(fn(batch).float().cpu().numpy())
+                with amp.autocast():
+                    feats = fn(batch)
+                out.append(feats.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
     if cache is None or not cfg.disk_cache:
@@ -112,6 +117,7 @@ def extract_features(
         "layer": cfg.layer, "pool": cfg.pool, "images": images_fingerprint(images),
         "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
         "in_chans_policy": getattr(model, "in_chans_policy", None),
+        **({} if amp.name == "fp32" else {"precision": amp.name}),  # fp32 keys as before
     }, sort_keys=True)
     return cache.get_or_compute_array("features:" + key, compute)
 

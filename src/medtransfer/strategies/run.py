@@ -44,6 +44,7 @@ from medtransfer.strategies.features import (
 from medtransfer.strategies.linear_head import BACKBONE_FILE, classifier_arrays, save_head
 from medtransfer.strategies.stage import train_stage
 from medtransfer.train import Arrays, Augment, TrainEnv, predict_proba
+from medtransfer.train.precision import resolve_precision
 from medtransfer.transfer import FreezeConfig
 
 __all__ = ["Features", "Finetune", "Freeze", "Scratch", "run_strategy"]
@@ -104,9 +105,10 @@ class _Staged:
         history = _history(stages)
         if len(stages) > 1:
             _write_history(env.out_dir / "history.csv", history)
-        size = plan[-1][0].train.batch_size
+        last = plan[-1][0].train
         probabilities = {
-            name: predict_proba(model, x, batch_size=size, device=env.device, input_norm=env.input_norm)
+            name: predict_proba(model, x, batch_size=last.batch_size, device=env.device,
+                                input_norm=env.input_norm, precision=last.precision)
             for name, (x, _) in data.evaluated().items()
         }
         return StrategyResult(self.cfg.kind, probabilities, history, stages, model,
@@ -186,6 +188,7 @@ class Features:
         f_train = feats(data.train[0])
         evaluated = {name: (feats(x), y) for name, (x, y) in data.evaluated().items()}
         extra = {"features_dim": int(f_train.shape[1]), "layer": cfg.layer,
+                 "precision": resolve_precision(cfg.precision, env.device, "strategy.precision").name,
                  "classifier": cfg.classifier,
                  "feature_cache_hits": (cache.hits - hits) if cache is not None else 0}
         if cfg.classifier == "mlp":

@@ -18,6 +18,7 @@ from medtransfer.strategies.cached import (
     prefix_signature,
 )
 from medtransfer.train import TrainEnv, fit
+from medtransfer.train.precision import resolve_precision
 from medtransfer.transfer import freeze, train_mode
 
 __all__ = ["train_stage"]
@@ -54,12 +55,15 @@ def _activations(model: nn.Module, split: PrefixSplit, data: TransferData, stage
     ``reason`` saying which."""
     store = env.cache if stage.cache.disk else None
     hits = 0 if store is None else store.hits
-    signature = "" if store is None else prefix_signature(model, split, env.input_norm, env.device)
+    precision = resolve_precision(stage.train.precision, env.device, "train.precision").name
+    signature = "" if store is None else prefix_signature(model, split, env.input_norm, env.device,
+                                                          precision)
 
     def activations(x: np.ndarray) -> Tensor:
         def compute() -> Tensor:
             return prefix_activations(split, x, batch_size=stage.train.batch_size,
-                                      input_norm=env.input_norm, device=env.device)
+                                      input_norm=env.input_norm, device=env.device,
+                                      precision=precision)
 
         if store is None:
             return compute()

@@ -29,7 +29,8 @@ from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
-from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
+from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
+from medtransfer.train.checkpoint import lean_checkpoints
 from medtransfer.transfer import HeadPolicy, load_source_weights
 
 __all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
@@ -185,16 +186,18 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
               ctx.train_cfg(v.pretrain.train), env, augment=augment)
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
-                          input_norm=start.input_norm)
+                          input_norm=start.input_norm, precision=v.pretrain.train.precision)
     val = compute_metrics(val_y, proba)
     best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
     val["loss"] = float(best.get("val_loss", float("nan")))
     result: dict[str, Any] = {
         "val": val, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
         "epochs_run": len(res.history), "seconds": res.seconds,
-        "images_per_second": res.images_per_second,
+        "images_per_second": res.images_per_second, "precision": res.precision,
         "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
     }
+    if not v.pretrain.train.keep_optimizer:
+        lean_checkpoints(workdir)
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
     return result
@@ -209,7 +212,8 @@ def _last_stage(res: StrategyResult) -> dict[str, Any]:
                    frozen_params=stage.freeze.frozen_params)
     if stage.fit is not None:
         out.update(best_epoch=stage.fit.best_epoch, stop_reason=stage.fit.stop_reason.value,
-                   epochs_run=len(stage.fit.history), seconds=stage.fit.seconds)
+                   epochs_run=len(stage.fit.history), seconds=stage.fit.seconds,
+                   precision=stage.fit.precision)
     return out
 
 
@@ -269,13 +273,26 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
     if "val" in metrics and final is not None and final.best_epoch > 0:
         metrics["val"]["loss"] = float(final.history[final.best_epoch - 1].get("val_loss", float("nan")))
     write_predictions(workdir / "predictions.csv", target, parts, res.probabilities)
+    if not any(t.keep_optimizer for t in _train_configs(strategy)):
+        lean_checkpoints(workdir)
     result = {"tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
               "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
               "classes": target.classes, "prediction_rows": {k: len(idx) for k, idx in parts.items()},
               **summary}
+    if "precision" in res.extra:
+        result["precision"] = res.extra["precision"]  # features: of the feature extraction
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
     return result
+
+
+def _train_configs(cfg: Any) -> list[TrainConfig]:
+    """Every TrainConfig in a strategy config (its stages', a features MLP head's)."""
+    if isinstance(cfg, TrainConfig):
+        return [cfg]
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return []
+    return [t for f in dataclasses.fields(cfg) for t in _train_configs(getattr(cfg, f.name))]
 
 
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.train.precision import resolve_precision
 
 __all__ = [
     "batches",
@@ -88,7 +89,9 @@ def batches(
 
 
 def to_float(images: np.ndarray, dev: torch.device) -> Tensor:
-    raw = torch.from_numpy(np.ascontiguousarray(images)).to(dev)
+    """[0, 1] float32 images on ``dev`` (on CUDA: copied from pinned memory, non-blocking)."""
+    raw = torch.from_numpy(np.ascontiguousarray(images))
+    raw = raw.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else raw.to(dev)
     return raw.to(torch.float32).div_(SCALE[images.dtype])
 
 
@@ -126,20 +129,26 @@ def predict_proba(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     input_norm: InputNorm | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """(N, K) class probabilities; a single-logit head gives K=2 as ``[1 - p, p]``.
 
-    Runs in eval mode without gradients and leaves the model in eval mode.
+    Runs in eval mode without gradients and leaves the model in eval mode; ``precision`` as
+    ``TrainConfig.precision`` (bf16/fp16 forward under autocast, probabilities in float32).
     """
+
     if batch_size < 1:
         raise ConfigError(f"batch_size: got {batch_size!r}; allowed: an integer >= 1")
     images = check_images("images", images)
     dev = torch.device(device)
+    amp = resolve_precision(precision, dev)
     mean, std = input_norm_tensors(input_norm, images.shape[1], dev)
     model.to(dev)
     model.eval()
     out = []
     with torch.no_grad():
         for _, xb in batches(images, np.arange(len(images)), batch_size, dev):
-            out.append(logits_to_proba(model((xb - mean) / std)).cpu().numpy())
+            with amp.autocast():
+                logits = model((xb - mean) / std)
+            out.append(logits_to_proba(logits.float()).cpu().numpy())
     return np.concatenate(out)

@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "copy_state",
+    "lean_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
     "to_plain",
@@ -128,6 +129,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}"
         )
     return data
+
+
+def lean_checkpoints(folder: str | Path) -> list[Path]:
+    """Slim the checkpoints of a finished training in ``folder`` (and its subfolders, e.g. a
+    finetune's ``head/``): ``last.pt`` is removed where a ``best.pt`` sits next to it (what
+    reports, inference and later units load) and otherwise rewritten with its weights only, no
+    optimizer state (``extra.optimizer_state_dropped``). Returns the files removed or rewritten."""
+    changed = []
+    for last in sorted(Path(folder).rglob("last.pt")):
+        if (last.parent / "best.pt").is_file():
+            last.unlink()
+            changed.append(last)
+            continue
+        data = load_checkpoint(last)
+        if data.get("optimizer_state") is None:
+            continue
+        save_checkpoint(last, model_state=data["model_state"], config=data["config"],
+                        epoch=data["epoch"], metrics=data["metrics"],
+                        extra={**data["extra"], "optimizer_state_dropped": True})
+        changed.append(last)
+    return changed
 
 
 def copy_state(state: Mapping[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:

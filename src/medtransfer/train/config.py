@@ -18,6 +18,7 @@ from medtransfer.train.callbacks import (
     check_monitor,
 )
 from medtransfer.train.optim import OptimizerConfig, SchedulerConfig
+from medtransfer.train.precision import Precision, check_precision
 
 __all__ = ["ClassWeight", "FitResult", "TrainConfig", "metric_names"]
 
@@ -36,7 +37,16 @@ class TrainConfig:
     ``checkpoint_every``: ``epoch`` writes ``last.pt`` every epoch and ``best.pt`` on every
     improvement; ``end`` keeps the best weights in memory and writes the same files once, when
     fit ends (for short epochs, where whole-model writes dominate; a crash keeps only ``best.pt``);
-    ``auto`` is ``end`` on the cached-activation path and ``epoch`` otherwise."""
+    ``auto`` is ``end`` on the cached-activation path and ``epoch`` otherwise.
+    ``precision``: ``fp32`` (default, bit-reproducible on the CPU), ``bf16`` / ``fp16`` (autocast;
+    fp16 with a gradient scaler, CUDA only) or ``auto`` (bf16 on CUDA GPUs with bf16, fp16 on
+    other CUDA GPUs, fp32 on the CPU); see :mod:`medtransfer.train.precision`. It applies to
+    training, validation and the strategies' prediction and activation caching.
+    ``channels_last`` trains 4-D inputs and weights in NHWC memory layout (same numbers up to
+    rounding; faster for some models and devices). ``deterministic: false`` lets cuDNN benchmark
+    convolution algorithms (CUDA only; no effect on the CPU). ``keep_optimizer``: a finished study
+    unit keeps ``last.pt`` whole, with its optimizer state; by default the unit drops ``last.pt``
+    where ``best.pt`` exists and else keeps its weights only (see ``study.units``)."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -50,8 +60,16 @@ class TrainConfig:
     restore_best: bool = True
     progress: bool = True
     sampling: Sampling = Sampling.none
+    precision: Precision = "fp32"  # fp32 exact; bf16/fp16 autocast; auto: bf16/fp16 on CUDA, fp32 on CPU
+    channels_last: bool = False  # train 4-D inputs and weights in NHWC memory layout
+    deterministic: bool = True  # false: cuDNN benchmarks convolution algorithms (CUDA only)
+    keep_optimizer: bool = False  # a finished unit keeps last.pt with its optimizer state
 
     def __post_init__(self) -> None:
+        check_precision("precision", self.precision)
+        for key in ("channels_last", "deterministic", "keep_optimizer"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"'{key}': got {getattr(self, key)!r}; allowed: true, false")
         if self.epochs < 1:
             raise ConfigError(f"'epochs': got {self.epochs!r}; allowed: an integer >= 1")
         if self.batch_size < 1:
@@ -88,7 +106,8 @@ class TrainConfig:
 @dataclass
 class FitResult:
     """Outcome of :func:`fit`. ``best_*`` follow ``checkpoint_monitor`` (epoch 0 / NaN / None
-    when no epoch produced a finite value); ``images_per_second`` counts training steps only."""
+    when no epoch produced a finite value); ``images_per_second`` counts training steps only;
+    ``precision`` is the one that ran (``auto`` resolved)."""
 
     history: list[dict[str, float]]
     stop_reason: StopReason
@@ -98,6 +117,7 @@ class FitResult:
     last_path: Path
     seconds: float
     images_per_second: float
+    precision: str = "fp32"
 
 
 def metric_names(has_val: bool) -> list[str]:

@@ -38,6 +38,7 @@ from medtransfer.train.optim import (
     build_scheduler,
     step_scheduler,
 )
+from medtransfer.train.precision import Amp, resolve_precision
 from medtransfer.train.sources import Arrays, Augment, BatchSource, ImageBatches
 
 __all__ = [
@@ -66,6 +67,26 @@ def _class_weights(
         )
     w = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
     return torch.tensor(w, dtype=torch.float32, device=dev)
+
+
+def _fp32(logits: Tensor) -> Tensor:
+    """Logits in float32 (the same tensor when they already are): losses stay exact."""
+    return logits if logits.dtype == torch.float32 else logits.float()
+
+
+@contextlib.contextmanager
+def _cudnn(dev: torch.device, deterministic: bool) -> Iterator[None]:
+    """On CUDA, cuDNN deterministic (default) or benchmarking for the block; nothing elsewhere."""
+    if dev.type != "cuda":
+        yield
+        return
+    backend = torch.backends.cudnn
+    saved = backend.benchmark, backend.deterministic
+    backend.benchmark, backend.deterministic = not deterministic, deterministic
+    try:
+        yield
+    finally:
+        backend.benchmark, backend.deterministic = saved
 
 
 @contextlib.contextmanager
@@ -166,7 +187,11 @@ class _Fit:
         self.model, self.train, self.val, self.cfg, self.env = model, train, val, cfg, env
         self.train_mode = train_mode or nn.Module.train
         dev = env.device
+        self.amp: Amp = resolve_precision(cfg.precision, dev, "train.precision")
+        self.scaler = self.amp.scaler()
         model.to(dev)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("fit: the model has no trainable parameters (requires_grad is False)")
@@ -202,7 +227,8 @@ class _Fit:
         """Epochs until done, stopped or interrupted, with the callbacks' hooks around them."""
         state, cbs = self.state, self.callbacks
         in_epoch = False
-        with _seeded(self.env.device, self.reps.seed(self.torch_seed)):
+        with _seeded(self.env.device, self.reps.seed(self.torch_seed)), \
+                _cudnn(self.env.device, self.cfg.deterministic):
             try:
                 for cb in cbs:
                     cb.on_fit_start(state)
@@ -274,7 +300,7 @@ class _Fit:
             rows, real = reps.rows(len(batch))
             yb = torch.from_numpy(labels[batch[rows]]).to(dev)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.net(self.train.train_batch(batch, rows, self.augment_gen))
+            logits = self._forward(self.net, self.train.train_batch(batch, rows, self.augment_gen))
             losses, proba = loss_and_proba(logits, yb, self.env.num_classes)
             wb = torch.ones_like(losses) if weights is None else weights[yb]
             batch_w = float(len(batch)) if class_w is None else float(class_w[labels[batch]].sum())
@@ -282,8 +308,7 @@ class _Fit:
             if step is None:
                 return None
             loss, batch_sum, batch_w, batch_loss = step
-            loss.backward()
-            self.optimizer.step()
+            self._step(loss)
             loss_sum += batch_sum
             weight_sum += batch_w
             probas.append(proba.detach().cpu().numpy()[: len(proba) if real else 0])
@@ -291,6 +316,24 @@ class _Fit:
             for cb in self.callbacks:
                 cb.on_train_batch_end(self.state, batch_loss, len(batch))
         return loss_sum / weight_sum, labels[order], reps.gather_batches(probas)
+
+    def _forward(self, net: nn.Module, x: Tensor) -> Tensor:
+        """Float32 logits of ``x``: under autocast for bf16/fp16, in NHWC if ``channels_last``."""
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.amp.autocast():
+            logits = net(x)
+        return _fp32(logits)
+
+    def _step(self, loss: Tensor) -> None:
+        """Backward and optimizer step; through the gradient scaler for fp16."""
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _evaluate(self, source: BatchSource) -> tuple[float, np.ndarray]:
         """Unweighted mean loss and (N, K) probabilities, in eval mode without gradients; with
@@ -304,7 +347,7 @@ class _Fit:
             for start in range(0, len(mine), size):
                 idx = mine[start : start + size]
                 yb = torch.from_numpy(labels[idx]).to(self.env.device)
-                losses, proba = loss_and_proba(self.model(source.eval_batch(idx)), yb,
+                losses, proba = loss_and_proba(self._forward(self.model, source.eval_batch(idx)), yb,
                                                self.env.num_classes)
                 loss_sum += float(losses.sum())
                 probas.append(proba.cpu().numpy())
@@ -316,6 +359,8 @@ class _Fit:
         if self.cfg.restore_best and ckpt.best_path is not None and self.reps.is_main:
             model.load_state_dict(ckpt.best_model_state())
         self.reps.finish(model)  # the other processes take rank 0's weights
+        if self.cfg.channels_last:
+            model.to(memory_format=torch.contiguous_format)
         model.eval()
         return FitResult(
             history=self.state.history,
@@ -326,4 +371,5 @@ class _Fit:
             last_path=ckpt.last_path,
             seconds=time.perf_counter() - t0,
             images_per_second=self.images / self.seconds if self.seconds > 0 else math.nan,
+            precision=self.amp.name,
         )
