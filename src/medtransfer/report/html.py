@@ -20,6 +20,7 @@ from medtransfer.report.analysis import (
     write_csv,
 )
 from medtransfer.report.figures import Plot, run_figures
+from medtransfer.report.findings import findings_section
 from medtransfer.report.gallery import Gallery, gradcam_gallery
 from medtransfer.report.rundir import POOLED, RunDir, load_run
 from medtransfer.report.sections import (
@@ -274,6 +275,7 @@ def _render(
         f"seed {run.config.seed} · medtransfer {__version__}. Tables: `metrics_ci.csv`, "
         "`comparisons.csv`, `results.csv`, `summary.csv`."
     )
+    findings_section(doc, run, ci, cmp, level=level, alpha=alpha)
     data_section(doc, run)
     audit_section(doc, run)
     pretrain_section(doc, run)
