@@ -65,6 +65,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     path = Path(args.config)
     raw = deep_merge(read_yaml(path), overrides)
+    if args.imports:  # recorded in config.yaml, so workers and the report import them too
+        before = raw.get("imports") or []
+        raw["imports"] = [*before, *(m for m in args.imports if m not in before)]
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
         from medtransfer.search import run_search
 
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set pretrain.train.epochs=5")
+        p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                       help="import a Python module first (its @register_model models can then "
+                       "be named), e.g. --import my_pkg.models; adds to the config's imports")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--no-report", action="store_true", help="skip report.html (CIs, tests, plots)")
         p.add_argument("--workers", type=int, default=1,

@@ -101,7 +101,9 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 def last_conv_layer(model: nn.Module, example: Tensor | None = None) -> tuple[str, nn.Conv2d]:
     """The last 2-D convolution (the usual Grad-CAM target): the last one to run on ``example``
-    if given (robust to modules registered out of execution order), else the last in module order."""
+    if given (robust to modules registered out of execution order) in ``forward_features``
+    where the model has one (a conv in the head, after pooling, has no spatial map), else the
+    last in module order."""
     convs = conv_layers(model)
     if not convs:
         raise ConfigError(f"{type(model).__name__} has no Conv2d layer to explain")
@@ -110,9 +112,10 @@ def last_conv_layer(model: nn.Module, example: Tensor | None = None) -> tuple[st
     ran: list[int] = []
     handles = [m.register_forward_hook(lambda _m, _i, _o, k=k: ran.append(k))
                for k, (_, m) in enumerate(convs)]
+    features = getattr(model, "forward_features", None)
     try:
         with torch.no_grad():
-            model(example)
+            (features if callable(features) else model)(example)
     finally:
         for h in handles:
             h.remove()

@@ -9,12 +9,14 @@ from medtransfer.models import resnet as _resnet  # noqa: F401
 from medtransfer.models import vgg as _vgg  # noqa: F401
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.chain import Step, forward_chain, register_chain
+from medtransfer.models.check import check_model, check_weights_spec
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.pretrained import BuiltModel, build_pretrained, open_weights
 from medtransfer.models.registry import (
     ModelInfo,
     build_model,
     create_model,
+    import_modules,
     list_models,
     model_info,
     register_model,
@@ -36,11 +38,14 @@ __all__ = [
     "WeightsError",
     "build_model",
     "build_pretrained",
+    "check_model",
+    "check_weights_spec",
     "create_model",
     "first_conv_name",
     "forward_chain",
     "get_imagenet_weights",
     "imagenet_weights",
+    "import_modules",
     "list_models",
     "model_info",
     "open_weights",

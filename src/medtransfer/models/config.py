@@ -18,14 +18,18 @@ class ModelConfig:
     meets it, and which weights initialise it (None = random; ``imagenet``; ``file:PATH`` — a
     checkpoint or state dict; ``run:PATH`` — a unit folder or checkpoint of an earlier run)."""
 
+    # a registered architecture (medtransfer models), timm:<any timm architecture> or
+    # torchvision:<any torchvision classification model>
     name: str = "alexnet_seed000"
     batch_norm: bool = False
     conv_dropout: float = 0.0
     spatial_dropout: float = 0.0
     dense_dropout: float = 0.0
     binary_output: Literal["single", "pair"] = "single"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's own keyword arguments
     in_chans_policy: InChansPolicy = InChansPolicy.NATIVE
+    # null (random init), imagenet, file:PATH (a checkpoint or state dict), run:PATH (a unit
+    # folder or checkpoint of an earlier run)
     weights: str | None = None
 
     def __post_init__(self) -> None:

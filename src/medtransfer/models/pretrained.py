@@ -16,6 +16,8 @@ from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import ModelConfig
+from medtransfer.models.external import split_name
+from medtransfer.models.external_weights import external_imagenet
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
     PretrainedWeights,
@@ -59,12 +61,19 @@ def _run_checkpoint(path: Path) -> Path:
     return path / name
 
 
-def open_weights(cfg: ModelConfig, *, download: bool | None = None) -> tuple[PretrainedWeights,
-                                                                             dict[str, torch.Tensor]]:
-    """The weights ``cfg.weights`` names and their state dict (in the file's own key names)."""
+def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
+                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """The weights ``cfg.weights`` names and their state dict (in the file's own key names).
+    A ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its library into a model
+    built like ``model`` (the architecture's defaults when None)."""
     spec = cfg.weights
     if spec is None:
         raise ConfigError("'model.weights' is null: there are no weights to open")
+    if spec == "imagenet" and split_name(cfg.name) is not None:
+        if model is None:
+            grey = cfg.in_chans_policy is not InChansPolicy.NATIVE
+            model = build_model(cfg, num_classes=2, in_chans=1 if grey else 3, img_size=224)
+        return external_imagenet(model, cfg.name, download=download)
     if spec == "imagenet":
         weights = get_imagenet_weights(cfg.name, _arch_options(cfg))
         path = fetch(weights, download=download)
@@ -168,7 +177,7 @@ def build_pretrained(
     model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if cfg.weights is None:
         return BuiltModel(model, None, None, None)
-    weights, state = open_weights(cfg, download=download)
+    weights, state = open_weights(cfg, download=download, model=model)
     state = to_model_keys(model, weights, state)
     conv = first_conv_name(model)
     src_w, dst_w = state.get(f"{conv}.weight"), model.get_submodule(conv).weight

@@ -2,12 +2,18 @@
 
 Every registered model exposes the timm head API: ``forward_features``, ``forward_head(x,
 pre_logits=False)``, ``get_classifier``, ``reset_classifier(num_classes)`` and ``num_features``.
+Names ``timm:<arch>`` and ``torchvision:<arch>`` build any architecture of those libraries with
+the same API (:mod:`medtransfer.models.external`); :func:`import_modules` imports user modules
+whose ``@register_model`` builders a study names.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -17,6 +23,7 @@ from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import apply_in_chans_policy
 from medtransfer.models.config import ModelConfig
+from medtransfer.models.external import build_external, check_arch, external_names, split_name
 
 Builder = Callable[..., nn.Module]
 
@@ -62,9 +69,39 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """Registry entry of ``name``; unknown names are a ConfigError suggesting the closest."""
+    """Registry entry of ``name`` (a ``timm:``/``torchvision:`` name gets one made for it);
+    unknown names are a ConfigError suggesting the closest."""
+    split = split_name(name)
+    if split is not None:
+        check_arch(*split)
+        return ModelInfo(name, functools.partial(build_external, name), 1, split[0])
+    if name not in _REGISTRY:
+        also = [f"{lib}:{name}" for lib in ("timm", "torchvision") if name in external_names(lib)]
+        if also:
+            raise ConfigError(f"'model.name': got {name!r}, which is not registered; "
+                              f"{' or '.join(also)} builds that architecture")
     check_choice("model.name", name, list_models())
     return _REGISTRY[name]
+
+
+def import_modules(modules: Sequence[str], where: str = "imports") -> None:
+    """Import each module (from ``sys.path`` or the current folder) so the models it registers
+    with ``@register_model`` can be named; a module that fails is a ConfigError naming it."""
+    for name in modules:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"'{where}': got {name!r}; expected module names, e.g. my_pkg.models")
+        added = "" not in sys.path
+        if added:
+            sys.path.append("")  # the current folder, as `python -m` has it
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # whatever the module raises while it runs
+            raise ConfigError(f"'{where}': cannot import module {name!r} "
+                              f"({type(exc).__name__}: {exc}); it must be importable from "
+                              "the current folder, PYTHONPATH or an installed package") from exc
+        finally:
+            if added:
+                sys.path.remove("")
 
 
 def _builder(name: str) -> Builder:
@@ -83,10 +120,12 @@ def check_img_size(name: str, img_size: int, minimum: int) -> None:
 def create_model(
     name: str, *, num_classes: int, in_chans: int = 1, img_size: int = 224, **kwargs: Any
 ) -> nn.Module:
-    """Build registered model ``name``; options it does not take are an error naming them."""
+    """Build model ``name`` (registered, ``timm:<arch>`` or ``torchvision:<arch>``); options it
+    does not take are an error naming them."""
     info = model_info(name)
     params = inspect.signature(info.builder).parameters
-    unknown = [k for k in kwargs if k not in params]
+    any_key = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [] if any_key else [k for k in kwargs if k not in params]
     if unknown:
         takes = sorted(p for p in params if p not in ("num_classes", "in_chans", "img_size"))
         raise ConfigError(
@@ -114,6 +153,10 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
             kwargs[key] = value
         elif value:
             raise ConfigError(f"'model.{key}': model '{cfg.name}' has no {key} option")
+    reserved = sorted({"num_classes", "in_chans", "img_size"} & set(cfg.options))
+    if reserved:
+        raise ConfigError(f"'model.options.{reserved[0]}': set by medtransfer (from the data and "
+                          "preprocess.size); remove it")
     kwargs.update(cfg.options)
     model = create_model(
         cfg.name, num_classes=cfg.outputs(num_classes), in_chans=cfg.model_in_chans(in_chans),

@@ -10,17 +10,24 @@ pretrained ``weights``) × named ``targets`` × named ``strategies`` × ``repeat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
-from medtransfer.models import ModelConfig
-from medtransfer.strategies import CacheConfig, FreezeStrategy, StrategyConfig, strategy_from_dict
+from medtransfer.models import ModelConfig, check_model, check_weights_spec, import_modules
+from medtransfer.strategies import (
+    CacheConfig,
+    FreezeStrategy,
+    StrategyConfig,
+    freeze_configs,
+    strategy_from_dict,
+)
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
-from medtransfer.transfer import FreezeConfig, HeadPolicy
+from medtransfer.transfer import FreezeConfig, HeadPolicy, freeze
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,9 @@ class StudyConfig:
     variants: list[VariantSpec] = field(default_factory=lambda: [VariantSpec("baseline")])
     audit: bool = True  # audit both data sets (shortcuts, duplicates, leakage) before training
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # TensorBoard / MLflow, off
+    # Python modules imported first (e.g. my_pkg.models), so model.name can name the models they
+    # register with @register_model
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
@@ -313,8 +323,31 @@ def study_from_dict(
     if isinstance(raw.get("cache_dir"), str):
         raw["cache_dir"] = _resolve_path(raw["cache_dir"], base)
     try:
+        imports = raw.get("imports") or []
+        if not isinstance(imports, list):
+            raise ConfigError(f"'imports': got {imports!r}; expected a list of module names, "
+                              "e.g. [my_pkg.models]")
+        import_modules(imports)
         cfg = from_dict(StudyConfig, raw)
-        resolve_variants(cfg)
+        check_models(cfg, resolve_variants(cfg))
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
     return cfg
+
+
+def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
+    """Every variant's model name, options, weights spec (each source's weights too) and
+    freezing, for the study's image size and channels: before any data is read or any file
+    written."""
+    for v in variants:
+        where = f"variants ({v.name}): " if len(variants) > 1 else ""
+        try:
+            model = check_model(v.model, hw=cfg.preprocess.hw, in_chans=cfg.preprocess.channels)
+            if model is not None:  # None: the meta device could not build it
+                for fz in [fz for s in v.strategies.values() for fz in freeze_configs(s)]:
+                    freeze(model, fz)
+            for src in cfg.sources.values():
+                if src.weights is not None:
+                    check_weights_spec(dataclasses.replace(v.model, weights=src.weights))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
