@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local processes (default) or a Ray cluster")
         p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
-    sub.add_parser("models", help="list registered architectures")
+    sub.add_parser("models", help="list registered architectures (timm:<arch> and "
+                   "torchvision:<arch> name any other)")
     keys = sub.add_parser("keys", help="every study config key: type, default, allowed values, meaning")
     keys.add_argument("section", nargs="?", help="only keys under this section, e.g. pretrain.train or data")
     fmt = keys.add_mutually_exclusive_group()
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             from medtransfer.models import list_models
 
             print("\n".join(list_models()))
+            print("and timm:<arch> (timm.list_models()), torchvision:<arch> "
+                  "(torchvision.models.list_models())", file=sys.stderr)
             return 0
         if args.command == "report":
             from medtransfer.report import summarize, write_report
