@@ -22,3 +22,7 @@ class ImageDecodeError(DataError):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DiskFullError(MedTransferError):
+    """A write failed for want of space; the message names the path and the free space."""

@@ -9,16 +9,20 @@ Files are created with the mode the user's umask gives (``0666 & ~umask``), like
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cell_in", "cell_out", "file_record", "fsync_dir", "umask_mode", "write_bytes_atomic",
-           "write_json_atomic", "write_text_atomic"]
+from medtransfer.errors import DiskFullError
+
+__all__ = ["cell_in", "cell_out", "disk_full_error", "file_record", "fsync_dir", "is_disk_full",
+           "umask_mode", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 _UMASK_LOCK = threading.Lock()
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -45,6 +49,40 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "inline_container", "unexpected pos")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a write that ran out of space: an
+    ``OSError`` ENOSPC/EDQUOT, or torch's serialization error that a full disk causes."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, DiskFullError):
+            return True
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(cur, RuntimeError) and any(m in str(cur) for m in _TORCH_WRITE_FAILED):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _free(path: Path) -> str:
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there now"
+    return "free space unknown"
+
+
+def disk_full_error(path: Path, exc: BaseException, what: str = "") -> DiskFullError:
+    """A clear error for a write into ``path`` that ran out of space."""
+    return DiskFullError(f"cannot write {path}: no space left on the device ({_free(Path(path))}; "
+                         f"{type(exc).__name__}: {exc}){what}. Free some space (e.g. medtransfer cache "
+                         "--clear) and rerun: finished work is kept")
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably, mode ``0666 & ~umask``."""
     path = Path(path)
@@ -57,8 +95,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, umask_mode())  # mkstemp creates 0600: colleagues could not read the run
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise disk_full_error(path, exc, "; the file was left as it was") from exc
         raise
     fsync_dir(path.parent)
 

@@ -18,7 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medtransfer.fileio import file_record, write_json_atomic, write_text_atomic
+from medtransfer.fileio import (
+    disk_full_error,
+    file_record,
+    is_disk_full,
+    write_json_atomic,
+    write_text_atomic,
+)
 from medtransfer.study.lock import unit_lock
 
 __all__ = ["Unit", "stable_hash", "write_json_atomic", "write_text_atomic"]
@@ -127,6 +133,13 @@ class Unit:
             self._locked = True
             try:
                 yield self
+            except BaseException as exc:
+                if not is_disk_full(exc) or self.done():
+                    raise
+                # An unfinished unit is redone anyway: remove its partial files to free the space.
+                shutil.rmtree(self.own_dir, ignore_errors=True)
+                raise disk_full_error(self.own_dir, exc, "; this unit's partial files were removed"
+                                      ) from exc
             finally:
                 self._locked = False
 
