@@ -47,7 +47,7 @@ class TaskConfig:
 
     data: DataConfig
     split: SplitConfig = field(default_factory=SplitConfig)
-    external: dict[str, ExternalConfig] = field(default_factory=dict)
+    external: dict[str, ExternalConfig] = field(default_factory=dict)  # named external test sets
 
     def check_external(self, where: str) -> None:
         for name in self.external:
