@@ -86,3 +86,15 @@ def test_missing_and_corrupt_files_are_named(tmp_path: Path):
     torch.save({"weights": torch.ones(1)}, other)
     with pytest.raises(CheckpointError, match="not a medtransfer checkpoint"):
         load_checkpoint(other)
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", model_state={"w": torch.zeros(2)}, config={},
+                               epoch=1, metrics={})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600

@@ -18,6 +18,7 @@ import torch
 
 from medtransfer.config import to_dict
 from medtransfer.errors import DataError
+from medtransfer.fileio import umask_mode
 
 __all__ = [
     "FORMAT_VERSION",
@@ -104,6 +105,7 @@ def save_checkpoint(
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600: colleagues on a shared server could not read it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
