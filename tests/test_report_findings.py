@@ -74,5 +74,5 @@ def test_findings_render_in_headless_chromium(run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--dump-dom", (run / "report.html").resolve().as_uri()], check=True,
                          capture_output=True, text=True, timeout=120).stdout
-    text = " ".join(_parse(dom).text)
+    text = " ".join(" ".join(_parse(dom).text).split())  # text nodes joined, whitespace collapsed
     assert "What this study found" in text and f"Best AUC: {_best(run, 'auc')['arm']}" in text
