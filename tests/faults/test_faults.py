@@ -81,4 +81,4 @@ def test_random_faults_then_rerun_equals_the_clean_run(clean, tmp_path, seed):
     run_study(study_from_dict(cfg), out, echo=logs.append, report=False)
     assert (out / "results.csv").read_text() == (src / "results.csv").read_text(), injected
     if any(" units/" in f for f in injected):  # a damaged unit was computed again
-        assert any("redone" in m or "images" in m and "target" in m for m in logs), (injected, logs)
+        assert any("redone" in m or ("images" in m and "target" in m) for m in logs), (injected, logs)
