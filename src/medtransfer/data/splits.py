@@ -27,77 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from medtransfer.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """How to split: k balanced test sets or a test fraction, a per-class cap, a val fraction."""
-
-    test_sets: int = 0  # how many disjoint, class-balanced test sets to carve (0: none)
-    test_per_class: int | None = None  # images per class in each of the test_sets
-    test_fraction: float = 0.0  # a stratified fraction held out as the one test set
-    train_per_class: int | None = None  # cap on training-pool images per class (null: all)
-    val_fraction: float = 0.1  # the part of the training pool held out for validation
-    use_official: bool = False  # use the data set's own train/val/test parts (.npz, split_column)
-    folds: int = 0  # k-fold cross-validation (study target only): each fold is held out once
-    # A separate test set (folder, CSV or .npz, the task's classes by name); the task's own
-    # images then go to train and val only.
-    test_from: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.test_from is not None:
-            object.__setattr__(self, "test_from", Path(self.test_from))
-            if self.folds or self.test_sets or self.test_fraction or self.use_official:
-                raise ConfigError(
-                    f"'test_from': got {str(self.test_from)!r} together with folds, test_sets, "
-                    "test_fraction or use_official; the test images come from test_from alone"
-                )
-        if self.folds == 1 or self.folds < 0:
-            raise ConfigError(f"'folds': got {self.folds}; expected 0 (no cross-validation) or >= 2")
-        if self.folds and (self.test_sets or self.test_fraction or self.use_official
-                           or self.train_per_class is not None):
-            raise ConfigError(
-                f"'folds': got {self.folds}; cross-validation holds out each fold in turn, so it "
-                "cannot be combined with test_sets, test_fraction, use_official or train_per_class"
-            )
-        if self.test_sets < 0:
-            raise ConfigError(f"'test_sets': got {self.test_sets}; expected 0 or more")
-        if self.test_sets > 0 and (self.test_per_class is None or self.test_per_class < 1):
-            raise ConfigError(
-                f"'test_per_class': got {self.test_per_class!r}; test_sets={self.test_sets} "
-                "needs a positive number of images per class in each test set"
-            )
-        if self.test_sets == 0 and self.test_per_class is not None:
-            raise ConfigError(
-                f"'test_per_class': got {self.test_per_class}, but test_sets is 0; "
-                "set test_sets to 1 or more, or drop test_per_class"
-            )
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ConfigError(f"'test_fraction': got {self.test_fraction}; expected 0 <= x < 1")
-        if self.test_sets > 0 and self.test_fraction > 0:
-            raise ConfigError(
-                f"'test_fraction': got {self.test_fraction} together with test_sets="
-                f"{self.test_sets}; use one or the other"
-            )
-        if self.train_per_class is not None and self.train_per_class < 1:
-            raise ConfigError(
-                f"'train_per_class': got {self.train_per_class}; expected a positive integer "
-                "or null for no cap"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"'val_fraction': got {self.val_fraction}; expected 0 <= x < 1")
-        if self.use_official and (self.test_sets > 0 or self.test_fraction > 0):
-            raise ConfigError(
-                "'use_official': true takes the official test split; it cannot be combined "
-                f"with test_sets={self.test_sets} or test_fraction={self.test_fraction}"
-            )
+from medtransfer.data.config import SplitConfig
+from medtransfer.errors import DataError
 
 
 @dataclass
