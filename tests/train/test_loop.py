@@ -177,13 +177,14 @@ def test_history_csv_columns_and_rows(toy, make_model, tmp_path: Path):
     train, val = toy
     fit(make_model(2), train, val, _cfg(epochs=3), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
-    assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc",
-                             "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc"]
+    assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc", "f1",
+                             "val_loss", "val_accuracy", "val_precision", "val_recall", "val_auc",
+                             "val_f1"]
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     res = fit(make_model(2), train, None, _cfg(epochs=2, checkpoint_monitor="loss"),
               TrainEnv(seed=0, out_dir=tmp_path / "noval", num_classes=2))
     rows = list(csv.DictReader((tmp_path / "noval" / "history.csv").open()))
-    assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc"]
+    assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "precision", "recall", "auc", "f1"]
     assert len(rows) == len(res.history) == 2
 
 
@@ -197,10 +198,23 @@ def test_early_stopping_in_fit(toy, make_model, tmp_path: Path):
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 4
 
 
+def test_val_f1_as_checkpoint_and_early_stopping_monitor(toy, make_model, tmp_path: Path):
+    train, val = toy
+    es = EarlyStoppingConfig(monitor="val_f1", mode="max", patience=1)
+    res = fit(make_model(2), train, val,
+              _cfg(epochs=4, checkpoint_monitor="val_f1", checkpoint_mode="max", early_stopping=es),
+              TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
+    f1s = [row["val_f1"] for row in res.history]
+    assert all(0 <= v <= 1 for v in f1s)
+    assert res.best_metric == max(f1s) and f1s[res.best_epoch - 1] == max(f1s)
+    with pytest.raises(ConfigError, match=r"checkpoint_mode.*higher is better.*max"):
+        _cfg(checkpoint_monitor="val_f1")
+
+
 def test_missing_monitor_fails_before_training(toy, make_model, tmp_path: Path):
     train, _ = toy
     expected = (r"checkpoint_monitor 'val_loss' is not a logged metric; "
-                r"available: lr, loss, accuracy, precision, recall, auc$")
+                r"available: lr, loss, accuracy, precision, recall, auc, f1$")
     with pytest.raises(ConfigError, match=expected):
         fit(make_model(2), train, None, _cfg(), TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
     cfg = _cfg(checkpoint_monitor="loss", early_stopping=EarlyStoppingConfig("val_auc", "max"))

@@ -179,7 +179,7 @@ def test_warmup_ramps_then_hands_over():
         ({"name": "plateau", "warmup_epochs": 1}, r"warmup_epochs.*only used by none, step, cos"),
         ({"name": "plateau", "factor": 1.0}, "scheduler.factor"),
         ({"name": "plateau", "monitor": "val_auc"}, r"scheduler.mode.*higher is better.*max"),
-        ({"name": "plateau", "monitor": "val_f1"}, r"did you mean 'val_auc'|Allowed: lr, loss"),
+        ({"name": "plateau", "monitor": "val_f2"}, r"did you mean 'val_f1'|Allowed: lr, loss"),
         ({"name": "step", "step_size": 0}, "scheduler.step_size"),
         ({"name": "cosine", "t_max": 0}, "scheduler.t_max"),
         ({"name": "step", "t_max": 5}, "only used by cosine"),

@@ -33,7 +33,8 @@ __all__ = [
 
 Mode = Literal["min", "max"]
 
-TRAIN_METRICS: tuple[str, ...] = ("loss", "accuracy", "precision", "recall", "auc")
+# ``f1``: of the positive class (binary, threshold 0.5) or macro over classes (multiclass).
+TRAIN_METRICS: tuple[str, ...] = ("loss", "accuracy", "precision", "recall", "auc", "f1")
 VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in TRAIN_METRICS)
 ALL_METRICS: tuple[str, ...] = ("lr", *TRAIN_METRICS, *VAL_METRICS)
 

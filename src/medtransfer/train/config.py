@@ -31,7 +31,9 @@ class ClassWeight(StrEnum):
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one model. Monitors name a logged metric: ``lr``, ``loss``, ``accuracy``,
-    ``precision``, ``recall``, ``auc`` or a ``val_`` one; ``mode`` must match its direction.
+    ``precision``, ``recall``, ``auc``, ``f1`` or a ``val_`` one (e.g. ``val_f1`` with mode
+    ``max``); ``mode`` must match its direction. ``f1`` is the positive class's (binary, at 0.5)
+    or the macro mean (multiclass), as in ``results.csv``.
     ``sampling`` rebalances each epoch (see :mod:`medtransfer.data.sampling`); it and
     ``class_weight: balanced`` both correct for imbalance, so only one of them may be on.
     ``checkpoint_every``: ``epoch`` writes ``last.pt`` every epoch and ``best.pt`` on every
