@@ -22,7 +22,7 @@ from medtransfer.plots import (
     roc_figure,
     save_figure,
 )
-from medtransfer.report.rundir import POOLED, Arm, RunDir
+from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir
 from medtransfer.report.summary import NO_SOURCE, arm_stats
 from medtransfer.report.text import p_text
 
@@ -113,24 +113,18 @@ def _target_figures(
     preds = {arm.label: run.predictions(arm).part(part) for arm in arms}
     classes, labels, sfx = run.classes(target), first.part(part).labels, _suffix(run, target)
     if first.proba.shape[1] == 2 and len(np.unique(labels)) == 2:
-        curves = {v: (p.labels, p.proba[:, 1]) for v, p in preds.items()}
-        fig = roc_figure(
-            curves,
-            rng=np.random.default_rng(seed),
-            n_boot=n_boot,
-            title=f"ROC, positive class '{classes[-1]}' ({where})",
-        )
-        sections["ROC curves"].append(
-            _save(fig, out, f"roc{sfx}", f"ROC curves with bootstrap bands ({where})")
-        )
+        def binary_roc(parts: dict[str, Predictions], where: str, name: str, caption: str) -> None:
+            fig = roc_figure({v: (p.labels, p.proba[:, 1]) for v, p in parts.items()},
+                             rng=np.random.default_rng(seed), n_boot=n_boot,
+                             title=f"ROC, positive class '{classes[-1]}' ({where})")
+            sections["ROC curves"].append(_save(fig, out, name, caption))
+
+        binary_roc(preds, where, f"roc{sfx}", f"ROC curves with bootstrap bands ({where})")
         for ext in first.externals():  # external sets beside the internal curve, never pooled in
             parts = {arm.label: run.predictions(arm).part(ext) for arm in arms}
             if len(np.unique(parts[arms[0].label].labels)) == 2:
-                fig = roc_figure({v: (p.labels, p.proba[:, 1]) for v, p in parts.items()},
-                                 rng=np.random.default_rng(seed), n_boot=n_boot,
-                                 title=f"ROC, positive class '{classes[-1]}' (external: {ext})")
-                sections["ROC curves"].append(_save(fig, out, f"roc{sfx}_{ext}",
-                                                    f"ROC curves on the external test set {ext}"))
+                binary_roc(parts, f"external: {ext}", f"roc{sfx}_{ext}",
+                           f"ROC curves on the external test set {ext}")
     elif first.proba.shape[1] > 2:
         present = [c for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]
         for v, p in preds.items():
