@@ -7,6 +7,7 @@ from torch import nn
 
 from medtransfer.config import from_dict, to_dict
 from medtransfer.errors import ConfigError
+from medtransfer.train.config import TrainConfig
 from medtransfer.train.optim import (
     OptimizerConfig,
     OptimizerName,
@@ -194,3 +195,57 @@ def test_scheduler_config_errors(kwargs, match):
 def test_scheduler_names():
     assert [n.value for n in SchedulerName] == ["none", "plateau", "step", "cosine"]
     assert [n.value for n in OptimizerName] == ["adam", "adamw", "adagrad", "sgd", "rmsprop"]
+
+
+def _steps(opt: torch.optim.Optimizer, model: nn.Linear, k: int) -> list[float]:
+    """The lr each of ``k`` steps on a fixed loss ran with (read before the step)."""
+    lrs = []
+    for _ in range(k):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).square().sum().backward()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_keras_time_decay_per_step(name):
+    """Keras ``Adam(lr, decay=d)``: the step after k steps uses lr / (1 + d * k), and the weights
+    move as a plain optimizer whose lr is set so before each step; decay 0 changes nothing."""
+    lr, decay = 0.01, 0.1
+    model = _linear()
+    opt = build_optimizer(model.parameters(), OptimizerConfig(name=name, lr=lr, decay=decay))
+    assert _steps(opt, model, 5) == [lr / (1 + decay * k) for k in range(5)]
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr / (1 + decay * 5))
+    manual = _linear()
+    plain = build_optimizer(manual.parameters(), OptimizerConfig(name=name, lr=lr))
+    for k in range(5):
+        plain.param_groups[0]["lr"] = lr / (1 + decay * k)
+        _steps(plain, manual, 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), manual.parameters(), strict=True))
+    # Resumed from its state_dict, the decay carries on from step 5.
+    again = build_optimizer(model.parameters(), OptimizerConfig(name=name, lr=lr, decay=decay))
+    again.load_state_dict(opt.state_dict())
+    assert _steps(again, model, 2) == [lr / (1 + decay * k) for k in (5, 6)]
+    # Off by default: the lr stays put.
+    still = _linear()
+    off = build_optimizer(still.parameters(), OptimizerConfig(name=name, lr=lr))
+    assert _steps(off, still, 3) == [lr] * 3 and "decay_steps" not in off.param_groups[0]
+
+
+def test_keras_time_decay_config_errors():
+    with pytest.raises(ConfigError, match="optimizer.decay"):
+        OptimizerConfig(decay=-0.1)
+    with pytest.raises(ConfigError, match=r"optimizer.decay.*scheduler.name: none"):
+        TrainConfig(optimizer=OptimizerConfig(decay=0.01), scheduler=SchedulerConfig(name="step"))
+    TrainConfig(optimizer=OptimizerConfig(decay=0.01))
+
+
+def test_keras_time_decay_in_fit(toy, make_model, tmp_path):
+    """fit logs each epoch's starting lr: lr / (1 + decay * steps so far)."""
+    from medtransfer.train import TrainEnv, fit
+
+    train, val = toy  # 64 training images: 4 steps of 16 per epoch
+    cfg = TrainConfig(epochs=3, batch_size=16, progress=False, optimizer=OptimizerConfig(lr=0.01, decay=0.5))
+    res = fit(make_model(2), train, val, cfg, TrainEnv(seed=0, out_dir=tmp_path, num_classes=2))
+    assert [r["lr"] for r in res.history] == pytest.approx([0.01 / (1 + 0.5 * 4 * e) for e in range(3)])

@@ -98,6 +98,12 @@ class TrainConfig:
                 f"{self.class_weight.value!r}; both rebalance the classes, so use one of them "
                 "(allowed with class_weight balanced: sampling none)"
             )
+        if self.optimizer.decay > 0 and (self.scheduler.name != "none" or self.scheduler.warmup_epochs):
+            raise ConfigError(
+                f"'optimizer.decay': got {self.optimizer.decay!r} with scheduler "
+                f"{self.scheduler.name.value!r} (warmup_epochs {self.scheduler.warmup_epochs}); "
+                "decay is its own schedule, so set scheduler.name: none without warm-up, or decay: 0"
+            )
         if self.scheduler.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "

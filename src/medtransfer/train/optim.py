@@ -33,6 +33,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "step_scheduler",
+    "time_decay",
 ]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
@@ -92,6 +93,10 @@ class OptimizerConfig:
     layers several times faster than the loop; not for rmsprop). The results of ``fused``
     differ from the loop's in the last bits (about 1e-8 after tens of steps), so changing it
     changes a run's numbers slightly; each is deterministic on CPU.
+
+    ``decay``: Keras's time-based decay (``Adam(lr, decay=...)``): the step after ``k`` optimizer
+    steps uses ``lr / (1 + decay * k)``; 0 (default) is off. It replaces the epoch scheduler, so
+    it needs ``scheduler.name: none`` without warm-up.
     """
 
     name: OptimizerName = OptimizerName.adam
@@ -104,6 +109,7 @@ class OptimizerConfig:
     initial_accumulator_value: float = 0.0
     alpha: float = 0.99
     implementation: Literal["auto", "for_loop", "foreach", "fused"] = "auto"
+    decay: float = 0.0  # Keras time-based decay per step: lr / (1 + decay * steps); 0 = off
 
     _section = "optimizer"
 
@@ -136,6 +142,8 @@ class OptimizerConfig:
             raise _fail("optimizer.betas", self.betas, "two numbers in [0, 1)")
         if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
             raise _fail("optimizer.eps", self.eps, "null (torch default) or a number > 0")
+        if not (math.isfinite(self.decay) and self.decay >= 0):
+            raise _fail("optimizer.decay", self.decay, "a finite number >= 0 (0: off)")
         iav = self.initial_accumulator_value
         if not (math.isfinite(iav) and iav >= 0):
             raise _fail("optimizer.initial_accumulator_value", iav, "a number >= 0")
@@ -213,7 +221,31 @@ _IMPLEMENTATION: dict[str, dict[str, bool]] = {
 def build_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig
 ) -> Optimizer:
-    """The torch optimizer ``cfg`` describes, over ``params`` (tensors or param groups)."""
+    """The torch optimizer ``cfg`` describes, over ``params`` (tensors or param groups), with
+    ``cfg.decay`` applied after each step (see :func:`time_decay`)."""
+    opt = _build(params, cfg)
+    return time_decay(opt, cfg.decay) if cfg.decay > 0 else opt
+
+
+def time_decay(optimizer: Optimizer, decay: float) -> Optimizer:
+    """Keras's time-based decay: after ``k`` steps each group's ``lr`` is its initial ``lr /
+    (1 + decay * k)``. The initial lr and ``k`` live in the param groups (``decay_base_lr``,
+    ``decay_steps``), so the optimizer's ``state_dict`` resumes the decay where it stopped."""
+    for group in optimizer.param_groups:
+        group.setdefault("decay_base_lr", group["lr"])
+        group.setdefault("decay_steps", 0)
+
+    def after_step(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        for group in opt.param_groups:
+            group["decay_steps"] += 1
+            group["lr"] = group["decay_base_lr"] / (1.0 + decay * group["decay_steps"])
+
+    optimizer.register_step_post_hook(after_step)
+    return optimizer
+
+
+def _build(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig) -> Optimizer:
+    """The bare torch optimizer, without decay."""
     groups: list[Any] = list(params)
     if not groups:
         raise ConfigError(
