@@ -209,3 +209,27 @@ def test_preprocess_config_from_yaml_data():
         PreprocessConfig(size=0)
     with pytest.raises(ConfigError, match=r"color"):
         from_dict(PreprocessConfig, {"color": "grey"})
+
+
+def test_dicom_window_from_the_file_from_the_config_and_monochrome1_after_it(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    data = np.tile(np.arange(0, 2400, 200, dtype=np.uint16), (10, 1))  # HU -1024 … 1176 (intercept)
+    path = _write_dicom(tmp_path / "w.dcm", data, "MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 40, 400  # a soft-tissue window: -160 … 240 HU
+    ds.save_as(path)
+    row = decode_image(path, GRAY)[0, 0].astype(np.int64)
+    hu = data[0].astype(np.float64) - 1024
+    expected = np.clip((hu - 39.5) / 399 + 0.5, 0, 1) * 65535
+    np.testing.assert_allclose(row, np.rint(expected), atol=1)
+    assert row[0] == 0 and row[-1] == 65535  # outside the window: clipped, not stretched
+    # The config's window overrides the file's; MONOCHROME1 is inverted after windowing.
+    wide = PreprocessConfig(size=GRAY.size, dicom_window=(0, 4000))
+    np.testing.assert_allclose(decode_image(path, wide)[0, 0], np.rint(np.clip((hu + 0.5) / 3999 + 0.5, 0, 1)
+                                                                         * 65535), atol=1)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(path)
+    np.testing.assert_allclose(decode_image(path, GRAY)[0, 0], 65535 - np.rint(expected), atol=1)
+    assert PreprocessConfig(size=8).key() != PreprocessConfig(size=8, dicom_window=(40, 400)).key()
+    with pytest.raises(ConfigError, match=r"'dicom_window'"):
+        PreprocessConfig(dicom_window=(40, 0))

@@ -63,8 +63,17 @@ class PreprocessConfig:
     size: int | tuple[int, int] = 224  # images are resized to size × size, or [height, width]
     color: ColorMode = ColorMode.GRAYSCALE  # decode to one grey channel or to RGB
     on_error: OnError = OnError.RAISE  # an undecodable image stops the run (raise) or is left out
+    # DICOM: [center, width] of the grey-level window, overriding the file's own (else the file's
+    # VOI LUT or window, else a min-max stretch)
+    dicom_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.dicom_window is not None:
+            window = tuple(self.dicom_window)
+            if len(window) != 2 or not all(isinstance(v, int | float) for v in window) or window[1] < 1:
+                raise ConfigError(f"'dicom_window': got {self.dicom_window!r}; expected [center, width] "
+                                  "with width >= 1, in the image's rescaled units (e.g. HU)")
+            object.__setattr__(self, "dicom_window", (float(window[0]), float(window[1])))
         dims = (self.size,) if isinstance(self.size, int) else tuple(self.size)
         if len(dims) != (1 if isinstance(self.size, int) else 2) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims
@@ -96,7 +105,9 @@ class PreprocessConfig:
 
     def key(self) -> str:
         """Short stable hash of the settings that change pixels (not ``on_error``)."""
-        spec = {"v": PIPELINE_VERSION, "hw": list(self.hw), "color": self.color.value}
+        spec: dict[str, object] = {"v": PIPELINE_VERSION, "hw": list(self.hw), "color": self.color.value}
+        if self.dicom_window is not None:
+            spec["dicom_window"] = list(self.dicom_window)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,7 +115,7 @@ def decode_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Decode ``path`` into a (C, H, W) uint8/uint16 array; any failure is an ImageDecodeError."""
     path = Path(path)
     try:
-        array = _read_dicom(path) if path.suffix.lower() == ".dcm" else _read_pil(path)
+        array = _read_dicom(path, cfg.dicom_window) if path.suffix.lower() == ".dcm" else _read_pil(path)
         return preprocess_array(array, cfg)
     except (ImageDecodeError, MemoryError, KeyboardInterrupt):
         raise  # running out of memory is not a bad file: never "unreadable, skipped"
@@ -218,7 +229,7 @@ def _check_dicom_size(path: Path, ds: Any) -> int:
     return frames
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, window: tuple[float, float] | None = None) -> np.ndarray:
     try:
         import pydicom
     except ImportError:
@@ -235,10 +246,37 @@ def _read_dicom(path: Path) -> np.ndarray:
         if pixels.dtype == np.uint8:
             return pixels
         return _to_uint16(pixels)
+    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if window is None and "VOILUTSequence" in ds:
+        # A lookup table from the file: pydicom applies the modality and VOI LUTs as the standard says.
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+        values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
+        return _stretch16(values, 1.0, 0.0, invert)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = (ds.WindowCenter, ds.WindowWidth)
+        # Several windows may be listed (e.g. lung and bone): the first is the default one.
+        first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)  # noqa: E731
+        window = (first(center), first(width))
+    if window is not None and window[1] >= 1:
+        return _window16(pixels, slope, intercept, window, invert)
     return _stretch16(pixels, slope, intercept, invert)
+
+
+def _window16(pixels: np.ndarray, slope: float, intercept: float, window: tuple[float, float],
+              invert: bool) -> np.ndarray:
+    """DICOM's linear VOI window (PS3.3 C.11.2.1.2) on ``pixels * slope + intercept``, to uint16;
+    MONOCHROME1 inverted after windowing. Chunked like :func:`_stretch16`."""
+    center, width = window
+    out = np.empty(pixels.shape, np.uint16)
+    step = max(1, _CHUNK_ROWS_PIXELS // max(1, pixels[0].size if pixels.ndim > 1 else 1))
+    for i in range(0, len(pixels), step):
+        x = pixels[i : i + step].astype(np.float64) * slope + intercept
+        y = np.clip((x - (center - 0.5)) / max(width - 1, 1e-9) + 0.5, 0.0, 1.0)
+        out[i : i + step] = np.rint((1.0 - y if invert else y) * 65535.0)
+    return out
 
 
 _CHUNK_ROWS_PIXELS = 1 << 20  # float64 work in chunks of about 1 M pixels (8 MB), not the image
