@@ -253,3 +253,16 @@ def test_data_config_from_yaml_and_kind_inference(tmp_path):
         DataConfig(path=tmp_path, classes=["a", "a"])
     with pytest.raises(ConfigError, match=r"kind"):
         from_dict(DataConfig, {"path": "x", "kind": "folders"}, "data")
+
+
+def test_medmnist_files_get_their_official_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = ("train", "val", "test")
+    arrays = {f"{s}_images": rng.integers(0, 255, (16, 8, 8), dtype=np.uint8) for s in parts}
+    arrays.update({f"{s}_labels": (np.arange(16) % 8).reshape(-1, 1) for s in parts})
+    path = tmp_path / "bloodmnist_64.npz"
+    np.savez(path, **arrays)
+    data = load_dataset(DataConfig(path=path), PreprocessConfig(size=8))
+    assert data.classes[0] == "basophil" and data.classes[-1] == "platelet" and len(data.classes) == 8
+    named = load_dataset(DataConfig(path=path, classes=[f"c{i}" for i in range(8)]), PreprocessConfig(size=8))
+    assert named.classes[0] == "c0"  # data.classes still wins

@@ -55,7 +55,7 @@ def read_npz(
                 f"{path}: missing key(s) {', '.join(missing)}; keys found: {', '.join(keys)}. "
                 "data.npz_splits chooses which <split>_images/<split>_labels pairs are read"
             )
-        classes = _read_classes(archive, path) if "classes" in keys else None
+        classes = _read_classes(archive, path) if "classes" in keys else medmnist_classes(path)
         digest = file_sha256(path)
         out = []
         for split in splits:
@@ -123,3 +123,32 @@ def _check_images(raw: np.ndarray, where: str) -> None:
             f"{where}: expected uint8/uint16 images of shape (N, H, W) or (N, H, W, 3), "
             f"got {raw.dtype} {raw.shape}"
         )
+
+
+# MedMNIST v2's official label names (its INFO table), for files named like ``bloodmnist.npz`` or
+# ``bloodmnist_64.npz`` that carry no ``classes`` key. ChestMNIST is multi-label: not listed.
+_ORGAN = ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+          "lung-left", "lung-right", "pancreas", "spleen"]
+MEDMNIST_CLASSES: dict[str, list[str]] = {
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "breastmnist": ["malignant", "normal, benign"],
+    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
+                   "monocyte", "neutrophil", "platelet"],
+    "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                   "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+                   "vascular lesions"],
+    "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
+    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
+    "retinamnist": ["grade 0", "grade 1", "grade 2", "grade 3", "grade 4"],
+    "tissuemnist": ["collecting duct, connecting tubule", "distal convoluted tubule",
+                    "glomerular endothelial cells", "interstitial endothelial cells", "leukocytes",
+                    "podocytes", "proximal tubule segments", "thick ascending limb"],
+    "organamnist": _ORGAN, "organcmnist": _ORGAN, "organsmnist": _ORGAN,
+}
+
+
+def medmnist_classes(path: Path) -> list[str] | None:
+    """The official class names of a MedMNIST file, by its name; None for any other file."""
+    names = MEDMNIST_CLASSES.get(path.stem.lower().split("_")[0])
+    return list(names) if names is not None else None
