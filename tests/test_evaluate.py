@@ -98,11 +98,31 @@ def test_multiclass_auc_nan_when_a_class_is_absent():
 
 def test_compute_metrics_dispatches_on_columns():
     proba2 = np.stack([1 - P, P], axis=1)
-    assert compute_metrics(Y, proba2) == binary_metrics(Y, P)
+    m2 = compute_metrics(Y, proba2)
+    assert {k: v for k, v in m2.items() if not k.startswith("f1_")} == binary_metrics(Y, P)
     proba3 = np.full((3, 3), 1 / 3)
     assert "balanced_accuracy" in compute_metrics([0, 1, 2], proba3)
     with pytest.raises(DataError, match="K >= 2"):
         compute_metrics(Y, P[:, None])
+
+
+def test_compute_metrics_per_class_and_macro_f1():
+    """Seed 001's per-class F1 (covid / normal) and macro F1, by class index, in every set's metrics."""
+    m = compute_metrics(Y, np.stack([1 - P, P], axis=1), threshold=0.65)
+    pred = (P >= 0.65).astype(int)
+    per = skm.f1_score(Y, pred, average=None)
+    assert (m["f1_0"], m["f1_1"]) == pytest.approx(tuple(per))
+    assert m["f1_1"] == m["f1"] and m["f1_macro"] == pytest.approx(per.mean())
+    y3 = np.array([0, 0, 1, 1, 2, 2])
+    p3 = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+                   [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    m3 = compute_metrics(y3, p3)
+    per3 = skm.f1_score(y3, p3.argmax(axis=1), average=None)
+    assert [m3[f"f1_{c}"] for c in range(3)] == pytest.approx(list(per3))
+    assert m3["f1_macro"] == m3["f1"] == pytest.approx(per3.mean())
+    # A class never true nor predicted: its F1 is 0 and the macro mean leaves it out (as f1).
+    m4 = compute_metrics([0, 1, 0], np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1]]))
+    assert m4["f1_2"] == 0.0 and m4["f1_macro"] == m4["f1"] == 1.0
 
 
 @pytest.mark.parametrize(

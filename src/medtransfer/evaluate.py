@@ -40,6 +40,7 @@ __all__ = [
     "confidence_bins",
     "confusion",
     "expected_calibration_error",
+    "f1_per_class",
     "full_metrics",
     "mean_sd",
     "multiclass_metrics",
@@ -133,13 +134,26 @@ def multiclass_metrics(y_true: object, proba: object) -> dict[str, float]:
 
 
 def compute_metrics(y_true: object, proba: object, threshold: float = 0.5) -> dict[str, float]:
-    """Metrics for (N, K) class probabilities: binary on column 1 when K == 2, else multiclass."""
+    """Metrics for (N, K) class probabilities: binary on column 1 when K == 2, else multiclass;
+    both with ``f1_macro`` and ``f1_<k>`` per class index k (see :func:`f1_per_class`)."""
     p = np.asarray(proba)
     if p.ndim != 2 or p.shape[1] < 2:
         raise DataError(f"proba: expected shape (N, K) with K >= 2 classes, got {p.shape}")
     if p.shape[1] == 2:
-        return binary_metrics(y_true, p[:, 1], threshold=threshold)
-    return multiclass_metrics(y_true, p)
+        out = binary_metrics(y_true, p[:, 1], threshold=threshold)
+        pred = (np.asarray(p[:, 1], dtype=np.float64) >= threshold).astype(np.int64)
+        return {**out, **f1_per_class(_labels(y_true), pred, 2)}
+    out = multiclass_metrics(y_true, p)
+    y, p_norm = _proba_matrix(y_true, p)
+    return {**out, **f1_per_class(y, p_norm.argmax(axis=1), p.shape[1])}
+
+
+def f1_per_class(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:
+    """``f1_macro`` (over the classes present in ``y`` or ``pred``, as scikit-learn, so the
+    multiclass ``f1``) and ``f1_<c>`` for every class c < k (0 when undefined)."""
+    per = f1_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
+    return {"f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
+            **{f"f1_{c}": float(v) for c, v in enumerate(per)}}
 
 
 def confusion(y_true: object, y_pred: object, num_classes: int) -> list[list[int]]:
