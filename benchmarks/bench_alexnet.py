@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from medtransfer.evaluate import compute_metrics
+from medtransfer.freezing import FreezeConfig
 from medtransfer.models import create_model
 from medtransfer.strategies import CacheConfig, Stage, TransferData, train_stage
 from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, fit, predict_proba
 from medtransfer.train.optim import OptimizerName
-from medtransfer.transfer import FreezeConfig
 
 
 def _images(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:

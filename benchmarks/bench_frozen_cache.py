@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from medtransfer.data import ImageCache
+from medtransfer.freezing import FreezeConfig
 from medtransfer.models import create_model
 from medtransfer.strategies import CacheConfig, Stage, StageResult, TransferData, train_stage
 from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, save_checkpoint
 from medtransfer.train.optim import OptimizerName
-from medtransfer.transfer import FreezeConfig
 
 
 def _images(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import torch
 
 from medtransfer.errors import ConfigError
 from medtransfer.explain import cam_maps, last_conv_layer
+from medtransfer.freezing import FreezeConfig, freeze, train_mode, weight_layers
 from medtransfer.models import (
     ModelConfig,
     WeightsError,
@@ -22,7 +23,6 @@ from medtransfer.models import (
     model_info,
 )
 from medtransfer.models.chain import forward_chain, run_chain
-from medtransfer.transfer import FreezeConfig, freeze, train_mode, weight_layers
 
 NAMES = ["timm:resnet10t", "timm:mobilenetv3_small_050", "torchvision:resnet18",
          "torchvision:mobilenet_v3_small"]

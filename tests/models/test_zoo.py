@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from medtransfer.freezing import FreezeConfig, freeze, train_mode, weight_layers
 from medtransfer.models import ModelConfig, build_model, create_model, list_models, model_info
 from medtransfer.models.chain import forward_chain, run_chain
-from medtransfer.transfer import FreezeConfig, freeze, train_mode, weight_layers
 
 ZOO = [
     "alexnet_seed000", "alexnet_seed002", "vgg16", "vgg_seed002", "resnet18", "resnet50",

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medtransfer.data import AugmentConfig, Augmenter, ImageCache
+from medtransfer.freezing import BNPolicy, FreezeConfig, freeze, train_mode
 from medtransfer.models import create_model
 from medtransfer.strategies import CacheConfig, Stage, TailModel, TransferData, plan_cache, train_stage
 from medtransfer.train import (
@@ -18,7 +19,6 @@ from medtransfer.train import (
     TrainEnv,
     load_checkpoint,
 )
-from medtransfer.transfer import BNPolicy, FreezeConfig, freeze, train_mode
 
 
 def _data(n, seed, size=32):

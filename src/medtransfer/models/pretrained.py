@@ -1,5 +1,5 @@
 """Build a model and initialise it from ``ModelConfig.weights``: ImageNet, a file, or a unit of an
-earlier run. Loading goes through :func:`medtransfer.transfer.load_source_weights`, whose report
+earlier run. Loading goes through :func:`medtransfer.models.loading.load_source_weights`, whose report
 says which tensors were loaded, adapted, reset or dropped."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_imagenet
+from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
     PretrainedWeights,
@@ -27,7 +28,6 @@ from medtransfer.models.weights import (
     read_state_file,
     state_of,
 )
-from medtransfer.transfer import HeadPolicy, LoadReport, load_source_weights
 
 
 @dataclass

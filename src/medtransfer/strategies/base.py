@@ -12,10 +12,10 @@ import numpy as np
 from torch import nn
 
 from medtransfer.config import check_choice
+from medtransfer.freezing import FreezeConfig, FreezeReport
 from medtransfer.strategies.config import CacheConfig
 from medtransfer.train import Arrays, Augment, FitResult, TrainConfig, TrainEnv
 from medtransfer.train.checkpoint import to_plain
-from medtransfer.transfer import FreezeConfig, FreezeReport
 
 __all__ = [
     "STRATEGY_RUNNERS",

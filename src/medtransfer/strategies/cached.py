@@ -112,7 +112,7 @@ def plan_cache(
     n_images: int = 0,
     max_bytes: float = 4 * 2**30,
 ) -> CachePlan:
-    """Whether the frozen prefix of ``model`` (frozen with :func:`medtransfer.transfer.freeze`)
+    """Whether the frozen prefix of ``model`` (frozen with :func:`medtransfer.freezing.freeze`)
     can be cached for ``n_images`` images like ``sample`` (a few images, for probing)."""
     if augment is not None:
         return CachePlan(None, "augmentation changes the frozen layers' input every epoch")

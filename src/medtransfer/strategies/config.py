@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from medtransfer.config import check_choice, from_dict
 from medtransfer.errors import ConfigError
+from medtransfer.freezing import FreezeConfig
 from medtransfer.train import OptimizerConfig, TrainConfig
 from medtransfer.train.precision import Precision, check_precision
-from medtransfer.transfer import FreezeConfig
 
 
 @dataclass(frozen=True)

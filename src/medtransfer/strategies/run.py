@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from medtransfer.errors import ConfigError
+from medtransfer.freezing import FreezeConfig
 from medtransfer.strategies.base import (
     Stage,
     StageResult,
@@ -45,7 +46,6 @@ from medtransfer.strategies.linear_head import BACKBONE_FILE, classifier_arrays,
 from medtransfer.strategies.stage import train_stage
 from medtransfer.train import Arrays, Augment, TrainEnv, predict_proba
 from medtransfer.train.precision import resolve_precision
-from medtransfer.transfer import FreezeConfig
 
 __all__ = ["Features", "Finetune", "Freeze", "Scratch", "run_strategy"]
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from medtransfer.freezing import freeze, train_mode
 from medtransfer.strategies.base import Stage, StageResult, TransferData
 from medtransfer.strategies.cached import (
     CachePlan,
@@ -19,7 +20,6 @@ from medtransfer.strategies.cached import (
 )
 from medtransfer.train import TrainEnv, fit
 from medtransfer.train.precision import resolve_precision
-from medtransfer.transfer import freeze, train_mode
 
 __all__ = ["train_stage"]
 

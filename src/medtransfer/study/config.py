@@ -17,7 +17,9 @@ from typing import Any
 
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
+from medtransfer.freezing import FreezeConfig, freeze
 from medtransfer.models import ModelConfig, check_model, check_weights_spec, import_modules
+from medtransfer.models.loading import HeadPolicy
 from medtransfer.strategies import (
     CacheConfig,
     FreezeStrategy,
@@ -27,7 +29,6 @@ from medtransfer.strategies import (
 )
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
-from medtransfer.transfer import FreezeConfig, HeadPolicy, freeze
 
 
 @dataclass(frozen=True)

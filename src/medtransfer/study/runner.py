@@ -24,7 +24,9 @@ from medtransfer.config import to_dict
 from medtransfer.data import ImageCache
 from medtransfer.errors import DataError
 from medtransfer.fileio import write_text_atomic
+from medtransfer.freezing import freeze
 from medtransfer.models import build_model, build_pretrained
+from medtransfer.models.loading import HeadPolicy
 from medtransfer.strategies import freeze_configs
 from medtransfer.study.config import (
     StudyConfig,
@@ -49,7 +51,6 @@ from medtransfer.study.plan import (
 from medtransfer.study.results import result_rows, write_results
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
-from medtransfer.transfer import HeadPolicy, freeze
 
 __all__ = ["Runner", "pick_device", "run_study"]
 

@@ -23,6 +23,7 @@ from medtransfer.data import Augmenter, ImageCache
 from medtransfer.evaluate import compute_metrics
 from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.models import ModelConfig, build_model, build_pretrained
+from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy
 from medtransfer.study.config import StudyConfig, Variant
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
@@ -31,7 +32,6 @@ from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints
-from medtransfer.transfer import HeadPolicy, load_source_weights
 
 __all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
 

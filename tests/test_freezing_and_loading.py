@@ -3,16 +3,9 @@ import torch
 from torch import nn
 
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.freezing import BNPolicy, FreezeConfig, freeze, train_mode, weight_layers
 from medtransfer.models import create_model
-from medtransfer.transfer import (
-    BNPolicy,
-    FreezeConfig,
-    HeadPolicy,
-    freeze,
-    load_source_weights,
-    train_mode,
-    weight_layers,
-)
+from medtransfer.models.loading import HeadPolicy, load_source_weights
 
 
 def _model(**kw):
