@@ -125,3 +125,40 @@ def make_npz(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def write_dicom(path: Path, rows: int, cols: int, pixel_data: bytes, *, photometric: str = "MONOCHROME2",
+                frames: int = 1, rescale: tuple[float, float] | None = None) -> Path:
+    """A 16-bit grey DICOM file: ``pixel_data`` as given (it may declare more than it holds),
+    ``rescale`` = (slope, intercept) when the file should carry them."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rows, cols
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = pixel_data
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dicom_file() -> Callable[..., Path]:
+    """``dicom_file(path, rows, cols, pixel_data, ...)`` → a DICOM file (see :func:`write_dicom`)."""
+    return write_dicom
+

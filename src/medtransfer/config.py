@@ -167,7 +167,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     return obj
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory called), or ``dataclasses.MISSING``."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -185,7 +186,7 @@ def to_dict(obj: Any, *, skip_defaults: bool = False) -> Any:
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if skip_defaults and _default(f) is not dataclasses.MISSING and value == _default(f):
+            if skip_defaults and field_default(f) is not dataclasses.MISSING and value == field_default(f):
                 continue
             out[f.name] = to_dict(value, skip_defaults=skip_defaults)
         return out

@@ -24,35 +24,10 @@ from medtransfer.errors import ConfigError, DataError, ImageDecodeError
 GRAY = PreprocessConfig(size=8)
 
 
-def _dicom(path: Path, rows: int, cols: int, pixel_data: bytes, frames: int = 1) -> Path:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = rows, cols
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixel_data
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.parametrize("shape", [(10_000, 10_000, 1), (8_000, 8_000, 2)])
-def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path, shape):
+def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path, shape, dicom_file):
     rows, cols, frames = shape
-    path = _dicom(tmp_path / "bomb.dcm", rows, cols, b"\0\0" * 64, frames)  # declares far more
+    path = dicom_file(tmp_path / "bomb.dcm", rows, cols, b"\0\0" * 64, frames=frames)  # declares far more
     tracemalloc.start()
     t0 = time.perf_counter()
     try:

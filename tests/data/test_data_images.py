@@ -155,36 +155,15 @@ def test_missing_file_raises_image_decode_error(tmp_path):
         decode_image(tmp_path / "nope.png", GRAY)
 
 
-def _write_dicom(path: Path, data: np.ndarray, photometric: str, slope: float = 1.0) -> Path:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = data.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = -1024
-    ds.PixelData = data.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+def _write_dicom(dicom_file, path: Path, data: np.ndarray, photometric: str, slope: float = 1.0) -> Path:
+    return dicom_file(path, *data.shape, data.astype(np.uint16).tobytes(), photometric=photometric,
+                      rescale=(slope, -1024))
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
-def test_dicom_rescales_and_inverts_monochrome1(tmp_path, photometric):
+def test_dicom_rescales_and_inverts_monochrome1(tmp_path, photometric, dicom_file):
     data = np.tile(np.arange(12, dtype=np.uint16) * 100, (10, 1))  # brighter to the right
-    path = _write_dicom(tmp_path / "x.dcm", data, photometric, slope=2.0)
+    path = _write_dicom(dicom_file, tmp_path / "x.dcm", data, photometric, slope=2.0)
     decoded = decode_image(path, GRAY)
     assert decoded.dtype == np.uint16 and decoded.min() == 0 and decoded.max() == 65535
     row = decoded[0, 0].astype(np.int64)
@@ -211,10 +190,10 @@ def test_preprocess_config_from_yaml_data():
         from_dict(PreprocessConfig, {"color": "grey"})
 
 
-def test_dicom_window_from_the_file_from_the_config_and_monochrome1_after_it(tmp_path):
+def test_dicom_window_from_the_file_from_the_config_and_monochrome1_after_it(tmp_path, dicom_file):
     pydicom = pytest.importorskip("pydicom")
     data = np.tile(np.arange(0, 2400, 200, dtype=np.uint16), (10, 1))  # HU -1024 … 1176 (intercept)
-    path = _write_dicom(tmp_path / "w.dcm", data, "MONOCHROME2")
+    path = _write_dicom(dicom_file, tmp_path / "w.dcm", data, "MONOCHROME2")
     ds = pydicom.dcmread(path)
     ds.WindowCenter, ds.WindowWidth = 40, 400  # a soft-tissue window: -160 … 240 HU
     ds.save_as(path)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medtransfer.config import ConfigError, closest, to_dict
+from medtransfer.config import ConfigError, closest, field_default, to_dict
 from medtransfer.strategies import STRATEGIES
 from medtransfer.study.config import StudyConfig
 
@@ -155,14 +155,6 @@ def allowed_values(tp: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
 def format_value(value: Any) -> str:
     """A default as it would be written in YAML."""
     if value is dataclasses.MISSING:
@@ -187,7 +179,7 @@ def _walk(cls: type, prefix: str, instance: Any = None, when: str = "") -> Itera
         if not f.init:
             continue
         tp, path = hints[f.name], f"{prefix}{f.name}"
-        own = _default_of(f)
+        own = field_default(f)
         value = getattr(instance, f.name) if instance is not None else own
         section = _section(tp)
         if section is not None:
@@ -327,7 +319,7 @@ def dataclass_schema(cls: type, instance: Any = None) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        own = _default_of(f)
+        own = field_default(f)
         value = getattr(instance, f.name) if instance is not None else own
         if cls is StudyConfig and f.name == "strategies":
             kinds = [dataclass_schema(c, c()) for c in STRATEGIES.values()]
