@@ -135,7 +135,14 @@ class SplitConfig:
     test_sets: int = 0  # how many disjoint, class-balanced test sets to carve (0: none)
     test_per_class: int | None = None  # images per class in each of the test_sets
     test_fraction: float = 0.0  # a stratified fraction held out as the one test set
-    train_per_class: int | None = None  # cap on training-pool images per class (null: all)
+    # Training-pool images per class: a number caps every class; a mapping of class name →
+    # count draws exactly that many of each named class (too few is an error), e.g.
+    # {Normal: 500, COVID: 50}, and leaves the other classes whole (null: all)
+    train_per_class: int | dict[str, int] | None = None
+    # Imbalance of the whole data set, drawn before any other part (seed 001's 1:10 set): class
+    # name → its image count as a fraction of the largest class's, e.g. {COVID: 0.1}; the other
+    # classes keep all their images (null: the data set as it is)
+    imbalance: dict[str, float] | None = None
     val_fraction: float = 0.1  # the part of the training pool held out for validation
     use_official: bool = False  # use the data set's own train/val/test parts (.npz, split_column)
     folds: int = 0  # k-fold cross-validation (study target only): each fold is held out once
@@ -154,10 +161,11 @@ class SplitConfig:
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"'folds': got {self.folds}; expected 0 (no cross-validation) or >= 2")
         if self.folds and (self.test_sets or self.test_fraction or self.use_official
-                           or self.train_per_class is not None):
+                           or self.train_per_class is not None or self.imbalance is not None):
             raise ConfigError(
                 f"'folds': got {self.folds}; cross-validation holds out each fold in turn, so it "
-                "cannot be combined with test_sets, test_fraction, use_official or train_per_class"
+                "cannot be combined with test_sets, test_fraction, use_official, train_per_class "
+                "or imbalance"
             )
         if self.test_sets < 0:
             raise ConfigError(f"'test_sets': got {self.test_sets}; expected 0 or more")
@@ -178,11 +186,26 @@ class SplitConfig:
                 f"'test_fraction': got {self.test_fraction} together with test_sets="
                 f"{self.test_sets}; use one or the other"
             )
-        if self.train_per_class is not None and self.train_per_class < 1:
+        caps = self.train_per_class
+        if isinstance(caps, dict):
+            bad = {k: v for k, v in caps.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+            if bad or not caps:
+                raise ConfigError(
+                    f"'train_per_class': got {caps!r}; a mapping gives each named class a positive "
+                    "number of training-pool images, e.g. {Normal: 500, COVID: 50}"
+                )
+        elif caps is not None and caps < 1:
             raise ConfigError(
-                f"'train_per_class': got {self.train_per_class}; expected a positive integer "
-                "or null for no cap"
+                f"'train_per_class': got {caps}; expected a positive integer, a mapping of class "
+                "name → count, or null for no cap"
             )
+        if self.imbalance is not None:
+            bad_ratio = {k: v for k, v in self.imbalance.items() if not 0.0 < v <= 1.0}
+            if bad_ratio or not self.imbalance:
+                raise ConfigError(
+                    f"'imbalance': got {self.imbalance!r}; expected class name → a fraction in "
+                    "(0, 1] of the largest class's image count, e.g. {COVID: 0.1}"
+                )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"'val_fraction': got {self.val_fraction}; expected 0 <= x < 1")
         if self.use_official and (self.test_sets > 0 or self.test_fraction > 0):

@@ -2,10 +2,13 @@
 
 Order of operations (fixed, so a seed always means the same split):
 
+0. with ``imbalance``, draw the data set's imbalanced subset: each named class keeps
+   ``round(ratio × the largest class's count)`` images, the others all theirs; images left out
+   are in no part;
 1. carve ``test_sets`` disjoint test sets of exactly ``test_per_class`` images per class
    (or one stratified test set of ``test_fraction``);
 2. cap what is left at ``train_per_class`` images per class (the *training pool*, which still
-   includes the validation images);
+   includes the validation images); a mapping draws exactly its count of each named class;
 3. take a stratified ``val_fraction`` of the pool as the validation set; the rest is training.
 
 Everything random draws from ``np.random.default_rng(seed)``.
@@ -26,12 +29,13 @@ Stratified (grouped) k-fold cross-validation is :func:`medtransfer.data.folds.ma
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from medtransfer.data.balance import check_pool, class_caps, imbalanced_subset
 from medtransfer.data.config import SplitConfig
 from medtransfer.errors import DataError
 
@@ -78,15 +82,36 @@ def make_split(
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) == 0:
         raise DataError(f"make_split needs a non-empty 1-D label array, got shape {labels.shape}")
-    present = np.unique(labels)
 
     def name(c: int) -> str:
         return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
 
     rng = np.random.default_rng(seed)
+    if cfg.imbalance:
+        keep = imbalanced_subset(labels, cfg.imbalance, rng, classes)
+        inner = make_split_rng(labels[keep], replace(cfg, imbalance=None), rng, name,
+                               origin=None if origin is None else [origin[i] for i in keep],
+                               groups=None if groups is None else [groups[i] for i in keep])
+        return Split(keep[inner.train], keep[inner.val], {k: keep[v] for k, v in inner.tests.items()})
+    return make_split_rng(labels, cfg, rng, name, origin=origin, groups=groups)
+
+
+def make_split_rng(
+    labels: np.ndarray,
+    cfg: SplitConfig,
+    rng: np.random.Generator,
+    name: Callable[[int], str],
+    *,
+    origin: Sequence[str] | None = None,
+    groups: Sequence[str] | np.ndarray | None = None,
+) -> Split:
+    """:func:`make_split` of ``labels`` (``cfg.imbalance`` already applied) drawing from ``rng``."""
+    present = np.unique(labels)
+    caps = class_caps(cfg.train_per_class, labels, name)
     if groups is not None:
-        split = _grouped_split(labels, cfg, rng, origin, GroupTable(labels, groups), name)
+        split = _grouped_split(labels, cfg, rng, origin, GroupTable(labels, groups), name, caps)
         _check_parts(split, labels, present, name, cfg)
+        check_pool(np.concatenate([split.train, split.val]), labels, cfg.train_per_class, name)
         return split
     tests: dict[str, np.ndarray] = {}
     val = np.empty(0, dtype=np.int64)
@@ -118,14 +143,15 @@ def make_split(
     else:
         pool = np.arange(len(labels))
 
-    if cfg.train_per_class is not None:
+    if caps is not None:
         capped = []
         for c in present.tolist():
             members = pool[labels[pool] == c]
-            if len(members) > cfg.train_per_class:
-                members = rng.choice(members, size=cfg.train_per_class, replace=False)
+            if len(members) > caps[c]:
+                members = rng.choice(members, size=caps[c], replace=False)
             capped.append(members)
         pool = np.concatenate(capped)
+        check_pool(pool, labels, cfg.train_per_class, name)
     if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
         pool, val = stratified_part(pool, labels, cfg.val_fraction, rng, "val", name)
 
@@ -284,6 +310,7 @@ def _grouped_split(
     origin: Sequence[str] | None,
     table: GroupTable,
     name: Callable[[int], str],
+    caps: np.ndarray | None,
 ) -> Split:
     present = np.unique(labels).tolist()
     codes = np.arange(len(table.names))
@@ -317,9 +344,8 @@ def _grouped_split(
         target = class_shares(labels, np.arange(len(labels)), cfg.test_fraction)
         taken, codes = take_groups(table, codes, target, rng, True)
         tests = {"test": table.members(taken)}
-    if cfg.train_per_class is not None:
-        cap = np.full(table.n_classes, cfg.train_per_class, dtype=np.int64)
-        codes, _ = take_groups(table, codes, cap, rng, False)
+    if caps is not None:
+        codes, _ = take_groups(table, codes, caps, rng, False)
     if cfg.val_fraction > 0 and not (cfg.use_official and len(val)):
         pool = table.members(codes)
         taken, codes = take_groups(table, codes, class_shares(labels, pool, cfg.val_fraction), rng, True)
