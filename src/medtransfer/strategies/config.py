@@ -126,6 +126,10 @@ class FeaturesStrategy:
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
     disk_cache: bool = True
     precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
+    # Another strategy of the study (finetune, freeze or scratch) whose trained model of the same
+    # source, target, repeat and fold is the backbone (seed 003's SVM on fine-tuned fc7 features);
+    # null: the cell's source model
+    backbone_from: str | None = None
 
     def __post_init__(self) -> None:
         check_precision("strategy.precision", self.precision)
