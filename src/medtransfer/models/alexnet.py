@@ -74,6 +74,7 @@ class AlexNet(nn.Module):
     ``reset_classifier`` like timm models."""
 
     first_conv = "features.0.0"
+    head_modules = ("pre_logits", "classifier")  # what model.head replaces
 
     def __init__(
         self,
@@ -126,6 +127,9 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["features"])
 
     def forward_chain(self) -> list[Step]:
         return module_steps(self, ["features", "pre_logits", "classifier"])

@@ -2,7 +2,9 @@
 
 Strategies use the chain to cut a model into a frozen prefix, computed once, and a trainable
 tail. A model may define ``forward_chain()``; a model family may register one with
-:func:`register_chain`; anything else is the two steps ``forward_features`` → ``forward_head``.
+:func:`register_chain`, or the steps of its ``forward_features`` alone with :func:`register_body`
+(or a ``body_chain()`` method) and ``forward_head`` follows; anything else is the two steps
+``forward_features`` → ``forward_head``.
 Steps are as fine as the architecture allows: a residual or dense block is one step.
 """
 
@@ -26,11 +28,29 @@ class Step:
 
 
 _CHAINS: list[tuple[type, Callable[[nn.Module], list[Step]]]] = []
+_BODIES: list[tuple[type, Callable[[nn.Module], list[Step]]]] = []
 
 
 def register_chain(cls: type, fn: Callable[[nn.Module], list[Step]]) -> None:
     """Use ``fn(model)`` as the chain of every ``cls`` instance (for classes we do not own)."""
     _CHAINS.append((cls, fn))
+
+
+def register_body(cls: type, fn: Callable[[nn.Module], list[Step]]) -> None:
+    """Use ``fn(model)`` as the steps of ``forward_features`` of every ``cls`` instance."""
+    _BODIES.append((cls, fn))
+
+
+def feature_chain(model: nn.Module) -> list[Step]:
+    """The steps of the model's ``forward_features``: its ``body_chain()``, a registered body,
+    else the one step ``forward_features``."""
+    own = getattr(model, "body_chain", None)
+    if callable(own):
+        return list(own())
+    for cls, fn in _BODIES:
+        if isinstance(model, cls):
+            return fn(model)
+    return [Step("forward_features", model.forward_features)]  # type: ignore[arg-type]
 
 
 def module_steps(model: nn.Module, names: Iterable[str]) -> list[Step]:
@@ -53,10 +73,7 @@ def forward_chain(model: nn.Module) -> list[Step]:
     for cls, fn in _CHAINS:
         if isinstance(model, cls):
             return fn(model)
-    return [
-        Step("forward_features", model.forward_features),  # type: ignore[arg-type]
-        Step("forward_head", model.forward_head),  # type: ignore[arg-type]
-    ]
+    return [*feature_chain(model), Step("forward_head", model.forward_head)]  # type: ignore[arg-type]
 
 
 def run_chain(steps: list[Step], x: torch.Tensor) -> torch.Tensor:

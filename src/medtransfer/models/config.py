@@ -8,26 +8,34 @@ from typing import Any, Literal
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy
+from medtransfer.models.head import HeadConfig, head_from
 
 __all__ = ["ModelConfig"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which architecture, its regularization as flags (0 / False = off), how grayscale input
-    meets it, and which weights initialise it (None = random; ``imagenet``; ``file:PATH`` — a
-    checkpoint or state dict; ``run:PATH`` — a unit folder or checkpoint of an earlier run)."""
+    """Which architecture, its regularization as flags (0 / False = off), its classification
+    head, how grayscale input meets it, and which weights initialise it (None = random;
+    ``imagenet``; ``file:PATH`` — a checkpoint or state dict; ``run:PATH`` — a unit folder or
+    checkpoint of an earlier run)."""
 
     # a registered architecture (medtransfer models), timm:<any timm architecture> or
     # torchvision:<any torchvision classification model>
     name: str = "alexnet_seed000"
     batch_norm: bool = False
+    # dropout on conv feature maps: in the seeds' own CNNs (AlexNet) after each conv block's
+    # activation; in block-built architectures (ResNet, DenseNet, VGG, MobileNet, EfficientNet,
+    # Inception, timm:) after every stage, before the next downsampling (seed 004)
     conv_dropout: float = 0.0
     spatial_dropout: float = 0.0
     dense_dropout: float = 0.0
     binary_output: Literal["single", "pair"] = "single"
     options: dict[str, Any] = field(default_factory=dict)  # the builder's own keyword arguments
     in_chans_policy: InChansPolicy = InChansPolicy.NATIVE
+    # a classification head replacing the architecture's own (null: its own, e.g. global
+    # average pool → dropout → output layer)
+    head: HeadConfig | None = None
     # null (random init), imagenet, file:PATH (a checkpoint or state dict), run:PATH (a unit
     # folder or checkpoint of an earlier run)
     weights: str | None = None
@@ -37,6 +45,12 @@ class ModelConfig:
             rate = getattr(self, key)
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"'model.{key}': got {rate}; expected a rate in [0, 1)")
+        object.__setattr__(self, "head", head_from(self.head))
+        if self.head is not None and self.dense_dropout:
+            raise ConfigError(
+                f"'model.dense_dropout': got {self.dense_dropout} with model.head, which replaces "
+                "the architecture's head and its dropout; set model.head.dropout instead"
+            )
         if not isinstance(self.in_chans_policy, InChansPolicy):
             check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
             object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))

@@ -1,4 +1,6 @@
-"""DenseNet-121 (torchvision, its module names) with the timm head API."""
+"""DenseNet-121 (torchvision, its module names) with the timm head API; loads torchvision's
+files and CheXNet's published checkpoint (``module.densenet121.features…``, old-style
+``norm.1`` names, a ``classifier.0`` of 14 outputs) by mapping their key names."""
 
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ from medtransfer.models.registry import register_model
 
 # torchvision's published DenseNet files name layers "norm.1"; its code loads them as "norm1".
 _OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
+# CheXNet (arnoweng/CheXNet): DataParallel("module.") around a wrapper whose "densenet121" is
+# torchvision's model with classifier = Sequential(Linear(1024, 14), Sigmoid())
+_WRAPPERS = ("module.", "densenet121.")
+_SEQ_CLASSIFIER = re.compile(r"^classifier\.0\.(weight|bias)$")
 
 
 class DenseNet(tv.DenseNet):
     """torchvision's DenseNet; ``forward_features`` ends with the final ReLU, as its forward."""
 
     first_conv = "features.conv0"
+    head_modules = ("global_pool", "head_drop", "classifier")  # what model.head replaces
 
     def __init__(self, *, num_classes: int, in_chans: int, dense_dropout: float = 0.0,
                  growth_rate: int = 32, block_config: tuple[int, int, int, int] = (6, 12, 24, 16),
@@ -42,12 +49,27 @@ class DenseNet(tv.DenseNet):
 
     @staticmethod
     def checkpoint_filter(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision's checkpoint key fix (``norm.1`` → ``norm1``)."""
+        """Published DenseNet files in torchvision's names: old-style ``norm.1`` → ``norm1``
+        (torchvision's fix), and CheXNet's ``module.densenet121.`` prefix stripped and its
+        ``classifier.0`` (Linear before a Sigmoid) read as the output layer ``classifier``."""
+        for prefix in _WRAPPERS:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k.removeprefix(prefix): v for k, v in state.items()}
         out = {}
         for key, value in state.items():
             match = _OLD_KEY.match(key)
-            out[match.group(1) + match.group(2) if match else key] = value
+            key = match.group(1) + match.group(2) if match else key
+            out[_SEQ_CLASSIFIER.sub(r"classifier.\1", key)] = value
         return out
+
+    def dropout_sites(self) -> list[str]:
+        """Where ``conv_dropout`` goes: after the stem (before its max-pool) and every dense
+        block (before its transition)."""
+        return [f"features.{n}" for n, _ in self.features.named_children()
+                if n == "relu0" or n.startswith("denseblock")]
+
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["features", "final_act"])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_act(self.features(x))
@@ -60,7 +82,7 @@ class DenseNet(tv.DenseNet):
         return self.forward_head(self.forward_features(x))
 
     def forward_chain(self) -> list[Step]:
-        return [*module_steps(self, ["features", "final_act", "global_pool"]),
+        return [*self.body_chain(), *module_steps(self, ["global_pool"]),
                 Step("flatten", nn.Flatten()), *module_steps(self, ["head_drop", "classifier"])]
 
     def get_classifier(self) -> nn.Module:

@@ -10,17 +10,16 @@ from __future__ import annotations
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
-from medtransfer.models.chain import Step, module_steps, register_chain
+from medtransfer.models.chain import Step, module_steps, register_body
 from medtransfer.models.registry import register_model
 from medtransfer.models.timm_base import timm_model
 
 
-def _efficientnet_chain(model: nn.Module) -> list[Step]:
-    body = module_steps(model, ["conv_stem", "bn1", "blocks", "conv_head", "bn2"])
-    return [*body, Step("forward_head", model.forward_head)]  # type: ignore[arg-type]
+def _efficientnet_body(model: nn.Module) -> list[Step]:
+    return module_steps(model, ["conv_stem", "bn1", "blocks", "conv_head", "bn2"])
 
 
-register_chain(EfficientNet, _efficientnet_chain)
+register_body(EfficientNet, _efficientnet_body)
 
 
 @register_model(family="efficientnet")

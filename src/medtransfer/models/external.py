@@ -25,7 +25,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError
 
-__all__ = ["LIBRARIES", "TorchvisionHead", "build_external", "external_names", "split_name"]
+__all__ = ["LIBRARIES", "TorchvisionHead", "build_external", "external_names", "set_module", "split_name"]
 
 LIBRARIES = ("timm", "torchvision")
 
@@ -148,7 +148,7 @@ def build_external(name: str, *, num_classes: int, in_chans: int, img_size: int,
 # -- torchvision -----------------------------------------------------------------------------
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
@@ -166,19 +166,19 @@ class TorchvisionHead(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The model's forward with its output layer bypassed: the output layer's input."""
-        head = self.get_classifier()
-        _set_module(self, self.head_name, nn.Identity())
+        head = self.get_submodule(self.head_name)
+        set_module(self, self.head_name, nn.Identity())
         try:
             out: torch.Tensor = super().forward(x)
         finally:
-            _set_module(self, self.head_name, head)
+            set_module(self, self.head_name, head)
         return out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.get_classifier()(x)
 
     def reset_classifier(self, num_classes: int) -> None:
-        _set_module(self, self.head_name, nn.Linear(self.num_features, num_classes))
+        set_module(self, self.head_name, nn.Linear(self.num_features, num_classes))
 
 
 _ADAPTED: dict[type, type] = {}
@@ -210,7 +210,7 @@ def adapt_torchvision(model: nn.Module, num_classes: int, in_chans: int) -> nn.M
         nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
         if new.bias is not None:
             nn.init.zeros_(new.bias)
-        _set_module(model, conv_name, new)
+        set_module(model, conv_name, new)
     head_name, head = linears[-1]
     model.__class__ = _adapted_class(type(model))
     model.head_name = head_name

@@ -1,6 +1,10 @@
 """Carry weights from a source model into a target model: every tensor must fit (any mismatch
 outside the output layer is an error, never skipped); the output layer is kept or reset as
-:class:`HeadPolicy` says; a grey-image model's first conv takes RGB weights summed over channels."""
+:class:`HeadPolicy` says; a grey-image model's first conv takes RGB weights summed over channels.
+
+A model with a configured head (``model.head``) takes the source's own head tensors (e.g. an
+ImageNet ``fc``) as dropped, and its hidden head layers from the source when the source has
+them all (a pretraining with the same head), else fresh (ImageNet, CheXNet files)."""
 
 from __future__ import annotations
 
@@ -41,6 +45,16 @@ def _head_keys(model: nn.Module) -> set[str]:
     head = get()
     prefix = next(n for n, m in model.named_modules() if m is head)
     return {f"{prefix}.{k}" for k in head.state_dict()}
+
+
+def _new_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], head_keys: set[str]) -> set[str]:
+    """The configured head's hidden-layer keys when the source has none of them (they start
+    fresh); empty when the source has any (then all must fit, like every other tensor)."""
+    head = getattr(model, "head", None)
+    if not hasattr(model, "replaced_head_keys") or not isinstance(head, nn.Module):
+        return set()
+    hidden = {f"head.{k}" for k in head.state_dict()} - head_keys
+    return hidden if not hidden & set(state) else set()
 
 
 def _fmt_classes(classes: list[str] | None) -> str:
@@ -84,9 +98,13 @@ def load_source_weights(
     """
     target = model.state_dict()
     head_keys = _head_keys(model)
+    fresh = _new_head_keys(model, state, head_keys)
+    replaced = set(getattr(model, "replaced_head_keys", ()))
     src_cls, tgt_cls = _fmt_classes(source_classes), _fmt_classes(target_classes)
-    missing = sorted(set(target) - set(state) - head_keys)
-    unexpected = sorted(set(state) - set(target) - head_keys)
+    # Files from before PyTorch 0.4.1 (CheXNet's) have no batch-norm step counters; keep ours.
+    counters = {k for k in set(target) - set(state) if k.endswith(".num_batches_tracked")}
+    missing = sorted(set(target) - set(state) - head_keys - fresh - counters)
+    unexpected = sorted(set(state) - set(target) - head_keys - replaced)
     if missing or unexpected:
         raise DataError(
             "source weights do not fit the target architecture: "
@@ -107,6 +125,11 @@ def load_source_weights(
             )
         adapted[k] = fitted
     head_fits = all(k in state and state[k].shape == target[k].shape for k in head_keys)
+    if head is HeadPolicy.KEEP and replaced and not all(k in state for k in head_keys):
+        raise DataError(
+            "transfer.head is 'keep' but the source weights have no tensors for the output layer "
+            f"of model.head ({', '.join(sorted(head_keys))}); use head: auto or reset"
+        )
     if head is HeadPolicy.KEEP and not head_fits:
         raise DataError(
             f"transfer.head is 'keep' but the source classes{src_cls} and target "
@@ -115,14 +138,19 @@ def load_source_weights(
     reset_head = head is HeadPolicy.RESET or (head is HeadPolicy.AUTO and not head_fits)
     new_state = dict(target)
     for k in target:
-        if k in head_keys and reset_head:
+        if (k in head_keys and reset_head) or k in fresh:
             report.reset.append(k)
+            continue
+        if k in counters:
             continue
         new_state[k] = adapted.get(k, state[k])
         if k not in adapted:
             report.loaded.append(k)
     report.dropped = sorted(k for k in state if (k in head_keys and reset_head) or k not in target)
     model.load_state_dict(new_state)
+    if fresh:
+        report.messages.append(f"model.head: its hidden layers start fresh ({len(fresh)} tensors "
+                               "the source does not have)")
     if reset_head:
         report.messages.append(
             f"output layer reset (source classes{src_cls} → target classes{tgt_cls}); "

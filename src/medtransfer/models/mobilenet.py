@@ -14,6 +14,7 @@ class MobileNetV2(tv.MobileNetV2):
     """torchvision's MobileNet-V2; ``classifier`` = [Dropout, Linear] as torchvision has it."""
 
     first_conv = "features.0.0"
+    head_modules = ("global_pool", "classifier")  # what model.head replaces
 
     def __init__(self, *, num_classes: int, in_chans: int, dense_dropout: float = 0.2,
                  width_mult: float = 1.0) -> None:
@@ -37,9 +38,19 @@ class MobileNetV2(tv.MobileNetV2):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["features"])
+
     def forward_chain(self) -> list[Step]:
         return [*module_steps(self, ["features", "global_pool"]), Step("flatten", nn.Flatten()),
                 *module_steps(self, ["classifier"])]
+
+    def dropout_sites(self) -> list[str]:
+        """Where ``conv_dropout`` goes: the last block at each resolution (before every
+        stride-2 block) and the last feature layer."""
+        blocks = list(self.features)
+        ends = [i for i in range(len(blocks) - 1) if _stride(blocks[i + 1]) > 1]
+        return [f"features.{i}" for i in [*ends, len(blocks) - 1]]
 
     def get_classifier(self) -> nn.Module:
         return self.classifier[1]
@@ -49,6 +60,15 @@ class MobileNetV2(tv.MobileNetV2):
         nn.init.normal_(layer.weight, 0, 0.01)
         nn.init.zeros_(layer.bias)
         self.classifier[1] = layer
+
+
+def _stride(block: nn.Module) -> int:
+    """A block's downsampling: its ``stride`` (torchvision's inverted residual), else its first conv's."""
+    own = getattr(block, "stride", None)
+    if isinstance(own, int):
+        return own
+    conv = next((m for m in block.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(conv.stride[0]) if conv is not None else 1
 
 
 @register_model(family="mobilenet")

@@ -178,7 +178,9 @@ def build_pretrained(
     if cfg.weights is None:
         return BuiltModel(model, None, None, None)
     weights, state = open_weights(cfg, download=download, model=model)
+    file_keys = list(state)
     state = to_model_keys(model, weights, state)
+    renamed = [(a, b) for a, b in zip(file_keys, state, strict=False) if a != b]
     conv = first_conv_name(model)
     src_w, dst_w = state.get(f"{conv}.weight"), model.get_submodule(conv).weight
     if isinstance(src_w, torch.Tensor) and isinstance(dst_w, torch.Tensor) and src_w.ndim == 4 \
@@ -193,4 +195,7 @@ def build_pretrained(
         model, state, head=head, source_classes=list(weights.class_names) or None,
         target_classes=classes, adapt_input=conv if cfg.in_chans_policy is InChansPolicy.SUM else None,
     )
+    if renamed and len(file_keys) == len(state):
+        report.messages.insert(0, f"weights file key names mapped to the model's ({len(renamed)} "
+                                  f"tensors, e.g. '{renamed[0][0]}' → '{renamed[0][1]}')")
     return BuiltModel(model, weights, report, channel_norm(weights, in_chans))

@@ -13,7 +13,7 @@ import functools
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -22,8 +22,10 @@ from torch import nn
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import apply_in_chans_policy
+from medtransfer.models.blocks import add_block_dropout
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import build_external, check_arch, external_names, split_name
+from medtransfer.models.head import HeadConfig, head_from, install_head
 
 Builder = Callable[..., nn.Module]
 
@@ -118,10 +120,12 @@ def check_img_size(name: str, img_size: int, minimum: int) -> None:
 
 
 def create_model(
-    name: str, *, num_classes: int, in_chans: int = 1, img_size: int = 224, **kwargs: Any
+    name: str, *, num_classes: int, in_chans: int = 1, img_size: int = 224,
+    head: HeadConfig | Mapping[str, Any] | None = None, **kwargs: Any
 ) -> nn.Module:
     """Build model ``name`` (registered, ``timm:<arch>`` or ``torchvision:<arch>``); options it
-    does not take are an error naming them."""
+    does not take are an error naming them. ``head`` (a :class:`HeadConfig` or its keys)
+    replaces the architecture's own classification head."""
     info = model_info(name)
     params = inspect.signature(info.builder).parameters
     any_key = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -132,14 +136,20 @@ def create_model(
             f"model '{name}' does not take option(s) {', '.join(unknown)}; it takes: {', '.join(takes)}"
         )
     check_img_size(name, img_size, info.min_img_size)
-    return info.builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    model = info.builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    head_cfg = head_from(head)
+    if head_cfg is not None:
+        install_head(model, head_cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                     name=name)
+    return model
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     """The architecture ``cfg`` describes, randomly initialised, for images of ``in_chans``
     channels (the in-channels policy applied); weights are loaded by
     :func:`medtransfer.models.build_pretrained`. Regularization flags a builder lacks are an
-    error if switched on."""
+    error if switched on, except ``conv_dropout``: dropout after every stage of the
+    architecture (:mod:`medtransfer.models.blocks`). ``cfg.head`` replaces its own head."""
     params = inspect.signature(_builder(cfg.name)).parameters
     flags = {
         "batch_norm": cfg.batch_norm,
@@ -151,8 +161,9 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     for key, value in flags.items():
         if key in params:
             kwargs[key] = value
-        elif value:
+        elif value and key != "conv_dropout":
             raise ConfigError(f"'model.{key}': model '{cfg.name}' has no {key} option")
+    block_dropout = 0.0 if "conv_dropout" in kwargs else cfg.conv_dropout
     reserved = sorted({"num_classes", "in_chans", "img_size"} & set(cfg.options))
     if reserved:
         raise ConfigError(f"'model.options.{reserved[0]}': set by medtransfer (from the data and "
@@ -162,5 +173,10 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
         cfg.name, num_classes=cfg.outputs(num_classes), in_chans=cfg.model_in_chans(in_chans),
         img_size=img_size, **kwargs,
     )
+    if block_dropout:
+        add_block_dropout(model, block_dropout)
+    if cfg.head is not None:
+        install_head(model, cfg.head, num_classes=cfg.outputs(num_classes),
+                     in_chans=cfg.model_in_chans(in_chans), img_size=img_size, name=cfg.name)
     apply_in_chans_policy(model, cfg.in_chans_policy)
     return model

@@ -1,5 +1,5 @@
-"""ResNets: torchvision's ResNet-18/50 (its module names, so its ImageNet weights load as they
-are) and seed 002's N-layer ResNet, the Keras CIFAR "ResNet v1" whose depth is 6n + 2.
+"""ResNets: torchvision's ResNet-18/50/152 (its module names, so its ImageNet weights load as
+they are) and seed 002's N-layer ResNet, the Keras CIFAR "ResNet v1" whose depth is 6n + 2.
 
 Both add the timm head API and an optional dropout before the output layer (``dense_dropout``).
 """
@@ -22,6 +22,20 @@ class _ResNetHead:
     head_drop: nn.Module
     fc: nn.Linear
     num_features: int
+    head_modules = ("avgpool", "head_drop", "fc")  # what model.head replaces
+    stages: tuple[str, ...]
+
+    def body_chain(self) -> list[Step]:
+        raise NotImplementedError
+
+    def forward_chain(self) -> list[Step]:
+        return [*self.body_chain(), *module_steps(self, ["avgpool"]), Step("flatten", nn.Flatten()),  # type: ignore[arg-type]
+                *module_steps(self, ["head_drop", "fc"])]  # type: ignore[arg-type]
+
+    def dropout_sites(self) -> list[str]:
+        """Where ``conv_dropout`` goes: the end of every residual stage (and of the stem, before
+        its max-pool, where it has one)."""
+        return [*(["relu"] if hasattr(self, "maxpool") else []), *self.stages]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(torch.flatten(self.avgpool(x), 1))
@@ -44,6 +58,7 @@ class ResNet(_ResNetHead, tv.ResNet):
     """torchvision's ResNet with a configurable input conv and the timm head API."""
 
     first_conv = "conv1"
+    stages = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, block: type[tv.BasicBlock | tv.Bottleneck], layers: list[int], *,
                  num_classes: int, in_chans: int, dense_dropout: float = 0.0) -> None:
@@ -61,10 +76,8 @@ class ResNet(_ResNetHead, tv.ResNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_chain(self) -> list[Step]:
-        body = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
-        return [*module_steps(self, body), Step("flatten", nn.Flatten()),
-                *module_steps(self, ["head_drop", "fc"])]
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["conv1", "bn1", "relu", "maxpool", *self.stages])
 
 
 @register_model(family="resnet")
@@ -83,11 +96,20 @@ def resnet50(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
                   dense_dropout=dense_dropout)
 
 
+@register_model(family="resnet")
+def resnet152(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
+              dense_dropout: float = 0.0) -> ResNet:
+    """ResNet-152 (torchvision; seed 004)."""
+    return ResNet(tv.Bottleneck, [3, 8, 36, 3], num_classes=num_classes, in_chans=in_chans,
+                  dense_dropout=dense_dropout)
+
+
 class CifarResNet(_ResNetHead, nn.Module):
     """Keras' CIFAR ResNet v1: 3×3 stem, three stages of n basic blocks at widths
     base·(1, 2, 4) (strides 1, 2, 2), global average pool, output layer."""
 
     first_conv = "conv1"
+    stages = ("layer1", "layer2", "layer3")
 
     def __init__(self, depth: int, *, base: int, num_classes: int, in_chans: int,
                  dense_dropout: float = 0.0) -> None:
@@ -128,10 +150,8 @@ class CifarResNet(_ResNetHead, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_chain(self) -> list[Step]:
-        body = ["conv1", "bn1", "relu", "layer1", "layer2", "layer3", "avgpool"]
-        return [*module_steps(self, body), Step("flatten", nn.Flatten()),
-                *module_steps(self, ["head_drop", "fc"])]
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["conv1", "bn1", "relu", *self.stages])
 
 
 @register_model(family="resnet")

@@ -70,6 +70,7 @@ class VGG(nn.Module):
     Dropout (kept at p=0 so indices match torchvision's), then the output Linear."""
 
     first_conv = "features.0"
+    head_modules = ("avgpool", "classifier")  # what model.head replaces
 
     def __init__(
         self,
@@ -114,9 +115,17 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def body_chain(self) -> list[Step]:
+        return module_steps(self, ["features"])
+
     def forward_chain(self) -> list[Step]:
         return [*module_steps(self, ["features", "avgpool"]), Step("flatten", nn.Flatten()),
                 *module_steps(self, ["classifier"])]
+
+    def dropout_sites(self) -> list[str]:
+        """Where ``conv_dropout`` goes: between each block's last conv (its activation) and
+        the block's max-pool."""
+        return [f"features.{i - 1}" for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
 
     def get_classifier(self) -> nn.Module:
         return self.classifier[-1]

@@ -232,6 +232,7 @@ def imagenet_weights() -> list[PretrainedWeights]:
         _torchvision("vgg16", tvm.VGG16_BN_Weights.IMAGENET1K_V1, batch_norm=True),
         _torchvision("resnet18", tvm.ResNet18_Weights.IMAGENET1K_V1),
         _torchvision("resnet50", tvm.ResNet50_Weights.IMAGENET1K_V1),
+        _torchvision("resnet152", tvm.ResNet152_Weights.IMAGENET1K_V1),
         _torchvision("densenet121", tvm.DenseNet121_Weights.IMAGENET1K_V1),
         _torchvision("mobilenet_v2", tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
         _timm_hub("inception_v3", "timm/inception_v3.tv_in1k", 299, True),
