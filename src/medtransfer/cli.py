@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
                        "a study's cache_dir)")
     cache.add_argument("--clear", nargs="?", const="all", metavar="SECTION",
                        help="delete the whole cache, or one section (images, features, prefix, ...)")
+    prev = sub.add_parser("augment-preview", help="PNG grids of training images and augmented versions "
+                          "of them, per variant and stage that augments")
+    prev.add_argument("config", help="study YAML file")
+    prev.add_argument("--out", required=True, help="folder for augment_<variant>_<stage>_<task>.png")
+    prev.add_argument("--n", type=int, default=16, help="training images per grid (default 16)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     try:
@@ -198,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.command in ("predict", "export"):
             return _use_model(args)
+        if args.command == "augment-preview":
+            from medtransfer.study import load_study
+            from medtransfer.study.preview import preview_augmentation
+
+            for path in preview_augmentation(load_study(args.config), args.out, n=args.n):
+                print(f"saved: {path}")
+            return 0
         if args.command == "demo":
             args.config = demo_config_path()
             args.out = args.out or "runs/demo"

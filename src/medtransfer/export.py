@@ -58,6 +58,10 @@ def model_metadata(model: LoadedModel, fmt: str) -> dict[str, Any]:
                   "range": "[0, 1]: pixel / 255 (8-bit) or / 65535 (16-bit), after resizing to "
                            f"{height}x{width} (bilinear) as {model.preprocess.color.value}",
                   "colour": model.preprocess.color.value,
+                  "percentile_stretch": None if model.preprocess.percentiles is None else {
+                      "percentiles": list(model.preprocess.percentiles),
+                      "how": "before the division, each resized image's [low, high] percentiles (all "
+                             "channels) stretched to the full 8/16-bit range, values outside clipped"},
                   "normalisation_inside_model": None if norm is None else {"mean": list(norm[0]),
                                                                            "std": list(norm[1])}},
         "output": {"name": "probabilities", "shape": ["N", len(model.classes)]},

@@ -2,9 +2,12 @@
 
 Geometric transforms (rotation, shift, zoom, shear) become one per-sample affine matrix (Keras's
 ``rotation @ shift @ shear @ zoom``), applied with a single ``affine_grid`` + ``grid_sample``
-(bilinear). Then flips, by exact index reversal (``torch.flip``) so a flip never blurs, then
-brightness, in Keras's order; then contrast, then a clamp to [0, 1]. :class:`AugmentParams`
-says what each parameter means and where the shifts' naming differs from Keras's code.
+(bilinear). Then Keras's channel shift, flips, by exact index reversal (``torch.flip``) so a flip
+never blurs, then brightness, in Keras's order; then contrast; then the colour transforms of
+:mod:`medtransfer.data.color` (RGB shift, HSV shift, grey, histogram equalisation, in that
+order), then a clamp to [0, 1]. :class:`AugmentParams` says what each parameter means and where
+the shifts' naming differs from Keras's code. ``offline_copies`` augments the training set once
+instead (:mod:`medtransfer.data.offline`).
 
 Keras conventions kept on purpose, so published settings mean the same here:
 
@@ -13,11 +16,15 @@ Keras conventions kept on purpose, so published settings mean the same here:
 * ``zoom`` samples horizontal and vertical factors independently from [1 - z, 1 + z] and uses
   them as the *sampling* scale: a factor above 1 shows more of the image (zooms out).
 * ``brightness`` is a multiplicative factor range: (0.2, 0.8) always darkens.
+* ``channel_shift`` is Keras's ``channel_shift_range`` in 8-bit units (0–255), as Keras applies it
+  before ``rescale``: one shift for all channels, clipped to the image's own min and max.
 
 Randomness: all parameters are drawn from the ``torch.Generator`` passed in, on the generator's
 device, then moved to the batch's device. A CPU generator therefore gives the same parameters for
 CPU and CUDA batches; a fixed block of 10 numbers per sample is drawn whatever is enabled, so
-switching one transform on or off does not change the others' draws.
+switching one transform on or off does not change the others' draws. The intensity and colour
+transforms (channel shift and after) draw a second fixed block of 9 numbers per sample after it,
+only when one of them is on, so a config without them draws exactly what it always drew.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from medtransfer.config import check_choice
+from medtransfer.data import color
 from medtransfer.errors import ConfigError
 
 _PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
 _DRAWS = 10  # rotation, shift x, shift y, zoom x, zoom y, shear, hflip, vflip, brightness, contrast
+_COLOR_DRAWS = 9  # channel shift, rgb shift ×3, hsv shift ×3, grayscale, equalize
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,19 @@ class AugmentConfig:
     brightness: tuple[float, float] | None = None  # brightness factor drawn from [low, high]
     contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c] around the image mean
     fill: Literal["nearest", "constant", "reflect"] = "nearest"  # pixels moved in from outside
+    # Keras's channel_shift_range: one shift within ± this (8-bit units, 0–255) added to every
+    # channel, clipped to the image's own min and max
+    channel_shift: float = 0.0
+    # each channel shifted on its own within ± this (8-bit units), or [r, g, b] limits (RGB images)
+    rgb_shift: float | tuple[float, float, float] = 0.0
+    # [hue in degrees, saturation, value (both in 8-bit units, 0–255)]: shifts within ± each, in HSV
+    # space (RGB images)
+    hsv_shift: tuple[float, float, float] | None = None
+    grayscale: float = 0.0  # probability of turning an RGB image grey (three equal channels)
+    equalize: float = 0.0  # probability of histogram equalisation, each channel (PIL's equalize)
+    # 0: augment every training batch; N: add N augmented copies of each training image once,
+    # before training (drawn from the seed), and train on them without augmenting batches
+    offline_copies: int = 0
 
     def __post_init__(self) -> None:
         _check_range("rotation", self.rotation, 0, 180, "degrees, 0 <= x <= 180")
@@ -75,6 +97,29 @@ class AugmentConfig:
                 self, "brightness", (float(self.brightness[0]), float(self.brightness[1]))
             )
         check_choice("fill", self.fill, _PADDING)
+        _check_range("channel_shift", self.channel_shift, 0, 255, "8-bit units, 0 <= x <= 255")
+        _check_range("grayscale", self.grayscale, 0, 1, "a probability, 0 <= p <= 1")
+        _check_range("equalize", self.equalize, 0, 1, "a probability, 0 <= p <= 1")
+        if isinstance(self.rgb_shift, int | float):
+            _check_range("rgb_shift", self.rgb_shift, 0, 255, "8-bit units, 0 <= x <= 255, or [r, g, b]")
+        elif len(self.rgb_shift) != 3 or not all(0 <= v <= 255 for v in self.rgb_shift):
+            raise ConfigError(f"'rgb_shift': got {self.rgb_shift!r}; expected 0 <= x <= 255 or [r, g, b] "
+                              "limits, each 0..255 (8-bit units)")
+        else:
+            object.__setattr__(self, "rgb_shift", tuple(float(v) for v in self.rgb_shift))
+        if self.hsv_shift is not None:
+            hsv = tuple(self.hsv_shift)
+            if len(hsv) != 3 or not (0 <= hsv[0] <= 180 and 0 <= hsv[1] <= 255 and 0 <= hsv[2] <= 255):
+                raise ConfigError(f"'hsv_shift': got {self.hsv_shift!r}; expected [hue, saturation, value] "
+                                  "limits: hue 0..180 degrees, saturation and value 0..255 (8-bit units)")
+            object.__setattr__(self, "hsv_shift", tuple(float(v) for v in hsv))
+        if isinstance(self.offline_copies, bool) or not isinstance(self.offline_copies, int) \
+                or not 0 <= self.offline_copies <= 16:
+            raise ConfigError(f"'offline_copies': got {self.offline_copies!r}; expected an integer "
+                              "0..16 (0: augment every batch; N: N augmented copies of the training set)")
+        if self.offline_copies and not self.enabled:
+            raise ConfigError(f"'offline_copies': got {self.offline_copies}, but no transform is on; "
+                              "copies would repeat the images unchanged (set e.g. rotation or flips)")
 
     @property
     def zoom_range(self) -> tuple[float, float]:
@@ -103,7 +148,38 @@ class AugmentConfig:
             or self.vertical_flip
             or (self.brightness is not None and self.brightness != (1.0, 1.0))
             or self.contrast > 0
+            or self.colored
         )
+
+    @property
+    def rgb_limits(self) -> tuple[float, float, float]:
+        """(r, g, b) shift limits, in 8-bit units."""
+        if isinstance(self.rgb_shift, tuple):
+            return self.rgb_shift
+        return (float(self.rgb_shift),) * 3
+
+    @property
+    def colored(self) -> bool:
+        """Whether any transform of the second block (channel shift and after) is on."""
+        return bool(
+            self.channel_shift
+            or any(self.rgb_limits)
+            or (self.hsv_shift is not None and any(self.hsv_shift))
+            or self.grayscale
+            or self.equalize
+        )
+
+    @property
+    def needs_rgb(self) -> list[str]:
+        """The keys that are on and work on RGB images only."""
+        on = {"rgb_shift": any(self.rgb_limits), "grayscale": self.grayscale > 0,
+              "hsv_shift": self.hsv_shift is not None and any(self.hsv_shift)}
+        return [k for k, v in on.items() if v]
+
+    @property
+    def online(self) -> bool:
+        """Whether training batches are augmented (on, and not replaced by offline copies)."""
+        return self.enabled and not self.offline_copies
 
 
 def _check_range(name: str, value: float, low: float, high: float, allowed: str) -> None:
@@ -121,7 +197,9 @@ class AugmentParams:
     in degrees; ``shift_x`` / ``shift_y`` in pixels along the columns / rows, the sampling point
     moving by ``+shift`` (so the content moves by ``-shift``); ``zoom_x`` / ``zoom_y`` sampling
     scales along the columns / rows; ``shear`` in degrees; ``flip_h`` / ``flip_v`` booleans;
-    ``brightness`` and ``contrast`` factors.
+    ``brightness`` and ``contrast`` factors; ``channel_shift`` (B,) and ``rgb_shift`` (B, C)
+    amounts and ``hsv_shift`` (B, 3) shifts (hue as a fraction of the circle) on the [0, 1] scale;
+    ``grayscale`` and ``equalize`` booleans.
 
     One naming difference from Keras, on purpose: Keras draws the shift it applies along the
     columns (its ``tx``) from ``height_shift_range`` × height and the one along the rows
@@ -141,6 +219,11 @@ class AugmentParams:
     flip_v: torch.Tensor | None = None
     brightness: torch.Tensor | None = None
     contrast: torch.Tensor | None = None
+    channel_shift: torch.Tensor | None = None
+    rgb_shift: torch.Tensor | None = None
+    hsv_shift: torch.Tensor | None = None
+    grayscale: torch.Tensor | None = None
+    equalize: torch.Tensor | None = None
 
     @property
     def geometric(self) -> bool:
@@ -176,7 +259,9 @@ class Augmenter:
         Keras's distributions: rotation, shifts and shear uniform in ± their range, the two zoom
         factors independent and uniform in the zoom range, each flip with probability 1/2,
         brightness uniform in its range. A fixed block of draws per sample, on the generator's
-        device, whatever is enabled.
+        device, whatever is enabled; then, if any intensity or colour transform is on, a second
+        one for them (shifts uniform in ± their limits, grey and equalisation with their
+        probabilities).
         """
         cfg = self.cfg
         u = torch.rand((batch, _DRAWS), generator=generator, device=generator.device)
@@ -188,6 +273,7 @@ class Augmenter:
         low, high = cfg.zoom_range
         zoom = cfg.zoom_range != (1.0, 1.0)
         bright = cfg.brightness is not None and cfg.brightness != (1.0, 1.0)
+        colors = self._draw_colors(batch, generator) if cfg.colored else {}
         return AugmentParams(
             rotation=sym(0, cfg.rotation) if cfg.rotation else None,
             shift_x=sym(1, cfg.width_shift * width) if cfg.width_shift else None,
@@ -203,11 +289,33 @@ class Augmenter:
                 else None
             ),
             contrast=1.0 + sym(9, cfg.contrast) if cfg.contrast > 0 else None,
+            **colors,
         )
 
+    def _draw_colors(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+        cfg = self.cfg
+        u = torch.rand((batch, _COLOR_DRAWS), generator=generator, device=generator.device)
+        u = u.to(torch.float32)
+
+        def sym(cols: slice, half: torch.Tensor) -> torch.Tensor:
+            return (2.0 * u[:, cols] - 1.0) * half
+
+        rgb = torch.tensor(cfg.rgb_limits, device=u.device) / 255.0
+        hsv = torch.tensor(cfg.hsv_shift or (0.0, 0.0, 0.0), device=u.device) / torch.tensor(
+            [360.0, 255.0, 255.0], device=u.device)
+        return {
+            "channel_shift": sym(slice(0, 1), torch.tensor(cfg.channel_shift / 255.0))[:, 0]
+            if cfg.channel_shift else None,
+            "rgb_shift": sym(slice(1, 4), rgb) if bool(rgb.any()) else None,
+            "hsv_shift": sym(slice(4, 7), hsv) if bool(hsv.any()) else None,
+            "grayscale": u[:, 7] < cfg.grayscale if cfg.grayscale else None,
+            "equalize": u[:, 8] < cfg.equalize if cfg.equalize else None,
+        }
+
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-        """``x`` transformed by ``p``, in Keras's order: the affine resampling, then the flips
-        (exact index reversal), then brightness; then contrast and a clamp to [0, 1]."""
+        """``x`` transformed by ``p``, in Keras's order: the affine resampling, the channel
+        shift, the flips (exact index reversal), then brightness; then contrast, the colour
+        transforms (RGB shift, HSV shift, grey, equalisation) and a clamp to [0, 1]."""
         _check_batch(x)
         _, _, height, width = x.shape
 
@@ -220,6 +328,8 @@ class Augmenter:
             x = F.grid_sample(
                 x, grid, mode="bilinear", padding_mode=_PADDING[self.cfg.fill], align_corners=False
             )
+        if p.channel_shift is not None:
+            x = color.channel_shift(x, p.channel_shift)
         if p.flip_h is not None:
             x = torch.where(col(p.flip_h).bool(), x.flip(-1), x)
         if p.flip_v is not None:
@@ -229,6 +339,14 @@ class Augmenter:
         if p.contrast is not None:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = mean + (x - mean) * col(p.contrast)
+        if p.rgb_shift is not None:
+            x = color.rgb_shift(x, p.rgb_shift)
+        if p.hsv_shift is not None:
+            x = color.hsv_shift(x, p.hsv_shift)
+        if p.grayscale is not None:
+            x = color.grayscale(x, p.grayscale)
+        if p.equalize is not None:
+            x = color.equalize(x, p.equalize)
         return x.clamp(0.0, 1.0)
 
 

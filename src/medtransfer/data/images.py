@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
 from medtransfer.errors import ConfigError, ImageDecodeError
 
 # Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
@@ -66,8 +67,16 @@ class PreprocessConfig:
     # DICOM: [center, width] of the grey-level window, overriding the file's own (else the file's
     # VOI LUT or window, else a min-max stretch)
     dicom_window: tuple[float, float] | None = None
+    # Keras's rescale: the model sees 8-bit-scale intensities (0–255) times this, before any
+    # weights' normalisation; null: Keras's 1/255, inputs in [0, 1] ("1/255" may be written)
+    rescale: float | str | None = None
+    # [low, high]: each image's percentiles stretched to the full range, the rest clipped
+    # (skimage's rescale_intensity to np.percentile(image, (low, high))), e.g. [2, 98]
+    percentiles: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rescale", parse_rescale(self.rescale))
+        object.__setattr__(self, "percentiles", check_percentiles(self.percentiles))
         if self.dicom_window is not None:
             window = tuple(self.dicom_window)
             if len(window) != 2 or not all(isinstance(v, int | float) for v in window) or window[1] < 1:
@@ -108,6 +117,8 @@ class PreprocessConfig:
         spec: dict[str, object] = {"v": PIPELINE_VERSION, "hw": list(self.hw), "color": self.color.value}
         if self.dicom_window is not None:
             spec["dicom_window"] = list(self.dicom_window)
+        if self.percentiles is not None:
+            spec["percentiles"] = list(self.percentiles)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,7 +164,7 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
             out = np.repeat(out, 3, axis=0)
     else:
         out = out.transpose(2, 0, 1)
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(stretch_percentiles(out, cfg.percentiles))
 
 
 def _read_pil(path: Path) -> np.ndarray:

@@ -261,18 +261,39 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
         else:
             strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
                                                    cache=transfer.cache)}
+        pretrain = from_dict(PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain")
+        _check_augment(cfg, spec.name, {"pretrain": pretrain.augment, "transfer": transfer.augment},
+                       strategies)
         out.append(
             Variant(
                 name=spec.name,
                 model=from_dict(ModelConfig, deep_merge(base_model, spec.model), f"{where}.model"),
-                pretrain=from_dict(
-                    PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain"
-                ),
+                pretrain=pretrain,
                 transfer=transfer,
                 strategies=strategies,
             )
         )
     return out
+
+
+def _check_augment(cfg: StudyConfig, variant: str, augments: dict[str, AugmentConfig],
+                   strategies: dict[str, StrategyConfig]) -> None:
+    """Colour transforms need RGB images; a features strategy extracts each image's features
+    once, so it takes offline copies (extracted once like the other images) but not batches
+    augmented anew every epoch."""
+    for section, aug in augments.items():
+        rgb_only = aug.needs_rgb if cfg.preprocess.channels == 1 else []
+        if rgb_only:
+            raise ConfigError(f"'{section}.augment.{rgb_only[0]}' (variant {variant}): a colour "
+                              "transform, but preprocess.color is grayscale (one channel); set "
+                              "preprocess.color: rgb, or use channel_shift / brightness / contrast")
+    online = [n for n, s in strategies.items() if s.kind == "features" and augments["transfer"].online]
+    if online:
+        raise ConfigError(f"'transfer.augment' (variant {variant}): strategy '{online[0]}' (kind "
+                          "features) extracts each training image's features once, so batches "
+                          "augmented every epoch cannot apply; set transfer.augment.offline_copies "
+                          "(augmented copies whose features are extracted once too) or switch "
+                          "augmentation off for it")
 
 
 def _resolve_path(value: Any, base: Path) -> Any:

@@ -19,7 +19,9 @@ from torch import nn
 
 from medtransfer import __version__
 from medtransfer.config import InputNorm, to_dict
-from medtransfer.data import Augmenter, ImageCache
+from medtransfer.data import ImageCache
+from medtransfer.data.intensity import rescaled_norm
+from medtransfer.data.offline import training_augment
 from medtransfer.evaluate import compute_metrics
 from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.models import ModelConfig, build_model, build_pretrained
@@ -106,15 +108,19 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
         norm = pretrained.get("input_norm")
         return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None, load.messages,
                           bool(load.reset))
+    rescale = ctx.cfg.preprocess.rescale  # a trained unit's (pretrained, run:) norm has it already
     if weights is None:
-        return ModelStart(seeded_build(v.model, task, ctx.size, seed), None, [])
+        return ModelStart(seeded_build(v.model, task, ctx.size, seed),
+                          rescaled_norm(None, rescale, task.images.channels), [])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         built = build_pretrained(dataclasses.replace(v.model, weights=weights),
                                  num_classes=task.images.num_classes, in_chans=task.images.channels,
                                  img_size=ctx.size, classes=task.classes, head=head)
     report = built.report
-    return ModelStart(built.model, built.input_norm, report.messages if report else [],
+    norm = built.input_norm if weights.startswith("run:") else rescaled_norm(
+        built.input_norm, rescale, task.images.channels)
+    return ModelStart(built.model, norm, report.messages if report else [],
                       bool(report and report.reset))
 
 
@@ -179,10 +185,10 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
     start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO)
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
-    augment = Augmenter(v.pretrain.augment) if v.pretrain.augment.enabled else None
+    train, augment = training_augment(source.part(source.split.train), v.pretrain.augment, job.seed)
     env = TrainEnv(job.seed, workdir, source.images.num_classes, ctx.device, start.input_norm,
                    ctx.callbacks(workdir, job.label, spec), {**spec, "classes": source.classes})
-    res = fit(start.model, source.part(source.split.train), source.part(source.split.val),
+    res = fit(start.model, train, source.part(source.split.val),
               ctx.train_cfg(v.pretrain.train), env, augment=augment)
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
@@ -256,12 +262,12 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
         (f"fold_{job.fold + 1}" if job.fold is not None and k == "test" else k): idx
         for k, idx in sorted(split.tests.items())}
     parts = {name: idx for name, idx in [("val", split.val), *tests.items()] if len(idx)}
-    augment = Augmenter(v.transfer.augment) if v.transfer.augment.enabled else None
+    train, augment = training_augment(target.part(split.train), v.transfer.augment, job.seed)
     env = TrainEnv(job.seed, workdir, target.images.num_classes, ctx.device, start.input_norm,
                    ctx.callbacks(workdir, job.label, spec), {**spec, "classes": target.classes},
                    ctx.disk_cache)
     res = run_strategy(
-        strategy, start.model, target.part(split.train),
+        strategy, start.model, train,
         target.part(split.val) if len(split.val) else None,
         {k: target.part(idx) for k, idx in parts.items() if k != "val"}, env, augment=augment,
     )
