@@ -27,6 +27,7 @@ from medtransfer.strategies import (
     freeze_configs,
     strategy_from_dict,
 )
+from medtransfer.study.backbones import check_backbones
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 
@@ -261,6 +262,7 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
         else:
             strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
                                                    cache=transfer.cache)}
+        check_backbones(strategies, f"{where}.strategies" if spec.strategies else "strategies")
         pretrain = from_dict(PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain")
         _check_augment(cfg, spec.name, {"pretrain": pretrain.augment, "transfer": transfer.augment},
                        strategies)

@@ -29,7 +29,10 @@ def job_entry(job: Job, result: dict[str, Any], out: Path) -> dict[str, Any]:
     fields = asdict(job)
     fields.pop("label")
     pre = fields.pop("pretrain", None)
+    up = fields.pop("upstream", None)
     entry.update(fields)
+    if up is not None:
+        entry["upstream_id"] = up["label"]  # the cell whose trained model is this one's backbone
     entry["unit"] = str(unit.relative_to(out)) if unit.is_relative_to(out) else str(unit)
     if isinstance(job, CellJob):
         entry["pretrain_id"] = pre["label"] if pre else None

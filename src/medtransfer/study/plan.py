@@ -6,17 +6,21 @@ the matrix with one source, one target and one strategy named ``freeze``; a sear
 variant whose cells are scored on validation only. Sources with data are pretrained first
 (:class:`PretrainJob`); each cell (:class:`CellJob`) then starts from its source — the
 pretraining, pretrained weights, or random initialisation for ``scratch`` (source ``none``) —
-transfers by its strategy and is evaluated.
+transfers by its strategy and is evaluated. A ``features`` cell whose strategy has
+``backbone_from`` starts instead from the model its upstream cell (same variant, source, target,
+repeat and fold) trained: :meth:`Plan.cell_waves` runs every upstream cell in an earlier wave.
 
 The plan is pure configuration: building it reads no data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from medtransfer.strategies import ScratchStrategy, StrategyConfig
+from medtransfer.study.backbones import backbone_from
 from medtransfer.study.config import StudyConfig, Variant, resolve_variants
 
 __all__ = ["NO_SOURCE", "SINGLE_SOURCE", "SINGLE_STRATEGY", "SINGLE_TARGET", "CellJob", "Job", "Plan",
@@ -54,7 +58,8 @@ class PretrainJob:
 class CellJob:
     """Transfer from ``source`` to ``target`` by ``strategy``, with repeat ``repeat``'s seed,
     on cross-validation fold ``fold`` (None: the target's split); evaluated on the validation
-    set and the tests (``evaluate: tests``) or the validation set only (a search trial)."""
+    set and the tests (``evaluate: tests``) or the validation set only (a search trial).
+    ``upstream``: the cell whose trained model is this one's backbone (``backbone_from``)."""
 
     variant: str
     source: str
@@ -66,6 +71,7 @@ class CellJob:
     label: str
     pretrain: PretrainJob | None = None
     evaluate: Evaluate = "tests"
+    upstream: CellJob | None = None
 
     @property
     def kind(self) -> str:
@@ -86,6 +92,19 @@ class Plan:
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
+
+    def cell_waves(self) -> list[tuple[CellJob, ...]]:
+        """The cells in waves that may each run in parallel: every cell after its upstream."""
+        depth: dict[CellJob, int] = {}
+
+        def level(cell: CellJob) -> int:
+            if cell not in depth:
+                depth[cell] = 0 if cell.upstream is None else level(cell.upstream) + 1
+            return depth[cell]
+
+        waves = [level(c) for c in self.cells]
+        return [tuple(c for c, w in zip(self.cells, waves, strict=True) if w == k)
+                for k in range(max(waves, default=-1) + 1)]
 
 
 def _sources(cfg: StudyConfig) -> dict[str, bool]:
@@ -120,7 +139,9 @@ def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
         strategies: dict[str, StrategyConfig] = v.strategies
         for t, n_folds in targets.items():
             for st, strategy in strategies.items():
-                names = [NO_SOURCE] if isinstance(strategy, ScratchStrategy) else list(sources)
+                upstream = backbone_from(strategy)
+                scratch = isinstance(strategies[upstream] if upstream else strategy, ScratchStrategy)
+                names = [NO_SOURCE] if scratch else list(sources)
                 for s in names:
                     for r in range(cfg.repeats):
                         pre = pretrains.get((v.name, s, r if cfg.repeat_pretraining else 0))
@@ -130,4 +151,18 @@ def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
                                 f"{base}.f{fold + 1}" if matrix else f"{base}-fold{fold + 1}")
                             cells.append(CellJob(v.name, s, t, st, r, fold, repeat_seed(cfg.seed, r),
                                                  label, pre, evaluate))
-    return Plan(tuple(pretrains.values()), tuple(cells), tuple(variants))
+    return Plan(tuple(pretrains.values()), _linked(cells, variants), tuple(variants))
+
+
+def _linked(cells: list[CellJob], variants: list[Variant]) -> tuple[CellJob, ...]:
+    """``cells`` with each ``backbone_from`` cell's ``upstream`` set to its upstream cell."""
+    by_place = {(c.variant, c.source, c.target, c.strategy, c.repeat, c.fold): c for c in cells}
+    kinds = {v.name: v.strategies for v in variants}
+    out = []
+    for c in cells:
+        upstream = backbone_from(kinds[c.variant][c.strategy])
+        if upstream is not None:
+            c = dataclasses.replace(c, upstream=by_place[(c.variant, c.source, c.target, upstream,
+                                                          c.repeat, c.fold)])
+        out.append(c)
+    return tuple(out)

@@ -89,6 +89,7 @@ class Runner:
         self.audit_counts: dict[str, dict[str, int]] = {}
         self._resplit: dict[tuple[str, int], LoadedTask] = {}
         self._pretrained: dict[PretrainJob, dict[str, Any]] = {}
+        self._cells: dict[CellJob, dict[str, Any]] = {}  # upstream cells' results (backbone_from)
         self._manifest: Manifest | None = None
 
     @property
@@ -209,7 +210,11 @@ class Runner:
             return self.pretrained(job)
         # A worker meets a cell's pretraining already done by the pretraining phase: no message.
         pre = self.pretrained(job.pretrain, announce=False) if job.pretrain is not None else None
-        return run_cell(self.ctx, self.variants[job.variant], job, self.target(job.target, job.repeat), pre)
+        up = None
+        if job.upstream is not None:  # done in an earlier wave (a worker reuses its unit)
+            up = self._cells.get(job.upstream) or self.run_job(job.upstream)
+        return run_cell(self.ctx, self.variants[job.variant], job, self.target(job.target, job.repeat), pre,
+                        upstream=up)
 
     def pretrained(self, job: PretrainJob, *, announce: bool = True) -> dict[str, Any]:
         """The result of pretraining ``job`` (run now unless done earlier)."""
@@ -225,10 +230,12 @@ class Runner:
             self._manifest = Manifest(self.out, self.cfg.name)
         manifest = self._manifest
         outcomes: dict[Job, dict[str, Any]] = {}
-        # Pretraining first: cells of one source share its unit, which must not run twice at once.
-        for jobs in (plan.pretrains, plan.cells):
+        # Pretraining first: cells of one source share its unit, which must not run twice at once;
+        # then the cells, each after the cell whose trained model it takes (backbone_from).
+        for jobs in (plan.pretrains, *plan.cell_waves()):
             outcomes.update(run_jobs(self, self.factory(), jobs, executor=executor, workers=workers,
                                      address=address, on_done=manifest.record))
+            self._cells.update({j: r for j, r in outcomes.items() if isinstance(j, CellJob)})
         return outcomes
 
     def run(self, *, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:

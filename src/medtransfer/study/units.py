@@ -224,8 +224,9 @@ def _last_stage(res: StrategyResult) -> dict[str, Any]:
 
 
 def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
-             pretrained: dict[str, Any] | None) -> dict[str, Any]:
-    """Start ``v``'s model from the cell's source, transfer it to ``target`` by the cell's
+             pretrained: dict[str, Any] | None, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start ``v``'s model from the cell's source — or from the model its ``upstream`` cell
+    trained (``backbone_from``; that cell's result) — transfer it to ``target`` by the cell's
     strategy, and evaluate it on the validation set and (unless a trial) every test set."""
     cfg = ctx.cfg
     strategy = v.strategies[job.strategy]
@@ -239,23 +240,40 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     }
     if job.evaluate == "val":
         spec["evaluate"] = "val"  # a search trial: test images are never looked at
+    if upstream is not None:
+        spec["upstream"] = Path(upstream["dir"]).name  # the unit whose trained model is the backbone
     unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
             ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
             return {**unit.result(), "dir": str(unit.dir)}
         _say_redo(ctx, job.label, unit)
-        return {**unit.finish(_cell(ctx, v, job, target, pretrained, unit.start(), spec, weights)),
-                "dir": str(unit.dir)}
+        return {**unit.finish(_cell(ctx, v, job, target, pretrained, unit.start(), spec, weights,
+                                    upstream)), "dir": str(unit.dir)}
+
+
+def _upstream_start(ctx: Context, v: Variant, target: LoadedTask, seed: int,
+                    upstream: dict[str, Any]) -> ModelStart:
+    """The model an upstream cell trained (its ``best.pt``, else ``last.pt``) and its input
+    normalisation."""
+    folder = Path(upstream["dir"])
+    path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    model = seeded_build(v.model, target, ctx.size, seed)
+    model.load_state_dict(load_checkpoint(path)["model_state"])
+    norm = upstream.get("input_norm")
+    return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None,
+                      [f"backbone: the model trained by {folder.name}"])
 
 
 def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained: dict[str, Any] | None,
-          workdir: Path, spec: dict[str, Any], weights: str | None) -> dict[str, Any]:
+          workdir: Path, spec: dict[str, Any], weights: str | None,
+          upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """Transfer and evaluate the cell in ``workdir``; returns its result."""
     strategy = v.strategies[job.strategy]
     split = target.fold(job.fold)
     ctx.echo(f"[{job.label}] {strategy.kind} on {len(split.train)} target images")
-    start = start_model(ctx, v, target, seed=job.seed, weights=weights, pretrained=pretrained)
+    start = (_upstream_start(ctx, v, target, job.seed, upstream) if upstream is not None else
+             start_model(ctx, v, target, seed=job.seed, weights=weights, pretrained=pretrained))
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
     tests = {} if job.evaluate == "val" else {
