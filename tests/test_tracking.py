@@ -73,7 +73,8 @@ def test_matrix_cells_log_to_tensorboard(tmp_path, class_folders):
     base = _study(tmp_path, class_folders, {"tensorboard": True})
     cfg = {k: v for k, v in base.items() if k not in ("source", "target", "transfer")}
     cfg.update(sources={"src": base["source"]}, targets={"tgt": base["target"]},
-               strategies={"ft": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}})
+               strategies={"ft": {"kind": "finetune", "head_fit": "train", "head": TRAIN,
+                                  "finetune": TRAIN}})
     out = tmp_path / "matrix"
     run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
     (cell,) = (out / "units").glob("cell-*")

@@ -71,8 +71,9 @@ def test_freeze_trains_the_tail_on_cached_activations(tmp_path):
 
 
 def test_finetune_runs_head_then_everything_with_a_small_lr(tmp_path):
-    cfg = FinetuneStrategy(head=TRAIN, finetune=TrainConfig(epochs=2, batch_size=8, progress=False,
-                                                            optimizer=OptimizerConfig(lr=1e-5)))
+    cfg = FinetuneStrategy(head_fit="train", head=TRAIN,
+                           finetune=TrainConfig(epochs=2, batch_size=8, progress=False,
+                                                optimizer=OptimizerConfig(lr=1e-5)))
     res = _run(cfg, tmp_path)
     _check_probabilities(res)
     head, tune = res.stages

@@ -117,7 +117,8 @@ def _matrix(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
             "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
             "mlp": {"kind": "features", "classifier": "mlp", "mlp": {"hidden": 8, "train": TRAIN}},
             "freeze": {"kind": "freeze", "train": TRAIN},
-            "finetune": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN},
+            "finetune": {"kind": "finetune", "head_fit": "train", "head": TRAIN, "finetune": TRAIN,
+                         "unfreeze": {"bn_policy": "frozen"}},  # the recipe before LP-FT
         },
         "repeats": 2,
         "resample_splits": True,

@@ -29,7 +29,8 @@ def _matrix(base: dict[str, Any]) -> dict[str, Any]:
         "preprocess": base["preprocess"], "model": base["model"], "pretrain": base["pretrain"],
         "sources": {"src": base["source"]}, "targets": {"tgt": base["target"]},
         "strategies": {"freeze": {"kind": "freeze", "freeze": {"trainable_layers": 3}, "train": train},
-                       "finetune": {"kind": "finetune", "head": train, "finetune": train},
+                       "finetune": {"kind": "finetune", "head_fit": "train", "head": train,
+                                    "finetune": train},
                        "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3}},
     }
 

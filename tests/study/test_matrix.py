@@ -41,7 +41,8 @@ def _matrix(tmp_path: Path, folders: Callable[..., Path], **over) -> dict:
                     "tgtb": {"data": {"path": str(tgt_b)}, "split": split}},
         "strategies": {"scratch": {"kind": "scratch", "train": TRAIN},
                        "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
-                       "finetune": {"kind": "finetune", "head": TRAIN, "finetune": TRAIN}},
+                       "finetune": {"kind": "finetune", "head_fit": "train", "head": TRAIN,
+                                    "finetune": TRAIN}},
         "repeats": 2,
     }
     cfg.update(over)

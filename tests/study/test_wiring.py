@@ -31,7 +31,8 @@ def _matrix(base: dict[str, Any]) -> dict[str, Any]:
         "strategies": {
             "scratch": {"kind": "scratch", "train": TRAIN},
             "freeze": {"kind": "freeze", "freeze": {"trainable_layers": 3}, "train": TRAIN},
-            "finetune": {"kind": "finetune", "head": TRAIN, "finetune": {**TRAIN, "epochs": 4}},
+            "finetune": {"kind": "finetune", "head_fit": "train", "head": TRAIN,
+                         "finetune": {**TRAIN, "epochs": 4}},
             "svm": {"kind": "features", "classifier": "svm", "calibration_folds": 3},
             "mlp": {"kind": "features", "classifier": "mlp", "mlp": {"train": TRAIN}},
         },

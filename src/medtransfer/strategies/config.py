@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from medtransfer.config import check_choice, from_dict
 from medtransfer.errors import ConfigError
-from medtransfer.freezing import FreezeConfig
+from medtransfer.freezing import BNPolicy, FreezeConfig
 from medtransfer.train import OptimizerConfig, TrainConfig
 from medtransfer.train.precision import Precision, check_precision
 
@@ -64,25 +64,46 @@ def _small_lr() -> TrainConfig:
     return TrainConfig(optimizer=OptimizerConfig(lr=1e-5))
 
 
+def _bn_eval() -> FreezeConfig:
+    return FreezeConfig(bn_policy=BNPolicy.EVAL)
+
+
 @dataclass(frozen=True)
 class FinetuneStrategy:
-    """Stage ``head``: only ``head_freeze``'s trainable part (default: the output layer) trains on
-    the frozen base. Stage ``finetune``: ``unfreeze`` (default: everything) trains with
-    ``finetune``'s (small) learning rate, starting from stage 1's best weights."""
+    """Stage ``head``: the output layer is fitted on the frozen base. ``head_fit: logreg``
+    (default) solves it to convergence as an L2 logistic regression (``head_C``) on the cached
+    ``pre_logits`` features (LP-FT); ``train`` trains ``head_freeze``'s trainable part by
+    ``head`` (SGD/Adam epochs). Stage ``finetune``: ``unfreeze`` (default: everything, batch
+    norm in eval mode so its ImageNet statistics are not re-estimated on a small target) trains
+    with ``finetune``'s (small) learning rate, starting from stage 1's weights."""
 
     kind: Literal["finetune"] = "finetune"
+    head_fit: Literal["logreg", "train"] = "logreg"
+    head_C: float = 1.0  # inverse L2 strength of head_fit: logreg (on standardised features)
     head: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(default_factory=_small_lr)
     head_freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(trainable_layers=1))
-    unfreeze: FreezeConfig = field(default_factory=FreezeConfig)
+    unfreeze: FreezeConfig = field(default_factory=_bn_eval)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
+        check_choice("strategy.head_fit", self.head_fit, ("logreg", "train"))
+        if not self.head_C > 0:
+            raise ConfigError(f"'strategy.head_C': got {self.head_C!r}; allowed: a number > 0")
         if self.head_freeze.trains_everything:
             raise ConfigError(
                 "'strategy.head_freeze': stage 1 must freeze the base; set trainable_layers "
                 "(default 1: the output layer), train_from or trainable_blocks"
             )
+        if self.head_fit == "logreg":
+            for key, default in (("head", TrainConfig()),
+                                 ("head_freeze", FreezeConfig(trainable_layers=1))):
+                if getattr(self, key) != default:
+                    raise ConfigError(
+                        f"'strategy.{key}': set, but head_fit is logreg (the default), which "
+                        "fits the output layer by logistic regression (head_C) and trains no "
+                        f"epochs; set head_fit: train to train the head by '{key}'"
+                    )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from medtransfer.strategies.features import (
     sklearn_proba,
 )
 from medtransfer.strategies.linear_head import BACKBONE_FILE, classifier_arrays, save_head
+from medtransfer.strategies.probe import fit_probe
 from medtransfer.strategies.stage import train_stage
 from medtransfer.train import Arrays, Augment, TrainEnv, predict_proba
 from medtransfer.train.precision import resolve_precision
@@ -98,10 +99,14 @@ class _Staged:
     def stages(self, env: TrainEnv) -> list[tuple[Stage, TrainEnv]]:
         raise NotImplementedError
 
+    def run_stage(self, stage: Stage, model: nn.Module, data: TransferData,
+                  env: TrainEnv) -> StageResult:
+        return train_stage(stage, model, data, env)
+
     def run(self, model: nn.Module, data: TransferData, env: TrainEnv) -> StrategyResult:
         t0 = time.perf_counter()
         plan = self.stages(env)
-        stages = [train_stage(stage, model, data, stage_env) for stage, stage_env in plan]
+        stages = [self.run_stage(stage, model, data, stage_env) for stage, stage_env in plan]
         history = _history(stages)
         if len(stages) > 1:
             _write_history(env.out_dir / "history.csv", history)
@@ -140,7 +145,8 @@ class Freeze(_Staged):
 @register_strategy("finetune")
 @dataclass(frozen=True)
 class Finetune(_Staged):
-    """A new head on the frozen base (in ``out_dir/head``), then the unfrozen model."""
+    """A new head on the frozen base — fitted by logistic regression, or trained (in
+    ``out_dir/head``) — then the unfrozen model."""
 
     cfg: FinetuneStrategy
 
@@ -150,6 +156,13 @@ class Finetune(_Staged):
             (Stage("head", cfg.head_freeze, cfg.head, cfg.cache), env.replace(out_dir=env.out_dir / "head")),
             (Stage("finetune", cfg.unfreeze, cfg.finetune, cfg.cache), env.replace(seed=env.seed + 1)),
         ]
+
+    def run_stage(self, stage: Stage, model: nn.Module, data: TransferData,
+                  env: TrainEnv) -> StageResult:
+        if stage.name == "head" and self.cfg.head_fit == "logreg":
+            return fit_probe(model, data, env, C=self.cfg.head_C,
+                             class_weight=self.cfg.finetune.class_weight)
+        return train_stage(stage, model, data, env)
 
 
 def _head_outputs(model: nn.Module, num_classes: int) -> int:
