@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from torch import nn
 
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
+from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
 from medtransfer.models import ModelConfig, check_model, check_weights_spec, import_modules
-from medtransfer.models.loading import HeadPolicy
+from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import (
     CacheConfig,
     FreezeStrategy,
@@ -89,6 +92,13 @@ class PretrainConfig:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # the pretrained weights transfer starts from: best (the best epoch's, best.pt) or last (the
+    # last epoch's, kept as final.pt; seed 000 transferred the last)
+    transfer_from: Literal["best", "last"] = "best"
+    # keys of 'model' that differ for the pretraining only, e.g. {conv_dropout: 0.3}: pretrain
+    # with them, transfer into 'model' (seed 000's "unified" AlexNet); the two must have the
+    # same tensors (dropout differs, batch_norm does not)
+    model: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -359,6 +369,32 @@ def study_from_dict(
     return cfg
 
 
+def pretrain_model(v: Variant) -> ModelConfig:
+    """The model ``v``'s pretraining trains: its ``model`` with ``pretrain.model`` laid over it."""
+    if not v.pretrain.model:
+        return v.model
+    if "weights" in v.pretrain.model:
+        raise ConfigError(f"'pretrain.model.weights' (variant {v.name}): the pretraining starts "
+                          "from the source's weights (model.weights or sources.<name>.weights)")
+    return from_dict(ModelConfig, deep_merge(to_dict(v.model), v.pretrain.model),
+                     f"variants ({v.name}).pretrain.model")
+
+
+def _check_pretrain_model(cfg: StudyConfig, v: Variant, model: nn.Module | None) -> None:
+    """``pretrain.model``'s weights must load into the variant's model (meta device)."""
+    pre = pretrain_model(v)
+    if pre is v.model:
+        return
+    source = check_model(pre, hw=cfg.preprocess.hw, in_chans=cfg.preprocess.channels)
+    if model is None or source is None:
+        return
+    try:
+        load_source_weights(model, source.state_dict())
+    except DataError as exc:
+        raise ConfigError(f"'pretrain.model' (variant {v.name}): the pretrained model does not "
+                          f"transfer into 'model': {exc}") from None
+
+
 def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
     """Every variant's model name, options, weights spec (each source's weights too) and
     freezing, for the study's image size and channels: before any data is read or any file
@@ -367,6 +403,7 @@ def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
         where = f"variants ({v.name}): " if len(variants) > 1 else ""
         try:
             model = check_model(v.model, hw=cfg.preprocess.hw, in_chans=cfg.preprocess.channels)
+            _check_pretrain_model(cfg, v, model)
             if model is not None:  # None: the meta device could not build it
                 for fz in [fz for s in v.strategies.values() for fz in freeze_configs(s)]:
                     freeze(model, fz)

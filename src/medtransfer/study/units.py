@@ -27,13 +27,13 @@ from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy
-from medtransfer.study.config import StudyConfig, Variant
+from medtransfer.study.config import StudyConfig, Variant, pretrain_model
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
-from medtransfer.train.checkpoint import lean_checkpoints
+from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
 
 __all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
 
@@ -95,14 +95,19 @@ class ModelStart:
 
 
 def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weights: str | None,
-                pretrained: dict[str, Any] | None = None, head: HeadPolicy | None = None) -> ModelStart:
+                pretrained: dict[str, Any] | None = None, head: HeadPolicy | None = None,
+                model_cfg: ModelConfig | None = None) -> ModelStart:
     """``v.model`` for ``task``: initialised from ``seed``, then from a finished pretraining
     (``pretrained``: its result), else from ``weights`` (imagenet / file: / run:). The output
-    layer is kept or reset as ``head`` says (default: the variant's ``transfer.head``)."""
+    layer is kept or reset as ``head`` says (default: the variant's ``transfer.head``). A
+    pretraining's weights are its ``transfer_checkpoint`` (``pretrain.transfer_from: last``), else
+    its best. ``model_cfg`` replaces ``v.model`` (a pretraining's ``pretrain.model``)."""
     head = v.transfer.head if head is None else head
+    v = v if model_cfg is None else dataclasses.replace(v, model=model_cfg)
     if pretrained is not None:
         model = seeded_build(v.model, task, ctx.size, seed)
-        ckpt = load_checkpoint(Path(pretrained["dir"]) / pretrained["checkpoint"])
+        name = pretrained.get("transfer_checkpoint") or pretrained["checkpoint"]
+        ckpt = load_checkpoint(Path(pretrained["dir"]) / name)
         load = load_source_weights(model, ckpt["model_state"], head=head,
                                    source_classes=pretrained["classes"], target_classes=task.classes)
         norm = pretrained.get("input_norm")
@@ -155,7 +160,8 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     weights = source_weights(cfg, v, job.source)
     spec: dict[str, Any] = {
         "stage": "pretrain", "version": __version__,
-        "model": spec_key(v.model), "pretrain": spec_key(v.pretrain),
+        # the model it trains (pretrain.model laid over model), so both spellings share a unit
+        "model": spec_key(pretrain_model(v)), "pretrain": spec_key(dataclasses.replace(v.pretrain, model={})),
         "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": source.fingerprint,
     }
     if weights is not None:
@@ -182,7 +188,8 @@ def _say_redo(ctx: Context, label: str, unit: Unit) -> None:
 def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, workdir: Path,
               spec: dict[str, Any], weights: str | None) -> dict[str, Any]:
     """Train the pretraining unit in ``workdir``; returns its result."""
-    start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO)
+    start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO,
+                        model_cfg=pretrain_model(v))
     for msg in start.messages:
         ctx.echo(f"[{job.label}] {msg}")
     train, augment = training_augment(source.part(source.split.train), v.pretrain.augment, job.seed)
@@ -202,11 +209,25 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
         "images_per_second": res.images_per_second, "precision": res.precision,
         "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
     }
+    if v.pretrain.transfer_from == "last":
+        result["transfer_checkpoint"] = _keep_final(workdir, res.last_path)
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
     return result
+
+
+FINAL = "final.pt"
+
+
+def _keep_final(workdir: Path, last: Path) -> str:
+    """The last epoch's weights as ``final.pt`` (weights only), which transfer starts from with
+    ``pretrain.transfer_from: last``: lean units drop ``last.pt`` where ``best.pt`` exists."""
+    data = load_checkpoint(last)
+    save_checkpoint(workdir / FINAL, model_state=data["model_state"], config=data["config"],
+                    epoch=data["epoch"], metrics=data["metrics"], extra=data["extra"])
+    return FINAL
 
 
 def _last_stage(res: StrategyResult) -> dict[str, Any]:
