@@ -14,6 +14,8 @@ import yaml
 
 from medtransfer.api import run_study
 from medtransfer.study import study_from_dict
+from medtransfer.study.units import Context
+from medtransfer.train import Callback, TrainState, load_checkpoint
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -75,3 +77,31 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_con
     assert sum("done earlier, reused" in m for m in logs) == len(finished)
     assert len(after) == 4
     assert _results(out) == _results(ref)
+
+
+def test_a_pretraining_stopped_after_epoch_3_resumes_there(tmp_path, tiny_study_config, monkeypatch):
+    """Mid-unit resume through a study: the rerun continues the pretraining from its last.pt
+    (epoch 3 of 6), says so in run.log, and ends with the uninterrupted run's results.csv."""
+    cfg = tiny_study_config(tmp_path)
+    cfg["variants"], cfg["audit"] = [{"name": "baseline"}], False
+    cfg["pretrain"] = {"train": {**cfg["pretrain"]["train"], "epochs": 6}}
+    ref = run_study(study_from_dict(cfg), tmp_path / "reference", echo=lambda m: None, report=False)
+
+    class Stop(Callback):
+        def on_epoch_start(self, state: TrainState) -> None:
+            if state.epoch == 4 and state.max_epochs == 6:
+                raise RuntimeError("injected")
+
+    real = Context.callbacks
+    monkeypatch.setattr(Context, "callbacks", lambda self, *args: [*real(self, *args), Stop()])
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected"):
+        run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    (unit,) = out.glob("units/pretrain-*")
+    assert load_checkpoint(unit / "last.pt")["epoch"] == 3 and not (unit / "result.json").exists()
+    monkeypatch.undo()
+
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
+    assert "resumed from epoch 3 of 6" in (out / "run.log").read_text()
+    assert _results(out) == _results(ref)
+    assert not (unit / "last.pt").exists()  # a finished unit keeps best.pt only

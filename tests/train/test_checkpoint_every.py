@@ -65,6 +65,7 @@ def _same(a: Any, b: Any) -> bool:
 def _checkpoint(path: Path) -> dict[str, Any]:
     ck = load_checkpoint(path)
     del ck["config"]["train"]["checkpoint_every"]  # the one setting that differs
+    ck["extra"].pop("resume", None)  # per-epoch last.pt also holds what a resume needs
     return ck
 
 

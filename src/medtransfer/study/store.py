@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,25 @@ class Unit:
             finally:
                 self._locked = False
 
-    def start(self) -> Path:
+    def start(self, keep: Sequence[str] = ()) -> Path:
         """Fresh folder for a (re)run: leftovers of an interrupted or damaged attempt are
-        removed. Only under :meth:`claimed`, so no live process is writing there."""
+        removed, except the files named in ``keep`` of an attempt that never finished (no
+        ``result.json``), which the work resumes from (a pretraining's ``last.pt``). Only under
+        :meth:`claimed`, so no live process is writing there."""
         if not self._locked:
             raise RuntimeError(f"Unit.start() of {self.dir} without holding its lock (use claimed())")
         self.dir = self.own_dir
-        if self.dir.exists():
+        if self.dir.exists() and keep and not self.result_path.exists():
+            for child in self.dir.iterdir():
+                if child.name in keep:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        elif self.dir.exists():
             shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.dir / "unit.json", {"kind": self.kind, "name": self.name,
                                                    "key": self.key, "spec": self.spec})
         return self.dir

@@ -175,7 +175,9 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
         _say_redo(ctx, job.label, unit)
         ctx.echo(f"[{job.label}] pretraining on {len(source.split.train)} source images"
                  + (f" from {weights}" if weights else ""))
-        return {**unit.finish(_pretrain(ctx, v, job, source, unit.start(), spec, weights)),
+        # last.pt / best.pt of a killed attempt: fit resumes from its last finished epoch
+        workdir = unit.start(keep=("last.pt", "best.pt"))
+        return {**unit.finish(_pretrain(ctx, v, job, source, workdir, spec, weights)),
                 "dir": str(unit.dir)}
 
 
@@ -196,7 +198,7 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
     env = TrainEnv(job.seed, workdir, source.images.num_classes, ctx.device, start.input_norm,
                    ctx.callbacks(workdir, job.label, spec), {**spec, "classes": source.classes})
     res = fit(start.model, train, source.part(source.split.val),
-              ctx.train_cfg(v.pretrain.train), env, augment=augment)
+              ctx.train_cfg(v.pretrain.train), env, augment=augment, resume=True)
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
                           input_norm=start.input_norm, precision=v.pretrain.train.precision)
@@ -226,7 +228,8 @@ def _keep_final(workdir: Path, last: Path) -> str:
     ``pretrain.transfer_from: last``: lean units drop ``last.pt`` where ``best.pt`` exists."""
     data = load_checkpoint(last)
     save_checkpoint(workdir / FINAL, model_state=data["model_state"], config=data["config"],
-                    epoch=data["epoch"], metrics=data["metrics"], extra=data["extra"])
+                    epoch=data["epoch"], metrics=data["metrics"],
+                    extra={k: v for k, v in data["extra"].items() if k != "resume"})
     return FINAL
 
 

@@ -103,7 +103,9 @@ class Callback:
     """Base class; override the hooks you need. Hooks run in the order callbacks are given."""
 
     def on_fit_start(self, state: TrainState) -> None:
-        """Before the first epoch."""
+        """Before the first epoch; when fit resumes from ``last.pt``, ``state.epoch`` and
+        ``state.history`` are those of the epoch it resumes after, and :meth:`load_state_dict`
+        follows with the state this callback had then."""
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Before each training epoch (``state.epoch`` already advanced)."""
@@ -202,7 +204,7 @@ class CSVLogger(Callback):
     """One CSV row per epoch (``epoch`` then the metrics), flushed as it is written.
 
     The columns are those of the first epoch; a later row with a new metric is an error rather
-    than a silently dropped value.
+    than a silently dropped value. A resumed fit's file is rewritten from its history.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -213,9 +215,13 @@ class CSVLogger(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("", encoding="utf-8")
         self.columns = None
+        for epoch, metrics in enumerate(state.history, start=1):
+            self._write({"epoch": epoch, **metrics})
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
-        row: dict[str, float | int] = {"epoch": state.epoch, **metrics}
+        self._write({"epoch": state.epoch, **metrics})
+
+    def _write(self, row: dict[str, float | int]) -> None:
         write_header = self.columns is None
         if self.columns is None:
             self.columns = list(row)

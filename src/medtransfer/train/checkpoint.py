@@ -137,7 +137,8 @@ def lean_checkpoints(folder: str | Path) -> list[Path]:
     """Slim the checkpoints of a finished training in ``folder`` (and its subfolders, e.g. a
     finetune's ``head/``): ``last.pt`` is removed where a ``best.pt`` sits next to it (what
     reports, inference and later units load) and otherwise rewritten with its weights only, no
-    optimizer state (``extra.optimizer_state_dropped``). Returns the files removed or rewritten."""
+    optimizer or resume state (``extra.optimizer_state_dropped``). Returns the files removed or
+    rewritten."""
     changed = []
     for last in sorted(Path(folder).rglob("last.pt")):
         if (last.parent / "best.pt").is_file():
@@ -149,7 +150,8 @@ def lean_checkpoints(folder: str | Path) -> list[Path]:
             continue
         save_checkpoint(last, model_state=data["model_state"], config=data["config"],
                         epoch=data["epoch"], metrics=data["metrics"],
-                        extra={**data["extra"], "optimizer_state_dropped": True})
+                        extra={**{k: v for k, v in data["extra"].items() if k != "resume"},
+                               "optimizer_state_dropped": True})
         changed.append(last)
     return changed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from medtransfer.train.optim import (
     step_scheduler,
 )
 from medtransfer.train.precision import Amp, resolve_precision
+from medtransfer.train.resume import Resumable, data_check, find_resume
 from medtransfer.train.sources import Arrays, Augment, BatchSource, ImageBatches
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "metric_names",
     "predict_proba",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def _class_weights(
@@ -89,12 +93,17 @@ def _cudnn(dev: torch.device, deterministic: bool) -> Iterator[None]:
         backend.benchmark, backend.deterministic = saved
 
 
+def _cuda_index(dev: torch.device) -> list[int]:
+    """The CUDA device whose generator ``dev`` draws from (none off CUDA)."""
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
 @contextlib.contextmanager
 def _seeded(dev: torch.device, seed: int) -> Iterator[None]:
     """Seed the global RNGs dropout draws from, restoring the caller's state afterwards."""
-    cuda = []
-    if dev.type == "cuda":
-        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
+    cuda = _cuda_index(dev)
     with torch.random.fork_rng(devices=cuda, device_type="cuda" if cuda else None):
         # Not torch.manual_seed: that would also reseed (unforked) CUDA devices.
         torch.random.default_generator.manual_seed(seed)
@@ -117,6 +126,7 @@ def fit(
     *,
     augment: Augment | None = None,
     train_mode: Callable[[nn.Module], None] | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``model`` (which outputs logits) on uint8/uint16 (N, C, H, W) images, or on any
     :class:`~medtransfer.train.sources.BatchSource` (e.g. cached activations).
@@ -133,6 +143,13 @@ def fit(
     checkpoints, early stopping and progress bar. Under torchrun with an initialized process
     group, fit trains with DDP (each process takes its share of every batch; only rank 0 writes
     files): see :mod:`medtransfer.train.distributed`.
+
+    Each epoch's ``last.pt`` (``checkpoint_every: epoch``) also holds what a resume needs:
+    scheduler, random generators, history and callback states. With ``resume``, a ``last.pt``
+    in ``env.out_dir`` written by this same training (config, seed, device and labels) is
+    continued from its epoch, bitwise as if never interrupted (CPU, fp32); one that does not
+    match is trained afresh, with a warning (see :mod:`medtransfer.train.resume`). Under
+    ``resume``, Ctrl-C leaves ``last.pt`` at the last finished epoch, to resume from.
     """
     t0 = time.perf_counter()
     train_src = _source("train", train, env, augment)
@@ -141,7 +158,7 @@ def fit(
         raise DataError(
             f"val images have shape {val_src.sample_shape} per image, train {train_src.sample_shape}"
         )
-    run = _Fit(model, train_src, val_src, cfg, env, train_mode)
+    run = _Fit(model, train_src, val_src, cfg, env, train_mode, resume)
     run.loop()
     return run.result(t0)
 
@@ -183,7 +200,7 @@ class _Fit:
 
     def __init__(self, model: nn.Module, train: BatchSource, val: BatchSource | None,
                  cfg: TrainConfig, env: TrainEnv,
-                 train_mode: Callable[[nn.Module], None] | None) -> None:
+                 train_mode: Callable[[nn.Module], None] | None, resume: bool = False) -> None:
         self.model, self.train, self.val, self.cfg, self.env = model, train, val, cfg, env
         self.train_mode = train_mode or nn.Module.train
         dev = env.device
@@ -222,6 +239,16 @@ class _Fit:
         self.augment_gen = torch.Generator(device=dev).manual_seed(augment_seed)
         self.seconds, self.images = 0.0, 0.0  # training steps only
         self.net = self.reps.wrap(model, dev)
+        self.ckpt.defer_last = self.ckpt.every == "epoch"  # last.pt once the epoch is over
+        self.parts = Resumable(self.state, model, self.optimizer, self.scheduler, self.scaler,
+                               {"shuffle": self.shuffle_gen, "augment": self.augment_gen}, _cuda_index(dev),
+                               data_check(env.seed, dev, {"train": train.labels,
+                                                          "val": None if val is None else val.labels}))
+        self.resume = resume and self.ckpt.defer_last
+        self.resume_from = find_resume(
+            self.ckpt.last_path, config=self.state.checkpoint_config, check=self.parts.check,
+            epochs=cfg.epochs, per_epoch=self.ckpt.defer_last, ddp=self.reps.active,
+        ) if resume else None
 
     def loop(self) -> None:
         """Epochs until done, stopped or interrupted, with the callbacks' hooks around them."""
@@ -230,8 +257,12 @@ class _Fit:
         with _seeded(self.env.device, self.reps.seed(self.torch_seed)), \
                 _cudnn(self.env.device, self.cfg.deterministic):
             try:
+                if self.resume_from is not None:
+                    self.parts.restore(self.resume_from)
                 for cb in cbs:
                     cb.on_fit_start(state)
+                if self.resume_from is not None:
+                    self.parts.resumed(cbs, self.resume_from)
                 while state.epoch < self.cfg.epochs and not state.should_stop:
                     state.epoch += 1
                     for cb in cbs:
@@ -246,6 +277,8 @@ class _Fit:
                         cb.on_epoch_end(state, metrics)
                     in_epoch = False
                     step_scheduler(self.scheduler, self.cfg.scheduler, metrics)
+                    if self.ckpt.defer_last and self.reps.is_main:
+                        self.ckpt.flush_last(state, self.parts.snapshot(cbs))
                 for cb in cbs:
                     cb.on_fit_end(state)
             except KeyboardInterrupt:
@@ -258,12 +291,13 @@ class _Fit:
     def _interrupted(self, in_epoch: bool) -> None:
         state = self.state
         state.should_stop, state.stop_reason = True, StopReason.interrupted
-        self.ckpt.write_last(
-            state,
-            state.history[-1] if state.history else {},
-            extra={"stop_reason": StopReason.interrupted.value, "partial_epoch": in_epoch},
-            epoch=len(state.history),
-        )
+        if not self.resume:  # else last.pt stays at the last finished epoch: resumable
+            self.ckpt.write_last(
+                state,
+                state.history[-1] if state.history else {},
+                extra={"stop_reason": StopReason.interrupted.value, "partial_epoch": in_epoch},
+                epoch=len(state.history),
+            )
         for cb in self.callbacks:
             cb.on_fit_end(state)
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from medtransfer.config import check_choice
 from medtransfer.train.callbacks import Callback, Mode, StopReason, TrainState, improved, require_metric
 from medtransfer.train.checkpoint import copy_state, load_checkpoint, save_checkpoint
+from medtransfer.train.resume import RESUME_VERSION, digest
 
 __all__ = ["ModelCheckpoint"]
 
@@ -25,6 +26,11 @@ class ModelCheckpoint(Callback):
     (``extra.partial_epoch``) rather than those of the last completed epoch. A ``best.pt`` left
     from an earlier run in ``dirpath`` is removed at fit start (and ``last.pt`` too with "end").
     ``write_files=False`` (the other processes of a DDP run) tracks the best epoch, writes nothing.
+
+    ``defer_last`` (set by ``fit``): ``on_epoch_end`` only notes the epoch's ``last.pt``, and fit
+    writes it with :meth:`flush_last` once the epoch is over (callbacks and scheduler step done),
+    with the state a resume needs. A fit that resumes (``state.epoch > 0`` at fit start) keeps
+    the ``best.pt`` and ``last.pt`` it resumes from.
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class ModelCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.monitor, self.mode, self.save_last, self.key = monitor, mode, save_last, key
         self.every, self.write_files = every, write_files
+        self.defer_last = False
         self.best = math.nan
         self.best_epoch = 0
         self.best_path: Path | None = None
@@ -57,7 +64,7 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         self.best, self.best_epoch, self.best_path = math.nan, 0, None
         self._best_row = self._last_row = None
-        if not self.write_files:
+        if not self.write_files or state.epoch > 0:  # resumed: its files are those it resumes from
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         (self.dirpath / "best.pt").unlink(missing_ok=True)
@@ -76,7 +83,7 @@ class ModelCheckpoint(Callback):
             elif self.write_files:
                 self._best_state = copy_state(state.model.state_dict(), self._best_state)
                 self._best_row = (state.epoch, dict(metrics))
-        if self.save_last and self.every == "epoch":
+        if self.save_last and self.every == "epoch" and not self.defer_last:
             self.write_last(state, metrics)
         elif self.save_last and self.write_files:
             # Shallow: the tensors are the live ones, unchanged until the next step; what the
@@ -101,6 +108,22 @@ class ModelCheckpoint(Callback):
             self.last_path, model_state=state.model.state_dict(), config=state.checkpoint_config,
             epoch=epoch, metrics=metrics, optimizer_state=optimizer_state,
             extra=state.checkpoint_extra,
+        )
+
+    def flush_last(self, state: TrainState, resume: dict[str, Any]) -> None:
+        """Write the ``last.pt`` noted at the epoch's end (``defer_last``), its optimizer state
+        as the epoch trained, with ``resume`` (and its digest) in ``extra.resume``."""
+        if not (self.defer_last and self.write_files and self._last_row is not None):
+            return
+        epoch, metrics, optimizer_state = self._last_row
+        self._last_row = None
+        model_state = state.model.state_dict()
+        resume = {**resume, "version": RESUME_VERSION}
+        resume["digest"] = digest(model_state, optimizer_state, resume)
+        save_checkpoint(
+            self.last_path, model_state=model_state, config=state.checkpoint_config, epoch=epoch,
+            metrics=metrics, optimizer_state=optimizer_state,
+            extra={**state.checkpoint_extra, "resume": resume},
         )
 
     def teardown(self, state: TrainState) -> None:
@@ -160,4 +183,5 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
         path = state_dict["best_path"]
-        self.best_path = None if path is None else Path(path)
+        # best.pt lives in dirpath: a run folder moved since still finds it
+        self.best_path = None if path is None else self.dirpath / Path(path).name
