@@ -212,3 +212,48 @@ def test_dicom_window_from_the_file_from_the_config_and_monochrome1_after_it(tmp
     assert PreprocessConfig(size=8).key() != PreprocessConfig(size=8, dicom_window=(40, 400)).key()
     with pytest.raises(ConfigError, match=r"'dicom_window'"):
         PreprocessConfig(dicom_window=(40, 0))
+
+
+def _deflate(dicom_file, path: Path, rows: int, cols: int, pixel_bytes: bytes, **kw: object) -> Path:
+    """A deflated-transfer-syntax DICOM (the whole data set zlib-compressed) of a plain one."""
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(dicom_file(path, rows, cols, pixel_bytes, **kw))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("big_header", [False, True])
+def test_deflated_dicom_decodes_like_the_plain_one(tmp_path, dicom_file, big_header):
+    pydicom = pytest.importorskip("pydicom")
+    data = np.tile(np.arange(12, dtype=np.uint16) * 100, (10, 1))
+    plain = _write_dicom(dicom_file, tmp_path / "plain.dcm", data, "MONOCHROME2")
+    deflated = _deflate(dicom_file, tmp_path / "deflated.dcm", *data.shape, data.tobytes(),
+                        rescale=(1.0, -1024))
+    if big_header:  # 300 kB of elements before the pixel data: inflated in several steps
+        ds = pydicom.dcmread(deflated)
+        ds.add_new(0x00091010, "OB", bytes(range(256)) * 1200)
+        ds.save_as(deflated, enforce_file_format=True)
+    assert np.array_equal(decode_image(deflated, GRAY), decode_image(plain, GRAY))
+
+
+@pytest.mark.parametrize("bomb", ["declares_too_many_pixels", "inflates_past_what_it_declares"])
+def test_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path, dicom_file, monkeypatch, bomb):
+    import tracemalloc
+
+    from medtransfer.data import images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # a small limit keeps the test small
+    monkeypatch.setattr(images, "_HEADER_LIMIT", 1 << 20)
+    shape, size = ((2_000, 2_000), 8_000_000) if bomb == "declares_too_many_pixels" else ((10, 10), 8_000_000)
+    path = _deflate(dicom_file, tmp_path / "bomb.dcm", *shape, bytes(size))  # 8 MB of zeros
+    assert path.stat().st_size < 50_000
+    message = r"over the limit of 1,000,000" if shape[0] > 10 else r"inflates to over .* far more than"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageDecodeError, match=rf"bomb\.dcm.*{message}"):
+            decode_image(path, GRAY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20  # pydicom alone inflates all 8 MB at once

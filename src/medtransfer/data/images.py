@@ -20,7 +20,10 @@ Policy, chosen once so every loader agrees:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import warnings
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -240,6 +243,77 @@ def _check_dicom_size(path: Path, ds: Any) -> int:
     return frames
 
 
+def _dicom_dataset(path: Path, pydicom: Any) -> tuple[Any, int]:
+    """``path``'s data set and frame count, its declared size checked against the pixel limit
+    before any pixel data is read, inflated or decompressed."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return _read_deflated(path, pydicom)
+    ds = pydicom.dcmread(path, defer_size="1 MB")  # large values (pixel data) read when used
+    return ds, _check_dicom_size(path, ds)
+
+
+_HEADER_LIMIT = 16 << 20  # inflated bytes a deflated DICOM's elements before its pixel data may take
+
+
+def _read_deflated(path: Path, pydicom: Any) -> tuple[Any, int]:
+    """A deflated DICOM inflated in bounded steps: pydicom inflates the whole data set as it
+    reads it (a 1 MB file can declare, and inflate to, gigabytes) before anything can be
+    checked. Here the elements before the pixel data are inflated first, the size they declare
+    is checked, and then no more is inflated than that size needs."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.filereader import read_dataset, read_preamble
+
+    with path.open("rb") as fh:  # the deflated bytes: as large as the file, no larger
+        preamble = read_preamble(fh, False)
+        meta = read_dataset(fh, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
+        body = fh.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data, size = inflater.decompress(body, 1 << 16), 1 << 16
+    while (header := _deflated_header(data, whole=len(data) < size)) is None:
+        if size >= _HEADER_LIMIT:
+            raise ImageDecodeError(str(path), f"deflated DICOM whose elements before the pixel data "
+                                   f"inflate to over {_HEADER_LIMIT:,} bytes (a decompression bomb?)")
+        size *= 4
+        data += inflater.decompress(inflater.unconsumed_tail, size - len(data))
+    frames = _check_dicom_size(path, header)
+    need = (int(getattr(header, "Rows", 0) or 0) * int(getattr(header, "Columns", 0) or 0) * frames
+            * int(getattr(header, "SamplesPerPixel", 1) or 1)
+            * -(-int(getattr(header, "BitsAllocated", 16) or 16) // 8))
+    cap = need + _HEADER_LIMIT
+    if len(data) == size:  # more to inflate
+        data += inflater.decompress(inflater.unconsumed_tail, cap + 1 - len(data))
+    if len(data) > cap:
+        raise ImageDecodeError(str(path), f"deflated DICOM inflates to over {cap:,} bytes, far more "
+                               f"than the {need:,} bytes of pixels it declares (a decompression bomb?)")
+    dataset = read_dataset(io.BytesIO(data), False, True)
+    ds = FileDataset(str(path), dataset, preamble, FileMetaDataset(meta), False, True)
+    return ds, frames
+
+
+def _deflated_header(data: bytes, whole: bool) -> Any:
+    """The elements before the pixel data in ``data`` (an inflated prefix of a data set, or the
+    ``whole`` of it), or None when the prefix ends before the pixel data."""
+    from pydicom.filereader import read_dataset
+
+    reached = []
+
+    def at_pixels(tag: Any, vr: Any, length: int) -> bool:
+        if tag >= 0x7FE00000:  # (7FE0,xxxx): pixel data, float or double float pixel data
+            reached.append(tag)
+        return bool(reached)
+
+    if whole:
+        return read_dataset(io.BytesIO(data), False, True, stop_when=at_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the prefix's cut-off element
+        try:
+            header = read_dataset(io.BytesIO(data), False, True, stop_when=at_pixels)
+        except Exception:  # an element cut off at the prefix's end: inflate more
+            return None
+    return header if reached else None
+
+
 def _read_dicom(path: Path, window: tuple[float, float] | None = None) -> np.ndarray:
     try:
         import pydicom
@@ -247,8 +321,7 @@ def _read_dicom(path: Path, window: tuple[float, float] | None = None) -> np.nda
         raise ImageDecodeError(
             str(path), "reading DICOM needs pydicom: pip install 'medtransfer[dicom]'"
         ) from None
-    ds: Any = pydicom.dcmread(path)
-    frames = _check_dicom_size(path, ds)
+    ds, frames = _dicom_dataset(path, pydicom)
     pixels = np.asarray(ds.pixel_array)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
