@@ -7,6 +7,7 @@ from torch import nn
 
 from medtransfer.config import from_dict
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.explain import last_conv_layer
 from medtransfer.freezing import FreezeConfig, freeze, weight_layers
 from medtransfer.models import ModelConfig, build_model, check_model, create_model
 from medtransfer.models.chain import forward_chain, run_chain
@@ -44,6 +45,8 @@ def test_head_replaces_the_families_own_and_keeps_the_head_api(name):
     assert m(x).shape == (2, 5) and m.head.pre_logits[0].out_features == 16
     assert m.replaced_head_keys  # the family's own output layer is gone from the state dict
     assert not set(m.replaced_head_keys) & set(m.state_dict())
+    plain = build_model(ModelConfig(name=name), num_classes=2, in_chans=1, img_size=32).eval()
+    assert last_conv_layer(m, x)[0] == last_conv_layer(plain, x)[0]  # Grad-CAM's target layer
 
 
 def test_seed001_head_is_avgpool4_flatten_dense64_relu_dropout_dense():

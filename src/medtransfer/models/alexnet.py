@@ -8,6 +8,7 @@ pools after blocks 1, 2 and 5, dense 64-64 then the output layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,6 +70,9 @@ def keras_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+_BN_EPS = 1e-5  # the eps of the BN layers _conv_block makes (PyTorch's default)
+
+
 class AlexNet(nn.Module):
     """Conv feature extractor + dense head; exposes ``forward_features``, ``forward_head``,
     ``reset_classifier`` like timm models."""
@@ -117,6 +121,24 @@ class AlexNet(nn.Module):
         self.init = init
         if init == "keras":
             self.apply(keras_init)
+
+    def fold_batch_norm(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch-norm model's weights for this model without batch norm: each BN folded into
+        its conv (weight × γ/σ, bias β − μ·γ/σ), so the convs compute what the BN model computed
+        in eval mode (seed 000's BN-pretrained weights in its "unified" AlexNet)."""
+        if any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
+            return dict(state)
+        out = dict(state)
+        for i in range(len(self.features)):
+            conv, bn = f"features.{i}.0", f"features.{i}.1"
+            if f"{bn}.running_var" not in state or f"{conv}.bias" in state:
+                continue
+            scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + _BN_EPS)
+            out[f"{conv}.weight"] = state[f"{conv}.weight"] * scale[:, None, None, None]
+            out[f"{conv}.bias"] = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
+            for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out.pop(f"{bn}.{key}", None)
+        return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -57,6 +57,21 @@ def _new_head_keys(model: nn.Module, state: Mapping[str, torch.Tensor], head_key
     return hidden if not hidden & set(state) else set()
 
 
+def _fold_batch_norm(model: nn.Module, state: Mapping[str, torch.Tensor]
+                     ) -> tuple[Mapping[str, torch.Tensor], str]:
+    """``state`` with its batch norms folded into the convs of ``model`` (which has none) where
+    the family can (``fold_batch_norm``), and a message when it did."""
+    fold = getattr(model, "fold_batch_norm", None)
+    if not callable(fold):
+        return state, ""
+    folded: Mapping[str, torch.Tensor] = fold(state)
+    gone = set(state) - set(folded)
+    if not gone:
+        return state, ""
+    return folded, (f"batch norm folded into the convs ({len(gone)} source tensors, e.g. "
+                    f"'{sorted(gone)[0]}'): the convs compute what the source computed in eval mode")
+
+
 def _fmt_classes(classes: list[str] | None) -> str:
     if not classes:
         return ""
@@ -88,6 +103,7 @@ def load_source_weights(
     source_classes: list[str] | None = None,
     target_classes: list[str] | None = None,
     adapt_input: str | None = None,
+    fold_batch_norm: bool = False,
 ) -> LoadReport:
     """Copy a source state dict into ``model``; any mismatch outside the head is an error.
 
@@ -95,7 +111,10 @@ def load_source_weights(
     fresh initialisation, the source's head tensors dropped) when the class count differs,
     unless ``head`` says otherwise. ``adapt_input`` names the first conv module: its weight may
     differ in input channels and is then adapted (summed to 1 channel, as timm does).
+    ``fold_batch_norm``: a source with batch norm goes into a model without it by folding each
+    BN into its conv, where the family can (the seeds' AlexNets; ``pretrain.model``).
     """
+    state, folded = _fold_batch_norm(model, state) if fold_batch_norm else (state, "")
     target = model.state_dict()
     head_keys = _head_keys(model)
     fresh = _new_head_keys(model, state, head_keys)
@@ -112,7 +131,7 @@ def load_source_weights(
             f"unexpected {unexpected[:8]}{'…' if len(unexpected) > 8 else ''}. "
             "Transfer into the same architecture (and the same batch_norm setting) as the source."
         )
-    report = LoadReport()
+    report = LoadReport(messages=[folded] if folded else [])
     adapted: dict[str, torch.Tensor] = {}
     first_conv = f"{adapt_input}.weight" if adapt_input else None
     bad = [k for k in target if k in state and k not in head_keys and state[k].shape != target[k].shape]
