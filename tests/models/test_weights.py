@@ -11,6 +11,7 @@ import torchvision.models as tvm
 
 from medtransfer.data import PreprocessConfig, preprocess_array
 from medtransfer.errors import ConfigError
+from medtransfer.fileio import file_record
 from medtransfer.models import ModelConfig, create_model
 from medtransfer.models import weights as weights_module
 from medtransfer.models.pretrained import build_pretrained, channel_norm
@@ -160,7 +161,8 @@ def test_run_weights_take_a_unit_folder(tmp_path):
     with pytest.raises(WeightsError, match="not a finished unit"):
         build_pretrained(ModelConfig(name="alexnet_seed002", weights=f"run:{unit}"), num_classes=2,
                          in_chans=1, img_size=32)
-    (unit / "result.json").write_text(json.dumps({"checkpoint": "best.pt"}))
+    (unit / "result.json").write_text(json.dumps({"checkpoint": "best.pt",
+                                                  "files": {"best.pt": file_record(path)}}))
     built = build_pretrained(ModelConfig(name="alexnet_seed002", weights=f"run:{unit}"),
                              num_classes=2, in_chans=1, img_size=32, classes=["Normal", "TB"])
     assert not built.report.reset and built.weights.source_dataset == "abc123"
