@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from importlib import resources
@@ -182,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             from medtransfer.report import summarize, write_report
+            from medtransfer.study.lock import run_lock
 
-            print(f"summary: {summarize(Path(args.run_dir))}")
-            path = write_report(Path(args.run_dir), reference=args.reference, n_boot=args.n_boot,
-                                gallery_images=args.gallery)
+            run_dir = Path(args.run_dir)
+            # a run still writing into the folder would change what the report reads
+            with run_lock(run_dir) if run_dir.is_dir() else contextlib.nullcontext():
+                print(f"summary: {summarize(run_dir)}")
+                path = write_report(run_dir, reference=args.reference, n_boot=args.n_boot,
+                                    gallery_images=args.gallery)
             print(f"report: {path}")
             return 0
         if args.command == "audit":
