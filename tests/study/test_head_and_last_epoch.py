@@ -1,6 +1,7 @@
-"""A tiny study with a configured head and stage dropout, pretrained with a different model
-(pretrain.model: seed 000's "unified" transfer) and transferred from its last epoch
-(pretrain.transfer_from: last); the run's model rebuilt by load_model predicts what the run did."""
+"""A tiny study with a configured head, pretrained with dropout and batch norm and transferred
+into the plain model (pretrain.model: seed 000's "unified" AlexNet) from the pretraining's last
+epoch (pretrain.transfer_from: last); the run's model rebuilt by load_model predicts what the
+run did."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from medtransfer.api import run_study
 from medtransfer.errors import ConfigError
 from medtransfer.inference import load_model, predict
+from medtransfer.models import create_model
 from medtransfer.study import study_from_dict
 from medtransfer.train import load_checkpoint
 
@@ -23,8 +25,10 @@ HEAD = {"pool": "avg", "pool_size": 2, "hidden": [8], "dropout": 0.5, "init": "k
 
 def _config(base):
     cfg = dict(base, name="tiny_head", audit=False)
-    cfg["model"] = {"name": "resnet_seed002", "options": {"depth": 8, "base": 4}, "head": HEAD}
-    cfg["pretrain"] = {**base["pretrain"], "transfer_from": "last", "model": {"conv_dropout": 0.3}}
+    cfg["model"] = {"name": "alexnet_seed002", "options": {"base": 4}, "head": HEAD}
+    # seed 000's BN and dropout variants pretrain with them and transfer into the plain model
+    cfg["pretrain"] = {**base["pretrain"], "transfer_from": "last",
+                       "model": {"conv_dropout": 0.3, "batch_norm": True}}
     cfg["transfer"] = {**base["transfer"], "freeze": {"trainable_layers": 2}}
     cfg["variants"] = [{"name": "unified"}]
     return cfg
@@ -42,15 +46,19 @@ def test_head_last_epoch_and_unified_transfer_end_to_end(tmp_path, tiny_study_co
     pre, cell = _unit(out, "pretrain"), _unit(out, "cell")
     pre_spec = json.loads((pre / "unit.json").read_text())["spec"]
     cell_spec = json.loads((cell / "unit.json").read_text())["spec"]
-    assert pre_spec["model"]["conv_dropout"] == 0.3 and "model" not in pre_spec["pretrain"]
-    assert pre_spec["pretrain"]["transfer_from"] == "last"
-    assert "conv_dropout" not in cell_spec["model"] and cell_spec["model"]["head"]["hidden"] == [8]
+    assert pre_spec["model"]["conv_dropout"] == 0.3 and pre_spec["model"]["batch_norm"] is True
+    assert pre_spec["pretrain"]["transfer_from"] == "last" and "model" not in pre_spec["pretrain"]
+    assert {"conv_dropout", "batch_norm"}.isdisjoint(cell_spec["model"])
+    assert cell_spec["model"]["head"]["hidden"] == [8]
     result = json.loads((pre / "result.json").read_text())
     final = load_checkpoint(pre / result["transfer_checkpoint"])
     assert result["transfer_checkpoint"] == "final.pt" and final["epoch"] == result["epochs_run"]
-    # the frozen body of the transferred model is the pretraining's last epoch
+    # the frozen body of the transferred model is the pretraining's last epoch, its BN folded
     tuned = load_checkpoint(cell / "best.pt")["model_state"]
-    assert torch.equal(tuned["layer3.0.conv2.weight"], final["model_state"]["layer3.0.conv2.weight"])
+    plain = create_model("alexnet_seed002", num_classes=2, base=4, img_size=16)
+    folded = plain.fold_batch_norm(final["model_state"])
+    for key in ("features.1.0.weight", "features.1.0.bias"):
+        torch.testing.assert_close(tuned[key], folded[key])
     assert {k for k in tuned if k.startswith("head.")} == {
         "head.pre_logits.0.weight", "head.pre_logits.0.bias", "head.fc.weight", "head.fc.bias"}
 
@@ -65,9 +73,9 @@ def test_head_last_epoch_and_unified_transfer_end_to_end(tmp_path, tiny_study_co
 
 def test_pretrain_model_that_cannot_transfer_is_refused_before_any_data(tmp_path, tiny_study_config):
     cfg = _config(tiny_study_config(tmp_path))
-    cfg["pretrain"]["model"] = {"options": {"depth": 14, "base": 4}}
+    cfg["pretrain"]["model"] = {"options": {"base": 8}}
     with pytest.raises(ConfigError, match=r"'pretrain.model' \(variant unified\): the pretrained "
-                                          r"model does not transfer into 'model'.*layer1.1"):
+                                          r"model does not transfer into 'model'.*features.0.0.weight"):
         study_from_dict(cfg)
     cfg["pretrain"]["model"] = {"conv_dropuot": 0.3}
     with pytest.raises(ConfigError, match="unknown key 'conv_dropuot'.*did you mean 'conv_dropout'"):

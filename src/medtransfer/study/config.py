@@ -97,7 +97,7 @@ class PretrainConfig:
     transfer_from: Literal["best", "last"] = "best"
     # keys of 'model' that differ for the pretraining only, e.g. {conv_dropout: 0.3}: pretrain
     # with them, transfer into 'model' (seed 000's "unified" AlexNet); the two must have the
-    # same tensors (dropout differs, batch_norm does not)
+    # same tensors, except batch_norm in the seeds' AlexNets (folded into the convs)
     model: dict[str, Any] = field(default_factory=dict)
 
 
@@ -389,7 +389,7 @@ def _check_pretrain_model(cfg: StudyConfig, v: Variant, model: nn.Module | None)
     if model is None or source is None:
         return
     try:
-        load_source_weights(model, source.state_dict())
+        load_source_weights(model, source.state_dict(), fold_batch_norm=True)
     except DataError as exc:
         raise ConfigError(f"'pretrain.model' (variant {v.name}): the pretrained model does not "
                           f"transfer into 'model': {exc}") from None

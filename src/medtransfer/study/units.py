@@ -109,7 +109,8 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
         name = pretrained.get("transfer_checkpoint") or pretrained["checkpoint"]
         ckpt = load_checkpoint(Path(pretrained["dir"]) / name)
         load = load_source_weights(model, ckpt["model_state"], head=head,
-                                   source_classes=pretrained["classes"], target_classes=task.classes)
+                                   source_classes=pretrained["classes"], target_classes=task.classes,
+                                   fold_batch_norm=bool(v.pretrain.model))
         norm = pretrained.get("input_norm")
         return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None, load.messages,
                           bool(load.reset))
