@@ -67,6 +67,12 @@ def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_wor
     assert {r["test_set"] for r in rows if r["stage"] == "transfer"} == {"test_1", "test_2"}
     assert {r["variant"] for r in rows if r["stage"] == "transfer"} == {"best"}
     assert (out / "report.html").is_file()
+    assert "## Validation score per hyperparameter value" in md  # seed 001's plots, one per key
+    for key in ("transfer.train.optimizer.lr", "transfer.train.batch_size",
+                "transfer.freeze.trainable_layers"):
+        assert (out / "plots" / f"search_{key.replace('.', '_')}.png").is_file()
+        assert f"plots/search_{key.replace('.', '_')}.png" in md
+    assert "Hyperparameter search" in (out / "report.html").read_text()
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/result.json")}
     logs.clear()

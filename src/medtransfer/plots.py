@@ -1,6 +1,7 @@
 """Figures of a study, drawn with matplotlib's Agg canvas (no pyplot, no global state) and saved
 as PNG and SVG: learning curves, ROC curves with bootstrap bands, confusion matrices, a forest
-plot of arm-vs-reference differences, and reliability diagrams."""
+plot of arm-vs-reference differences, reliability diagrams, grids of image tiles (filters,
+feature maps, activation maximisation) and a search's score per hyperparameter value."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ __all__ = [
     "roc_band",
     "roc_figure",
     "save_figure",
+    "search_param_figure",
+    "tiles_figure",
 ]
 
 
@@ -60,7 +63,8 @@ def save_figure(
     paths = []
     with mpl.rc_context({"svg.hashsalt": "medtransfer", "svg.fonttype": "path"}):
         for fmt in formats:
-            path = stem.with_suffix(f".{fmt}")
+            # Appended, not with_suffix: a matrix arm's name ("src.ft") holds a dot.
+            path = stem.parent / f"{stem.name}.{fmt}"
             meta = {"Date": None} if fmt == "svg" else {"Software": None}
             fig.savefig(path, format=fmt, dpi=dpi, metadata=meta)
             paths.append(path)
@@ -238,4 +242,73 @@ def reliability_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], n_bi
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def tiles_figure(rows: Sequence[Sequence[np.ndarray]], *, title: str, row_labels: Sequence[str] = (),
+                 col_labels: Sequence[str] = (), tile: float = 0.9) -> Figure:
+    """A grid of image tiles, one list per row: (h, w) grey or (h, w, 3) RGB, values in [0, 1]."""
+    if not rows or not any(len(r) for r in rows):
+        raise DataError("tiles_figure: no tiles to draw")
+    n_cols = max(len(r) for r in rows)
+    # A fixed grid, not constrained layout: laying out many small axes costs seconds per figure.
+    fig = Figure(figsize=(0.9 + tile * n_cols, 0.7 + tile * len(rows)))
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.8 / (0.9 + tile * n_cols), right=0.98, bottom=0.02,
+                        top=1 - 0.5 / (0.7 + tile * len(rows)), wspace=0.08, hspace=0.25)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            img = np.clip(np.asarray(row[j], dtype=np.float32), 0, 1)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            if i == 0 and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=6)
+            if j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def search_param_figure(param: str, values: Sequence[object], scores: Sequence[float], metric: str,
+                        *, log: bool = False) -> Figure:
+    """A search's validation score per value of one hyperparameter (seed 001): a bar of the mean
+    ± sd over the trials with that value, and a box plot of them; a scatter when the values are
+    many (a sampled range)."""
+    pairs = [(v, float(s)) for v, s in zip(values, scores, strict=True) if math.isfinite(float(s))]
+    if not pairs:
+        raise DataError(f"search_param_figure: no finite {metric} for '{param}'")
+    fig = _figure(7.0, 2.8)
+    distinct = list(dict.fromkeys(v for v, _ in pairs))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct)
+    if numeric and len(distinct) > 12:
+        ax = fig.subplots()
+        ax.scatter([float(v) for v, _ in pairs], [s for _, s in pairs], s=12)  # type: ignore[arg-type]
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(alpha=0.3)
+    else:
+        order = sorted(distinct, key=lambda v: (0, float(v), "") if numeric else (1, 0.0, str(v)))  # type: ignore[arg-type]
+        groups = [[s for v, s in pairs if v == value] for value in order]
+        names = [str(v) for v in order]
+        bar, box = fig.subplots(1, 2)
+        means = [float(np.mean(g)) for g in groups]
+        sds = [float(np.std(g, ddof=1)) if len(g) > 1 else 0.0 for g in groups]
+        bar.bar(range(len(groups)), means, yerr=sds, capsize=3, color="tab:blue", alpha=0.8)
+        bar.set_xticks(range(len(groups)), names, rotation=30, ha="right")
+        bar.set_ylabel(f"validation {metric}\n(mean ± sd over trials)")
+        box.boxplot(groups)
+        box.set_xticks(range(1, len(groups) + 1), names, rotation=30, ha="right")
+        box.set_ylabel(f"validation {metric}")
+        for ax in (bar, box):
+            ax.set_xlabel(param)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Search: validation {metric} per value of {param} ({len(pairs)} trials)", fontsize=9)
     return fig

@@ -7,7 +7,9 @@ list (grid values, or choices for random/TPE) or a range ``{low, high, log, step
 a variant: its cells are pretrained and transferred by the study's one runner — early stopping
 and the best checkpoint as the config says — and scored on the targets' **validation** sets (the
 objective is the mean over the trial's cells); test images are not looked at. The trials,
-sorted by the objective, go to ``trials.csv`` and ``search.md``; the best trial's settings are
+sorted by the objective, go to ``trials.csv`` and ``search.md``, with a figure per searched key
+of the score per value (``plots/search_<key>.png``, seed 001's bar and box plots, also shown in
+``report.html``); the best trial's settings are
 written back as a runnable study config ``best.yaml``, which is then run once, on the tests, into
 the same folder (``results.csv``, ``summary.md``, ``report.html``). Trials are units: a rerun
 reuses them, and with a seeded sampler it proposes the same trials, so it does no work.
@@ -234,6 +236,7 @@ def _search(raw: dict[str, Any], out: Path, *, base: Path | None, progress: bool
 
 def _write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str], search: SearchConfig) -> None:
     from medtransfer.report.analysis import write_csv
+    from medtransfer.report.figures import search_figures
     from medtransfer.report.text import Doc
 
     metric = search.objective.metric
@@ -248,6 +251,13 @@ def _write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str], search
     doc.table(head, body[: search.top_k])
     doc.heading("All trials")
     doc.table(head, body)
+    logs = [k for k, v in search.space.items() if isinstance(v, dict) and v.get("log")]
+    plots = search_figures(out / "plots", rows, keys, metric, logs)
+    if plots:
+        doc.heading("Validation score per hyperparameter value")
+        doc.para("Each key's values: the mean ± sd over the trials that used it (bar) and their spread "
+                 "(box); a scatter for a sampled range. The other keys vary across each value's trials.")
+        doc.images([(p.caption, p.png) for p in plots])
     doc.para("Selected on the validation set only; `best.yaml` is evaluated once on the test sets "
              "(results.csv, summary.md, report.html in this folder).")
     write_text_atomic(out / "search.md", doc.render())

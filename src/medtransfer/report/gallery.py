@@ -17,15 +17,15 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from medtransfer.config import from_dict
-from medtransfer.data import ImageCache, load_dataset
+from medtransfer.data import ImageCache, ImageSet, load_dataset
 from medtransfer.errors import DataError
 from medtransfer.explain import cam_maps, dead_filter_share, overlay
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.plots import save_figure
-from medtransfer.report.rundir import POOLED, Arm, RunDir, UnitInfo
+from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir, UnitInfo
 from medtransfer.train import load_checkpoint
 
-__all__ = ["Gallery", "gradcam_gallery", "load_unit_model"]
+__all__ = ["Gallery", "gradcam_gallery", "load_unit_model", "pick_images", "test_images"]
 
 log = logging.getLogger("medtransfer")
 
@@ -55,7 +55,7 @@ def load_unit_model(run: RunDir, unit: UnitInfo, num_classes: int, in_chans: int
     return model, extra.get("input_norm")
 
 
-def _pick_ids(labels: np.ndarray, ids: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+def pick_images(labels: np.ndarray, ids: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
     """Up to ``n`` row indices, spread evenly over the classes present (seeded)."""
     classes = np.unique(labels)
     per = -(-n // len(classes))
@@ -105,9 +105,10 @@ def gradcam_gallery(run: RunDir, out: Path, *, n_images: int = 4, seed: int = 0,
     return gallery
 
 
-def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery, out: Path,
-                    n_images: int, seed: int, dead_batch: int) -> None:
-    # Cross-validation: the model shown is fold 1's, so only images it never trained on.
+def test_images(run: RunDir, target: str, arms: list[Arm]) -> tuple[Predictions, ImageSet, np.ndarray]:
+    """The first arm's pooled test predictions (fold 1's with cross-validation: images the model
+    shown never trained on), the target's images reloaded from the study's data, and the rows
+    of those images in it."""
     ref = run.predictions(arms[0]).part("fold_1" if len(arms[0].cells) > 1 else POOLED)
     if not len(ref.ids):
         raise DataError("the run has no test images to explain")
@@ -121,8 +122,14 @@ def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery,
     rows = np.array([index[i] for i in ref.ids], dtype=np.int64)
     if not np.array_equal(data.labels[rows], ref.labels):
         raise DataError(f"target data {task.data.path}: labels differ from the run's predictions")
+    return ref, data, rows
+
+
+def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery, out: Path,
+                    n_images: int, seed: int, dead_batch: int) -> None:
+    ref, data, rows = test_images(run, target, arms)
     rng = np.random.default_rng(seed)
-    chosen = _pick_ids(ref.labels, ref.ids, n_images, rng)
+    chosen = pick_images(ref.labels, ref.ids, n_images, rng)
     gallery.ids = [str(ref.ids[k]) for k in chosen]
     images = data.images[rows[chosen]]
     census = data.images[rows[np.sort(rng.permutation(len(rows))[:dead_batch])]]

@@ -19,6 +19,7 @@ from medtransfer.report.analysis import (
     metrics_ci_rows,
     write_csv,
 )
+from medtransfer.report.explanations import Explanations, explain_section, model_figures
 from medtransfer.report.figures import Plot, run_figures
 from medtransfer.report.findings import findings_section
 from medtransfer.report.gallery import Gallery, gradcam_gallery
@@ -28,6 +29,7 @@ from medtransfer.report.sections import (
     audit_section,
     data_section,
     pretrain_section,
+    search_section,
     transfer_section,
 )
 from medtransfer.report.summary import internal_rows, summary_doc
@@ -261,6 +263,7 @@ def _render(
     plots: dict[str, list[Plot]],
     gallery: Gallery | None,
     gallery_error: str | None,
+    explained: tuple[Explanations | None, str | None],
     *,
     markdown: bool,
     level: float,
@@ -273,7 +276,8 @@ def _render(
         f"Run directory `{run.path}` · targets: {', '.join(run.arms)} · "
         f"{arm_word(run)}s: {', '.join(arms)} · "
         f"seed {run.config.seed} · medtransfer {__version__}. Tables: `metrics_ci.csv`, "
-        "`comparisons.csv`, `results.csv`, `summary.csv`."
+        "`comparisons.csv`, `results.csv`, `summary.csv`"
+        + (", `differences.csv`." if (run.path / "differences.csv").is_file() else ".")
     )
     findings_section(doc, run, ci, cmp, level=level, alpha=alpha)
     data_section(doc, run)
@@ -289,7 +293,10 @@ def _render(
     for section, items in plots.items():
         doc.heading(section)
         doc.images([(plot.caption, plot.png) for plot in items])
+    search_section(doc, run)
     _gallery_section(doc, gallery, gallery_error, arm_word(run))
+    if run.config.report.explains:
+        explain_section(doc, *explained)
     _notes(doc, run)
     doc.heading("Configuration")
     doc.code((run.path / "config.yaml").read_text(encoding="utf-8"))
@@ -306,8 +313,9 @@ def write_report(
     gallery_images: int = 4,
     seed: int | None = None,
 ) -> Path:
-    """Write ``metrics_ci.csv``, ``comparisons.csv``, ``plots/`` (PNG + SVG), ``report.md`` and the
-    self-contained ``report.html`` into a finished run directory; returns the HTML path."""
+    """Write ``metrics_ci.csv``, ``comparisons.csv``, ``plots/`` (PNG + SVG; with the study's
+    ``report`` section also filters, feature maps, activation maximisation), ``report.md`` and
+    the self-contained ``report.html`` into a finished run directory; returns the HTML path."""
     run = load_run(run_dir)
     seed = run.config.seed if seed is None else seed
     ci = metrics_ci_rows(run, n_boot=n_boot, level=level, seed=seed)
@@ -327,9 +335,16 @@ def write_report(
             log.warning("Grad-CAM gallery skipped: %s", exc)
     else:
         error = "disabled (gallery_images=0)"
-    md = _render(run, ci, cmp, plots, gallery, error, markdown=True, level=level, alpha=alpha)
+    explained: tuple[Explanations | None, str | None] = (None, None)
+    if run.config.report.explains:
+        try:
+            explained = (model_figures(run, plots_dir, run.config.report, seed=seed), None)
+        except (MedTransferError, OSError) as exc:  # as the gallery: the page says why
+            explained = (None, str(exc))
+            log.warning("filters, feature maps and activation maximisation skipped: %s", exc)
+    md = _render(run, ci, cmp, plots, gallery, error, explained, markdown=True, level=level, alpha=alpha)
     write_text_atomic(run.path / "report.md", md)
-    page = _render(run, ci, cmp, plots, gallery, error, markdown=False, level=level, alpha=alpha)
+    page = _render(run, ci, cmp, plots, gallery, error, explained, markdown=False, level=level, alpha=alpha)
     path = run.path / "report.html"
     write_text_atomic(path, page)
     return path

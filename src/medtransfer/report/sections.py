@@ -1,15 +1,18 @@
 """The report's sections on what ran: data, audit findings, pretraining and transfer training,
-read from the run folder's records."""
+and the hyperparameter search that chose the configuration, read from the run folder's records."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
+from medtransfer.report.figures import search_plot
 from medtransfer.report.rundir import RunDir
 from medtransfer.report.text import Doc, fmt
 
-__all__ = ["arm_word", "audit_section", "data_section", "pretrain_section", "transfer_section"]
+__all__ = ["arm_word", "audit_section", "data_section", "pretrain_section", "search_section",
+           "transfer_section"]
 
 
 def data_section(doc: Doc, run: RunDir) -> None:
@@ -192,3 +195,24 @@ def _training_table(doc: Doc, run: RunDir) -> None:
 def arm_word(run: RunDir) -> str:
     """What a report row is called: a variant in the single-target shape, an arm of a matrix."""
     return "arm" if run.config.is_matrix else "variant"
+
+
+def search_section(doc: Doc, run: RunDir) -> None:
+    """The search that chose this run's configuration (``trials.csv`` beside it): its figures of
+    the validation score per hyperparameter value. Nothing for a run without a search."""
+    path = run.path / "trials.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        head, trials = list(reader.fieldnames or []), list(reader)
+    score = next((c for c in head if c.startswith("val_")), None)
+    if "trial" not in head or score is None:
+        return
+    keys = head[head.index("trial") + 1 : head.index(score)]
+    doc.heading("Hyperparameter search")
+    doc.para(f"{len(trials)} trials, each scored on the validation set only (`trials.csv`, `search.md`); "
+             "the configuration reported above is the best of them, evaluated once on the tests.")
+    plots = [(f"Validation {score.removeprefix('val_')} per value of {k}", search_plot(run.path / "plots", k))
+             for k in keys]
+    doc.images([(caption, png) for caption, png in plots if png.is_file()])

@@ -1,5 +1,6 @@
 """Study summaries from ``results.csv``, for every shape: ``summary.csv`` (each arm's mean, sd
-and maximum deviation over its replicates, and its paired difference from scratch) and
+and maximum deviation over its replicates, and its paired difference from scratch),
+``differences.csv`` (paired differences between two strategies, seed 003's FT − FE row) and
 ``summary.md`` (seed 000's per-test-set tables, seed 003's source × strategy table).
 
 Replicates are the repeats (each the mean over its test sets or folds) when the study has more
@@ -19,9 +20,12 @@ from scipy import stats
 
 from medtransfer.fileio import write_text_atomic
 from medtransfer.report.text import Doc, fmt
+from medtransfer.stats import t_interval
 from medtransfer.study.config import StudyConfig
+from medtransfer.study.report_config import difference_pairs
 
-__all__ = ["NO_SOURCE", "SUMMARY_COLUMNS", "arm_stats", "matrix_tables", "summary_doc", "write_summary"]
+__all__ = ["DIFFERENCE_COLUMNS", "NO_SOURCE", "SUMMARY_COLUMNS", "arm_stats", "matrix_tables",
+           "strategy_differences", "summary_doc", "write_summary"]
 
 NO_SOURCE = "none"
 SOURCE_METRICS = ["accuracy", "auc", "loss"]
@@ -29,6 +33,8 @@ TARGET_METRICS = ["accuracy", "auc", "recall", "specificity", "f1"]
 ARM = ("variant", "target", "source", "strategy")
 SUMMARY_COLUMNS = (*ARM, "stage", "metric", "mean", "sd", "max_dev", "n", "over", "diff", "diff_low",
                    "diff_high", "diff_n")
+DIFFERENCE_COLUMNS = ("variant", "target", "source", "strategy", "minus", "stage", "metric", "diff",
+                      "diff_low", "diff_high", "sd", "n", "over")
 Key = tuple[str, str, str, str]
 
 
@@ -90,6 +96,49 @@ def arm_stats(
                 diff_n=len(d),
             )
         out.append(row)
+    return out
+
+
+def strategy_differences(
+    rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], metric: str = "auc",
+    stage: str = "transfer",
+) -> list[dict[str, Any]]:
+    """For each pair (a, b): strategy a minus strategy b per variant, target and source (b's
+    scratch cells, source ``none``, where b has no cell of that source), paired by replicate as
+    in :func:`arm_stats`, with a 95% t-interval."""
+    per, over = _replicates(rows, metric, stage)
+    out = []
+    for a, b in pairs:
+        for (variant, target, source, strategy), values in per.items():
+            if strategy != a:
+                continue
+            ref = per.get((variant, target, source, b)) or per.get((variant, target, NO_SOURCE, b)) or {}
+            common = sorted(set(values) & set(ref), key=str)
+            if not common:
+                continue
+            t = t_interval([values[i] - ref[i] for i in common])
+            out.append({"variant": variant, "target": target, "source": source, "strategy": a, "minus": b,
+                        "stage": stage, "metric": metric, "diff": t.mean, "diff_low": t.low,
+                        "diff_high": t.high, "sd": t.sd, "n": t.n, "over": over})
+    return out
+
+
+def difference_tables(
+    cfg: StudyConfig, rows: Sequence[dict[str, Any]], metric: str = "auc"
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per variant and strategy pair (a, b): targets as rows, a − b of each source as columns."""
+    out = []
+    for a, b in difference_pairs(cfg.report, cfg.strategies):
+        diffs = strategy_differences(rows, [(a, b)], metric)
+        by = {(d["variant"], d["target"], d["source"]): d for d in diffs}
+        sources = [s for s in (NO_SOURCE, *cfg.sources) if any(d["source"] == s for d in diffs)]
+        over = diffs[0]["over"].removesuffix("s") if diffs else "repeat"
+        for v in [v.name for v in cfg.variants]:
+            suffix = f" — variant {v}" if len(cfg.variants) > 1 else ""
+            body = [[t, *(_diff(by.get((v, t, s))) for s in sources)] for t in cfg.targets]
+            out.append((f"{metric.upper()} difference {a} − {b} (paired by {over}), mean [95% t-interval]"
+                        f"{suffix}", ["target", *(f"{'no transfer' if s == NO_SOURCE else s}: {a} − {b}"
+                                                  for s in sources)], body))
     return out
 
 
@@ -222,7 +271,8 @@ def summary_doc(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> N
             "is the largest distance of a replicate from the mean (seed 003's Table II)."
         )
         for metric in ("auc", "accuracy"):
-            for title, head, body in matrix_tables(cfg, rows, metric):
+            tables = [*matrix_tables(cfg, rows, metric), *difference_tables(cfg, rows, metric)]
+            for title, head, body in tables:
                 doc.heading(title, 3)
                 doc.table(head, body)
     _pretrain_table(doc, cfg, rows)
@@ -268,6 +318,11 @@ def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], d
         for s in arm_stats(rows, m, stage)
     ]
     write_csv(out / "summary.csv", stats_rows, SUMMARY_COLUMNS)
+    pairs = difference_pairs(cfg.report, cfg.strategies) if cfg.is_matrix else []
+    if pairs:
+        write_csv(out / "differences.csv", [d for stage in ("transfer", "val") for m in ("auc", "accuracy")
+                                            for d in strategy_differences(rows, pairs, m, stage)],
+                  DIFFERENCE_COLUMNS)
     doc = Doc(markdown=True, base=out)
     doc.title(f"Study `{cfg.name}`")
     doc.bullets(_data_lines(data))

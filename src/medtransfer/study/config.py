@@ -31,6 +31,7 @@ from medtransfer.strategies import (
     strategy_from_dict,
 )
 from medtransfer.study.backbones import check_backbones
+from medtransfer.study.report_config import ReportConfig, check_layers
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 
@@ -163,6 +164,9 @@ class StudyConfig:
     # Python modules imported first (e.g. my_pkg.models), so model.name can name the models they
     # register with @register_model
     imports: list[str] = field(default_factory=list)
+    # what the report adds: strategy differences, first-layer filters, feature maps, activation
+    # maximisation
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
@@ -179,6 +183,7 @@ class StudyConfig:
             raise ConfigError(f"'device': got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
+        self.report.check(self.strategies, self.is_matrix)
         if self.is_matrix:
             self._check_matrix()
         else:
@@ -405,6 +410,7 @@ def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
             model = check_model(v.model, hw=cfg.preprocess.hw, in_chans=cfg.preprocess.channels)
             _check_pretrain_model(cfg, v, model)
             if model is not None:  # None: the meta device could not build it
+                check_layers(cfg.report, model)
                 for fz in [fz for s in v.strategies.values() for fz in freeze_configs(s)]:
                     freeze(model, fz)
             for src in cfg.sources.values():
