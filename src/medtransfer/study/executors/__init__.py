@@ -71,4 +71,4 @@ def run_jobs(runner: JobRunner, factory: Callable[..., JobRunner], jobs: Sequenc
         return results
     from medtransfer.study.executors.local import run_jobs_in_processes
 
-    return run_jobs_in_processes(factory, list(jobs), workers, done)
+    return run_jobs_in_processes(factory, list(jobs), workers, done, echo=getattr(runner, "echo", print))

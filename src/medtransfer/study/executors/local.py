@@ -1,24 +1,71 @@
-"""Run jobs in worker processes on this machine."""
+"""Run jobs in worker processes on this machine.
+
+What a worker says (its runner's ``echo`` lines, the ``medtransfer`` loggers' records and its
+warnings) goes through a queue to this process, which echoes the lines and hands the records to
+its own loggers — so they reach the console and the run's ``run.log`` as in a one-process run.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from logging.handlers import QueueHandler, QueueListener
 from multiprocessing import get_context
 from typing import Any
 
 import torch
 
-__all__ = ["run_jobs_in_processes"]
+__all__ = ["log_to", "relay", "run_jobs_in_processes"]
 
 _RUNNER: Any = None
 
 
-def _init_worker(factory: Callable[[], Any], threads: int) -> None:
+def log_to(sink: Any, level: int) -> None:
+    """In a worker process: the ``medtransfer`` loggers' records at ``level`` and up, and warnings,
+    go to ``sink`` (anything with ``put_nowait``) instead of this process's streams."""
+    logger = logging.getLogger("medtransfer")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.addHandler(QueueHandler(sink))  # its prepare() makes records picklable
+    logger.setLevel(level)
+    logger.propagate = False
+    warned = logging.getLogger("medtransfer.warnings")
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        warned.warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+    warnings.showwarning = show
+
+
+def relay(item: Any, echo: Callable[[str], None]) -> None:
+    """In the parent: a worker's ``echo`` line (a str) is echoed, a log record goes to the
+    logger of its name here (and so to the console and ``run.log``)."""
+    if isinstance(item, str):
+        echo(item)
+    else:
+        logging.getLogger(item.name).handle(item)
+
+
+class _Relay(QueueListener):
+    """Takes the workers' lines and records off the queue in a thread of the parent."""
+
+    def __init__(self, queue: Any, echo: Callable[[str], None]) -> None:
+        super().__init__(queue)
+        self.echo = echo
+
+    def handle(self, record: Any) -> None:
+        relay(record, self.echo)
+
+
+def _init_worker(factory: Callable[..., Any], threads: int, queue: Any, level: int) -> None:
     global _RUNNER
     torch.set_num_threads(threads)
-    _RUNNER = factory()
+    log_to(queue, level)
+    _RUNNER = factory(echo=queue.put)
 
 
 def _run_job(job: Any) -> Any:
@@ -26,18 +73,27 @@ def _run_job(job: Any) -> Any:
     return _RUNNER.run_job(job)
 
 
-def run_jobs_in_processes(factory: Callable[[], Any], jobs: list[Any], workers: int,
-                          on_done: Callable[[Any, Any], None]) -> dict[Any, Any]:
-    """``{job: result}``, computed by ``workers`` spawned processes."""
+def run_jobs_in_processes(factory: Callable[..., Any], jobs: list[Any], workers: int,
+                          on_done: Callable[[Any, Any], None],
+                          echo: Callable[[str], None] = print) -> dict[Any, Any]:
+    """``{job: result}``, computed by ``workers`` spawned processes (each building its runner
+    with ``factory(echo=...)``); their lines go to ``echo``, their log records to the loggers here."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.
     ctx = get_context("spawn")
+    queue = ctx.Queue()
+    listener = _Relay(queue, echo)
+    listener.start()
+    level = logging.getLogger("medtransfer").getEffectiveLevel()
     results: dict[Any, Any] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(factory, threads)) as pool:
-        futures = {pool.submit(_run_job, job): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            results[job] = future.result()
-            on_done(job, results[job])
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(factory, threads, queue, level)) as pool:
+            futures = {pool.submit(_run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                results[job] = future.result()
+                on_done(job, results[job])
+    finally:
+        listener.stop()  # after the workers have exited: everything they said is relayed
     return {job: results[job] for job in jobs}

@@ -21,25 +21,29 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medtransfer.errors import ConfigError
+from medtransfer.study.executors.local import log_to, relay
 
 if TYPE_CHECKING:
     from medtransfer.study.executors import JobRunner, OnDone
 
 
 class _Worker:
-    """Ray actor: builds its runner on its first job; keeps its messages until drained."""
+    """Ray actor: builds its runner on its first job; keeps its messages (``echo`` lines, and
+    the ``medtransfer`` loggers' records and warnings) until drained."""
 
-    def __init__(self, factory: Callable[..., Any], out: str, threads: int) -> None:
-        self.factory, self.out, self.threads = factory, out, threads
+    def __init__(self, factory: Callable[..., Any], out: str, threads: int,
+                 level: int = logging.INFO) -> None:
+        self.factory, self.out, self.threads, self.level = factory, out, threads, level
         self.runner: Any = None
-        self.lines: list[str] = []
+        self.lines: list[Any] = []
         self.lock = threading.Lock()
 
-    def _echo(self, msg: str) -> None:
+    def put_nowait(self, item: Any) -> None:
+        """An ``echo`` line or a log record (what :func:`~.local.log_to` hands on)."""
         with self.lock:
-            self.lines.append(msg)
+            self.lines.append(item)
 
-    def drain(self) -> list[str]:
+    def drain(self) -> list[Any]:
         with self.lock:
             lines, self.lines = self.lines, []
         return lines
@@ -67,7 +71,8 @@ class _Worker:
                               f"{ray.util.get_node_ip_address()}: with executor 'ray' the run folder, "
                               "data and cache_dir must be on storage all nodes share")
         torch.set_num_threads(self.threads)
-        return self.factory(echo=self._echo)
+        log_to(self, self.level)
+        return self.factory(echo=self.put_nowait)
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any],
@@ -155,7 +160,8 @@ def run_jobs_on_ray(runner: JobRunner, factory: Callable[..., Any], jobs: list[A
              f"{len(nodes)} node(s) ({address or 'started here'})")
         # Two threads per actor: one runs a job while the other answers drain().
         remote = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)
-        actors = [remote.remote(factory, str(runner.out), max(1, int(cpus))) for _ in range(n)]
+        level = logging.getLogger("medtransfer").getEffectiveLevel()
+        actors = [remote.remote(factory, str(runner.out), max(1, int(cpus)), level) for _ in range(n)]
         return _schedule(ray, echo, runner.out, actors, jobs, on_done)
     finally:
         for actor in actors:
@@ -215,4 +221,4 @@ def _relay(ray: Any, echo: Callable[[str], None], live: list[Any], drains: dict[
                 live.remove(actor)  # it died; its job's result says why
                 continue
             for line in lines:
-                echo(line)
+                relay(line, echo)
