@@ -39,6 +39,11 @@ class ModelConfig:
     # null (random init), imagenet, file:PATH (a checkpoint or state dict), run:PATH (a unit
     # folder or checkpoint of an earlier run)
     weights: str | None = None
+    # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
+    # inception (mean 0.5, std 0.5) or null: what the weights carry (imagenet and run: weights
+    # carry theirs; a file: state dict, e.g. a CheXNet or torchvision download, carries none);
+    # it applies to every weights the model starts from (a matrix's sources too), not to scratch
+    weights_norm: Literal["imagenet", "inception"] | None = None
 
     def __post_init__(self) -> None:
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
@@ -54,6 +59,8 @@ class ModelConfig:
         if not isinstance(self.in_chans_policy, InChansPolicy):
             check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
             object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))
+        if self.weights_norm is not None:
+            check_choice("model.weights_norm", self.weights_norm, ("imagenet", "inception"))
         w = self.weights
         if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)):
             raise ConfigError(

@@ -4,12 +4,19 @@ says which tensors were loaded, adapted, reset or dropped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_INCEPTION_MEAN,
+    IMAGENET_INCEPTION_STD,
+)
 from torch import nn
 
 from medtransfer.config import InputNorm
@@ -109,9 +116,23 @@ def _check_unit_file(file: Path, result: Path) -> None:
 
 def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
                  ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
-    """The weights ``cfg.weights`` names and their state dict (in the file's own key names).
-    A ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its library into a model
-    built like ``model`` (the architecture's defaults when None)."""
+    """The weights ``cfg.weights`` names and their state dict (in the file's own key names),
+    with the normalisation ``cfg.weights_norm`` names when set. A ``timm:``/``torchvision:``
+    model's ImageNet weights are loaded by its library into a model built like ``model`` (the
+    architecture's defaults when None)."""
+    weights, state = _open_weights(cfg, download=download, model=model)
+    if cfg.weights_norm is not None:
+        mean, std = _NORMS[cfg.weights_norm]
+        weights = dataclasses.replace(weights, mean=mean, std=std)
+    return weights, state
+
+
+_NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
+
+
+def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
+                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     spec = cfg.weights
     if spec is None:
         raise ConfigError("'model.weights' is null: there are no weights to open")
