@@ -45,3 +45,10 @@ def test_weights_norm_is_a_known_name_and_leaves_random_init_alone():
                             num_classes=2, in_chans=3, img_size=32).input_norm is None
     with pytest.raises(ConfigError, match=r"'model.weights_norm': got 'imagnet'"):
         ModelConfig(weights="file:x.pt", weights_norm="imagnet")
+
+
+def test_weights_that_carry_another_normalisation_are_an_error(state_file):
+    torch.save({"model_state": torch.load(state_file), "extra": {"input_norm": [[0.1] * 3, [0.2] * 3]}},
+               state_file.with_name("ckpt.pt"))
+    with pytest.raises(ConfigError, match=r"carry their own normalisation"):
+        _build(f"file:{state_file.with_name('ckpt.pt')}", "imagenet")

@@ -42,7 +42,8 @@ class ModelConfig:
     # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
     # inception (mean 0.5, std 0.5) or null: what the weights carry (imagenet and run: weights
     # carry theirs; a file: state dict, e.g. a CheXNet or torchvision download, carries none);
-    # it applies to every weights the model starts from (a matrix's sources too), not to scratch
+    # it fills in for every weights without their own (a matrix's sources too); weights that
+    # carry a different one are an error
     weights_norm: Literal["imagenet", "inception"] | None = None
 
     def __post_init__(self) -> None:

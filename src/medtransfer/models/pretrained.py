@@ -117,13 +117,21 @@ def _check_unit_file(file: Path, result: Path) -> None:
 def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
                  ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     """The weights ``cfg.weights`` names and their state dict (in the file's own key names),
-    with the normalisation ``cfg.weights_norm`` names when set. A ``timm:``/``torchvision:``
-    model's ImageNet weights are loaded by its library into a model built like ``model`` (the
-    architecture's defaults when None)."""
+    with the normalisation ``cfg.weights_norm`` names when the weights carry none. A
+    ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its library into a model
+    built like ``model`` (the architecture's defaults when None)."""
     weights, state = _open_weights(cfg, download=download, model=model)
-    if cfg.weights_norm is not None:
-        mean, std = _NORMS[cfg.weights_norm]
-        weights = dataclasses.replace(weights, mean=mean, std=std)
+    if cfg.weights_norm is None:
+        return weights, state
+    mean, std = _NORMS[cfg.weights_norm]
+    if weights.mean is None or weights.std is None:
+        return dataclasses.replace(weights, mean=mean, std=std), state
+    if (tuple(weights.mean), tuple(weights.std)) != (tuple(mean), tuple(std)):
+        raise ConfigError(
+            f"'model.weights_norm': got {cfg.weights_norm!r}, but weights '{weights.name}' carry "
+            f"their own normalisation (mean {tuple(weights.mean)}, std {tuple(weights.std)}); "
+            "remove weights_norm (it names the normalisation of weights that carry none)"
+        )
     return weights, state
 
 
