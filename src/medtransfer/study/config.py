@@ -124,6 +124,9 @@ class VariantSpec:
     pretrain: dict[str, Any] = field(default_factory=dict)  # keys of 'pretrain' it changes
     transfer: dict[str, Any] = field(default_factory=dict)  # keys of 'transfer' it changes
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)  # a matrix's, by name
+    # the matrix strategies this variant runs, e.g. [scratch] for an architecture that has no
+    # pretrained weights (null: every strategy)
+    only: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check_name("variants", self.name)
@@ -268,12 +271,14 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
         unknown = sorted(set(spec.strategies) - set(cfg.strategies))
         if unknown:
             raise ConfigError(unknown_key_message(unknown[0], f"{where}.strategies", cfg.strategies))
+        if spec.only is not None:
+            _check_only(cfg, spec, where)
         if cfg.is_matrix:
             strategies = {
                 name: strategy_from_dict(deep_merge(raw, spec.strategies.get(name, {})),
                                          f"{where}.strategies.{name}" if name in spec.strategies
                                          else f"strategies.{name}")
-                for name, raw in cfg.strategies.items()}
+                for name, raw in cfg.strategies.items() if spec.only is None or name in spec.only}
         else:
             strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
                                                    cache=transfer.cache)}
@@ -291,6 +296,21 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
             )
         )
     return out
+
+
+def _check_only(cfg: StudyConfig, spec: VariantSpec, where: str) -> None:
+    if not cfg.is_matrix:
+        raise ConfigError(f"'{where}.only': names a matrix study's strategies; this study has "
+                          "one strategy (its transfer section)")
+    if not spec.only:
+        raise ConfigError(f"'{where}.only': got an empty list; name at least one strategy, or null")
+    for name in spec.only:
+        if name not in cfg.strategies:
+            raise ConfigError(unknown_key_message(name, f"{where}.only", cfg.strategies))
+    overridden = sorted(set(spec.strategies) - set(spec.only))
+    if overridden:
+        raise ConfigError(f"'{where}.strategies.{overridden[0]}': overrides a strategy this "
+                          f"variant does not run (only: {', '.join(spec.only)})")
 
 
 def _check_augment(cfg: StudyConfig, variant: str, augments: dict[str, AugmentConfig],

@@ -151,7 +151,9 @@ def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
                                 f"{base}.f{fold + 1}" if matrix else f"{base}-fold{fold + 1}")
                             cells.append(CellJob(v.name, s, t, st, r, fold, repeat_seed(cfg.seed, r),
                                                  label, pre, evaluate))
-    return Plan(tuple(pretrains.values()), _linked(cells, variants), tuple(variants))
+    used = {c.pretrain for c in cells}  # a variant that runs only scratch pretrains nothing
+    return Plan(tuple(p for p in pretrains.values() if p in used), _linked(cells, variants),
+                tuple(variants))
 
 
 def _linked(cells: list[CellJob], variants: list[Variant]) -> tuple[CellJob, ...]:

@@ -27,7 +27,7 @@ from medtransfer.fileio import write_text_atomic
 from medtransfer.freezing import freeze
 from medtransfer.models import build_model, build_pretrained
 from medtransfer.models.loading import HeadPolicy
-from medtransfer.strategies import freeze_configs
+from medtransfer.strategies import ScratchStrategy, freeze_configs
 from medtransfer.study.config import (
     StudyConfig,
     TaskConfig,
@@ -177,7 +177,8 @@ class Runner:
                 for strategy in v.strategies.values() if t.role == "target" else ():
                     for fz in freeze_configs(strategy):
                         freeze(model, fz)
-            for s in sources:
+            transfers = any(not isinstance(st, ScratchStrategy) for st in v.strategies.values())
+            for s in sources if transfers else ():  # a variant that only trains from scratch
                 weights = source_weights(self.cfg, v, s)
                 if weights is None:
                     continue

@@ -1,0 +1,180 @@
+"""Every seed's study as shipped (examples/seed000.yaml … seed004.yaml), shrunk to tiny sizes and
+one epoch, run end to end on ../shared/data (skipped where that folder is absent). The weights files
+the configs name are replaced by randomly initialised files of the same layout: what is tested is
+that each config runs whole, not its numbers. A missing weights file is an error naming it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from medtransfer.api import run_study
+from medtransfer.config import read_yaml
+from medtransfer.errors import MedTransferError
+from medtransfer.models import create_model
+from medtransfer.search import run_search
+from medtransfer.study import study_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+EXAMPLES = ROOT / "examples"
+SEEDS = ["seed000", "seed001", "seed002", "seed003", "seed004"]
+SIZE = {"seed004": 75}  # Inception's smallest input; the others run at 32 px
+REPORTED = {"seed003", "seed004"}  # the seeds with report settings (differences, filters, maps);
+# the others skip the report, which every shape's report test covers, to keep the suite short
+
+
+# the models behind each weights file a seed config names, and the small dense layers they get here
+FILES = {"densenet121-a639ec97.pth": "densenet121", "chexnet_model.pth.tar": "densenet121",
+         "vgg16-397923af.pth": "vgg16", "resnet50-0676ba61.pth": "resnet50",
+         "resnet152-394f9c45.pth": "resnet152", "inception_v3.tv_in1k.safetensors": "inception_v3",
+         "inception_resnet_v2.tf_in1k.safetensors": "inception_resnet_v2"}
+DENSE = {"vgg16": [64, 64], "alexnet_seed000": [64, 64, 16]}
+
+
+def _state(name: str) -> dict[str, torch.Tensor]:
+    """A random state dict in the layout of the file a seed config names."""
+    arch = FILES[name]
+    options = {"dense": tuple(DENSE[arch])} if arch in DENSE else {}
+    state = create_model(arch, num_classes=1000, in_chans=3, img_size=224, **options).state_dict()
+    if not name.startswith("chexnet"):
+        return state
+    out = {}  # arnoweng/CheXNet: module.densenet121.…, old norm.1 names, a 14-output classifier
+    for key, value in state.items():
+        if "denselayer" in key:
+            for new, old in (("norm1", "norm.1"), ("conv1", "conv.1"), ("norm2", "norm.2"),
+                             ("conv2", "conv.2")):
+                key = key.replace(f".{new}.", f".{old}.")
+        if key.startswith("classifier."):
+            key, value = key.replace("classifier.", "classifier.0."), value[:14]
+        out[f"module.densenet121.{key}"] = value
+    return out
+
+
+def _small_models(node: Any) -> None:
+    """VGG16's and seed 000's AlexNet's 4096-wide dense layers made small (their files match)."""
+    if isinstance(node, dict):
+        if node.get("name") in DENSE:
+            node["options"] = {**node.get("options", {}), "dense": DENSE[node["name"]]}
+        for v in node.values():
+            _small_models(v)
+    elif isinstance(node, list):
+        for v in node:
+            _small_models(v)
+
+
+def _shrink(node: Any, key: str = "") -> Any:
+    """The config with every size, epoch count and data cap made tiny."""
+    if isinstance(node, dict):
+        out = {k: _shrink(v, k) for k, v in node.items()}
+        if "epochs" in out:
+            out["epochs"] = 1
+        if "batch_size" in out:
+            out["batch_size"] = 8
+        if key == "split" or "val_fraction" in out:
+            out["val_fraction"] = max(out.get("val_fraction", 0.1), 0.25)  # 2+ per class of 8
+            if out.get("folds"):
+                out["folds"] = 2
+            else:
+                out["train_per_class"] = 8 if not isinstance(out.get("train_per_class"), dict) else \
+                    {c: 8 for c in out["train_per_class"]}
+            if out.get("test_sets"):
+                out.update(test_sets=2, test_per_class=4)
+            if out.get("imbalance"):
+                out["imbalance"] = {c: 0.5 for c in out["imbalance"]}
+        if key == "data" and str(out.get("path", "")).endswith(".npz"):
+            out["npz_splits"] = ["test"]
+        if key == "feature_maps":
+            out["images"] = 1
+        return out
+    if isinstance(node, list):
+        return [_shrink(v) for v in node]
+    return node
+
+
+def _weights(node: Any, tmp: Path) -> Any:
+    """``file:`` weights replaced by random files of the same layout in ``tmp``."""
+    if isinstance(node, dict):
+        return {k: _weights(v, tmp) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_weights(v, tmp) for v in node]
+    if isinstance(node, str) and node.startswith("file:"):
+        name = Path(node[5:]).name
+        path = tmp / name.replace(".safetensors", ".pt")
+        if not path.exists():
+            torch.save(_state(name), path)
+        return f"file:{path}"
+    return node
+
+
+def _raw(seed: str, tmp: Path, cache: Path) -> dict[str, Any]:
+    raw = _shrink(read_yaml(EXAMPLES / f"{seed}.yaml"))
+    _small_models(raw)
+    raw.update(name=seed, cache_dir=str(cache), audit=False, repeats=1)
+    if "targets" in raw:  # a matrix: its first target and at most two sources, to stay seconds
+        raw["targets"] = dict(list(raw["targets"].items())[:1])
+        raw["sources"] = dict(list(raw["sources"].items())[:2])
+    raw["preprocess"] = {**raw["preprocess"], "size": SIZE.get(seed, 32)}
+    model = raw.get("model", {})
+    if model.get("head", {}).get("pool_size"):
+        model["head"]["pool_size"] = 1  # DenseNet's 1×1 map at 32 px
+    search = raw.get("search")
+    if search:  # two trials: the first key's first two values, the first value of the others
+        space = search["space"]
+        first = next(iter(space))
+        search["space"] = {k: v[:2] if k == first else v[:1] for k, v in space.items()}
+    return _weights(raw, tmp)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    if not (SHARED / "cxr" / "covid").is_dir():
+        pytest.skip(f"shared data folder {SHARED} is absent")
+    return tmp_path_factory.mktemp("seed-cache")  # images decoded once for all five seeds
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seed", SEEDS)
+def test_seed_config_runs_whole_when_shrunk(seed, tmp_path, cache, one_thread):
+    raw = _raw(seed, tmp_path, cache)
+    out = tmp_path / "run"
+    report = seed in REPORTED
+    if "search" in raw:
+        run_search(raw, out, base=EXAMPLES, progress=False, echo=lambda m: None, report=report)
+    else:
+        run_study(study_from_dict(raw, base=EXAMPLES), out, progress=False, echo=lambda m: None,
+                  report=report)
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    cfg = study_from_dict({k: v for k, v in raw.items() if k != "search"}, base=EXAMPLES)
+    variants = {"best"} if "search" in raw else {v.name for v in cfg.variants}
+    assert {r["variant"] for r in rows} - {"*"} == variants
+    aucs = [float(r["value"]) for r in rows if r["metric"] == "auc" and r["stage"] != "pretrain"]
+    assert aucs and all(0.0 <= a <= 1.0 for a in aucs)
+    if cfg.is_matrix and "search" not in raw:  # every strategy a variant runs has results
+        ran = {(r["variant"], r["strategy"]) for r in rows
+               if r["stage"] != "pretrain" and r["variant"] != "*"}
+        want = {(v.name, s) for v in _variants(cfg) for s in v.strategies}
+        assert ran == want
+    assert (out / "report.html").is_file() == report
+
+
+def _variants(cfg: Any) -> list[Any]:
+    from medtransfer.study.config import resolve_variants
+
+    return resolve_variants(cfg)
+
+
+@pytest.mark.parametrize("seed", ["seed001"])
+def test_a_missing_weights_file_is_named_before_anything_is_written(seed, tmp_path):
+    raw = read_yaml(EXAMPLES / f"{seed}.yaml")
+    raw.pop("search", None)
+    raw["sources"]["imagenet"]["weights"] = f"file:{tmp_path / 'absent.pth'}"
+    with pytest.raises(MedTransferError, match=r"absent\.pth"):
+        run_study(study_from_dict(raw, base=EXAMPLES), tmp_path / "run", progress=False,
+                  echo=lambda m: None)
+    assert not (tmp_path / "run" / "splits").exists()
