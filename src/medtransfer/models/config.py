@@ -23,15 +23,18 @@ class ModelConfig:
     # a registered architecture (medtransfer models), timm:<any timm architecture> or
     # torchvision:<any torchvision classification model>
     name: str = "alexnet_seed000"
-    batch_norm: bool = False
+    batch_norm: bool = False  # batch norm after every conv, before its activation
     # dropout on conv feature maps: in the seeds' own CNNs (AlexNet) after each conv block's
     # activation; in block-built architectures (ResNet, DenseNet, VGG, MobileNet, EfficientNet,
     # Inception, timm:) after every stage, before the next downsampling (seed 004)
     conv_dropout: float = 0.0
-    spatial_dropout: float = 0.0
-    dense_dropout: float = 0.0
+    spatial_dropout: float = 0.0  # channel-wise (Dropout2d) rate after each conv block
+    dense_dropout: float = 0.0  # dropout rate after the hidden dense layers
+    # two classes: one sigmoid logit (single) or two softmax logits (pair)
     binary_output: Literal["single", "pair"] = "single"
     options: dict[str, Any] = field(default_factory=dict)  # the builder's own keyword arguments
+    # grey images into RGB weights: native (as they are), repeat (×3 at the input), sum (first
+    # conv summed over RGB)
     in_chans_policy: InChansPolicy = InChansPolicy.NATIVE
     # a classification head replacing the architecture's own (null: its own, e.g. global
     # average pool → dropout → output layer)

@@ -32,7 +32,7 @@ class CacheConfig:
     of running the prefix again. An entry is as large as the activations in memory.
     """
 
-    enabled: bool = True
+    enabled: bool = True  # false: always train the full model, frozen part included
     max_gib: float = 4.0
     disk: bool = True
 
@@ -78,10 +78,12 @@ class FinetuneStrategy:
     with ``finetune``'s (small) learning rate, starting from stage 1's weights."""
 
     kind: Literal["finetune"] = "finetune"
+    # stage 1: logreg fits the output layer by logistic regression on cached features (LP-FT);
+    # train trains head_freeze's part for the head settings' epochs
     head_fit: Literal["logreg", "train"] = "logreg"
     head_C: float = 1.0  # inverse L2 strength of head_fit: logreg (on standardised features)
-    head: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=_small_lr)
+    head: TrainConfig = field(default_factory=TrainConfig)  # stage 1's training (head_fit: train)
+    finetune: TrainConfig = field(default_factory=_small_lr)  # stage 2's training (lr 1e-5 by default)
     head_freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(trainable_layers=1))
     unfreeze: FreezeConfig = field(default_factory=_bn_eval)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -110,8 +112,8 @@ class FinetuneStrategy:
 class MLPHeadConfig:
     """Seed 002's head on features: Dense(hidden) → ReLU → Dropout(dropout) → output."""
 
-    hidden: int = 128
-    dropout: float = 0.5
+    hidden: int = 128  # width of the hidden dense layer
+    dropout: float = 0.5  # dropout rate after it
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -139,13 +141,13 @@ class FeaturesStrategy:
     pool: Literal["avg", "max", "flatten"] = "avg"
     classifier: Literal["logreg", "svm", "mlp"] = "logreg"
     C: float = 1.0
-    standardize: bool = True
-    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    standardize: bool = True  # scale features to zero mean and unit variance first
+    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"  # svm probabilities: Platt or isotonic
     calibration_folds: int = 5
-    max_iter: int = 5000
-    batch_size: int = 64
+    max_iter: int = 5000  # the solver's iteration limit
+    batch_size: int = 64  # images per batch while extracting features
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
-    disk_cache: bool = True
+    disk_cache: bool = True  # keep extracted features in the study's cache folder
     precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
     # Another strategy of the study (finetune, freeze or scratch) whose trained model of the same
     # source, target, repeat and fold is the backbone (seed 003's SVM on fine-tuned fc7 features);

@@ -161,6 +161,7 @@ class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # training on the source
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    # the arms compared: each a name and overrides of the sections above
     variants: list[VariantSpec] = field(default_factory=lambda: [VariantSpec("baseline")])
     audit: bool = True  # audit both data sets (shortcuts, duplicates, leakage) before training
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # TensorBoard / MLflow, off

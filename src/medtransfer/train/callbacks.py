@@ -134,7 +134,7 @@ class EarlyStoppingConfig:
     """Stop after ``patience`` epochs in which ``monitor`` did not improve by over ``min_delta``."""
 
     monitor: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] = "min"  # whether lower (min) or higher (max) monitor is better
     patience: int = 5
     min_delta: float = 0.0
 

@@ -99,14 +99,14 @@ class OptimizerConfig:
     it needs ``scheduler.name: none`` without warm-up.
     """
 
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float | None = None
-    initial_accumulator_value: float = 0.0
+    name: OptimizerName = OptimizerName.adam  # the torch optimizer
+    lr: float = 1e-3  # the (initial) learning rate
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.0  # sgd / rmsprop momentum
+    nesterov: bool = False  # sgd: Nesterov momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw moment decay rates
+    eps: float | None = None  # the denominator's epsilon (null: torch's default)
+    initial_accumulator_value: float = 0.0  # adagrad's starting accumulator (Keras: 0.1)
     alpha: float = 0.99
     implementation: Literal["auto", "for_loop", "foreach", "fused"] = "auto"
     decay: float = 0.0  # Keras time-based decay per step: lr / (1 + decay * steps); 0 = off
@@ -166,9 +166,9 @@ class SchedulerConfig:
     linearly from ``lr / (warmup_epochs + 1)`` up to ``lr`` first (not with ``plateau``).
     """
 
-    name: SchedulerName = SchedulerName.none
+    name: SchedulerName = SchedulerName.none  # none, plateau, step or cosine
     monitor: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] = "min"  # plateau: whether lower (min) or higher (max) monitor is better
     factor: float = 0.1
     patience: int = 10
     min_lr: float = 0.0
