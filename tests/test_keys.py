@@ -76,3 +76,9 @@ def test_package_exports_the_python_api_lazily():
         assert callable(getattr(medtransfer, name)), name
     with pytest.raises(AttributeError):
         _ = medtransfer.not_an_api
+
+
+def test_every_key_has_a_meaning():
+    from medtransfer.study.keys import all_keys
+
+    assert [k.path for k in all_keys() if not k.meaning] == []

@@ -50,17 +50,18 @@ class TrainConfig:
     unit keeps ``last.pt`` whole, with its optimizer state; by default the unit drops ``last.pt``
     where ``best.pt`` exists and else keeps its weights only (see ``study.units``)."""
 
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = 10  # the most epochs to train (early stopping may end sooner)
+    batch_size: int = 32  # images per optimizer step
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig | None = None
-    checkpoint_monitor: str = "val_loss"
-    checkpoint_mode: Literal["min", "max"] = "min"
+    checkpoint_monitor: str = "val_loss"  # the logged metric that picks best.pt, e.g. val_auc
+    checkpoint_mode: Literal["min", "max"] = "min"  # lower (min) or higher (max) monitor is better
     checkpoint_every: Literal["auto", "epoch", "end"] = "auto"
+    # balanced: weight each class's loss by n / (k · its count); none: equal weights
     class_weight: ClassWeight = ClassWeight.none
-    restore_best: bool = True
-    progress: bool = True
+    restore_best: bool = True  # end training with best.pt's weights, not the last epoch's
+    progress: bool = True  # show a progress bar per epoch
     sampling: Sampling = Sampling.none
     precision: Precision = "fp32"  # fp32 exact; bf16/fp16 autocast; auto: bf16/fp16 on CUDA, fp32 on CPU
     channels_last: bool = False  # train 4-D inputs and weights in NHWC memory layout
