@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _step import bare_step
 
 from medtransfer.models import create_model
 from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, fit
@@ -22,39 +22,14 @@ from medtransfer.train.optim import OptimizerName
 from medtransfer.train.precision import resolve_precision
 
 
-def bare_step(device: str, size: int, batch: int, steps: int, precision: str, channels_last: bool) -> float:
+def alexnet_step(device: str, size: int, batch: int, steps: int, precision: str,
+                 channels_last: bool) -> float:
     """Images/s of forward + backward + Adagrad step on one random batch (1 warm-up step)."""
     torch.manual_seed(0)
-    model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=size).to(device)
-    x = torch.rand(batch, 1, size, size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device).float()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = resolve_precision(precision, device)
-    scaler = amp.scaler()
-    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
-    model.train()
-    t0 = 0.0
-    for i in range(steps + 1):
-        if i == 1:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with amp.autocast():
-            logits = model(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float()[:, 0], y)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
+    model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=size)
+    return bare_step(model, torch.rand(batch, 1, size, size, device=device),
+                     lambda p: torch.optim.Adagrad(p, lr=1e-2), precision=precision,
+                     channels_last=channels_last, steps=steps)
 
 
 def fit_speed(device: str, size: int, n: int, precision: str, channels_last: bool, tmp: Path) -> float:
@@ -81,7 +56,7 @@ def main() -> None:
     print(f"seed-000 AlexNet, {args.size} px, batch 64, device {args.device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     rows = [("fp32", False), (reduced, False), ("fp32", True), (reduced, True)]
-    bare = {r: bare_step(args.device, args.size, 64, args.steps, *r) for r in rows}
+    bare = {r: alexnet_step(args.device, args.size, 64, args.steps, *r) for r in rows}
     base = bare[("fp32", False)]
     for (prec, cl), ips in bare.items():
         print(f"bare step  {prec:4s}{' channels_last' if cl else '':14s}: {ips:7.1f} images/s "

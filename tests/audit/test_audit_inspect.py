@@ -126,3 +126,24 @@ def test_config_unknown_key_suggests():
     with pytest.raises(ConfigError, match="did you mean 'near_hamming'"):
         from_dict(AuditConfig, {"near_haming": 3})
     assert from_dict(AuditConfig, {"probe_model": "logistic"}).probe_model.value == "logistic"
+
+
+def test_unchanged_files_are_inspected_once(tmp_path, ph, monkeypatch):
+    # A study audits its target twice; the second inspection reuses the first while no file changed.
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        ph.save(ph.phantom(rng, 32), tmp_path / "d" / "a" / f"{k}.png")
+        ph.save(ph.phantom(rng, 32), tmp_path / "d" / "b" / f"{k}.png")
+    first, inv = _records(tmp_path / "d")
+    import medtransfer.audit.inspect as inspect
+
+    def fail(*args, **kwargs):
+        raise AssertionError("inspected again")
+
+    with monkeypatch.context() as m:
+        m.setattr(inspect, "_inspect_file", fail)
+        again, inv2 = _records(tmp_path / "d")
+    assert again == first and inv2 is not inv and np.array_equal(inv2.phash, inv.phash)
+    ph.save(ph.phantom(rng, 32), tmp_path / "d" / "a" / "0.png")  # new bytes: inspected afresh
+    changed, _ = _records(tmp_path / "d")
+    assert changed["a/0.png"].pixel_sha != first["a/0.png"].pixel_sha

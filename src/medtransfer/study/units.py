@@ -216,6 +216,8 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
         result["transfer_checkpoint"] = _keep_final(workdir, res.last_path)
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)
+    if v.pretrain.train.compile:
+        result["compile"] = True  # recorded only when on, as in the unit key
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
     return result
@@ -330,6 +332,8 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
               **summary}
     if "precision" in res.extra:
         result["precision"] = res.extra["precision"]  # features: of the feature extraction
+    if any(t.compile for t in _train_configs(strategy)):
+        result["compile"] = True
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
     return result

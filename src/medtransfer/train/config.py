@@ -48,7 +48,9 @@ class TrainConfig:
     rounding; faster for some models and devices). ``deterministic: false`` lets cuDNN benchmark
     convolution algorithms (CUDA only; no effect on the CPU). ``keep_optimizer``: a finished study
     unit keeps ``last.pt`` whole, with its optimizer state; by default the unit drops ``last.pt``
-    where ``best.pt`` exists and else keeps its weights only (see ``study.units``)."""
+    where ``best.pt`` exists and else keeps its weights only (see ``study.units``).
+    ``compile``: :func:`torch.compile` the model for training and validation (see
+    :mod:`medtransfer.train.compiled`); off by default, as it rarely pays off on a CPU."""
 
     epochs: int = 10  # the most epochs to train (early stopping may end sooner)
     batch_size: int = 32  # images per optimizer step
@@ -67,10 +69,11 @@ class TrainConfig:
     channels_last: bool = False  # train 4-D inputs and weights in NHWC memory layout
     deterministic: bool = True  # false: cuDNN benchmarks convolution algorithms (CUDA only)
     keep_optimizer: bool = False  # a finished unit keeps last.pt with its optimizer state
+    compile: bool = False  # torch.compile the model (needs a C++ compiler on the CPU); measure first
 
     def __post_init__(self) -> None:
         check_precision("precision", self.precision)
-        for key in ("channels_last", "deterministic", "keep_optimizer"):
+        for key in ("channels_last", "deterministic", "keep_optimizer", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"'{key}': got {getattr(self, key)!r}; allowed: true, false")
         if self.epochs < 1:

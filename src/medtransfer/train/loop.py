@@ -29,6 +29,7 @@ from medtransfer.train.callbacks import (
     TrainState,
     require_metric,
 )
+from medtransfer.train.compiled import compile_model
 from medtransfer.train.config import ClassWeight, FitResult, TrainConfig, metric_names
 from medtransfer.train.distributed import Replicas
 from medtransfer.train.env import TrainEnv
@@ -209,6 +210,8 @@ class _Fit:
         model.to(dev)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_model(model, dev)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("fit: the model has no trainable parameters (requires_grad is False)")
