@@ -85,9 +85,7 @@ def find_duplicates(
                 found[(i, j)] = DuplicatePair(i, j, MatchKind.exact, 0, 1.0)
     ii, jj, dd = hamming_pairs(inv.phash, None if other is None else other.phash, cfg.near_hamming)
     if len(ii):
-        sims = np.einsum(
-            "ij,ij->i", inv.detail[ii].astype(np.float32), second.detail[jj].astype(np.float32)
-        )
+        sims = _similarities(inv.detail, second.detail, ii, jj)
         side_a = np.array([min(r.width, r.height) for r in inv.records])
         side_b = np.array([min(r.width, r.height) for r in second.records])
         small = np.minimum(side_a[ii], side_b[jj]) < cfg.detail_size
@@ -97,6 +95,16 @@ def find_duplicates(
             if s >= t and (i, j) not in found:
                 found[(i, j)] = DuplicatePair(i, j, MatchKind.near, int(d), round(float(s), 4))
     return [found[k] for k in sorted(found)]
+
+
+def _similarities(a: np.ndarray, b: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+    """Dot products of detail rows ``a[ii]`` and ``b[jj]`` in float32, in blocks of pairs (near
+    pairs of chest X-rays run into the 100,000s: gathered at once they would take GBs)."""
+    a32 = a.astype(np.float32)  # once per row, not once per pair
+    b32 = a32 if b is a else b.astype(np.float32)
+    step = max(1, _BLOCK_ELEMENTS // (8 * max(1, a.shape[1])))
+    return np.concatenate([np.einsum("ij,ij->i", a32[ii[k : k + step]], b32[jj[k : k + step]])
+                           for k in range(0, len(ii), step)])
 
 
 def clusters(n: int, pairs: list[DuplicatePair]) -> list[list[int]]:
