@@ -53,3 +53,27 @@ def bare_step(model: nn.Module, x: torch.Tensor, make_opt: Optimizer, *, precisi
             scaler.update()
     sync(device)
     return steps * x.shape[0] / (time.perf_counter() - t0)
+
+
+def train_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
+    """Floating-point operations of one training step (forward + backward) per image, counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(x).float()[:, -1].sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
+
+
+def matmul_flops_per_second(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """This machine's speed on large square matrix products in ``dtype`` (FLOP/s): about the most
+    any framework gets out of it for convolutions and dense layers."""
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from _step import bare_step
+from _step import bare_step, matmul_flops_per_second, train_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("seed000_bench.yaml")
@@ -208,6 +208,29 @@ def alexnet_step(setting: Setting, batch_norm: bool, steps: int = 6) -> float:
                      precision=setting.precision, channels_last=setting.channels_last, steps=steps)
 
 
+def ceiling(setting: Setting, images: int) -> tuple[str, float]:
+    """The fastest any framework could pretrain here: the AlexNet's training FLOPs per image over
+    this machine's matrix-product FLOP/s in fp32 and in the fast setting's precision; with the
+    least seconds pretraining could take in the fast setting's precision."""
+    import torch
+
+    from medtransfer.models import create_model
+
+    flops = train_flops_per_image(create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=SIZE),
+                                  torch.rand(8, 1, SIZE, SIZE))
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    least = 0.0
+    out = [f"ceiling: a training step of the seed-000 AlexNet is {flops / 1e9:.2f} GFLOP per image"]
+    for name in dict.fromkeys(("fp32", setting.precision)):
+        peak = matmul_flops_per_second(dtypes[name])
+        ips = peak / flops
+        least = len(VARIANTS) * PRE_EPOCHS * images / ips
+        out.append(f"{name} matrix products run at {peak / 1e9:.0f} GFLOP/s here, so at most {ips:.0f} "
+                   f"images/s: pretraining {len(VARIANTS)} variants × {PRE_EPOCHS} epochs × {images} "
+                   f"images takes at least {least:.0f} s")
+    return "; ".join(out), least
+
+
 def _mean(d: dict[str, float]) -> float:
     return float(np.mean(list(d.values()))) if d else float("nan")
 
@@ -296,6 +319,14 @@ def main() -> int:
         print(f"{fast.name}, {v}: pretraining in the study {fit_ips:.1f} images/s; a bare training step "
               f"{before:.1f} images/s before the run, {after:.1f} after "
               f"({fit_ips / before:.0%} / {fit_ips / after:.0%})")
+    images = int(re.search(r"pretraining on (\d+) source images",
+                           (args.out / fast.folder / "run" / "run.log").read_text()).group(1))  # type: ignore[union-attr]
+    text, least = ceiling(fast, images)
+    print(text)
+    if not isinstance(keras, str):
+        print(f"so no run of this study here can be more than {keras.whole / least:.1f}× faster than "
+              f"the Keras "
+              f"recipe's {keras.whole:.0f} s, even with nothing but pretraining at the matrix-product speed")
     print(f"load average at the end {os.getloadavg()}")
     return 0
 
