@@ -16,8 +16,9 @@ setup: $(BIN)/medtransfer
 demo: setup
 	$(BIN)/medtransfer demo --out runs/demo
 
+# one test process per core (at most 4), whole files per process: module fixtures are built once
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

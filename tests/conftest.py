@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (the Makefile's) runs two test processes on two cores: each gets one thread,
+    # and so do the commands its tests start, or waiting OpenMP threads slow both down many times
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ def test_matrix_example_shrunk_on_shared_data(tmp_path, one_thread):
     raw = {**read_yaml(EXAMPLE), **over}  # the example with its axes and sizes replaced
     raw["pretrain"] = {"train": {**raw["pretrain"]["train"], "epochs": 1}}
     out = tmp_path / "run"
-    run_study(study_from_dict(raw, base=EXAMPLE.parent), out, progress=False, echo=lambda m: None)
+    run_study(study_from_dict(raw, base=EXAMPLE.parent), out, progress=False, echo=lambda m: None,
+              report=False)
     with (out / "results.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["stage"] == "transfer" and r["metric"] == "auc"]
     cells = {(r["source"], r["target"], r["strategy"]): float(r["value"]) for r in rows}

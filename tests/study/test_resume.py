@@ -52,7 +52,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_con
     cfg = tiny_study_config(tmp_path)
     cfg["pretrain"]["train"]["epochs"] = 4  # long enough to be caught mid-unit
     ref = tmp_path / "reference"
-    run_study(study_from_dict(cfg), ref, echo=lambda m: None)
+    run_study(study_from_dict(cfg), ref, echo=lambda m: None, report=False)
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -70,7 +70,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_con
     finished = _done_units(out)
 
     logs: list[str] = []
-    run_study(study_from_dict(cfg), out, echo=logs.append)
+    run_study(study_from_dict(cfg), out, echo=logs.append, report=False)
     after = _done_units(out)
     for unit, mtime in finished.items():  # nothing finished before the kill was recomputed
         assert after[unit] == mtime, unit

@@ -34,7 +34,7 @@ def _rows(out: Path) -> list[dict]:
 def test_study_end_to_end_and_rerun_reuses_units(tmp_path, make_config):
     out = tmp_path / "run"
     logs: list[str] = []
-    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append, report=False)
     rows = _rows(out)
     assert set(rows[0]) >= {"variant", "stage", "test_set", "metric", "value"}
     transfer = [r for r in rows if r["stage"] == "transfer"]
@@ -54,7 +54,7 @@ def test_study_end_to_end_and_rerun_reuses_units(tmp_path, make_config):
     mtimes = {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
 
     logs.clear()
-    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=logs.append, report=False)
     assert sum("done earlier, reused" in m for m in logs) == 4
     assert mtimes == {u: (out / "units" / u / "result.json").stat().st_mtime_ns for u in units}
     assert _rows(out) == rows
@@ -62,10 +62,10 @@ def test_study_end_to_end_and_rerun_reuses_units(tmp_path, make_config):
 
 def test_transfer_trains_on_cached_activations_and_equals_the_full_path(tmp_path, make_config):
     logs: list[str] = []
-    run_study(study_from_dict(make_config(tmp_path)), tmp_path / "cached", echo=logs.append)
+    run_study(study_from_dict(make_config(tmp_path)), tmp_path / "cached", echo=logs.append, report=False)
     full = make_config(tmp_path)
     full["transfer"]["cache"] = {"enabled": False}
-    run_study(study_from_dict(full), tmp_path / "full", echo=lambda m: None)
+    run_study(study_from_dict(full), tmp_path / "full", echo=lambda m: None, report=False)
     for kind in ("cached", "full"):
         units = sorted((tmp_path / kind / "units").glob("cell-*/result.json"))
         assert [json.loads(u.read_text())["path"] for u in units] == [kind, kind]
@@ -81,26 +81,26 @@ def test_transfer_trains_on_cached_activations_and_equals_the_full_path(tmp_path
     transfer_train = other_lr["transfer"]["train"]  # the same dict as pretrain's: copy it
     other_lr["transfer"]["train"] = {**transfer_train, "optimizer": {"name": "adam", "lr": 0.002}}
     logs.clear()
-    run_study(study_from_dict(other_lr), tmp_path / "cached", echo=logs.append)
+    run_study(study_from_dict(other_lr), tmp_path / "cached", echo=logs.append, report=False)
     assert sum("pretraining: done earlier" in m for m in logs) == 2
     assert sum("cached path: frozen prefix" in m and "read from the disk cache" in m for m in logs) == 2
 
 
 def test_changed_variant_reruns_only_that_variant(tmp_path, make_config):
     out = tmp_path / "run"
-    run_study(study_from_dict(make_config(tmp_path)), out, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), out, echo=lambda m: None, report=False)
     cfg = make_config(tmp_path)
     cfg["variants"][1]["model"]["conv_dropout"] = 0.2
     logs: list[str] = []
-    run_study(study_from_dict(cfg), out, echo=logs.append)
+    run_study(study_from_dict(cfg), out, echo=logs.append, report=False)
     assert any("[baseline] pretraining: done earlier" in m for m in logs)
     assert any(m.startswith("[bn] pretraining on") for m in logs)
 
 
 def test_same_seed_same_numbers(tmp_path, make_config):
     a, b = tmp_path / "a", tmp_path / "b"
-    run_study(study_from_dict(make_config(tmp_path)), a, echo=lambda m: None)
-    run_study(study_from_dict(make_config(tmp_path)), b, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), a, echo=lambda m: None, report=False)
+    run_study(study_from_dict(make_config(tmp_path)), b, echo=lambda m: None, report=False)
     assert _rows(a) == _rows(b)
 
 
@@ -159,7 +159,7 @@ def test_head_reset_when_source_has_more_classes(tmp_path, make_config, class_fo
     cfg["source"]["data"]["path"] = str(src3)
     cfg["variants"] = [{"name": "baseline"}]
     logs: list[str] = []
-    run_study(study_from_dict(cfg), tmp_path / "run", echo=logs.append)
+    run_study(study_from_dict(cfg), tmp_path / "run", echo=logs.append, report=False)
     assert any("output layer reset" in m and "['a', 'b', 'c']" in m for m in logs)
     cfg["transfer"]["head"] = "keep"
     with pytest.raises(DataError, match="head is 'keep'"):
@@ -182,8 +182,8 @@ def test_cli_run_and_error_exit_code(tmp_path, capsys, make_config):
 
 def test_two_worker_processes_give_the_same_results(tmp_path, make_config):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_study(study_from_dict(make_config(tmp_path)), one, echo=lambda m: None)
-    run_study(study_from_dict(make_config(tmp_path)), two, workers=2, echo=lambda m: None)
+    run_study(study_from_dict(make_config(tmp_path)), one, echo=lambda m: None, report=False)
+    run_study(study_from_dict(make_config(tmp_path)), two, workers=2, echo=lambda m: None, report=False)
     assert _rows(one) == _rows(two)
     assert sorted(p.name for p in (one / "units").iterdir()) == sorted(
         p.name for p in (two / "units").iterdir())
@@ -224,7 +224,7 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path, make_config):
     cfg["variants"] = [{"name": "baseline"}]
     out = tmp_path / "run"
     logs: list[str] = []
-    run_study(study_from_dict(cfg), out, echo=logs.append)
+    run_study(study_from_dict(cfg), out, echo=logs.append, report=False)
     for role in ("source", "target"):
         assert (out / "audit" / role / "audit.json").is_file()
         assert (out / "audit" / role / "audit.md").is_file()
@@ -232,7 +232,7 @@ def test_study_audits_its_data_and_reuses_the_audit(tmp_path, make_config):
     metrics = {(r["test_set"], r["metric"]) for r in _rows(out) if r["stage"] == "data"}
     assert ("target", "audit_critical") in metrics and ("source", "audit_warning") in metrics
     stamp = (out / "audit" / "source" / "audit.json").stat().st_mtime_ns
-    run_study(study_from_dict(cfg), out, echo=lambda m: None)
+    run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
     assert (out / "audit" / "source" / "audit.json").stat().st_mtime_ns == stamp
 
 
@@ -242,7 +242,7 @@ def test_identical_pretraining_is_shared_between_variants(tmp_path, make_config)
                        {"name": "all", "transfer": {"freeze": {"trainable_layers": None}}}]
     logs: list[str] = []
     out = tmp_path / "run"
-    run_study(study_from_dict(cfg), out, echo=logs.append)
+    run_study(study_from_dict(cfg), out, echo=logs.append, report=False)
     assert sum(m.startswith("[frozen] pretraining on") for m in logs) == 1
     assert any(m.startswith("[all] pretraining: done earlier, reused (pretrain-frozen-") for m in logs)
     assert len(list((out / "units").glob("pretrain-*"))) == 1
