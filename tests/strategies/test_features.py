@@ -43,6 +43,17 @@ def test_layers_give_the_expected_features():
         extract_features(m, x, FeaturesStrategy(layer="featurs.3"))
 
 
+def test_channels_last_extraction_matches_and_has_its_own_cache_entry(tmp_path):
+    cache, m, (x, _) = ImageCache(tmp_path), _vgg(), _data(6, 0)
+    nchw = extract_features(m, x, FeaturesStrategy(), cache=cache)
+    nhwc = extract_features(m, x, FeaturesStrategy(channels_last=True), cache=cache)
+    np.testing.assert_allclose(nhwc, nchw, rtol=1e-4, atol=1e-5)  # other kernels, same numbers
+    assert (cache.hits, cache.misses) == (0, 2)  # not served the NCHW entry
+    assert all(p.is_contiguous() for p in m.parameters())  # the model is given back in NCHW
+    with pytest.raises(ConfigError, match=r"'strategy.channels_last': got 'yes'; allowed: true, false"):
+        FeaturesStrategy(channels_last="yes")  # type: ignore[arg-type]
+
+
 def test_features_are_cached_by_weights_layer_and_images(tmp_path):
     cache, m, (x, _) = ImageCache(tmp_path), _vgg(), _data(6, 0)
     cfg = FeaturesStrategy()

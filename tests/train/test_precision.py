@@ -75,6 +75,10 @@ def test_channels_last_close_to_default(train_one):
     model, got, _ = train_one("nhwc", channels_last=True)
     assert abs(got["auc"] - ref["auc"]) <= TOLERANCE
     assert all(p.is_contiguous() for p in model.parameters())  # left as found
+    x = np.random.default_rng(3).integers(0, 256, (16, 1, 8, 8), dtype=np.uint8)
+    nhwc = predict_proba(model, x, channels_last=True)
+    np.testing.assert_allclose(nhwc, predict_proba(model, x), rtol=1e-4, atol=1e-6)
+    assert all(p.is_contiguous() for p in model.parameters())  # given back in NCHW
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

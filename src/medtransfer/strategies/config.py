@@ -149,6 +149,7 @@ class FeaturesStrategy:
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
     disk_cache: bool = True  # keep extracted features in the study's cache folder
     precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
+    channels_last: bool = False  # extract in NHWC layout (faster on CPUs; same numbers up to rounding)
     # Another strategy of the study (finetune, freeze or scratch) whose trained model of the same
     # source, target, repeat and fold is the backbone (seed 003's SVM on fine-tuned fc7 features);
     # null: the cell's source model
@@ -156,6 +157,8 @@ class FeaturesStrategy:
 
     def __post_init__(self) -> None:
         check_precision("strategy.precision", self.precision)
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"'strategy.channels_last': got {self.channels_last!r}; allowed: true, false")
         check_choice("strategy.pool", self.pool, ("avg", "max", "flatten"))
         check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
         check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))

@@ -33,6 +33,7 @@ from medtransfer.strategies.cached import (
 )
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
 from medtransfer.train import FitResult, TrainEnv
+from medtransfer.train.batches import nhwc
 from medtransfer.train.precision import resolve_precision
 
 FEATURES_VERSION = 1
@@ -102,11 +103,11 @@ def extract_features(
 
     def compute() -> np.ndarray:
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), nhwc(model, cfg.channels_last) as layout:
             for start in range(0, len(images), cfg.batch_size):
                 batch = to_float(images[start : start + cfg.batch_size], dev, input_norm)
                 with amp.autocast():
-                    feats = fn(batch)
+                    feats = fn(batch.contiguous(memory_format=layout))
                 out.append(feats.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
@@ -118,6 +119,7 @@ def extract_features(
         "norm": None if input_norm is None else [list(map(float, v)) for v in input_norm],
         "in_chans_policy": getattr(model, "in_chans_policy", None),
         **({} if amp.name == "fp32" else {"precision": amp.name}),  # fp32 keys as before
+        **({"channels_last": True} if cfg.channels_last else {}),
     }, sort_keys=True)
     return cache.get_or_compute_array("features:" + key, compute)
 

@@ -113,7 +113,8 @@ class _Staged:
         last = plan[-1][0].train
         probabilities = {
             name: predict_proba(model, x, batch_size=last.batch_size, device=env.device,
-                                input_norm=env.input_norm, precision=last.precision)
+                                input_norm=env.input_norm, precision=last.precision,
+                                channels_last=last.channels_last)
             for name, (x, _) in data.evaluated().items()
         }
         return StrategyResult(self.cfg.kind, probabilities, history, stages, model,

@@ -202,7 +202,8 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
               ctx.train_cfg(v.pretrain.train), env, augment=augment, resume=True)
     val_x, val_y = source.part(source.split.val)
     proba = predict_proba(start.model, val_x, batch_size=v.pretrain.train.batch_size, device=ctx.device,
-                          input_norm=start.input_norm, precision=v.pretrain.train.precision)
+                          input_norm=start.input_norm, precision=v.pretrain.train.precision,
+                          channels_last=v.pretrain.train.channels_last)
     val = compute_metrics(val_y, proba)
     best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
     val["loss"] = float(best.get("val_loss", float("nan")))

@@ -4,6 +4,7 @@ shared by training, evaluation, prediction and the cached-activation path."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -130,11 +131,13 @@ def predict_proba(
     device: str | torch.device = "cpu",
     input_norm: InputNorm | None = None,
     precision: str = "fp32",
+    channels_last: bool = False,
 ) -> np.ndarray:
     """(N, K) class probabilities; a single-logit head gives K=2 as ``[1 - p, p]``.
 
     Runs in eval mode without gradients and leaves the model in eval mode; ``precision`` as
-    ``TrainConfig.precision`` (bf16/fp16 forward under autocast, probabilities in float32).
+    ``TrainConfig.precision`` (bf16/fp16 forward under autocast, probabilities in float32);
+    ``channels_last``: the forward pass in NHWC layout (the model is given back in NCHW).
     """
 
     if batch_size < 1:
@@ -146,9 +149,23 @@ def predict_proba(
     model.to(dev)
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), nhwc(model, channels_last) as layout:
         for _, xb in batches(images, np.arange(len(images)), batch_size, dev):
             with amp.autocast():
-                logits = model((xb - mean) / std)
+                logits = model(((xb - mean) / std).contiguous(memory_format=layout))
             out.append(logits_to_proba(logits.float()).cpu().numpy())
     return np.concatenate(out)
+
+
+@contextmanager
+def nhwc(model: nn.Module, on: bool) -> Iterator[torch.memory_format]:
+    """With ``on``, the model's 4-D weights in channels-last layout for the block (NCHW again
+    after it); yields the layout its 4-D inputs should have."""
+    if not on:
+        yield torch.contiguous_format
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        model.to(memory_format=torch.contiguous_format)
