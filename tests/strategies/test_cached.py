@@ -198,3 +198,27 @@ def test_the_probe_catches_what_the_module_checks_cannot_see():
     freeze(model, FreezeConfig(trainable_blocks=("body",)))
     plan = plan_cache(model, _data(2, 0, size=8)[0], augment=None, input_norm=None, train_mode=train_mode)
     assert plan.split is None and "first step 'forward_features' trains" in plan.reason
+
+
+def test_channels_last_cached_path_equals_its_full_path_and_has_its_own_disk_entries(tmp_path):
+    from dataclasses import replace
+
+    freeze_cfg = FreezeConfig(trainable_layers=3, bn_policy=BNPolicy.FROZEN)
+    store = ImageCache(tmp_path / "cache")
+    data = TransferData(_data(40, 1), _data(16, 2))
+
+    def run(name, cfg, cache):
+        model = _model(batch_norm=True)
+        res = train_stage(Stage(name, freeze_cfg, cfg, CacheConfig(enabled=cache)), model, data,
+                          TrainEnv(7, tmp_path / name, num_classes=2, cache=store))
+        assert res.path == ("cached" if cache else "full"), res.reason
+        assert all(p.is_contiguous() for p in model.parameters())  # given back in NCHW
+        return model
+
+    nhwc = replace(CFG, channels_last=True)
+    full, cached = run("full", nhwc, False), run("cached", nhwc, True)
+    for a, b in zip(full.state_dict().values(), cached.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    misses = store.misses
+    run("nchw", CFG, True)  # the NCHW activations are not the NHWC ones' disk entries
+    assert store.misses == misses + 2

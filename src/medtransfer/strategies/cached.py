@@ -168,17 +168,19 @@ def plan_cache(
 
 def prefix_activations(split: PrefixSplit, images: np.ndarray, *, batch_size: int,
                        input_norm: InputNorm | None, device: torch.device,
-                       precision: str = "fp32") -> Tensor:
+                       precision: str = "fp32", channels_last: bool = False) -> Tensor:
     """The prefix outputs of ``images`` in eval mode, without gradients, as float32 (computed
-    under autocast for ``precision`` bf16/fp16)."""
+    under autocast for ``precision`` bf16/fp16; from NHWC inputs with ``channels_last``, the
+    model's weights being NHWC too), in NCHW layout."""
     amp = resolve_precision(precision, device, "train.precision")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = to_float(images[start : start + batch_size], device, input_norm)
             with amp.autocast():
-                y = split.prefix(x)
-            out.append(y if y.dtype == torch.float32 else y.float())
+                y = split.prefix(x.contiguous(memory_format=layout) if x.ndim == 4 else x)
+            out.append((y if y.dtype == torch.float32 else y.float()).contiguous())
     return torch.cat(out)
 
 
@@ -199,10 +201,10 @@ def images_fingerprint(images: np.ndarray) -> str:
 
 
 def prefix_signature(model: nn.Module, split: PrefixSplit, input_norm: InputNorm | None,
-                     device: torch.device, precision: str = "fp32") -> str:
+                     device: torch.device, precision: str = "fp32", channels_last: bool = False) -> str:
     """What the prefix activations depend on besides the images: the model class, the chain's
     steps up to the cut, each prefix module's type and settings, their parameters and buffers
-    (not the tail's), the input normalisation, the device type and a reduced precision."""
+    (not the tail's), the input normalisation, the device type, a reduced precision and NHWC."""
     modules = dict(model.named_modules())
     layers = [(name, type(modules[name]).__qualname__, modules[name].extra_repr())
               for name in split.prefix_modules]
@@ -217,6 +219,7 @@ def prefix_signature(model: nn.Module, split: PrefixSplit, input_norm: InputNorm
         "in_chans_policy": getattr(model, "in_chans_policy", None), "device": device.type,
         # Only when not fp32, so fp32 keys (and caches) stay as they were.
         **({} if precision == "fp32" else {"precision": precision}),
+        **({"channels_last": True} if channels_last else {}),
     }, sort_keys=True)
 
 

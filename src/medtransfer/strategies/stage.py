@@ -19,6 +19,7 @@ from medtransfer.strategies.cached import (
     prefix_signature,
 )
 from medtransfer.train import TrainEnv, fit
+from medtransfer.train.batches import nhwc
 from medtransfer.train.precision import resolve_precision
 
 __all__ = ["train_stage"]
@@ -56,14 +57,16 @@ def _activations(model: nn.Module, split: PrefixSplit, data: TransferData, stage
     store = env.cache if stage.cache.disk else None
     hits = 0 if store is None else store.hits
     precision = resolve_precision(stage.train.precision, env.device, "train.precision").name
+    nhwc_on = stage.train.channels_last
     signature = "" if store is None else prefix_signature(model, split, env.input_norm, env.device,
-                                                          precision)
+                                                          precision, nhwc_on)
 
     def activations(x: np.ndarray) -> Tensor:
         def compute() -> Tensor:
-            return prefix_activations(split, x, batch_size=stage.train.batch_size,
-                                      input_norm=env.input_norm, device=env.device,
-                                      precision=precision)
+            with nhwc(model, nhwc_on):
+                return prefix_activations(split, x, batch_size=stage.train.batch_size,
+                                          input_norm=env.input_norm, device=env.device,
+                                          precision=precision, channels_last=nhwc_on)
 
         if store is None:
             return compute()
