@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from medtransfer.train.allocator import tune_allocator
 from medtransfer.train.precision import resolve_precision
 
 
@@ -24,7 +25,10 @@ def bare_step(model: nn.Module, x: torch.Tensor, make_opt: Optimizer, *, precisi
               channels_last: bool = False, steps: int = 6,
               warmup: int = 1) -> float:
     """Training images/s of ``model`` on the one batch ``x`` (random 0/1 labels), timed over
-    ``steps`` steps after ``warmup`` untimed ones; the model is put on ``x``'s device."""
+    ``steps`` steps after ``warmup`` untimed ones; the model is put on ``x``'s device. The
+    allocator is tuned as ``fit`` tunes it (unless ``MEDTRANSFER_MALLOC=system``), so the two
+    compare like with like."""
+    tune_allocator()
     device = x.device
     model = model.to(device)
     if channels_last:
@@ -67,13 +71,19 @@ def train_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / x.shape[0]
 
 
-def matmul_flops_per_second(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """This machine's speed on large square matrix products in ``dtype`` (FLOP/s): about the most
-    any framework gets out of it for convolutions and dense layers."""
-    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
-    for _ in range(2):
+def matmul_flops_per_second(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096),
+                            repeats: int = 5) -> float:
+    """This machine's best speed on large square matrix products in ``dtype`` (FLOP/s, the
+    fastest of ``sizes``, each timed twice): about the most any framework gets out of it for
+    convolutions and dense layers."""
+    tune_allocator()
+    best = 0.0
+    for n in sizes:
+        a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
         a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0))
+    return best

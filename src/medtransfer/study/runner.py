@@ -51,6 +51,7 @@ from medtransfer.study.plan import (
 from medtransfer.study.results import result_rows, write_results
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
+from medtransfer.train.allocator import tune_allocator
 
 __all__ = ["Runner", "pick_device", "run_study"]
 
@@ -81,6 +82,7 @@ class Runner:
     def __init__(self, cfg: StudyConfig, out: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> None:
         self.cfg, self.out = cfg, Path(out)
+        tune_allocator()  # before the data are decoded: every later allocation benefits
         size = cfg.preprocess.hw[0]
         self.ctx = Context(cfg, self.out, pick_device(cfg.device), size, echo, progress)
         self.variants: dict[str, Variant] = {v.name: v for v in resolve_variants(cfg)}

@@ -1,5 +1,6 @@
 """Training: optimizer/scheduler settings, the seeded fit loop, callbacks, checkpoints and DDP."""
 
+from medtransfer.train.allocator import tune_allocator
 from medtransfer.train.callbacks import (
     ALL_METRICS,
     TRAIN_METRICS,
@@ -71,4 +72,5 @@ __all__ = [
     "predict_proba",
     "save_checkpoint",
     "step_scheduler",
+    "tune_allocator",
 ]

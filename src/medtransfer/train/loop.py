@@ -17,6 +17,7 @@ from medtransfer.config import to_dict
 from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
+from medtransfer.train.allocator import tune_allocator
 from medtransfer.train.batches import check_labels, loss_and_proba, predict_proba
 from medtransfer.train.callbacks import (
     TRAIN_METRICS,
@@ -153,6 +154,7 @@ def fit(
     ``resume``, Ctrl-C leaves ``last.pt`` at the last finished epoch, to resume from.
     """
     t0 = time.perf_counter()
+    tune_allocator()
     train_src = _source("train", train, env, augment)
     val_src = None if val is None else _source("val", val, env, None)
     if val_src is not None and val_src.sample_shape != train_src.sample_shape:
