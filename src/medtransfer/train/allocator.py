@@ -5,8 +5,8 @@ fresh ``mmap`` pages and unmaps them when freed, and it trims the heap's free to
 A CPU training step allocates and frees the same few hundred MB every step (activations,
 gradients, the optimizer's temporaries: Adagrad's ``sqrt`` of a 76M-parameter AlexNet is 300 MB),
 so every step page-faults all of it back in, zero-filled by the kernel. Raising both thresholds
-to 1 GiB lets malloc reuse those blocks: the seed-000 AlexNet trains 10–20% faster in fp32 and
-15–30% faster in bf16 on a 2-core CPU (``benchmarks/bench_allocator.py``), with identical
+to 1 GiB lets malloc reuse those blocks: a bare training step of the seed-000 AlexNet ran 1.2×
+as fast in fp32 and in bf16 on a 2-core CPU (``benchmarks/bench_allocator.py``), with identical
 numbers: the allocator decides where tensors live, never what they hold. The price is that a
 process keeps up to 1 GiB of freed memory (plus fragmentation) instead of returning it.
 
@@ -37,7 +37,7 @@ _STATE: str | None = None
 
 def tune_allocator() -> str:
     """Raise glibc's mmap and trim thresholds to :data:`THRESHOLD` for this process (once);
-    returns what was done, e.g. ``"glibc: mmap/trim thresholds 1 GiB"`` or ``"untouched: ..."``
+    returns what was done, e.g. ``"glibc 2.36: mmap/trim thresholds 1 GiB"`` or ``"untouched: ..."``
     with the reason. Safe to call repeatedly and from any entry point."""
     global _STATE
     if _STATE is None:
