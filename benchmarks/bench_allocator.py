@@ -19,15 +19,12 @@ from pathlib import Path
 _CHILD = """
 import json, sys, time, torch
 sys.path.insert(0, {bench!r})
-from _step import bare_step
+from bench_precision import alexnet_step
 from medtransfer.models import create_model
 from medtransfer.train.allocator import tune_allocator
 out = {{"allocator": tune_allocator()}}
 for prec in ("fp32", "bf16"):
-    torch.manual_seed(0)
-    m = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=128)
-    out[prec] = bare_step(m, torch.rand(64, 1, 128, 128),
-                          lambda p: torch.optim.Adagrad(p, lr=1e-2), precision=prec, steps={steps})
+    out[prec] = alexnet_step("cpu", 128, 64, {steps}, prec, False)
 m = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=128)
 for impl in ("for_loop", "fused"):
     opt = torch.optim.Adagrad(m.parameters(), lr=1e-2, **({{"fused": True}} if impl == "fused" else {{}}))

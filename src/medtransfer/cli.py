@@ -173,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     prev.add_argument("--n", type=int, default=16, help="training images per grid (default 16)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
-    if args.command in ("run", "demo", "predict", "export", "report"):
+    if args.command in ("predict", "export", "report"):  # run and demo: the study runner tunes
         from medtransfer.train.allocator import tune_allocator
 
-        tune_allocator()  # before the first tensor: predict, export and report's Grad-CAM gain too
+        tune_allocator()  # before the first tensor: inference and report's Grad-CAM gain too
     try:
         if args.command == "models":
             from medtransfer.models import list_models
