@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from medtransfer.api import run_study
-from medtransfer.study import study_from_dict
+from medtransfer.study import ExecutorSettings, study_from_dict
 from medtransfer.study.runner import Runner
 
 
@@ -61,8 +61,8 @@ def _config(root: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def _timed(cfg: dict[str, Any], out: Path, workers: int, args: argparse.Namespace) -> float:
     t0 = time.perf_counter()
-    run_study(study_from_dict(cfg), out, workers=workers, executor=args.executor,
-              address=args.address, report=False, progress=False, echo=lambda m: None)
+    run_study(study_from_dict(cfg), out, executor=ExecutorSettings(args.executor, workers, args.address),
+              report=False, progress=False, echo=lambda m: None)
     return time.perf_counter() - t0
 
 

@@ -12,7 +12,7 @@ import yaml
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError
 from medtransfer.search import nested, run_search
-from medtransfer.study import load_study
+from medtransfer.study import load_study, resolve_variants
 
 pytest.importorskip("optuna")
 
@@ -58,14 +58,16 @@ def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_wor
             assert {r["test_set"] for r in csv.DictReader(fh)} == {"val"}
     best = load_study(out / "best.yaml")  # runnable as it is
     top = trials[0]
-    assert best.transfer.train.optimizer.lr == float(top["transfer.train.optimizer.lr"])
-    assert best.transfer.train.batch_size == int(top["transfer.train.batch_size"])
-    assert best.transfer.freeze.trainable_layers == int(top["transfer.freeze.trainable_layers"])
-    assert [v.name for v in best.variants] == ["best"] and top["trial"] in (out / "best.yaml").read_text()
+    (tuned,) = resolve_variants(best)
+    assert tuned.transfer.train.optimizer.lr == float(top["transfer.train.optimizer.lr"])
+    assert tuned.transfer.train.batch_size == int(top["transfer.train.batch_size"])
+    assert tuned.transfer.freeze.trainable_layers == int(top["transfer.freeze.trainable_layers"])
+    # the tuned study keeps the study's variant (its one arm), with the best point laid over it
+    assert [v.name for v in best.variants] == ["baseline"] and top["trial"] in (out / "best.yaml").read_text()
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {r["test_set"] for r in rows if r["stage"] == "transfer"} == {"test_1", "test_2"}
-    assert {r["variant"] for r in rows if r["stage"] == "transfer"} == {"best"}
+    assert {r["variant"] for r in rows if r["stage"] == "transfer"} == {"baseline"}
     assert (out / "report.html").is_file()
     assert "## Validation score per hyperparameter value" in md  # seed 001's plots, one per key
     for key in ("transfer.train.optimizer.lr", "transfer.train.batch_size",

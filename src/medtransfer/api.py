@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medtransfer.errors import ConfigError
 from medtransfer.report import summarize, write_report
-from medtransfer.study import StudyConfig, load_study
-from medtransfer.study import run_study as _run_plan
+from medtransfer.study import ExecutorSettings, Runner, StudyConfig, load_study
 from medtransfer.study.lock import run_lock
 
 __all__ = ["LogEcho", "load_study", "run_log", "run_study"]
@@ -82,20 +82,23 @@ def _tee(echo: Callable[[str], None], handler: logging.Handler) -> Callable[[str
 
 
 def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, report: bool = True,
-              progress: bool = True, workers: int = 1, executor: str = "local", address: str | None = None,
+              progress: bool = True, executor: ExecutorSettings | None = None,
               echo: Callable[[str], None] = print, **report_options: Any) -> Path:
-    """Run a study (a config or the path of its YAML) into ``out`` (default ``runs/<name>``),
-    then write ``summary.md``/``summary.csv`` and, with ``report``, ``report.html``
-    (``report_options`` go to :func:`medtransfer.report.write_report`). Progress goes to ``echo``
-    and to ``out/run.log``. Returns ``out``."""
+    """Run a study (a config or the path of its YAML) into ``out`` (default ``runs/<name>``) on
+    ``executor``'s workers (default: this process), then write ``summary.md``/``summary.csv``
+    and, with ``report``, ``report.html`` (``report_options`` go to
+    :func:`medtransfer.report.write_report`). Progress goes to ``echo`` and to ``out/run.log``.
+    Returns ``out``."""
     if not isinstance(cfg, StudyConfig):
         cfg = load_study(cfg)
+    if cfg.search is not None:
+        raise ConfigError(f"study {cfg.name!r} has a 'search' section: run it with `medtransfer run` "
+                          "or medtransfer.search.run_search, which tune it before the tests")
     out = Path(out) if out is not None else Path("runs") / cfg.name
     # held from the first unit to the report: no second run writes here
     with run_lock(out), run_log(out) as handler:
         echo = _tee(echo, handler)
-        _run_plan(cfg, out, progress=progress, workers=workers, executor=executor, address=address,
-                  echo=echo)
+        Runner(cfg, out, progress=progress, echo=echo).run(executor)
         echo(f"summary: {summarize(out)}")
         if report:
             echo(f"report: {write_report(out, **report_options)}")

@@ -57,10 +57,11 @@ def demo_config_path() -> Path:
 def _run(args: argparse.Namespace) -> int:
     from medtransfer.api import LogEcho, run_log, run_study
     from medtransfer.config import deep_merge, read_yaml
-    from medtransfer.study import study_from_dict
+    from medtransfer.study import ExecutorSettings, study_from_dict
 
     if args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
+    executor = ExecutorSettings(args.executor, args.workers, args.address)
     overrides = _parse_set(args.set or [])
     if args.device:
         overrides["device"] = args.device
@@ -75,13 +76,14 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
-                       report=not args.no_report, source_name=str(path), echo=LogEcho())
+                       report=not args.no_report, source_name=str(path), echo=LogEcho(),
+                       executor=executor)
         print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
         return 0
     cfg = study_from_dict(raw, base=path.resolve().parent, source_name=str(path))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    run_study(cfg, out, progress=not args.no_progress, workers=args.workers, report=not args.no_report,
-              executor=args.executor, address=args.address, echo=LogEcho())
+    run_study(cfg, out, progress=not args.no_progress, report=not args.no_report, executor=executor,
+              echo=LogEcho())
     print(f"table: {out / 'summary.md'}")
     return 0
 

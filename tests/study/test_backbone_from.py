@@ -57,17 +57,21 @@ def test_plan_links_each_cell_to_its_upstream_and_runs_it_in_an_earlier_wave(tmp
 
 
 def test_every_executor_gets_the_waves_in_order(tmp_path, class_folders, monkeypatch):
-    """Runner.execute hands the executor one wave at a time (local processes and Ray alike)."""
+    """Runner.execute hands the session one wave at a time (local processes and Ray alike)."""
     cfg = study_from_dict(_cfg(tmp_path, class_folders, repeats=2))
     batches: list[list[Any]] = []
 
-    def fake_run_jobs(runner, factory, jobs, **kwargs):
-        batches.append(list(jobs))
-        return {job: {} for job in jobs}
+    class Recorder:
+        def __init__(self, runner: Any) -> None:
+            pass
 
-    monkeypatch.setattr("medtransfer.study.runner.run_jobs", fake_run_jobs)
+        def run(self, jobs, on_done):
+            batches.append(list(jobs))
+            return {job: {} for job in jobs}
+
+    monkeypatch.setattr("medtransfer.study.runner.InProcess", Recorder)
     plan = make_plan(cfg)
-    Runner(cfg, tmp_path / "run").execute(plan, workers=2)
+    Runner(cfg, tmp_path / "run").execute(plan)
     when = {job: k for k, batch in enumerate(batches) for job in batch}
     assert batches[0] == list(plan.pretrains)
     for c in plan.cells:

@@ -14,7 +14,7 @@ from medtransfer.api import run_study
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.report.summary import SUMMARY_COLUMNS
-from medtransfer.study import study_from_dict
+from medtransfer.study import ExecutorSettings, study_from_dict
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
 MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
@@ -180,7 +180,8 @@ def test_two_worker_processes_give_the_same_matrix(tmp_path, class_folders, one_
            "strategies": {k: base["strategies"][k] for k in ("scratch", "svm")}}
     one, two = tmp_path / "one", tmp_path / "two"
     run_study(study_from_dict(cfg), one, echo=lambda m: None, report=False)
-    run_study(study_from_dict(cfg), two, echo=lambda m: None, report=False, workers=2)
+    run_study(study_from_dict(cfg), two, echo=lambda m: None, report=False,
+              executor=ExecutorSettings(workers=2))
     assert _rows(one) == _rows(two)
     units = [sorted(p.name for p in (d / "units").iterdir()) for d in (one, two)]
     assert units[0] == units[1]

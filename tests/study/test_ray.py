@@ -16,7 +16,7 @@ import pytest
 
 from medtransfer.api import run_study
 from medtransfer.errors import ConfigError, ImageDecodeError
-from medtransfer.study import study_from_dict
+from medtransfer.study import ExecutorSettings, study_from_dict
 from medtransfer.study.executors.ray import _share, run_jobs_on_ray
 from medtransfer.study.plan import make_plan
 from medtransfer.study.runner import Runner
@@ -65,8 +65,9 @@ def ray_run(ray_address, tiny_study_config, tmp_path_factory) -> tuple[Path, Pat
     """The tiny study run through Ray: (data root, run folder, messages)."""
     root = tmp_path_factory.mktemp("study")
     logs: list[str] = []
-    out = run_study(study_from_dict(tiny_study_config(root)), root / "ray", executor="ray",
-                    address=ray_address, workers=2, report=False, progress=False, echo=logs.append)
+    out = run_study(study_from_dict(tiny_study_config(root)), root / "ray",
+                    executor=ExecutorSettings("ray", 2, ray_address), report=False, progress=False,
+                    echo=logs.append)
     return root, out, logs
 
 
@@ -88,8 +89,8 @@ def test_ray_rerun_reuses_every_unit(ray_run, ray_address, tiny_study_config):
     assert len(results) == 4
     before = {p: p.stat().st_mtime_ns for p in results}
     logs: list[str] = []
-    run_study(study_from_dict(tiny_study_config(root)), out, executor="ray", address=ray_address,
-              workers=2, report=False, progress=False, echo=logs.append)
+    run_study(study_from_dict(tiny_study_config(root)), out, executor=ExecutorSettings("ray", 2, ray_address),
+              report=False, progress=False, echo=logs.append)
     assert sum("done earlier, reused" in m for m in logs) == 4
     assert before == {p: p.stat().st_mtime_ns for p in results}
 
@@ -116,8 +117,9 @@ def test_unreachable_address_fails_fast_and_names_it(tiny_study_config, tmp_path
 
     def attempt() -> None:
         try:
-            run_study(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run", executor="ray",
-                      address=address, workers=2, report=False, progress=False, echo=lambda m: None)
+            run_study(study_from_dict(tiny_study_config(tmp_path)), tmp_path / "run",
+                      executor=ExecutorSettings("ray", 2, address), report=False, progress=False,
+                      echo=lambda m: None)
         except BaseException as exc:
             outcome.append(exc)
 

@@ -12,7 +12,7 @@ import pytest
 from medtransfer.api import run_study
 from medtransfer.cli import main
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
-from medtransfer.study import load_study, study_from_dict
+from medtransfer.study import ExecutorSettings, load_study, study_from_dict
 
 
 @pytest.fixture
@@ -183,7 +183,8 @@ def test_cli_run_and_error_exit_code(tmp_path, capsys, make_config):
 def test_two_worker_processes_give_the_same_results(tmp_path, make_config):
     one, two = tmp_path / "one", tmp_path / "two"
     run_study(study_from_dict(make_config(tmp_path)), one, echo=lambda m: None, report=False)
-    run_study(study_from_dict(make_config(tmp_path)), two, workers=2, echo=lambda m: None, report=False)
+    run_study(study_from_dict(make_config(tmp_path)), two, executor=ExecutorSettings(workers=2),
+              echo=lambda m: None, report=False)
     assert _rows(one) == _rows(two)
     assert sorted(p.name for p in (one / "units").iterdir()) == sorted(
         p.name for p in (two / "units").iterdir())

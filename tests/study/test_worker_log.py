@@ -7,7 +7,7 @@ import os
 import re
 
 from medtransfer.api import run_study
-from medtransfer.study import study_from_dict
+from medtransfer.study import ExecutorSettings, study_from_dict
 
 # Imported by every process that reads the study (its `imports:`), a worker's first job included.
 PROBE = """
@@ -27,8 +27,8 @@ def test_two_local_workers_log_into_run_log(tmp_path, tiny_study_config, monkeyp
     cfg.update(imports=["mt_worker_probe"], audit=False, repeats=2, pretrain={"train": train},
                sources={"src": tiny["source"]}, targets={"tgt": tiny["target"]},
                strategies={"freeze": {"kind": "freeze", "train": train}})
-    out = run_study(study_from_dict(cfg), tmp_path / "run", workers=2, report=False, progress=False,
-                    echo=lambda m: None)
+    out = run_study(study_from_dict(cfg), tmp_path / "run", executor=ExecutorSettings(workers=2),
+                    report=False, progress=False, echo=lambda m: None)
     log = (out / "run.log").read_text(encoding="utf-8")
     here = str(os.getpid())
     assert set(re.findall(r"probe imported in pid (\d+)", log)) - {here}  # a worker's record

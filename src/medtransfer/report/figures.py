@@ -224,9 +224,11 @@ def run_figures(
     return {k: v for k, v in sections.items() if v}
 
 
-def search_plot(out: Path, key: str) -> Path:
-    """Where a search's figure of hyperparameter ``key`` is saved (PNG; an SVG beside it)."""
-    return out / f"search_{re.sub(r'[^A-Za-z0-9_-]+', '_', key)}.png"
+def search_plot(out: Path, key: str, arm: str | None = None) -> Path:
+    """Where a search's figure of hyperparameter ``key`` (of one ``arm`` where the search tuned
+    several) is saved (PNG; an SVG beside it)."""
+    name = key if arm is None else f"{arm}__{key}"
+    return out / f"search_{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.png"
 
 
 def _hashable(value: Any) -> Any:
@@ -234,14 +236,16 @@ def _hashable(value: Any) -> Any:
 
 
 def search_figures(out: Path, trials: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str,
-                   log_keys: Collection[str] = ()) -> list[Plot]:
+                   log_keys: Collection[str] = (), arm: str | None = None) -> list[Plot]:
     """One figure per searched key: the finished trials' validation ``metric`` per value (bar of
-    mean ± sd and box plot; a scatter for a sampled range). ``trials``: ``{"params", "value"}``."""
+    mean ± sd and box plot; a scatter for a sampled range). ``trials``: ``{"params", "value"}``;
+    ``arm``: the arm they tuned, where a search tuned several."""
     done = [t for t in trials if t.get("value") is not None and math.isfinite(float(t["value"]))]
     plots = []
     for key in keys if done else []:
         fig = search_param_figure(key, [_hashable(t["params"].get(key)) for t in done],
                                   [float(t["value"]) for t in done], metric, log=key in log_keys)
-        stem = search_plot(out, key).with_suffix("")
-        plots.append(_save(fig, stem.parent, stem.name, f"Validation {metric} per value of {key}"))
+        stem = search_plot(out, key, arm).with_suffix("")
+        what = f"Validation {metric} per value of {key}" + (f" ({arm})" if arm else "")
+        plots.append(_save(fig, stem.parent, stem.name, what))
     return plots

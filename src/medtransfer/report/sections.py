@@ -198,8 +198,9 @@ def arm_word(run: RunDir) -> str:
 
 
 def search_section(doc: Doc, run: RunDir) -> None:
-    """The search that chose this run's configuration (``trials.csv`` beside it): its figures of
-    the validation score per hyperparameter value. Nothing for a run without a search."""
+    """The search that chose this run's configuration (``trials.csv`` beside it): each arm's
+    chosen point and its figures of the validation score per hyperparameter value. Nothing for a
+    run without a search."""
     path = run.path / "trials.csv"
     if not path.is_file():
         return
@@ -210,9 +211,17 @@ def search_section(doc: Doc, run: RunDir) -> None:
     if "trial" not in head or score is None:
         return
     keys = head[head.index("trial") + 1 : head.index(score)]
+    arms = list(dict.fromkeys(t.get("arm", "") for t in trials))
     doc.heading("Hyperparameter search")
-    doc.para(f"{len(trials)} trials, each scored on the validation set only (`trials.csv`, `search.md`); "
-             "the configuration reported above is the best of them, evaluated once on the tests.")
-    plots = [(f"Validation {score.removeprefix('val_')} per value of {k}", search_plot(run.path / "plots", k))
-             for k in keys]
+    tuned = "each arm tuned on its own" if len(arms) > 1 else "one search"
+    doc.para(f"{len(trials)} trials ({tuned}), each scored on the validation set only (`trials.csv`, "
+             "`search.md`); the configuration reported above is the best of each, evaluated once on "
+             "the tests.")
+    best = [t for t in trials if t.get("rank") == "1" and t.get(score)]
+    if best:
+        doc.table(["arm", "trial", *keys, f"val {score.removeprefix('val_')}"],
+                  [[t.get("arm", ""), t["trial"], *(t[k] or "–" for k in keys), t[score]] for t in best])
+    many = len(arms) > 1
+    plots = [(f"Validation {score.removeprefix('val_')} per value of {k}" + (f" ({a})" if many else ""),
+              search_plot(run.path / "plots", k, a if many else None)) for a in arms for k in keys]
     doc.images([(caption, png) for caption, png in plots if png.is_file()])

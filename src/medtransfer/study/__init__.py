@@ -8,8 +8,9 @@ from medtransfer.study.config import (
            resolve_variants,
            study_from_dict,
 )
+from medtransfer.study.executors import ExecutorSettings
 from medtransfer.study.plan import CellJob, Plan, PretrainJob, make_plan
-from medtransfer.study.runner import Runner, run_study
+from medtransfer.study.runner import Runner
 
-__all__ = ["CellJob", "Plan", "PretrainJob", "Runner", "StudyConfig", "Variant", "VariantSpec", "load_study",
-           "make_plan", "resolve_variants", "run_study", "study_from_dict"]
+__all__ = ["CellJob", "ExecutorSettings", "Plan", "PretrainJob", "Runner", "StudyConfig", "Variant",
+           "VariantSpec", "load_study", "make_plan", "resolve_variants", "study_from_dict"]

@@ -11,6 +11,7 @@ pretrained ``weights``) × named ``targets`` × named ``strategies`` × ``repeat
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from medtransfer.strategies import (
 )
 from medtransfer.study.backbones import check_backbones
 from medtransfer.study.report_config import ReportConfig, check_layers
+from medtransfer.study.search_config import SearchConfig
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
 
@@ -127,6 +129,11 @@ class VariantSpec:
     # the matrix strategies this variant runs, e.g. [scratch] for an architecture that has no
     # pretrained weights (null: every strategy)
     only: list[str] | None = None
+    # the matrix sources this variant starts from, e.g. [chexnet] for settings tuned for that
+    # source (null: every source; scratch cells have none)
+    only_sources: list[str] | None = None
+    # the matrix targets this variant transfers to (null: every target)
+    only_targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check_name("variants", self.name)
@@ -171,6 +178,8 @@ class StudyConfig:
     # what the report adds: strategy differences, first-layer filters, feature maps, activation
     # maximisation
     report: ReportConfig = field(default_factory=ReportConfig)
+    # a hyperparameter search: each arm's trials scored on validation, its best run on the tests
+    search: SearchConfig | None = None
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
@@ -258,6 +267,9 @@ class Variant:
     pretrain: PretrainConfig
     transfer: TransferConfig
     strategies: dict[str, StrategyConfig] = field(default_factory=dict)
+    sources: tuple[str, ...] | None = None  # the sources it starts from (None: every source)
+    targets: tuple[str, ...] | None = None  # the targets it transfers to (None: every target)
+    spec: VariantSpec | None = None  # what it was resolved from (a worker resolves it again)
 
 
 def resolve_variants(cfg: StudyConfig) -> list[Variant]:
@@ -274,6 +286,8 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
             raise ConfigError(unknown_key_message(unknown[0], f"{where}.strategies", cfg.strategies))
         if spec.only is not None:
             _check_only(cfg, spec, where)
+        for key, names in (("only_sources", cfg.sources), ("only_targets", cfg.targets)):
+            _check_subset(cfg, where, key, getattr(spec, key), names)
         if cfg.is_matrix:
             strategies = {
                 name: strategy_from_dict(deep_merge(raw, spec.strategies.get(name, {})),
@@ -294,9 +308,27 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
                 pretrain=pretrain,
                 transfer=transfer,
                 strategies=strategies,
+                sources=None if spec.only_sources is None else tuple(spec.only_sources),
+                targets=None if spec.only_targets is None else tuple(spec.only_targets),
+                spec=spec,
             )
         )
     return out
+
+
+def _check_subset(cfg: StudyConfig, where: str, key: str, chosen: list[str] | None,
+                  names: Mapping[str, Any]) -> None:
+    """``variants[i].only_sources`` / ``only_targets``: a non-empty list of the matrix's names."""
+    if chosen is None:
+        return
+    if not cfg.is_matrix:
+        raise ConfigError(f"'{where}.{key}': names a matrix study's {key.removeprefix('only_')}; this "
+                          "study has one source and one target")
+    if not chosen:
+        raise ConfigError(f"'{where}.{key}': got an empty list; name at least one, or null")
+    for name in chosen:
+        if name not in names:
+            raise ConfigError(unknown_key_message(name, f"{where}.{key}", names))
 
 
 def _check_only(cfg: StudyConfig, spec: VariantSpec, where: str) -> None:

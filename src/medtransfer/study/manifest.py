@@ -28,6 +28,8 @@ def job_entry(job: Job, result: dict[str, Any], out: Path) -> dict[str, Any]:
     }
     fields = asdict(job)
     fields.pop("label")
+    fields.pop("spec", None)
+    fields.pop("pruning", None)
     pre = fields.pop("pretrain", None)
     up = fields.pop("upstream", None)
     entry.update(fields)

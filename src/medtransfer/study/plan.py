@@ -16,12 +16,13 @@ The plan is pure configuration: building it reads no data.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from medtransfer.strategies import ScratchStrategy, StrategyConfig
 from medtransfer.study.backbones import backbone_from
-from medtransfer.study.config import StudyConfig, Variant, resolve_variants
+from medtransfer.study.config import StudyConfig, Variant, VariantSpec, resolve_variants
+from medtransfer.study.pruning import PruneTarget
 
 __all__ = ["NO_SOURCE", "SINGLE_SOURCE", "SINGLE_STRATEGY", "SINGLE_TARGET", "CellJob", "Job", "Plan",
            "PretrainJob", "make_plan", "pretrain_seed", "repeat_seed"]
@@ -52,6 +53,8 @@ class PretrainJob:
     repeat: int  # whose seed it trains with: 0 unless the study has repeat_pretraining
     seed: int
     label: str  # names the unit folder
+    # the variant's spec, so a worker can resolve a variant the study does not list (a trial)
+    spec: VariantSpec | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class CellJob:
     pretrain: PretrainJob | None = None
     evaluate: Evaluate = "tests"
     upstream: CellJob | None = None
+    spec: VariantSpec | None = field(default=None, compare=False, repr=False)  # as PretrainJob's
+    # a search trial's cell: the Optuna trial it reports each epoch to, for pruning
+    pruning: PruneTarget | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -133,15 +139,19 @@ def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
         for s, has_data in sources.items():
             for r in range(pre_repeats) if has_data else ():
                 label = f"{v.name}.{s}" + (f".r{r}" if cfg.repeat_pretraining else "") if matrix else v.name
-                pretrains[(v.name, s, r)] = PretrainJob(v.name, s, r, pretrain_seed(cfg.seed, r), label)
+                pretrains[(v.name, s, r)] = PretrainJob(v.name, s, r, pretrain_seed(cfg.seed, r), label,
+                                                        v.spec)
     cells = []
     for v in variants:
         strategies: dict[str, StrategyConfig] = v.strategies
         for t, n_folds in targets.items():
+            if v.targets is not None and t not in v.targets:
+                continue
             for st, strategy in strategies.items():
                 upstream = backbone_from(strategy)
                 scratch = isinstance(strategies[upstream] if upstream else strategy, ScratchStrategy)
-                names = [NO_SOURCE] if scratch else list(sources)
+                names = [NO_SOURCE] if scratch else [s for s in sources
+                                                     if v.sources is None or s in v.sources]
                 for s in names:
                     for r in range(cfg.repeats):
                         pre = pretrains.get((v.name, s, r if cfg.repeat_pretraining else 0))
@@ -150,7 +160,7 @@ def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
                             label = base if fold is None else (
                                 f"{base}.f{fold + 1}" if matrix else f"{base}-fold{fold + 1}")
                             cells.append(CellJob(v.name, s, t, st, r, fold, repeat_seed(cfg.seed, r),
-                                                 label, pre, evaluate))
+                                                 label, pre, evaluate, spec=v.spec))
     used = {c.pretrain for c in cells}  # a variant that runs only scratch pretrains nothing
     return Plan(tuple(p for p in pretrains.values() if p in used), _linked(cells, variants),
                 tuple(variants))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from medtransfer.study.config import (
     resolve_variants,
     study_from_dict,
 )
-from medtransfer.study.executors import preflight, run_jobs
+from medtransfer.study.executors import ExecutorSettings, InProcess, Session, open_session, preflight
 from medtransfer.study.lock import run_lock
 from medtransfer.study.manifest import Manifest
 from medtransfer.study.plan import (
@@ -48,12 +49,13 @@ from medtransfer.study.plan import (
     PretrainJob,
     make_plan,
 )
+from medtransfer.study.pruning import PruneTarget
 from medtransfer.study.results import result_rows, write_results
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
 from medtransfer.train.allocator import tune_allocator
 
-__all__ = ["Runner", "pick_device", "run_study"]
+__all__ = ["Runner", "pick_device"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -66,12 +68,11 @@ def _echo_flush(msg: str) -> None:
     print(msg, flush=True)
 
 
-def worker_runner(cfg_data: dict[str, Any], out: str, extra: list[dict[str, Any]],
+def worker_runner(cfg_data: dict[str, Any], out: str,
                   echo: Callable[[str], None] | None = None) -> Runner:
-    """A prepared runner in a worker process (the executors' factory)."""
+    """A prepared runner in a worker process (the executors' factory); variants beyond the
+    study's own (search trials) come with their jobs."""
     runner = Runner(study_from_dict(cfg_data), Path(out), progress=False, echo=echo or _echo_flush)
-    for spec in extra:
-        runner.add_variant(VariantSpec(**spec))
     runner.prepare(write=False)
     return runner
 
@@ -86,13 +87,13 @@ class Runner:
         size = cfg.preprocess.hw[0]
         self.ctx = Context(cfg, self.out, pick_device(cfg.device), size, echo, progress)
         self.variants: dict[str, Variant] = {v.name: v for v in resolve_variants(cfg)}
-        self._extra: list[VariantSpec] = []
         self.tasks: dict[str, LoadedTask] = {}
         self.audit_counts: dict[str, dict[str, int]] = {}
         self._resplit: dict[tuple[str, int], LoadedTask] = {}
         self._pretrained: dict[PretrainJob, dict[str, Any]] = {}
         self._cells: dict[CellJob, dict[str, Any]] = {}  # upstream cells' results (backbone_from)
         self._manifest: Manifest | None = None
+        self._session: Session | None = None
 
     @property
     def device_name(self) -> str:
@@ -103,16 +104,25 @@ class Runner:
         return self.ctx.echo
 
     def add_variant(self, spec: VariantSpec) -> Variant:
-        """A variant beyond the study's own (a search trial), runnable by workers too."""
+        """A variant beyond the study's own (a search trial); its jobs carry ``spec``, so workers
+        add it too."""
         v = resolve_variants(dataclasses.replace(self.cfg, variants=[spec]))[0]
         self.variants[v.name] = v
-        self._extra.append(spec)
         return v
 
     def factory(self) -> Callable[..., Runner]:
         """A picklable callable that builds this runner again in a worker process."""
-        return functools.partial(worker_runner, to_dict(self.cfg), str(self.out),
-                                 [to_dict(s) for s in self._extra])
+        return functools.partial(worker_runner, to_dict(self.cfg), str(self.out))
+
+    @contextmanager
+    def session(self, settings: ExecutorSettings) -> Iterator[Session]:
+        """Run :meth:`execute`'s jobs on ``settings``' workers, started once for the block."""
+        with open_session(settings, self, self.factory()) as session:
+            self._session = session
+            try:
+                yield session
+            finally:
+                self._session = None
 
     # -- data ----------------------------------------------------------------------------------
     def task_configs(self) -> dict[str, tuple[str, TaskConfig]]:
@@ -209,6 +219,8 @@ class Runner:
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job: Job) -> dict[str, Any]:
         """Run one job (its unit reused if already done); returns plain, picklable data."""
+        if job.variant not in self.variants and job.spec is not None:
+            self.add_variant(job.spec)  # a search trial's variant, in a worker
         if isinstance(job, PretrainJob):
             return self.pretrained(job)
         # A worker meets a cell's pretraining already done by the pretraining phase: no message.
@@ -226,56 +238,46 @@ class Runner:
                                                  self.tasks[job.source], announce=announce)
         return self._pretrained[job]
 
-    def execute(self, plan: Plan, *, workers: int = 1, executor: str = "local",
-                address: str | None = None) -> dict[Job, dict[str, Any]]:
-        """Run the plan's pretrainings, then its cells; each finished job goes into the manifest."""
+    def execute(self, plan: Plan) -> dict[Job, dict[str, Any]]:
+        """Run the plan's pretrainings, then its cells, on the open :meth:`session` (else here);
+        each finished job goes into the manifest."""
         if self._manifest is None:
             self._manifest = Manifest(self.out, self.cfg.name)
         manifest = self._manifest
+        session = self._session or InProcess(self)
         outcomes: dict[Job, dict[str, Any]] = {}
         # Pretraining first: cells of one source share its unit, which must not run twice at once;
         # then the cells, each after the cell whose trained model it takes (backbone_from).
         for jobs in (plan.pretrains, *plan.cell_waves()):
-            outcomes.update(run_jobs(self, self.factory(), jobs, executor=executor, workers=workers,
-                                     address=address, on_done=manifest.record))
+            outcomes.update(session.run(jobs, manifest.record))
             self._cells.update({j: r for j, r in outcomes.items() if isinstance(j, CellJob)})
         return outcomes
 
-    def run(self, *, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:
-        """Run the whole study, holding the run folder's lock; returns the run folder."""
-        preflight(executor, workers, address, self.out)
+    def run(self, executor: ExecutorSettings | None = None) -> Path:
+        """Run the whole study on ``executor``'s workers (default: this process), holding the run
+        folder's lock; returns the run folder."""
+        executor = executor or ExecutorSettings()
+        preflight(executor, self.out)
         with run_lock(self.out):
             self.prepare()
             plan = make_plan(self.cfg)
-            outcomes = self.execute(plan, workers=workers, executor=executor, address=address)
+            with self.session(executor):
+                outcomes = self.execute(plan)
             rows = result_rows(plan, outcomes, self.tasks, self.audit_counts,
                                repeat_pretraining=self.cfg.repeat_pretraining)
             write_results(self.out / "results.csv", rows)
         self.echo(f"results: {self.out / 'results.csv'}")
         return self.out
 
-    def run_variants(
-        self, specs: Sequence[VariantSpec], *, evaluate: str = "val"
-    ) -> dict[CellJob, dict[str, Any]]:
+    def run_variants(self, specs: Sequence[VariantSpec], *, evaluate: str = "val",
+                     prune: Callable[[CellJob], PruneTarget | None] | None = None,
+                     ) -> dict[CellJob, dict[str, Any]]:
         """Pretrain and transfer extra variants (search trials), scored on validation only by
-        default; returns each cell's result."""
+        default; ``prune`` gives a cell the trial it reports to (called in plan order). Returns
+        each cell's result."""
         plan = make_plan(self.cfg, [self.add_variant(s) for s in specs], evaluate=evaluate)  # type: ignore[arg-type]
+        if prune is not None:
+            plan = dataclasses.replace(plan, cells=tuple(dataclasses.replace(c, pruning=prune(c))
+                                                         for c in plan.cells))
         outcomes = self.execute(plan)
         return {c: outcomes[c] for c in plan.cells}
-
-
-def run_study(
-    cfg: StudyConfig,
-    out: Path,
-    *,
-    progress: bool = True,
-    workers: int = 1,
-    echo: Callable[[str], None] = print,
-    executor: str = "local",
-    address: str | None = None,
-) -> Path:
-    """Run ``cfg`` into ``out``; ``workers`` > 1 runs jobs in parallel processes (``executor``
-    ``local``) or Ray actors (``ray``, on the cluster at ``address``, else a local Ray)."""
-    return Runner(cfg, out, progress=progress, echo=echo).run(
-        workers=workers, executor=executor, address=address
-    )

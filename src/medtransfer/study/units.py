@@ -29,6 +29,7 @@ from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy
 from medtransfer.study.config import StudyConfig, Variant, pretrain_model
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
+from medtransfer.study.pruning import TrialPruned, TrialPruning
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
@@ -270,14 +271,22 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
         spec["evaluate"] = "val"  # a search trial: test images are never looked at
     if upstream is not None:
         spec["upstream"] = Path(upstream["dir"]).name  # the unit whose trained model is the backbone
+    if job.pruning is not None:
+        spec["pruning"] = job.pruning.key()
     unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
             ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
             return {**unit.result(), "dir": str(unit.dir)}
         _say_redo(ctx, job.label, unit)
-        return {**unit.finish(_cell(ctx, v, job, target, pretrained, unit.start(), spec, weights,
-                                    upstream)), "dir": str(unit.dir)}
+        workdir = unit.start()
+        try:
+            result = _cell(ctx, v, job, target, pretrained, workdir, spec, weights, upstream)
+        except TrialPruned as pruned:
+            ctx.echo(f"[{job.label}] pruned after epoch {pruned.epoch}")
+            result = {"tests": {}, "val": {}, "classes": target.classes, "pruned_at": pruned.epoch,
+                      "pruned_value": pruned.value}
+        return {**unit.finish(result), "dir": str(unit.dir)}
 
 
 def _upstream_start(ctx: Context, v: Variant, target: LoadedTask, seed: int,
@@ -309,9 +318,10 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
         for k, idx in sorted(split.tests.items())}
     parts = {name: idx for name, idx in [("val", split.val), *tests.items()] if len(idx)}
     train, augment = training_augment(target.part(split.train), v.transfer.augment, job.seed)
+    callbacks = [*ctx.callbacks(workdir, job.label, spec),
+                 *([TrialPruning(job.pruning)] if job.pruning is not None else [])]
     env = TrainEnv(job.seed, workdir, target.images.num_classes, ctx.device, start.input_norm,
-                   ctx.callbacks(workdir, job.label, spec), {**spec, "classes": target.classes},
-                   ctx.disk_cache)
+                   callbacks, {**spec, "classes": target.classes}, ctx.disk_cache)
     res = run_strategy(
         strategy, start.model, train,
         target.part(split.val) if len(split.val) else None,

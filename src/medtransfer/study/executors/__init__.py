@@ -1,25 +1,47 @@
 """Where a study's jobs run: in this process, in worker processes on this machine
 (:mod:`.local`), or on a Ray cluster (:mod:`.ray`).
 
-An executor receives a runner *factory* — a picklable callable that builds and prepares a
-:class:`~medtransfer.study.runner.Runner` for the same study and run folder — and the jobs.
-Workers build their own runner (reloading the data through the image cache) and run whole
-jobs; units land in the run folder's unit store, so a killed run resumes as usual.
+:class:`ExecutorSettings` says where (one object from the command line to here). An executor
+*session* (:func:`open_session`) is opened once per run or search and runs batches of jobs: its
+workers (processes or Ray actors) are started once and kept for every batch. Each worker builds
+its own :class:`~medtransfer.study.runner.Runner` with a *factory* — a picklable callable for the
+same study and run folder — and runs whole jobs; a job carries the spec of a variant the study
+does not list (a search trial), so one worker serves every trial. Units land in the run folder's
+unit store, so a killed run resumes as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 
-__all__ = ["EXECUTORS", "JobRunner", "OnDone", "preflight", "run_jobs"]
+__all__ = ["EXECUTORS", "ExecutorSettings", "JobRunner", "OnDone", "Session", "open_session", "preflight"]
 
 EXECUTORS = ("local", "ray")
 OnDone = Callable[[Any, Any], None]
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Where jobs run: ``kind`` ``local`` (this process, or ``workers`` spawned processes) or
+    ``ray`` (``workers`` actors on the cluster at ``address``, else on a Ray started here)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = 1
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("executor", self.kind, EXECUTORS)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"'workers': got {self.workers!r}; allowed: an integer >= 1")
+        if self.address is not None and self.kind != "ray":
+            raise ConfigError(f"'address': got {self.address!r}, but it is only used with executor 'ray'")
 
 
 class JobRunner(Protocol):
@@ -34,41 +56,52 @@ class JobRunner(Protocol):
     def run_job(self, job: Any) -> Any: ...
 
 
-def _check(executor: str, workers: int, address: str | None) -> None:
-    check_choice("executor", executor, EXECUTORS)
-    if workers < 1:
-        raise ConfigError(f"'workers': got {workers!r}; allowed: an integer >= 1")
-    if address is not None and executor != "ray":
-        raise ConfigError(f"'address': got {address!r}, but it is only used with executor 'ray'")
+class Session(Protocol):
+    """Runs batches of jobs on workers started once."""
+
+    def run(self, jobs: Sequence[Any], on_done: OnDone) -> dict[Any, Any]:
+        """``{job: result}`` in the order of ``jobs``; ``on_done(job, result)`` is called in this
+        process as each job finishes."""
+        ...
 
 
-def preflight(executor: str, workers: int, address: str | None, out: Path) -> None:
-    """Check the executor settings (and that a Ray address answers) before any data is loaded."""
-    _check(executor, workers, address)
-    if address is not None:
-        from medtransfer.study.executors.ray import check_address
+class InProcess:
+    """Every job in this process, one after another, with ``runner``."""
 
-        check_address(address, out)
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
 
-
-def run_jobs(runner: JobRunner, factory: Callable[..., JobRunner], jobs: Sequence[Any], *,
-             executor: str = "local", workers: int = 1, address: str | None = None,
-             on_done: OnDone | None = None) -> dict[Any, Any]:
-    """``{job: result}`` — in this process with ``runner`` (1 local worker), in ``workers``
-    local processes, or by Ray actors, each building its runner with ``factory``.
-    ``on_done(job, result)`` is called in this process as each job finishes."""
-    _check(executor, workers, address)
-    done = on_done or (lambda job, result: None)
-    if executor == "ray":
-        from medtransfer.study.executors.ray import run_jobs_on_ray
-
-        return run_jobs_on_ray(runner, factory, list(jobs), address=address, workers=workers, on_done=done)
-    if workers == 1 or len(jobs) < 2:
+    def run(self, jobs: Sequence[Any], on_done: OnDone) -> dict[Any, Any]:
         results = {}
         for job in jobs:
-            results[job] = runner.run_job(job)
-            done(job, results[job])
+            results[job] = self.runner.run_job(job)
+            on_done(job, results[job])
         return results
-    from medtransfer.study.executors.local import run_jobs_in_processes
 
-    return run_jobs_in_processes(factory, list(jobs), workers, done, echo=getattr(runner, "echo", print))
+
+def preflight(settings: ExecutorSettings, out: Path) -> None:
+    """Check that a Ray address answers before any data is loaded."""
+    if settings.address is not None:
+        from medtransfer.study.executors.ray import check_address
+
+        check_address(settings.address, out)
+
+
+@contextmanager
+def open_session(settings: ExecutorSettings, runner: JobRunner,
+                 factory: Callable[..., JobRunner]) -> Iterator[Session]:
+    """A session on ``settings``' workers, closed (workers stopped) on exit. With one local worker
+    jobs run here with ``runner``; otherwise each worker builds its runner with ``factory``."""
+    echo: Callable[[str], None] = getattr(runner, "echo", print)
+    if settings.kind == "ray":
+        from medtransfer.study.executors.ray import RaySession
+
+        with RaySession(runner, factory, settings, echo) as ray_session:
+            yield ray_session
+    elif settings.workers == 1:
+        yield InProcess(runner)
+    else:
+        from medtransfer.study.executors.local import ProcessPool
+
+        with ProcessPool(runner, factory, settings.workers, echo) as pool:
+            yield pool

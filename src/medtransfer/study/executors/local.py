@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from logging.handlers import QueueHandler, QueueListener
 from multiprocessing import get_context
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["log_to", "relay", "run_jobs_in_processes"]
+__all__ = ["ProcessPool", "log_to", "relay"]
 
 _RUNNER: Any = None
 
@@ -73,27 +73,63 @@ def _run_job(job: Any) -> Any:
     return _RUNNER.run_job(job)
 
 
-def run_jobs_in_processes(factory: Callable[..., Any], jobs: list[Any], workers: int,
-                          on_done: Callable[[Any, Any], None],
-                          echo: Callable[[str], None] = print) -> dict[Any, Any]:
-    """``{job: result}``, computed by ``workers`` spawned processes (each building its runner
-    with ``factory(echo=...)``); their lines go to ``echo``, their log records to the loggers here."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.
-    ctx = get_context("spawn")
-    queue = ctx.Queue()
-    listener = _Relay(queue, echo)
-    listener.start()
-    level = logging.getLogger("medtransfer").getEffectiveLevel()
-    results: dict[Any, Any] = {}
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(factory, threads, queue, level)) as pool:
-            futures = {pool.submit(_run_job, job): job for job in jobs}
+class ProcessPool:
+    """A session of ``workers`` spawned processes, each building its runner with
+    ``factory(echo=...)`` once; their lines go to ``echo``, their log records to the loggers here.
+    The pool starts at the first batch of two or more jobs; a batch of one job runs in this
+    process with ``runner`` (no worker would start sooner)."""
+
+    def __init__(self, runner: Any, factory: Callable[..., Any], workers: int,
+                 echo: Callable[[str], None] = print) -> None:
+        self.runner, self.factory, self.workers, self.echo = runner, factory, workers, echo
+        self._pool: ProcessPoolExecutor | None = None
+        self._listener: _Relay | None = None
+
+    def __enter__(self) -> ProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.
+            ctx = get_context("spawn")
+            queue = ctx.Queue()
+            self._listener = _Relay(queue, self.echo)
+            self._listener.start()
+            level = logging.getLogger("medtransfer").getEffectiveLevel()
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
+                                             initializer=_init_worker,
+                                             initargs=(self.factory, threads, queue, level))
+        return self._pool
+
+    def run(self, jobs: Sequence[Any], on_done: Callable[[Any, Any], None]) -> dict[Any, Any]:
+        """``{job: result}`` in the order of ``jobs``."""
+        results: dict[Any, Any] = {}
+        if len(jobs) < 2:
+            for job in jobs:
+                results[job] = self.runner.run_job(job)
+                on_done(job, results[job])
+            return results
+        pool = self._start()
+        futures = {pool.submit(_run_job, job): job for job in jobs}
+        try:
             for future in as_completed(futures):
                 job = futures[future]
                 results[job] = future.result()
                 on_done(job, results[job])
-    finally:
-        listener.stop()  # after the workers have exited: everything they said is relayed
-    return {job: results[job] for job in jobs}
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return {job: results[job] for job in jobs}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._listener is not None:
+            self._listener.stop()  # after the workers have exited: everything they said is relayed
+            self._listener = None

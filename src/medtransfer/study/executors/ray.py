@@ -14,7 +14,7 @@ import pickle
 import socket
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.study.executors.local import log_to, relay
 
 if TYPE_CHECKING:
-    from medtransfer.study.executors import JobRunner, OnDone
+    from medtransfer.study.executors import ExecutorSettings, JobRunner, OnDone
 
 
 class _Worker:
@@ -125,49 +125,79 @@ def _connect(ray: Any, address: str, out: Path) -> None:
                           f"({kept})") from exc
 
 
-def run_jobs_on_ray(runner: JobRunner, factory: Callable[..., Any], jobs: list[Any], *,
-                    address: str | None, workers: int, on_done: OnDone) -> dict[Any, Any]:
-    """``{job: result}`` computed by at most ``workers`` Ray actors (each building its runner
-    with ``factory(echo=...)``), on the cluster at ``address`` (``HOST:PORT``), else on a Ray
-    started here for this call; ``on_done(job, result)`` runs here as each job finishes.
+class RaySession:
+    """A session of ``settings.workers`` Ray actors (each building its runner with
+    ``factory(echo=...)`` on its first job), on the cluster at ``settings.address``
+    (``HOST:PORT``), else on a Ray started here for the session and stopped at its end.
 
     ``runner.out``, the data and the cache must be on storage all Ray nodes share. Each actor gets
     an equal share of CPUs (and of GPUs unless the device is ``cpu``) such that all fit at once.
-    The first failing job's exception is raised again, class and message intact, once the jobs
-    already running have finished; no further jobs are started.
+    In a batch, the first failing job's exception is raised again, class and message intact, once
+    the jobs already running have finished; no further jobs are started.
     """
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError("executor 'ray' needs Ray: pip install 'medtransfer[ray]'") from exc
-    if not jobs:
-        return {}
-    n = min(workers, len(jobs))
-    started = not ray.is_initialized()
-    if started and address is None:
-        ray.init(address="local", num_cpus=max(n, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True, logging_level=logging.WARNING)
-    elif started and address is not None:
-        _connect(ray, address, runner.out)
-    echo: Callable[[str], None] = getattr(runner, "echo", print)
-    actors: list[Any] = []
-    try:
+
+    def __init__(self, runner: JobRunner, factory: Callable[..., Any], settings: ExecutorSettings,
+                 echo: Callable[[str], None] = print) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError("executor 'ray' needs Ray: pip install 'medtransfer[ray]'") from exc
+        self.ray, self.runner, self.factory, self.settings, self.echo = ray, runner, factory, settings, echo
+        self.actors: list[Any] = []
+        self.started = False
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> list[Any]:
+        if self.actors:
+            return self.actors
+        ray, address, n = self.ray, self.settings.address, self.settings.workers
+        self.started = not ray.is_initialized()
+        if self.started and address is None:
+            ray.init(address="local", num_cpus=max(n, os.cpu_count() or 1), include_dashboard=False,
+                     log_to_driver=True, logging_level=logging.WARNING)
+        elif self.started and address is not None:
+            _connect(ray, address, self.runner.out)
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         cpus = _share([r.get("CPU", 0.0) for r in nodes], n)
         node_gpus = [r.get("GPU", 0.0) for r in nodes]
-        gpus = _share(node_gpus, n) if runner.device_name != "cpu" and sum(node_gpus) else 0.0
-        echo(f"ray: {n} workers × {cpus:g} CPUs{f' + {gpus:g} GPU' if gpus else ''} on "
-             f"{len(nodes)} node(s) ({address or 'started here'})")
+        gpus = _share(node_gpus, n) if self.runner.device_name != "cpu" and sum(node_gpus) else 0.0
+        self.echo(f"ray: {n} workers × {cpus:g} CPUs{f' + {gpus:g} GPU' if gpus else ''} on "
+                  f"{len(nodes)} node(s) ({address or 'started here'})")
         # Two threads per actor: one runs a job while the other answers drain().
         remote = ray.remote(_Worker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)
         level = logging.getLogger("medtransfer").getEffectiveLevel()
-        actors = [remote.remote(factory, str(runner.out), max(1, int(cpus)), level) for _ in range(n)]
-        return _schedule(ray, echo, runner.out, actors, jobs, on_done)
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started:
-            ray.shutdown()
+        self.actors = [remote.remote(self.factory, str(self.runner.out), max(1, int(cpus)), level)
+                       for _ in range(n)]
+        return self.actors
+
+    def run(self, jobs: Sequence[Any], on_done: OnDone) -> dict[Any, Any]:
+        """``{job: result}`` in the order of ``jobs``."""
+        if not jobs:
+            return {}
+        return _schedule(self.ray, self.echo, self.runner.out, self._start(), list(jobs), on_done)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+
+def run_jobs_on_ray(runner: JobRunner, factory: Callable[..., Any], jobs: list[Any], *,
+                    address: str | None, workers: int, on_done: OnDone) -> dict[Any, Any]:
+    """``{job: result}`` of ``jobs`` run by a :class:`RaySession` of at most ``workers`` actors."""
+    from medtransfer.study.executors import ExecutorSettings
+
+    settings = ExecutorSettings("ray", max(1, min(workers, len(jobs))), address)
+    with RaySession(runner, factory, settings, getattr(runner, "echo", print)) as session:
+        return session.run(jobs, on_done)
 
 
 def _schedule(ray: Any, echo: Callable[[str], None], out: Path, actors: list[Any],

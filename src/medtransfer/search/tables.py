@@ -1,0 +1,84 @@
+"""A search's records: ``trials.csv`` (every trial of every arm), ``search.md`` (each arm's best
+and top trials, its figures) and the figures of the score per hyperparameter value."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from medtransfer.fileio import write_text_atomic
+from medtransfer.report.analysis import write_csv
+from medtransfer.report.figures import search_figures
+from medtransfer.report.text import Doc
+from medtransfer.search.optimize import TrialRecord
+from medtransfer.study.search_config import SearchConfig
+
+__all__ = ["best_trials", "write_trials"]
+
+
+def best_trials(records: list[TrialRecord]) -> dict[str, TrialRecord | None]:
+    """Each arm's best finished trial (rank 1 and complete), None where none finished."""
+    out: dict[str, TrialRecord | None] = {}
+    for r in records:
+        out.setdefault(r.arm, None)
+        if r.rank == 1 and r.value is not None:
+            out[r.arm] = r
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _table(rows: list[TrialRecord], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    head = ["rank", "trial", *keys, "val", "best epoch", "epochs", "state"]
+    body = [[str(r.rank), r.trial, *(str(r.params.get(k, "–")) for k in keys), _fmt(r.value),
+             "–" if r.best_epoch is None else str(r.best_epoch), str(r.epochs), r.state] for r in rows]
+    return head, body
+
+
+def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search: SearchConfig) -> None:
+    """``trials.csv``, ``search.md`` and ``plots/search_*.png`` of a finished search."""
+    metric, keys = search.objective.metric, list(search.space)
+    flat: list[dict[str, Any]] = [
+        {"arm": r.arm, "rank": r.rank, "trial": r.trial, **r.params,
+         f"val_{metric}": math.nan if r.value is None else r.value,
+         "best_epoch": "" if r.best_epoch is None else r.best_epoch, "epochs": r.epochs, "state": r.state}
+        for r in records]
+    write_csv(out / "trials.csv", flat, ["arm", "rank", "trial", *keys, f"val_{metric}", "best_epoch",
+                                          "epochs", "state"])
+    doc = Doc(markdown=True, base=out)
+    per = "each arm on its own" if search.per == "arm" else "one setting for every arm"
+    doc.title(f"Search: {len(records)} trials ({search.sampler}, {per}), objective validation {metric} "
+              f"({search.objective.direction})")
+    best = best_trials(records)
+    doc.heading("Best of each arm")
+    doc.table(["arm", "trial", *keys, f"val {metric}"],
+              [[arm, "–" if b is None else b.trial, *("–" if b is None else str(b.params.get(k, "–"))
+                                                       for k in keys), _fmt(None if b is None else b.value)]
+               for arm, b in ((a, best.get(a)) for a in arms)])
+    logs = [k for k, v in search.space.items() if isinstance(v, dict) and v.get("log")]
+    for arm in arms:
+        rows = [r for r in records if r.arm == arm]
+        if not rows:
+            doc.para(f"Arm {arm}: no searched key applies to it; it runs as configured.")
+            continue
+        head, body = _table(rows, keys)
+        prefix = f"{arm}: " if len(arms) > 1 else ""
+        doc.heading(f"{prefix}Top {min(search.top_k, len(body))}")
+        doc.table(head, body[: search.top_k])
+        doc.heading(f"{prefix}All trials")
+        doc.table(head, body)
+        plots = search_figures(out / "plots", [{"params": r.params, "value": r.value} for r in rows],
+                               [k for k in keys if any(k in r.params for r in rows)], metric, logs,
+                               arm=arm if len(arms) > 1 else None)
+        if plots:
+            doc.heading(f"{prefix}Validation score per hyperparameter value")
+            doc.para("Each key's values: the mean ± sd over the trials that used it (bar) and their "
+                     "spread (box); a scatter for a sampled range. The other keys vary across each "
+                     "value's trials.")
+            doc.images([(p.caption, p.png) for p in plots])
+    doc.para("Selected on the validation set only; `best.yaml` (each arm with its best point) is "
+             "evaluated once on the test sets (results.csv, summary.md, report.html in this folder).")
+    write_text_atomic(out / "search.md", doc.render())
