@@ -253,7 +253,19 @@ def _unit(root: Path, entry: dict[str, Any]) -> UnitInfo:
     return UnitInfo(entry, d, spec, _read_json(d / "result.json"))
 
 
-def _arm_label(job: dict[str, Any], axes: dict[str, bool]) -> str:
+def _pinned(cfg: StudyConfig, variant: str) -> bool:
+    """Whether a variant runs one strategy from one source (``only`` and ``only_sources``, or a
+    scratch strategy, which has no source): a tuned search arm. Its name alone labels its arms."""
+    spec = next((v for v in cfg.variants if v.name == variant), None)
+    if spec is None or spec.only is None or len(spec.only) != 1:
+        return False
+    scratch = (cfg.strategies.get(spec.only[0]) or {}).get("kind") == "scratch"
+    return scratch or (spec.only_sources is not None and len(spec.only_sources) == 1)
+
+
+def _arm_label(job: dict[str, Any], axes: dict[str, bool], pinned: bool = False) -> str:
+    if pinned:
+        return str(job["variant"])
     parts = [str(job[k]) for k in ("variant", "source", "strategy") if axes[k]]
     return ".".join(parts) or str(job["variant"])
 
@@ -281,7 +293,8 @@ def _arms(cfg: StudyConfig, units: dict[str, UnitInfo]) -> dict[str, list[Arm]]:
         group.sort(key=lambda u: -1 if u.job["fold"] is None else int(u.job["fold"]))
         pre = pretrains.get(str(group[0].job.get("pretrain_id")))
         out.setdefault(target, []).append(
-            Arm(_arm_label(group[0].job, axes), variant, source, target, strategy, tuple(group), pre)
+            Arm(_arm_label(group[0].job, axes, _pinned(cfg, variant)), variant, source, target, strategy,
+                tuple(group), pre)
         )
     target_order = list(cfg.targets) or ["target"]
     return {t: out[t] for t in sorted(out, key=lambda t: target_order.index(t) if t in target_order else 0)}

@@ -104,6 +104,11 @@ class SearchConfig:
             elif not isinstance(spec, list) or not spec:
                 raise ConfigError(f"'{where}': expected a non-empty list of values or a range "
                                   f"{{low, high}}, got {spec!r}")
+            else:
+                odd = [v for v in spec if v is not None and not isinstance(v, bool | int | float | str)]
+                if odd:
+                    raise ConfigError(f"'{where}': list values must be numbers, strings, booleans or null "
+                                      f"(search a nested key instead, e.g. {key}.<key>); got {odd[0]!r}")
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"'search.trials': got {self.trials}; allowed: an integer >= 1")
         if self.sampler != "grid" and self.trials is None:
