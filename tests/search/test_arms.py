@@ -4,46 +4,15 @@ strategy gets its own trials and best point, and the tuned arms are tested and c
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from medtransfer.errors import ConfigError
-from medtransfer.models import ModelConfig, build_model
 from medtransfer.search import run_search
 from medtransfer.search.arms import search_arms
 from medtransfer.study import load_study, resolve_variants, study_from_dict
-
-TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
-
-
-def _weights(path: Path, seed: int) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(ModelConfig(name=MODEL["name"], options=MODEL["options"]), num_classes=2,
-                            in_chans=1, img_size=16)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def matrix_search(tmp_path: Path, folders: Callable[..., Path], **search) -> dict:
-    """Two weight sources × one target × one strategy (no pretraining: fast), searched per arm."""
-    tgt = folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
-    return {
-        "name": "arm_search", "seed": 3, "cache_dir": str(tmp_path / "cache"), "audit": False,
-        "preprocess": {"size": 16}, "model": MODEL,
-        "sources": {"a": {"weights": f"file:{_weights(tmp_path / 'a.pt', 1)}"},
-                    "b": {"weights": f"file:{_weights(tmp_path / 'b.pt', 2)}"}},
-        "targets": {"t": {"data": {"path": str(tgt)},
-                          "split": {"test_sets": 1, "test_per_class": 8, "val_fraction": 0.25}}},
-        "strategies": {"head": {"kind": "freeze", "freeze": {"trainable_layers": 2}, "train": TRAIN}},
-        "search": {"space": {"strategies.head.train.optimizer.lr": [1.0e-4, 1.0e-2]},
-                   "objective": {"metric": "auc"}, **search},
-    }
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -51,9 +20,9 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_each_source_gets_its_own_trials_and_best_and_the_tuned_arms_are_compared(tmp_path, class_folders):
+def test_each_source_gets_its_own_trials_and_best_and_the_tuned_arms_are_compared(tmp_path, matrix_search):
     out = tmp_path / "run"
-    run_search(matrix_search(tmp_path, class_folders), out, echo=lambda m: None, progress=False)
+    run_search(matrix_search(tmp_path), out, echo=lambda m: None, progress=False)
     trials = _csv(out / "trials.csv")
     assert sorted((t["arm"], t["strategies.head.train.optimizer.lr"]) for t in trials) == [
         ("a.head", "0.0001"), ("a.head", "0.01"), ("b.head", "0.0001"), ("b.head", "0.01")]
@@ -64,7 +33,8 @@ def test_each_source_gets_its_own_trials_and_best_and_the_tuned_arms_are_compare
     for arm, source in (("a-head", "a"), ("b-head", "b")):
         best = next(t for t in trials if t["arm"] == f"{source}.head" and t["rank"] == "1")
         assert tuned[arm].sources == (source,) and list(tuned[arm].strategies) == ["head"]
-        assert tuned[arm].strategies["head"].train.optimizer.lr == float(best["strategies.head.train.optimizer.lr"])
+        lr = float(best["strategies.head.train.optimizer.lr"])
+        assert tuned[arm].strategies["head"].train.optimizer.lr == lr
     # every tuned arm ran once on the tests, on the same images: the report pairs them
     rows = [r for r in _csv(out / "results.csv") if r["stage"] == "transfer"]
     assert {(r["variant"], r["source"], r["test_set"]) for r in rows if r["metric"] == "auc"} == {
@@ -77,7 +47,7 @@ def test_each_source_gets_its_own_trials_and_best_and_the_tuned_arms_are_compare
     assert "each arm tuned on its own" in (out / "report.html").read_text()
 
 
-def test_variants_are_each_searched_and_tested_with_their_own_best(tmp_path, class_folders, tiny_study_config):
+def test_variants_are_each_searched_and_tested_with_their_own_best(tmp_path, tiny_study_config):
     raw = tiny_study_config(tmp_path)  # variants baseline and bn (seed 004's architectures, in small)
     raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-4, 1.0e-2]}}
     out = tmp_path / "run"
@@ -93,7 +63,7 @@ def test_variants_are_each_searched_and_tested_with_their_own_best(tmp_path, cla
     assert {r["variant"] for r in rows if r["stage"] == "transfer"} == {"baseline", "bn"}
 
 
-def test_per_study_shares_one_point_and_keeps_every_variant(tmp_path, class_folders, tiny_study_config):
+def test_per_study_shares_one_point_and_keeps_every_variant(tmp_path, tiny_study_config):
     raw = tiny_study_config(tmp_path)
     raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-4, 1.0e-2]}, "per": "study"}
     out = tmp_path / "run"
@@ -106,7 +76,7 @@ def test_per_study_shares_one_point_and_keeps_every_variant(tmp_path, class_fold
     assert {r["variant"] for r in _csv(out / "results.csv") if r["stage"] == "transfer"} == {"baseline", "bn"}
 
 
-def test_combinations_that_cannot_work_name_the_keys(tmp_path, class_folders, tiny_study_config):
+def test_combinations_that_cannot_work_name_the_keys(tmp_path, matrix_search, tiny_study_config):
     raw = tiny_study_config(tmp_path)
     raw["variants"][1]["transfer"] = {"train": {"optimizer": {"lr": 0.1}}}
     raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-4, 1.0e-2]}}
@@ -114,21 +84,21 @@ def test_combinations_that_cannot_work_name_the_keys(tmp_path, class_folders, ti
                                           r"sets 'transfer.train.optimizer.lr'"):
         run_search(raw, tmp_path / "a")
     assert not (tmp_path / "a").exists()  # refused before anything is written
-    raw = matrix_search(tmp_path, class_folders, per="arm")
-    raw["strategies"] = {"ft": {"kind": "freeze", "train": TRAIN},
+    raw = matrix_search(tmp_path, per="arm")
+    raw["strategies"] = {"ft": {"kind": "freeze", "train": raw["strategies"]["head"]["train"]},
                          "svm": {"kind": "features", "classifier": "svm", "backbone_from": "ft"}}
     raw["search"]["space"] = {"strategies.ft.train.optimizer.lr": [1.0e-4, 1.0e-2]}
-    with pytest.raises(ConfigError, match=r"strategy 'svm' takes its backbone from strategy 'ft'.*per: study"):
+    with pytest.raises(ConfigError, match=r"strategy 'svm' takes its backbone from strategy 'ft'.*per: st"):
         run_search(raw, tmp_path / "b")
     raw["search"]["space"] = {"model.head": [{"hidden": [4]}, {"hidden": [8]}]}
     with pytest.raises(ConfigError, match=r"'search.space.model.head': .*numbers, strings, booleans or null"):
         run_search(raw, tmp_path / "c")
 
 
-def test_keys_of_another_strategy_do_not_multiply_an_arms_trials(tmp_path, class_folders):
-    raw = matrix_search(tmp_path, class_folders)
+def test_keys_of_another_strategy_do_not_multiply_an_arms_trials(tmp_path, matrix_search):
+    raw = matrix_search(tmp_path)
     raw["sources"].pop("b")
-    raw["strategies"]["scratch"] = {"kind": "scratch", "train": TRAIN}
+    raw["strategies"]["scratch"] = {"kind": "scratch", "train": raw["strategies"]["head"]["train"]}
     raw["search"]["space"]["strategies.scratch.train.batch_size"] = [8, 16]
     cfg = study_from_dict(raw)
     arms = {a.label: a.space for a in search_arms(cfg, cfg.search)}
@@ -136,9 +106,9 @@ def test_keys_of_another_strategy_do_not_multiply_an_arms_trials(tmp_path, class
                     "none.scratch": ("strategies.scratch.train.batch_size",)}
 
 
-def test_best_yaml_reruns_as_it_is(tmp_path, class_folders):
+def test_best_yaml_reruns_as_it_is(tmp_path, matrix_search):
     out = tmp_path / "run"
-    run_search(matrix_search(tmp_path, class_folders, sampler="random", trials=1), out, echo=lambda m: None,
+    run_search(matrix_search(tmp_path, sampler="random", trials=1), out, echo=lambda m: None,
                progress=False, report=False)
     text = (out / "best.yaml").read_text()
     assert "# arm a.head: trial-001" in text and "# arm b.head: trial-001" in text
