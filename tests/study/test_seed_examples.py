@@ -17,13 +17,16 @@ from medtransfer.config import read_yaml
 from medtransfer.errors import MedTransferError
 from medtransfer.models import create_model
 from medtransfer.search import run_search
-from medtransfer.study import study_from_dict
+from medtransfer.study import load_study, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 EXAMPLES = ROOT / "examples"
 SEEDS = ["seed000", "seed001", "seed002", "seed003", "seed004"]
 SIZE = {"seed004": 75}  # Inception's smallest input; the others run at 32 px
+# the arms each search tunes on its own: seed 001's two weight sources, seed 004's four networks
+SEARCHED = {"seed001": {"imagenet.head", "chexnet.head"},
+            "seed004": {"resnet50", "resnet152", "inception_v3", "inception_resnet_v2"}}
 REPORTED = {"seed003", "seed004"}  # the seeds with report settings (differences, filters, maps);
 # the others skip the report, which every shape's report test covers, to keep the suite short
 
@@ -149,7 +152,12 @@ def test_seed_config_runs_whole_when_shrunk(seed, tmp_path, cache, one_thread):
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     cfg = study_from_dict({k: v for k, v in raw.items() if k != "search"}, base=EXAMPLES)
-    variants = {"best"} if "search" in raw else {v.name for v in cfg.variants}
+    variants = {v.name for v in cfg.variants}
+    if "search" in raw:  # every arm searched on its own, and every tuned arm tested
+        with (out / "trials.csv").open() as fh:
+            assert {t["arm"] for t in csv.DictReader(fh)} == SEARCHED[seed]
+        variants = {v.name for v in load_study(out / "best.yaml").variants}
+        assert variants == {a.replace(".", "-") for a in SEARCHED[seed]}
     assert {r["variant"] for r in rows} - {"*"} == variants
     aucs = [float(r["value"]) for r in rows if r["metric"] == "auc" and r["stage"] != "pretrain"]
     assert aucs and all(0.0 <= a <= 1.0 for a in aucs)
