@@ -17,6 +17,7 @@ from medtransfer.config import deep_merge, to_dict
 from medtransfer.errors import ConfigError
 from medtransfer.study import StudyConfig, VariantSpec, make_plan, resolve_variants
 from medtransfer.study.backbones import backbone_from
+from medtransfer.study.config import check_models
 from medtransfer.study.plan import NO_SOURCE
 from medtransfer.study.search_config import SECTIONS, SearchConfig, nested
 
@@ -116,7 +117,8 @@ def trial_specs(cfg: StudyConfig, arm: SearchArm, trial: str, params: dict[str, 
     is the trial's own (an impossible combination)."""
     specs = [arm_spec(cfg, arm, v, f"{v.name if arm.strategy is None else arm.name}-{trial}", params)
              for v in arm.variants]
-    resolve_variants(dataclasses.replace(cfg, variants=specs, search=None))
+    trial_cfg = dataclasses.replace(cfg, variants=specs, search=None)
+    check_models(trial_cfg, resolve_variants(trial_cfg))  # options and layers, on the meta device
     return specs
 
 
