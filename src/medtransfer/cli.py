@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("run_dir", help="a finished run directory")
     pred.add_argument("paths", nargs="+", help="image files, folders, or a CSV with a 'path' column")
     pred.add_argument("--out", required=True, help="CSV to write (path, predicted, p_<class>..., threshold)")
-    exp = sub.add_parser("export", help="a finished run's model as ONNX or TorchScript, with its "
+    exp = sub.add_parser("export", help="a finished run's model as ONNX or a torch.export program (.pt2), with its "
                          "preprocessing in a sidecar JSON")
     exp.add_argument("run_dir", help="a finished run directory")
-    exp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    exp.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                     help="onnx (default) or pt2: a torch.export program (torch.export.load)")
     exp.add_argument("--out", required=True, help="model file to write (FILE.json beside it)")
     for p in (pred, exp):
         p.add_argument("--variant", help="the variant (or a matrix arm's label) to use")

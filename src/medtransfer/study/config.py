@@ -17,7 +17,16 @@ from typing import Any, Literal
 
 from torch import nn
 
-from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
+from medtransfer.config import (
+    ConfigError,
+    config_error,
+    deep_merge,
+    from_dict,
+    problems_of,
+    read_yaml,
+    to_dict,
+    unknown_key_message,
+)
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
@@ -391,7 +400,7 @@ def study_from_dict(
         cfg = from_dict(StudyConfig, raw)
         check_models(cfg, resolve_variants(cfg))
     except ConfigError as exc:
-        raise ConfigError(f"{source_name}: {exc}") from None
+        raise config_error(problems_of(exc), source_name) from None
     return cfg
 
 
