@@ -279,6 +279,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def check_device(name: str, value: str) -> None:
+    """ConfigError unless ``value`` names a device: auto, cpu, cuda, cuda:N or mps."""
+    if not isinstance(value, str) or (value not in ("auto", "cpu") and not value.startswith(("cuda", "mps"))):
+        raise ConfigError(f"'{name}': got {value!r}; allowed: {DEVICES}")
+
+
 def check_choice(
     name: str, value: Any, choices: typing.Iterable[Any], error: type[Exception] = ConfigError
 ) -> None:

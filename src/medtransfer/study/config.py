@@ -19,6 +19,7 @@ from torch import nn
 
 from medtransfer.config import (
     ConfigError,
+    check_device,
     config_error,
     deep_merge,
     from_dict,
@@ -192,8 +193,7 @@ class StudyConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"'variants': names must be unique; repeated: {', '.join(dupes)}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
-            raise ConfigError(f"'device': got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        check_device("device", self.device)
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
         self.report.check(self.strategies, self.is_matrix)

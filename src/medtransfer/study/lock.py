@@ -105,9 +105,10 @@ def _describe(text: str) -> str:
 
 
 @contextmanager
-def run_lock(out: Path) -> Iterator[None]:
+def run_lock(out: Path, *, advice: str = "Wait for it to finish, or choose another --out folder"
+             ) -> Iterator[None]:
     """Hold run folder ``out``'s lock (created if need be); raise :class:`RunLockedError` at once
-    if another process holds it."""
+    if another process holds it (its message ends with ``advice``)."""
     out = Path(out).resolve()
     with _held_lock:
         if out in _held:
@@ -126,7 +127,7 @@ def run_lock(out: Path) -> Iterator[None]:
                 lock.close()
                 raise RunLockedError(
                     f"run folder {out} is in use by {who}: another medtransfer run is writing "
-                    "into it. Wait for it to finish, or choose another --out folder"
+                    f"into it. {advice}"
                 ) from None
             left = lock.holder()
             if left:  # the previous holder died without releasing (the kernel freed its lock)
