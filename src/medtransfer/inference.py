@@ -9,7 +9,7 @@ image files, folders or a CSV of paths.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +161,9 @@ def predict(paths: Sequence[str | Path], model: LoadedModel, *, use_threshold: b
         raise ConfigError(f"'batch_size': got {batch_size!r}; expected an integer >= 1")
     check_device("device", device)
     dev = pick_device(device)
-    ready = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(dev.type)
-    if ready is not None and not ready():
+    ready: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available,
+                                            "mps": torch.backends.mps.is_available}
+    if dev.type in ready and not ready[dev.type]():
         raise ConfigError(f"'device': got {device!r}, but this machine has no {dev.type.upper()} device "
                           "torch can use; use auto or cpu")
     files = expand_paths(paths)
