@@ -64,9 +64,16 @@ def _blame(problems: list[str], from_file: set[str], overrides: dict[str, str], 
         if problem in from_file:
             out.append(f"{path}: {problem}")
             continue
-        flags = [flag for flag, item in overrides.items() if f"'{item.split('=', 1)[0]}" in problem]
+        flags = [flag for flag, item in overrides.items() if _names(problem, item.split("=", 1)[0])]
         out.append(f"{flags[0]}: {problem}" if flags else f"{path} with {' '.join(overrides)}: {problem}")
     return out
+
+
+def _names(problem: str, key: str) -> bool:
+    """Whether ``problem`` is about config key ``key`` (``a.b.c``) or a key inside it."""
+    parent, _, leaf = key.rpartition(".")
+    unknown = f"unknown key '{leaf}'" + (f" in '{parent}'" if parent else "")
+    return f"'{key}'" in problem or f"'{key}." in problem or problem.startswith(unknown)
 
 
 def _together(steps: list[Callable[[], Any]]) -> Any:

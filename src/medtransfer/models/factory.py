@@ -13,7 +13,7 @@ from medtransfer.models import registry
 from medtransfer.models.adapt import InChansPolicy
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import split_name
-from medtransfer.models.head import HeadConfig
+from medtransfer.models.head import HeadConfig, head_from
 from medtransfer.models.pretrained import build_pretrained
 from medtransfer.models.weights import imagenet_weights
 
@@ -43,8 +43,10 @@ def create_model(
         raise ConfigError(f"'pretrained': got True, but model {name!r} has no default pretrained "
                           f"weights; models with ImageNet weights: {have}, and timm:/torchvision: "
                           "architectures (their libraries' weights)")
-    cfg = ModelConfig(name=name, options=dict(kwargs), head=head, weights="imagenet", binary_output="pair",
-                      in_chans_policy=InChansPolicy.SUM if in_chans == 1 else InChansPolicy.NATIVE)
+    grey = InChansPolicy.SUM if in_chans == 1 else InChansPolicy.NATIVE
+    cfg = ModelConfig(name=name, options=dict(kwargs), head=head_from(head), weights="imagenet",
+                      binary_output="pair", in_chans_policy=grey)
     built = build_pretrained(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    built.model.pretrained_weights = built.weights
-    return built.model
+    model = built.model
+    model.pretrained_weights = built.weights  # type: ignore[assignment]  # as timm's pretrained_cfg
+    return model
