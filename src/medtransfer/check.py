@@ -117,9 +117,9 @@ def format_check(report: CheckReport, out: Path) -> str:
     for name, summary in report.data.items():
         lines.append(f"{name} ({summary['role']}): {summary['path']}")
         for part, counts in summary["split"].items():
-            total = sum(counts.values())
-            lines.append(f"  {part:<10} {total:>6} images  "
-                         + ", ".join(f"{c} {n}" for c, n in counts.items()))
+            per_class = {c: n for c, n in counts.items() if c != "total"}
+            total = counts.get("total", sum(per_class.values()))
+            lines.append(f"  {part:<10} {total:>6} images  " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
         if summary["skipped_images"]:
             lines.append(f"  skipped: {len(summary['skipped_images'])} unreadable images")
     lines += ["", f"# plan (run folder {out})"]
