@@ -22,7 +22,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONP
 HEAVY = ("torch", "numpy", "timm", "torchvision", "sklearn", "scipy", "matplotlib")
 MAX_RATIO = 40  # a command that imports torch (or numpy + scipy + ...) ends far above
 # runs the command, then says which heavy packages it imported
-RUN = """
+RUN = f"""
 import contextlib, io, sys
 from medtransfer.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -30,16 +30,16 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
         code = main(sys.argv[1:])
     except SystemExit as exc:
         code = exc.code
-heavy = [m for m in {heavy!r} if m in sys.modules]
+heavy = [m for m in {HEAVY!r} if m in sys.modules]
 print(code, len(out.getvalue()), ",".join(heavy) or "-")
-""".format(heavy=HEAVY)
-HELP = """
+"""
+HELP = f"""
 import pydoc, sys
 import medtransfer
 text = pydoc.render_doc(medtransfer, renderer=pydoc.plaintext)
-heavy = [m for m in {heavy!r} if m in sys.modules]
+heavy = [m for m in {HEAVY!r} if m in sys.modules]
 print("__getattr__" in text, "__dir__" in text, "run_study" in text, ",".join(heavy) or "-")
-""".format(heavy=HEAVY)
+"""
 
 
 def _timed(code: str, *args: str) -> tuple[float, str]:

@@ -119,7 +119,8 @@ def format_check(report: CheckReport, out: Path) -> str:
         for part, counts in summary["split"].items():
             per_class = {c: n for c, n in counts.items() if c != "total"}
             total = counts.get("total", sum(per_class.values()))
-            lines.append(f"  {part:<10} {total:>6} images  " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
+            classes = ", ".join(f"{c} {n}" for c, n in per_class.items())
+            lines.append(f"  {part:<10} {total:>6} images  {classes}")
         if summary["skipped_images"]:
             lines.append(f"  skipped: {len(summary['skipped_images'])} unreadable images")
     lines += ["", f"# plan (run folder {out})"]

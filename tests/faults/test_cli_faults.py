@@ -69,7 +69,8 @@ def test_out_onto_a_folder_or_a_read_only_folder_is_one_line(command, finished, 
     if command == "predict":
         a_file = tmp_path / "a_file"
         a_file.write_text("")
-        assert main([command, str(finished), *extra, "--out", str(tmp_path / "p.csv"), "--cam", str(a_file)]) == 2
+        csv_out = str(tmp_path / "p.csv")
+        assert main([command, str(finished), *extra, "--out", csv_out, "--cam", str(a_file)]) == 2
         assert capsys.readouterr().err == f"error: --cam {a_file}: is a file; expected a folder\n"
     assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))  # nothing half-written
 
@@ -80,8 +81,9 @@ def test_ctrl_c_during_a_run_says_rerun_and_releases_the_lock(tmp_path, class_fo
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "run", str(path), "--out", str(out), "--no-progress",
-                             "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    argv = ["run", str(path), "--out", str(out), "--no-progress", "--no-report"]
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 300
     while not list(out.glob("units/pretrain-*/history.csv")):  # training has begun
         assert proc.poll() is None, proc.communicate()

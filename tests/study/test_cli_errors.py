@@ -30,7 +30,8 @@ def test_every_mistake_is_reported_at_once(tmp_path, capsys, tiny_study_config):
     assert main(["run", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"error: {path}: 4 problems:" in err
-    for expected in ("'seed': expected an integer, got 'three'", "unknown key 'devise'; did you mean 'device'?",
+    for expected in ("'seed': expected an integer, got 'three'",
+                     "unknown key 'devise'; did you mean 'device'?",
                      "unknown key 'epoks' in 'pretrain.train'; did you mean 'epochs'?",
                      "'target.split.val_fraction': expected a number, got 'a fifth'"):
         assert expected in err
@@ -83,7 +84,8 @@ def test_a_bad_set_is_blamed_on_the_set_not_the_file(tmp_path, capsys, tiny_stud
     assert err == ("error: --set pretrain.train.epochs=many: 'pretrain.train.epochs': expected an integer, "
                    "got 'many'\n")
     assert main(["run", str(path), "--set", "pretrain.train.epoks=2"]) == 2
-    assert "error: --set pretrain.train.epoks=2: unknown key 'epoks' in 'pretrain.train'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --set pretrain.train.epoks=2: unknown key 'epoks' in 'pretrain.train'" in err
     assert main(["run", str(path), "--device", "tpu"]) == 2
     assert "error: --device tpu: 'device': got 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps" in \
         capsys.readouterr().err
