@@ -60,6 +60,7 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     model = load_model(out, arm="src.freeze")
     # ONNX and TorchScript: the same probabilities as torch on real image files, within 1e-4.
     pytest.importorskip("onnxruntime", reason="optional extra medtransfer[export]")
+    pytest.importorskip("onnxscript", reason="optional extra medtransfer[export] (the dynamo ONNX exporter)")
     import onnxruntime
 
     files = sorted(root.rglob("*.png"))[:12]
