@@ -15,7 +15,7 @@ ROOT = Path(medtransfer.__file__).parent
 # Lower layers never import higher ones; modules of one layer may import each other (no circles).
 LAYERS = [
     {"errors"},
-    {"config", "fileio"},
+    {"config", "fileio", "catalog"},
     {"data", "evaluate", "explain", "freezing", "stats"},
     {"models", "plots", "train"},
     {"strategies", "tracking", "audit"},
@@ -24,7 +24,8 @@ LAYERS = [
     {"api", "inference"},
     {"model_card"},
     {"export"},
-    {"search"},
+    {"search", "check"},
+    {"commands"},
     {"cli"},
 ]
 RANK = {name: k for k, layer in enumerate(LAYERS) for name in layer}

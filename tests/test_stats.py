@@ -1,4 +1,5 @@
-"""Statistics checked against published worked examples, scikit-learn, scipy and statsmodels."""
+"""Statistics checked against published worked examples, scikit-learn, scipy and numbers statsmodels
+gave (hard-coded: statsmodels is not a dependency)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
-from statsmodels.stats.multitest import multipletests
 
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import choose_threshold, full_metrics
@@ -135,13 +135,61 @@ def test_mcnemar_exact_for_few_discordant_pairs():
         mcnemar_test(a, b[:-1])
 
 
-def test_holm_matches_statsmodels_and_hand_example():
+# (b, c, exact statistic, exact p, corrected chi2, its p, uncorrected chi2, its p), as given by
+# statsmodels 0.15.0 ``statsmodels.stats.contingency_tables.mcnemar`` on [[5, b], [c, 9]] with
+# exact=True, exact=False (correction=True) and exact=False, correction=False. medtransfer
+# computes McNemar with scipy alone; these are the numbers it must keep.
+STATSMODELS_MCNEMAR = [
+    (1, 7, 1.0, 0.0703125, 3.125, 0.07709987174354202, 4.5, 0.033894853524689295),
+    (0, 5, 0.0, 0.0625, 3.2, 0.07363827012030258, 5.0, 0.025347318677468325),
+    (3, 3, 3.0, 1.0, 0.16666666666666666, 0.6830913983096086, 0.0, 1.0),
+    (10, 14, 10.0, 0.5412561893463135, 0.375, 0.5402913746074198, 0.6666666666666666, 0.4142161782425251),
+    (0, 24, 0.0, 1.1920928955078125e-07, 22.041666666666668, 2.6679545936247906e-06, 24.0,
+     9.63357008643095e-07),
+    (12, 12, 12.0, 1.0, 0.041666666666666664, 0.8382564863858263, 0.0, 1.0),
+    (150, 86, 86.0, 3.7159361395713866e-05, 16.81779661016949, 4.114562281345944e-05, 17.35593220338983,
+     3.099293441045215e-05),
+    (30, 45, 30.0, 0.10534226887460482, 2.6133333333333333, 0.10596880912720207, 3.0, 0.08326451666355042),
+    (25, 0, 0.0, 5.960464477539063e-08, 23.04, 1.5866563039511885e-06, 25.0, 5.733031437583875e-07),
+    (1, 1, 1.0, 1.0, 0.5, 0.47950012218695337, 0.0, 1.0),
+    (40, 41, 40.0, 1.0, 0.0, 1.0, 0.012345679012345678, 0.9115282379093772),
+]
+
+
+@pytest.mark.parametrize("row", STATSMODELS_MCNEMAR, ids=lambda r: f"b{r[0]}-c{r[1]}")
+def test_mcnemar_equals_statsmodels(row):
+    only_a, only_b, ex_stat, ex_p, cc_stat, cc_p, un_stat, un_p = row
+    # 5 cases both right, 9 both wrong, then the discordant ones
+    a = np.array([1] * 5 + [1] * only_a + [0] * only_b + [0] * 9, dtype=bool)
+    b = np.array([1] * 5 + [0] * only_a + [1] * only_b + [0] * 9, dtype=bool)
+    got = [mcnemar_test(a, b, exact=True), mcnemar_test(a, b, exact=False),
+           mcnemar_test(a, b, exact=False, correction=False)]
+    want = [(ex_stat, ex_p), (cc_stat, cc_p), (un_stat, un_p)]
+    for r, (stat, p) in zip(got, want, strict=True):
+        assert (r.b, r.c) == (only_a, only_b)
+        assert r.statistic == pytest.approx(stat, rel=1e-12, abs=1e-15)
+        assert r.p == pytest.approx(p, rel=1e-9, abs=1e-15)
+    auto = mcnemar_test(a, b)  # fewer than 25 discordant pairs: exact, else the corrected chi2
+    assert auto.method == ("McNemar exact" if only_a + only_b < 25 else "McNemar chi2 (continuity-corrected)")
+    assert got[2].method == "McNemar chi2"
+
+
+def test_holm_matches_statsmodels_numbers_and_hand_example():
     p = [0.01, 0.04, 0.03, 0.005]
     # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 → max(0.06, 0.04) = 0.06
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    rng = np.random.default_rng(1)
-    for q in (rng.uniform(0, 0.2, 9), rng.uniform(0, 1, 30), np.array([0.02, 0.02, 0.5, 0.02])):
-        assert holm(q) == pytest.approx(multipletests(q, method="holm")[1])
+    # statsmodels 0.15.0 multipletests(q, method="holm")[1] for these q (Benjamini & Hochberg's
+    # 1995 15 p-values, an unsorted list, ties)
+    for q, want in (
+        ([0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.324, 0.4262, 0.5719,
+          0.6528, 0.759, 1.0],
+         [0.0015, 0.0056, 0.0247, 0.11399999999999999, 0.2211, 0.27799999999999997, 0.27799999999999997,
+          0.27799999999999997, 0.32130000000000003, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ([0.03, 0.001, 0.2, 0.0125, 0.04, 0.011],
+         [0.09, 0.006, 0.2, 0.05499999999999999, 0.09, 0.05499999999999999]),
+        ([0.02, 0.02, 0.5, 0.02], [0.08, 0.08, 0.5, 0.08]),
+    ):
+        assert holm(q) == pytest.approx(want, rel=1e-12)
     with_nan = holm([0.01, float("nan"), 0.04])
     assert math.isnan(with_nan[1]) and with_nan[[0, 2]] == pytest.approx([0.02, 0.04])
 

@@ -13,6 +13,8 @@ The Python API (imported lazily, so ``import medtransfer`` stays cheap):
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -39,15 +41,20 @@ if TYPE_CHECKING:
     from medtransfer.study import load_study
 
 
-def __getattr__(name: str) -> Any:
-    """Import an API function from its module on first use."""
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medtransfer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+class _Package(types.ModuleType):
+    """This package's module type: an API function is imported from its module on first use.
+
+    The hook lives on the class, not in the module's namespace, so ``help(medtransfer)`` neither
+    lists it as a function nor imports (torch and all) every API module while it looks around.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        module = _API.get(name)
+        if module is None:
+            raise AttributeError(f"module 'medtransfer' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(self, name, value)
+        return value
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+sys.modules[__name__].__class__ = _Package

@@ -3,6 +3,7 @@ and report, as ``medtransfer run`` does."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -10,12 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medtransfer.config import config_error
+from medtransfer.data import DataConfig
+from medtransfer.data.index import missing_path_message
 from medtransfer.errors import ConfigError
 from medtransfer.report import summarize, write_report
 from medtransfer.study import ExecutorSettings, Runner, StudyConfig, load_study
 from medtransfer.study.lock import run_lock
 
-__all__ = ["LogEcho", "load_study", "run_log", "run_study"]
+__all__ = ["LogEcho", "check_data_paths", "load_study", "missing_data_paths", "run_log", "run_study"]
 
 RUN_LOG = "run.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -81,6 +85,39 @@ def _tee(echo: Callable[[str], None], handler: logging.Handler) -> Callable[[str
     return both
 
 
+def missing_data_paths(cfg: StudyConfig) -> list[str]:
+    """One message per data path of ``cfg`` that does not exist, naming its key
+    (``target.data.path``, ``targets.<name>.split.test_from``, ...)."""
+    found: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, DataConfig):
+            path = str(value.path)
+            if not path.startswith("demo:") and not value.path.exists():
+                found.append(f"'{where}.path': {missing_path_message(value.path)}")
+            return
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                item = getattr(value, f.name)
+                if f.name == "test_from" and isinstance(item, Path) and not item.exists():
+                    found.append(f"'{where}.test_from': {missing_path_message(item)}")
+                else:
+                    walk(item, f"{where}.{f.name}" if where else f.name)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+
+    walk(cfg, "")
+    return found
+
+
+def check_data_paths(cfg: StudyConfig, source: str = "") -> None:
+    """A ConfigError naming every missing data path's key (and ``source``, the config file)."""
+    missing = missing_data_paths(cfg)
+    if missing:
+        raise config_error(missing, source)
+
+
 def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, report: bool = True,
               progress: bool = True, executor: ExecutorSettings | None = None,
               echo: Callable[[str], None] = print, **report_options: Any) -> Path:
@@ -89,11 +126,14 @@ def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, r
     and, with ``report``, ``report.html`` (``report_options`` go to
     :func:`medtransfer.report.write_report`). Progress goes to ``echo`` and to ``out/run.log``.
     Returns ``out``."""
+    source = ""
     if not isinstance(cfg, StudyConfig):
+        source = str(cfg)
         cfg = load_study(cfg)
     if cfg.search is not None:
         raise ConfigError(f"study {cfg.name!r} has a 'search' section: run it with `medtransfer run` "
                           "or medtransfer.search.run_search, which tune it before the tests")
+    check_data_paths(cfg, source)  # before the run folder is made: a bad path leaves nothing behind
     out = Path(out) if out is not None else Path("runs") / cfg.name
     # held from the first unit to the report: no second run writes here
     with run_lock(out), run_log(out) as handler:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from medtransfer import __version__
 from medtransfer.errors import ConfigError, MedTransferError
@@ -35,57 +33,8 @@ def setup_logging(verbosity: int = 0) -> None:
     logger.setLevel(min(level, logging.INFO))  # run.log gets INFO even with -q
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``a.b=1`` pairs into a nested override mapping (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.train.epochs=5")
-        key, value = item.split("=", 1)
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def demo_config_path() -> Path:
     return Path(str(resources.files("medtransfer") / "configs" / "demo.yaml"))
-
-
-def _run(args: argparse.Namespace) -> int:
-    from medtransfer.api import LogEcho, run_log, run_study
-    from medtransfer.config import deep_merge, read_yaml
-    from medtransfer.study import ExecutorSettings, study_from_dict
-
-    if args.workers < 1:
-        raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
-    executor = ExecutorSettings(args.executor, args.workers, args.address)
-    overrides = _parse_set(args.set or [])
-    if args.device:
-        overrides["device"] = args.device
-    path = Path(args.config)
-    raw = deep_merge(read_yaml(path), overrides)
-    if args.imports:  # recorded in config.yaml, so workers and the report import them too
-        before = raw.get("imports") or []
-        raw["imports"] = [*before, *(m for m in args.imports if m not in before)]
-    if "search" in raw:  # a search: its trials on validation, then the best config on the tests
-        from medtransfer.search import run_search
-
-        out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
-        with run_log(out):
-            run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
-                       report=not args.no_report, source_name=str(path), echo=LogEcho(),
-                       executor=executor)
-        print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
-        return 0
-    cfg = study_from_dict(raw, base=path.resolve().parent, source_name=str(path))
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    run_study(cfg, out, progress=not args.no_progress, report=not args.no_report, executor=executor,
-              echo=LogEcho())
-    print(f"table: {out / 'summary.md'}")
-    return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -104,6 +53,22 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names; returns the exit status. A closed output pipe
+    (``medtransfer keys | head``) ends quietly, Ctrl-C with a line saying a rerun resumes."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun to resume", file=sys.stderr)
+        return 130  # 128 + SIGINT
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtransfer", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"medtransfer {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug)")
@@ -114,13 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="run directory (default: runs/<study name>)")
     demo = sub.add_parser("demo", help="run the seed-000-shaped study on the embedded demo data")
     demo.add_argument("--out", help="run directory (default: runs/demo)")
-    for p in (run, demo):
-        p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    check = sub.add_parser("check", help="check a study config without running it: the resolved config, "
+                           "data counts per split, the units to train and those a run folder has done "
+                           "(reused), estimated disk; exits 2 on any problem; trains and writes nothing")
+    check.add_argument("config", help="study YAML file")
+    check.add_argument("--out", help="the run directory to compare with (default: runs/<study name>)")
+    for p in (run, demo, check):
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's device)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set pretrain.train.epochs=5")
         p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                        help="import a Python module first (its @register_model models can then "
                        "be named), e.g. --import my_pkg.models; adds to the config's imports")
+    for p in (run, demo):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--no-report", action="store_true", help="skip report.html (CIs, tests, plots)")
         p.add_argument("--workers", type=int, default=1,
@@ -145,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("run_dir", help="a finished run directory")
     pred.add_argument("paths", nargs="+", help="image files, folders, or a CSV with a 'path' column")
     pred.add_argument("--out", required=True, help="CSV to write (path, predicted, p_<class>..., threshold)")
-    exp = sub.add_parser("export", help="a finished run's model as ONNX or TorchScript, with its "
-                         "preprocessing in a sidecar JSON")
+    exp = sub.add_parser("export", help="a finished run's model as ONNX or a torch.export program "
+                         "(.pt2), with its preprocessing in a sidecar JSON")
     exp.add_argument("run_dir", help="a finished run directory")
-    exp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    exp.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                     help="onnx (default) or pt2: a torch.export program (torch.export.load)")
     exp.add_argument("--out", required=True, help="model file to write (FILE.json beside it)")
     for p in (pred, exp):
         p.add_argument("--variant", help="the variant (or a matrix arm's label) to use")
@@ -157,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--cam", metavar="DIR", help="also write a Grad-CAM overlay per image into DIR")
     pred.add_argument("--threshold", choices=["default", "val"], default="default",
                       help="binary tasks: 0.5 (default) or the threshold chosen on validation data")
+    pred.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, "
+                      "cuda:N or mps")
+    pred.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass (default 64)")
     aud = sub.add_parser("audit", help="look for shortcuts, duplicates and leakage in a data set")
     aud.add_argument("data", help="class-per-folder tree, CSV (path,label[,group]) or MedMNIST .npz")
     aud.add_argument("--against", help="a second data set (e.g. the target): shared or near-identical images")
@@ -173,7 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     prev.add_argument("config", help="study YAML file")
     prev.add_argument("--out", required=True, help="folder for augment_<variant>_<stage>_<task>.png")
     prev.add_argument("--n", type=int, default=16, help="training images per grid (default 16)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; expected an integer >= 1")
+    return value
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     if args.command in ("predict", "export", "report"):  # run and demo: the study runner tunes
         from medtransfer.train.allocator import tune_allocator
@@ -181,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator()  # before the first tensor: inference and report's Grad-CAM gain too
     try:
         if args.command == "models":
-            from medtransfer.models import list_models
+            from medtransfer.catalog import MODEL_NAMES  # not the registry: no torch import
 
-            print("\n".join(list_models()))
+            print("\n".join(MODEL_NAMES))
             print("and timm:<arch> (timm.list_models()), torchvision:<arch> "
                   "(torchvision.models.list_models())", file=sys.stderr)
             return 0
@@ -193,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_dir = Path(args.run_dir)
             # a run still writing into the folder would change what the report reads
-            with run_lock(run_dir) if run_dir.is_dir() else contextlib.nullcontext():
+            busy = "Wait for that run to finish (or stop it), then run the report again"
+            with run_lock(run_dir, advice=busy) if run_dir.is_dir() else contextlib.nullcontext():
                 print(f"summary: {summarize(run_dir)}")
                 path = write_report(run_dir, reference=args.reference, n_boot=args.n_boot,
                                     gallery_images=args.gallery)
@@ -213,7 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(args)
         if args.command in ("predict", "export"):
-            return _use_model(args)
+            from medtransfer.commands import use_model_command
+
+            return use_model_command(args)
+        if args.command == "check":
+            from medtransfer.commands import check_command
+
+            return check_command(args)
         if args.command == "augment-preview":
             from medtransfer.study import load_study
             from medtransfer.study.preview import preview_augmentation
@@ -224,45 +217,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             args.config = demo_config_path()
             args.out = args.out or "runs/demo"
-        return _run(args)
+        from medtransfer.commands import run_command
+
+        return run_command(args)
     except MedTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from medtransfer.study.keys import config_keys, format_keys, keys_markdown, study_schema
+    from medtransfer.catalog import format_keys, keys_markdown, load_keys, load_schema, select_keys
 
     if args.json_schema:
         import json
 
         if args.section:
             raise ConfigError("keys --json-schema: gives the whole study's schema; drop the section")
-        print(json.dumps(study_schema(), indent=2))
+        print(json.dumps(load_schema(), indent=2))
         return 0
-    found = config_keys(args.section)
+    found = select_keys(load_keys(), args.section)
     print(keys_markdown(found) if args.markdown else format_keys(found))
     return 0
-
-
-def _use_model(args: argparse.Namespace) -> int:
-    from medtransfer.inference import load_model, predict, write_predictions
-
-    model = load_model(args.run_dir, arm=args.variant, target=args.target, fold=args.fold)
-    if args.command == "export":
-        from medtransfer.export import export_model
-
-        path, sidecar = export_model(model, args.out, args.format)
-        print(f"exported {model.arm} ({model.unit.name}): {path}, {sidecar}")
-        return 0
-    rows = predict(args.paths, model, use_threshold=args.threshold == "val", cam_dir=args.cam)
-    write_predictions(rows, args.out)
-    bad = [r for r in rows if r["error"]]
-    for r in bad:
-        print(f"skipped: {r['error']}", file=sys.stderr)
-    print(f"predicted {len(rows) - len(bad)} of {len(rows)} images with {model.arm} "
-          f"({model.unit.name}): {args.out}")
-    return 0 if len(bad) < len(rows) else 2
 
 
 if __name__ == "__main__":

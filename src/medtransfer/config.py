@@ -106,13 +106,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             pairs = enumerate(zip(value, args, strict=True))
             return tuple(_convert(v, a, _join(where, i)) for i, (v, a) in pairs)
         item = args[0] if args else Any
-        items = [_convert(v, item, _join(where, i)) for i, v in enumerate(value)]
+        items = _convert_all([(v, item, _join(where, i)) for i, v in enumerate(value)])
         return tuple(items) if (origin or tp) is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{where}': expected a mapping, got {value!r}")
         vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, vt, _join(where, str(k))) for k, v in value.items()}
+        values = _convert_all([(v, vt, _join(where, str(k))) for k, v in value.items()])
+        return dict(zip(map(str, value), values, strict=True))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -141,23 +142,68 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"config type {tp!r} at '{where}' is not supported")
 
 
+def _convert_all(items: list[tuple[Any, Any, str]]) -> list[Any]:
+    """Each (value, type, key path) converted; every item's mistakes reported together."""
+    out, problems = [], []
+    for value, tp, where in items:
+        try:
+            out.append(_convert(value, tp, where))
+        except ConfigError as exc:
+            problems += problems_of(exc)
+    if problems:
+        raise config_error(problems)
+    return out
+
+
+MAX_PROBLEMS = 20  # config mistakes listed at once; the rest are counted
+
+
+class ConfigErrors(ConfigError):
+    """Several config mistakes found at once; ``problems`` holds each one's message."""
+
+    def __init__(self, problems: Sequence[str], source: str = "") -> None:
+        self.problems = list(problems)
+        shown = [f"  - {p}" for p in self.problems[:MAX_PROBLEMS]]
+        more = len(self.problems) - MAX_PROBLEMS
+        tail = [f"  ... and {more} more"] if more > 0 else []
+        head = f"{source}: " if source else ""
+        super().__init__("\n".join([f"{head}{len(self.problems)} problems:", *shown, *tail]))
+
+
+def problems_of(exc: ConfigError) -> list[str]:
+    """The messages of ``exc``'s mistakes (one, or each of a :class:`ConfigErrors`)."""
+    return list(exc.problems) if isinstance(exc, ConfigErrors) else [str(exc)]
+
+
+def config_error(problems: Sequence[str], source: str = "") -> ConfigError:
+    """One mistake as a plain :class:`ConfigError` (its message unchanged), several as
+    :class:`ConfigErrors`; ``source`` (a config file, ``--set``) is named in front."""
+    if len(problems) == 1:
+        return ConfigError(f"{source}: {problems[0]}" if source else problems[0])
+    return ConfigErrors(problems, source)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from plain data, strictly."""
+    """Build dataclass ``cls`` from plain data, strictly; every unknown key, missing key and
+    wrong value is reported at once (a :class:`ConfigErrors` when there are several)."""
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{where or cls.__name__}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
-            raise ConfigError(unknown_key_message(str(key), where, fields))
+    problems = [unknown_key_message(str(key), where, fields) for key in data if key not in fields]
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         path = _join(where, name)
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], path)
+            try:
+                kwargs[name] = _convert(data[name], hints[name], path)
+            except ConfigError as exc:
+                problems += problems_of(exc)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key '{path}'")
+            problems.append(f"missing required key '{path}'")
+    if problems:  # the class's own checks need every value converted
+        raise config_error(problems)
     try:
         obj = cls(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -222,12 +268,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # it names "<unicode string>", not the file
+                mark.name = str(path)
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(data).__name__}")
     return data
+
+
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def check_device(name: str, value: str) -> None:
+    """ConfigError unless ``value`` names a device: auto, cpu, cuda, cuda:N or mps."""
+    if not isinstance(value, str) or (value not in ("auto", "cpu") and not value.startswith(("cuda", "mps"))):
+        raise ConfigError(f"'{name}': got {value!r}; allowed: {DEVICES}")
 
 
 def check_choice(

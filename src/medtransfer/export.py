@@ -1,5 +1,6 @@
-"""Hand a trained model to someone else: ONNX or TorchScript, with its preprocessing in a sidecar
-JSON (and, for ONNX, in the model's metadata).
+"""Hand a trained model to someone else: ONNX (torch's dynamo exporter) or a ``torch.export``
+program (``.pt2``, loaded with ``torch.export.load``), with its preprocessing in a sidecar JSON (and,
+for ONNX, in the model's metadata). Both are traced by ``torch.export`` with a dynamic batch size.
 
 The exported graph takes float images in [0, 1], shape (N, C, H, W) at the recorded size and
 colour (pixel / 255 for 8-bit, / 65535 for 16-bit files), normalises them itself and returns
@@ -25,8 +26,10 @@ from medtransfer.train.batches import logits_to_proba
 
 __all__ = ["FORMATS", "Exportable", "export_model", "model_metadata"]
 
-FORMATS = ("onnx", "torchscript")
-OPSET = 17
+FORMATS = ("onnx", "pt2")
+OPSET = 18  # the dynamo exporter's lowest
+# TorchScript (torch.jit.trace) is deprecated by torch; torch.export's .pt2 replaces it
+_RENAMED = {"torchscript": "pt2"}
 
 
 class Exportable(nn.Module):
@@ -73,37 +76,44 @@ def model_metadata(model: LoadedModel, fmt: str) -> dict[str, Any]:
 
 
 def export_model(model: LoadedModel, out: str | Path,
-                 fmt: Literal["onnx", "torchscript"] = "onnx") -> tuple[Path, Path]:
+                 fmt: Literal["onnx", "pt2"] = "onnx") -> tuple[Path, Path]:
     """Write the model to ``out``, its metadata to ``out`` + ``.json`` and its model card to
     ``<stem>_model_card.md``; returns the model and metadata paths."""
+    if fmt in _RENAMED:
+        raise ConfigError(f"'format': got {fmt!r}, which torch deprecates (torch.jit.trace); use "
+                          f"{_RENAMED[fmt]!r}: a torch.export program, loaded with torch.export.load")
     check_choice("format", fmt, FORMATS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exportable(model).eval()
     height, width = model.preprocess.hw
-    example = torch.rand(2, model.in_chans, height, width)
+    example = (torch.rand(2, model.in_chans, height, width),)
+    batch = {"x": {0: torch.export.Dim("N", min=1)}}  # Exportable.forward's argument
     meta = model_metadata(model, fmt)
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.trace(wrapper, example).save(str(out))
-        else:
-            _onnx(wrapper, example, out, meta)
+    if fmt == "pt2":
+        with torch.no_grad():
+            torch.export.save(torch.export.export(wrapper, example, dynamic_shapes=batch), str(out))
+    else:
+        _onnx(wrapper, example, batch, out, meta)
     sidecar = out.with_name(out.name + ".json")
     write_text_atomic(sidecar, json.dumps(meta, indent=2))
     write_text_atomic(out.with_name(f"{out.stem}_model_card.md"), model_card(model))
     return out, sidecar
 
 
-def _onnx(wrapper: nn.Module, example: Tensor, out: Path, meta: dict[str, Any]) -> None:
+def _onnx(wrapper: nn.Module, example: tuple[Tensor], batch: dict[str, Any], out: Path,
+          meta: dict[str, Any]) -> None:
     try:
         import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as exc:
-        raise ConfigError("format 'onnx' needs the onnx package: pip install 'medtransfer[export]'") from exc
-    torch.onnx.export(wrapper, (example,), str(out), input_names=["image"], output_names=["probabilities"],
-                      dynamic_axes={"image": {0: "N"}, "probabilities": {0: "N"}}, opset_version=OPSET,
-                      dynamo=False)
-    proto = onnx.load(str(out))
-    for key, value in (("medtransfer", json.dumps(meta)),):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        raise ConfigError(f"format 'onnx' needs the {exc.name} package: pip install "
+                          "'medtransfer[export]'") from exc
+    program = torch.onnx.export(wrapper, example, input_names=["image"], output_names=["probabilities"],
+                                dynamic_shapes=batch, opset_version=OPSET, dynamo=True, verbose=False)
+    if program is None:  # a torch without the dynamo exporter's return value
+        raise ConfigError("format 'onnx' needs torch >= 2.6: pip install 'medtransfer[export]'")
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "medtransfer", json.dumps(meta)
     onnx.save(proto, str(out))

@@ -9,7 +9,7 @@ image files, folders or a CSV of paths.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.config import from_dict
+from medtransfer.config import check_device, from_dict
 from medtransfer.data import PreprocessConfig
 from medtransfer.data.images import IMAGE_EXTENSIONS, ColorMode, decode_image
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
@@ -29,6 +29,7 @@ from medtransfer.report.rundir import Arm, RunDir, UnitInfo, load_run
 from medtransfer.strategies.config import FeaturesStrategy
 from medtransfer.strategies.features import MLPHead, layer_features
 from medtransfer.strategies.linear_head import BACKBONE_FILE, FeatureModel, load_head
+from medtransfer.study.runner import pick_device
 from medtransfer.train import predict_proba
 from medtransfer.train.checkpoint import load_checkpoint
 
@@ -148,12 +149,23 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
 
 
 def predict(paths: Sequence[str | Path], model: LoadedModel, *, use_threshold: bool = False,
-            batch_size: int = 64, device: str = "cpu",
+            batch_size: int = 64, device: str = "auto",
             cam_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per image: ``path``, ``predicted``, ``p_<class>`` per class, the ``threshold``
     used (binary: 0.5, or the validation-chosen one with ``use_threshold``) and ``error`` (an
     unreadable image gets its reason and no prediction; the others are still predicted). With
-    ``cam_dir``, a Grad-CAM overlay per image for its predicted class (column ``cam``)."""
+    ``cam_dir``, a Grad-CAM overlay per image for its predicted class (column ``cam``).
+    ``device``: auto (CUDA where available, else CPU), cpu, cuda, cuda:N or mps;
+    ``batch_size`` images go through the network at once."""
+    if batch_size < 1:
+        raise ConfigError(f"'batch_size': got {batch_size!r}; expected an integer >= 1")
+    check_device("device", device)
+    dev = pick_device(device)
+    ready: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available,
+                                            "mps": torch.backends.mps.is_available}
+    if dev.type in ready and not ready[dev.type]():
+        raise ConfigError(f"'device': got {device!r}, but this machine has no {dev.type.upper()} device "
+                          "torch can use; use auto or cpu")
     files = expand_paths(paths)
     arrays: list[np.ndarray] = []
     ok: list[int] = []
@@ -170,7 +182,8 @@ def predict(paths: Sequence[str | Path], model: LoadedModel, *, use_threshold: b
         return rows
     wide = any(a.dtype == np.uint16 for a in arrays)
     batch = np.stack([a.astype(np.uint16) * 257 if wide and a.dtype == np.uint8 else a for a in arrays])
-    proba = model.predict_proba(batch, batch_size=batch_size, device=device)
+    proba = model.predict_proba(batch, batch_size=batch_size, device=str(dev))
+    model.module.cpu()  # Grad-CAM and later calls take CPU tensors
     binary = len(model.classes) == 2
     threshold = model.threshold if use_threshold and model.threshold is not None else 0.5
     labels = [int(p[1] >= threshold) if binary else int(np.argmax(p)) for p in proba]

@@ -1,5 +1,5 @@
 """A finished run's model used on new images: predict (API and CLI) reproduces the run's own
-predictions from the image files, and ONNX / TorchScript exports give the same probabilities."""
+predictions from the image files, and ONNX / torch.export (.pt2) exports give the same probabilities."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     model = load_model(out, arm="src.freeze")
     # ONNX and TorchScript: the same probabilities as torch on real image files, within 1e-4.
     pytest.importorskip("onnxruntime", reason="optional extra medtransfer[export]")
+    pytest.importorskip("onnxscript", reason="optional extra medtransfer[export] (the dynamo ONNX exporter)")
     import onnxruntime
 
     files = sorted(root.rglob("*.png"))[:12]
@@ -70,16 +71,20 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     onnx_file, sidecar = export_model(model, tmp_path / "model.onnx", "onnx")
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"image": x})[0], expected, atol=1e-4)
+    np.testing.assert_allclose(session.run(None, {"image": x[:5]})[0], expected[:5], atol=1e-4)
     meta = json.loads(sidecar.read_text())
     assert meta["classes"] == ["normal", "covid"] and meta["input"]["shape"] == ["N", 1, 16, 16]
     assert json.loads(session.get_modelmeta().custom_metadata_map["medtransfer"])["arm"] == "src.freeze"
     card = (tmp_path / "model_model_card.md").read_text()
     assert "# Model card: src.freeze → tgt" in card and "## Not tested on" in card
     assert "| tgt | target | test_1 |" in card  # the data and its split, from data.yaml
-    ts_file, _ = export_model(model, tmp_path / "model.pt", "torchscript")
-    scripted = torch.jit.load(str(ts_file))
+    program_file, _ = export_model(model, tmp_path / "model.pt2", "pt2")
+    program = torch.export.load(str(program_file)).module()
     with torch.no_grad():
-        np.testing.assert_allclose(scripted(torch.from_numpy(x)).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(program(torch.from_numpy(x)).numpy(), expected, atol=1e-5)
+        assert program(torch.from_numpy(x[:5])).shape == (5, 2)  # any batch size
+    with pytest.raises(ConfigError, match=r"'format': got 'torchscript'.*use 'pt2'"):
+        export_model(model, tmp_path / "model.pt", "torchscript")  # type: ignore[arg-type]
 
     # The CLI: a folder with one unreadable file; it is named, the rest still predicted.
     folder = tmp_path / "new"
@@ -98,8 +103,8 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     assert all(r["predicted"] in ("normal", "covid") for r in rows if r is not broken)
     cams = sorted((tmp_path / "cams").glob("*_gradcam.png"))
     assert len(cams) == 3 and {r["cam"] for r in rows if r is not broken} == {str(c) for c in cams}
-    assert main(["export", str(out), "--variant", "src.finetune", "--format", "torchscript",
-                 "--out", str(tmp_path / "ft.pt")]) == 0
+    assert main(["export", str(out), "--variant", "src.finetune", "--format", "pt2",
+                 "--out", str(tmp_path / "ft.pt2")]) == 0
 
     # Bad input names what is wrong.
     with pytest.raises(ConfigError, match=r"'variant': got 'nope'; this run's: src\.freeze"):

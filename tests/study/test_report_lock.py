@@ -32,6 +32,8 @@ def test_report_of_a_folder_a_run_is_writing_into_stops_naming_the_holder(tmp_pa
         assert main(["report", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"run folder {out.resolve()} is in use by pid {proc.pid} on host" in err
+        # the report has no --out: the advice is to wait for the run or stop it
+        assert "--out" not in err and "Wait for that run to finish (or stop it)" in err
         assert not (out / "summary.csv").exists()
     finally:
         proc.communicate("", timeout=30)

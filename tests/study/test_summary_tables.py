@@ -31,7 +31,7 @@ def _expected(results: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     t = results[results["stage"] == "transfer"].copy()
     if t["repeat"].nunique() > 1:
         over, rep = "repeats", "repeat"
-    elif (t["fold"] != "-").any():
+    elif t["fold"].fillna("").ne("").any():  # an empty cell (NaN): no fold
         over, rep = "folds", "fold"
     else:
         over, rep = "test sets", "test_set"
@@ -137,7 +137,7 @@ def _written_results(shape: str) -> pd.DataFrame:
         for k in range(1, 4):
             for metric in ("auc", "accuracy", "recall", "specificity", "f1"):
                 value = float(rng.uniform(0.5, 1.0)) if k < 3 else 0.3
-                test_set, fold = (f"test_{k}", "-") if shape == "test sets" else (f"fold_{k}", str(k))
+                test_set, fold = (f"test_{k}", "") if shape == "test sets" else (f"fold_{k}", str(k))
                 rows.append([variant, "source", "target", "freeze", "0", fold, "transfer", test_set, metric,
                              value])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -11,12 +11,12 @@ from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.chain import Step, forward_chain, register_chain
 from medtransfer.models.check import check_model, check_weights_spec
 from medtransfer.models.config import ModelConfig
+from medtransfer.models.factory import create_model
 from medtransfer.models.head import HeadConfig
 from medtransfer.models.pretrained import BuiltModel, build_pretrained, open_weights
 from medtransfer.models.registry import (
     ModelInfo,
     build_model,
-    create_model,
     import_modules,
     list_models,
     model_info,

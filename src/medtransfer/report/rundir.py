@@ -192,7 +192,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     need = {"variant", "source", "target", "strategy", "repeat", "stage", "test_set", "metric", "value"}
     if rows and not need <= set(rows[0]):
         raise DataError(f"{path}: expected columns {sorted(need)}, got {sorted(rows[0])}")
-    return [{**r, "value": float(r["value"])} for r in rows]
+    # "not applicable" is an empty cell; older runs wrote "-"
+    return [{**{k: "" if v == "-" else v for k, v in r.items()}, "value": float(r["value"])} for r in rows]
 
 
 def read_predictions(path: Path) -> Predictions:

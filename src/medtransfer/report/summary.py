@@ -47,7 +47,7 @@ def _replicates(
         "repeats"
         if len(repeats) > 1
         else "folds"
-        if any(r["fold"] != "-" for r in rows if r["stage"] == stage)
+        if any(r["fold"] not in ("", "-") for r in rows if r["stage"] == stage)
         else "test sets"
     )
     acc: dict[Key, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))

@@ -1,6 +1,6 @@
 """Tests between two models on the same images: DeLong's test for correlated ROC AUCs (the fast
-algorithm of Sun & Xu 2014), McNemar's test for paired accuracy (statsmodels), and Holm's
-correction for many arms."""
+algorithm of Sun & Xu 2014), McNemar's test for paired accuracy (exact binomial or chi-square,
+the numbers statsmodels' ``mcnemar`` gives), and Holm's correction for many arms."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar
 
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.stats.bootstrap import Interval
@@ -108,24 +107,31 @@ def delong_ci(y_true: object, score: object, level: float = 0.95) -> Interval:
     return Interval(a, max(0.0, a - half), min(1.0, a + half), level, "DeLong")
 
 
-def mcnemar_test(correct_a: object, correct_b: object, exact: bool | None = None) -> McNemarResult:
+def mcnemar_test(correct_a: object, correct_b: object, exact: bool | None = None,
+                 correction: bool = True) -> McNemarResult:
     """McNemar's test that two classifiers are equally accurate on the same cases.
 
     ``exact=None`` uses the exact binomial test when there are fewer than 25 discordant pairs
-    and the continuity-corrected chi-square test otherwise (statsmodels ``mcnemar``).
+    and the chi-square test (continuity-corrected unless ``correction=False``) otherwise. The
+    statistic is as statsmodels' ``mcnemar`` reports it: ``min(b, c)`` for the exact test,
+    ``(|b - c| - 1)² / (b + c)`` (without the ``- 1`` uncorrected) for the chi-square test.
     """
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
         raise DataError(f"correct_a and correct_b: expected equal 1-D shapes, got {a.shape}, {b.shape}")
-    table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
-    only_a, only_b = int(table[0, 1]), int(table[1, 0])
-    use_exact = (only_a + only_b) < 25 if exact is None else exact
-    if only_a + only_b == 0:
-        return McNemarResult(0, 0, 0.0, 1.0, "McNemar exact" if use_exact else "McNemar chi2")
-    res = mcnemar(table, exact=use_exact, correction=True)
-    method = "McNemar exact" if use_exact else "McNemar chi2 (continuity-corrected)"
-    return McNemarResult(only_a, only_b, float(res.statistic), float(res.pvalue), method)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    use_exact = n < 25 if exact is None else exact
+    chi2 = "McNemar chi2 (continuity-corrected)" if correction else "McNemar chi2"
+    if n == 0:
+        return McNemarResult(0, 0, 0.0, 1.0, "McNemar exact" if use_exact else chi2)
+    if use_exact:  # two-sided binomial test of b ~ Bin(b + c, 1/2)
+        p = sps.binomtest(only_a, n, 0.5).pvalue
+        return McNemarResult(only_a, only_b, float(min(only_a, only_b)), min(1.0, float(p)),
+                             "McNemar exact")
+    statistic = (abs(only_a - only_b) - int(correction)) ** 2 / n
+    return McNemarResult(only_a, only_b, float(statistic), float(sps.chi2.sf(statistic, 1)), chi2)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

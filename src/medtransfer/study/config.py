@@ -18,7 +18,17 @@ from typing import Any, Literal
 
 from torch import nn
 
-from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
+from medtransfer.config import (
+    ConfigError,
+    check_device,
+    config_error,
+    deep_merge,
+    from_dict,
+    problems_of,
+    read_yaml,
+    to_dict,
+    unknown_key_message,
+)
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
@@ -192,8 +202,7 @@ class StudyConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"'variants': names must be unique; repeated: {', '.join(dupes)}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
-            raise ConfigError(f"'device': got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        check_device("device", self.device)
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
         self.report.check(self.strategies, self.is_matrix)
@@ -423,7 +432,7 @@ def study_from_dict(
         cfg = from_dict(StudyConfig, raw)
         check_models(cfg, resolve_variants(cfg))
     except ConfigError as exc:
-        raise ConfigError(f"{source_name}: {exc}") from None
+        raise config_error(problems_of(exc), source_name) from None
     return cfg
 
 

@@ -17,12 +17,12 @@ __all__ = ["COLUMNS", "metric_rows", "result_rows", "write_results"]
 
 COLUMNS = ("variant", "source", "target", "strategy", "repeat", "fold", "stage", "test_set", "metric",
            "value")
-BLANK = "-"
+BLANK = ""  # not applicable: an empty cell, which pandas reads as NaN (older runs wrote "-")
 
 
 def metric_rows(ids: Mapping[str, Any], stage: str, test_set: str,
                 metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric, sorted by name; identifying columns not in ``ids`` are ``-``."""
+    """One row per metric, sorted by name; identifying columns not in ``ids`` are empty."""
     base = {**dict.fromkeys(COLUMNS[:6], BLANK), **ids}
     return [{**base, "stage": stage, "test_set": test_set, "metric": k, "value": float(v)}
             for k, v in sorted(metrics.items())]

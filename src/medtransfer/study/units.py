@@ -36,7 +36,8 @@ from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
 
-__all__ = ["Context", "ModelStart", "run_cell", "run_pretrain", "source_weights", "spec_key"]
+__all__ = ["Context", "ModelStart", "cell_spec", "pretrain_spec", "run_cell", "run_pretrain",
+           "source_weights", "spec_key"]
 
 
 @dataclass
@@ -153,12 +154,8 @@ def weights_stamp(weights: str | None) -> str | None:
 _STAMPS: dict[tuple[str, int, int], str] = {}
 
 
-def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, *,
-                 announce: bool = True) -> dict[str, Any]:
-    """Train ``v.model`` on the source task (from its weights, if any); reused, and shared
-    between variants and repeats, when the same unit is done (said only if ``announce``).
-    Returns the result and ``dir``."""
-    cfg = ctx.cfg
+def pretrain_spec(cfg: StudyConfig, v: Variant, job: PretrainJob, source: LoadedTask) -> dict[str, Any]:
+    """What identifies a pretraining unit (its key is this spec's hash)."""
     weights = source_weights(cfg, v, job.source)
     spec: dict[str, Any] = {
         "stage": "pretrain", "version": __version__,
@@ -168,6 +165,37 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     }
     if weights is not None:
         spec["weights"] = weights_stamp(weights)
+    return spec
+
+
+def cell_spec(cfg: StudyConfig, v: Variant, job: CellJob, target: LoadedTask, pretrained_dir: str | None,
+              upstream_dir: str | None) -> dict[str, Any]:
+    """What identifies a cell (or trial) unit, given the folder names of the pretraining it
+    starts from and of its upstream cell (``backbone_from``), if any."""
+    weights = None if pretrained_dir is not None else source_weights(cfg, v, job.source)
+    source_id = pretrained_dir if pretrained_dir is not None else weights_stamp(weights)
+    spec: dict[str, Any] = {
+        "stage": "cell", "version": __version__, "model": spec_key(v.model),
+        "transfer": spec_key(v.transfer), "strategy": spec_key(v.strategies[job.strategy]),
+        "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": target.fingerprint,
+        "source": source_id or NO_SOURCE, "fold": job.fold,
+    }
+    if job.evaluate == "val":
+        spec["evaluate"] = "val"  # a search trial: test images are never looked at
+    if upstream_dir is not None:
+        spec["upstream"] = upstream_dir  # the unit whose trained model is the backbone
+    if job.pruning is not None:
+        spec["pruning"] = job.pruning.key()  # a pruned trial's result depends on its search
+    return spec
+
+
+def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, *,
+                 announce: bool = True) -> dict[str, Any]:
+    """Train ``v.model`` on the source task (from its weights, if any); reused, and shared
+    between variants and repeats, when the same unit is done (said only if ``announce``).
+    Returns the result and ``dir``."""
+    weights = source_weights(ctx.cfg, v, job.source)
+    spec = pretrain_spec(ctx.cfg, v, job, source)
     unit = Unit(ctx.out, "pretrain", job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
@@ -257,22 +285,10 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     """Start ``v``'s model from the cell's source — or from the model its ``upstream`` cell
     trained (``backbone_from``; that cell's result) — transfer it to ``target`` by the cell's
     strategy, and evaluate it on the validation set and (unless a trial) every test set."""
-    cfg = ctx.cfg
-    strategy = v.strategies[job.strategy]
-    weights = None if pretrained is not None else source_weights(cfg, v, job.source)
-    source_id = Path(pretrained["dir"]).name if pretrained is not None else weights_stamp(weights)
-    spec: dict[str, Any] = {
-        "stage": "cell", "version": __version__, "model": spec_key(v.model),
-        "transfer": spec_key(v.transfer), "strategy": spec_key(strategy),
-        "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": target.fingerprint,
-        "source": source_id or NO_SOURCE, "fold": job.fold,
-    }
-    if job.evaluate == "val":
-        spec["evaluate"] = "val"  # a search trial: test images are never looked at
-    if upstream is not None:
-        spec["upstream"] = Path(upstream["dir"]).name  # the unit whose trained model is the backbone
-    if job.pruning is not None:
-        spec["pruning"] = job.pruning.key()
+    weights = None if pretrained is not None else source_weights(ctx.cfg, v, job.source)
+    pre_dir = Path(pretrained["dir"]).name if pretrained is not None else None
+    up_dir = Path(upstream["dir"]).name if upstream is not None else None
+    spec = cell_spec(ctx.cfg, v, job, target, pre_dir, up_dir)
     unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
