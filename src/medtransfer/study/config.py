@@ -22,6 +22,7 @@ from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitC
 from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
 from medtransfer.models import ModelConfig, check_model, check_weights_spec, import_modules
+from medtransfer.models.config import NAMED_WEIGHTS
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import (
     CacheConfig,
@@ -29,11 +30,13 @@ from medtransfer.strategies import (
     StrategyConfig,
     freeze_configs,
     strategy_from_dict,
+    train_configs,
 )
 from medtransfer.study.backbones import check_backbones
 from medtransfer.study.report_config import ReportConfig, check_layers
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
+from medtransfer.train.optim import check_layer_decay
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,9 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A matrix study's source: pretrained ``weights`` (``imagenet``, ``file:PATH``,
-    ``run:UNIT_DIR``), a data set to pretrain on (``data``, split by ``split``), or both
-    (the weights, then pretraining on the data)."""
+    """A matrix study's source: pretrained ``weights`` (``imagenet``, ``pretrained``,
+    ``file:PATH``, ``run:UNIT_DIR``), a data set to pretrain on (``data``, split by ``split``),
+    or both (the weights, then pretraining on the data)."""
 
     data: DataConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -80,11 +83,11 @@ class SourceSpec:
     def __post_init__(self) -> None:
         if self.data is None and self.weights is None:
             raise ConfigError("a source needs 'data' (to pretrain on), 'weights' "
-                              "(imagenet, file:PATH or run:UNIT_DIR), or both")
-        if self.weights is not None and self.weights != "imagenet" \
+                              "(imagenet, pretrained, file:PATH or run:UNIT_DIR), or both")
+        if self.weights is not None and self.weights not in NAMED_WEIGHTS \
                 and not self.weights.startswith(("file:", "run:")):
-            raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, file:PATH, "
-                              "run:UNIT_DIR")
+            raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, pretrained, "
+                              "file:PATH, run:UNIT_DIR")
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class StudyConfig:
                                   "'strategies' for a matrix study)")
             if self.source is None and self.model.weights is None:
                 raise ConfigError("missing required key 'source': a data set to pretrain on, or "
-                                  "model.weights (imagenet, file:PATH, run:UNIT_DIR) to start from")
+                                  "model.weights (imagenet, pretrained, file:PATH, run:UNIT_DIR) to "
+                                  "start from")
             if self.source is not None and self.source.split.folds:
                 raise ConfigError("'source.split.folds': cross-validation is for the target task")
             if self.source is not None and self.source.external:
@@ -360,6 +364,16 @@ def _resolve_task(task: Any, base: Path) -> Any:
     return out
 
 
+def _resolve_model(model: Any, base: Path) -> Any:
+    """A model mapping with a relative ``timm:local-dir:PATH`` name made absolute."""
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return model
+    for prefix in ("timm:local-dir:", "local-dir:"):
+        if model["name"].startswith(prefix):
+            return {**model, "name": prefix + _resolve_path(model["name"][len(prefix):], base)}
+    return model
+
+
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study YAML; relative data paths are taken relative to the YAML file's folder."""
     path = Path(path)
@@ -382,6 +396,11 @@ def study_from_dict(
             raw[group] = {k: _resolve_task(v, base) for k, v in raw[group].items()}
     if isinstance(raw.get("cache_dir"), str):
         raw["cache_dir"] = _resolve_path(raw["cache_dir"], base)
+    if "model" in raw:
+        raw["model"] = _resolve_model(raw["model"], base)
+    if isinstance(raw.get("variants"), list):
+        raw["variants"] = [{**v, "model": _resolve_model(v["model"], base)}
+                           if isinstance(v, dict) and "model" in v else v for v in raw["variants"]]
     try:
         imports = raw.get("imports") or []
         if not isinstance(imports, list):
@@ -434,6 +453,9 @@ def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
                 check_layers(cfg.report, model)
                 for fz in [fz for s in v.strategies.values() for fz in freeze_configs(s)]:
                     freeze(model, fz)
+                trains = [v.pretrain.train, *(t for s in v.strategies.values() for t in train_configs(s))]
+                if any(t.optimizer.layer_decay is not None for t in trains):
+                    check_layer_decay(model)
             for src in cfg.sources.values():
                 if src.weights is not None:
                     check_weights_spec(dataclasses.replace(v.model, weights=src.weights))
