@@ -11,6 +11,7 @@ downloads are allowed (neither ``MEDTRANSFER_OFFLINE`` nor ``HF_HUB_OFFLINE`` is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -123,7 +124,7 @@ def _read(arch: str, folder: Path, mtime: int) -> FolderModel:
     cfg = data.get("pretrained_cfg")
     pretrained = dict(cfg) if isinstance(cfg, dict) else {
         k: v for k, v in data.items() if k not in ("architecture", "num_features")}
-    return FolderModel(arch, folder, architecture.split(".", 1)[0], pretrained, _weights_file(folder))
+    return FolderModel(arch, folder, architecture.split(".", 1)[0], pretrained, None)
 
 
 def folder_model(arch: str) -> FolderModel:
@@ -135,7 +136,8 @@ def folder_model(arch: str) -> FolderModel:
     if not folder.is_dir():
         raise ConfigError(f"'model.name': {arch}: no such folder {folder}")
     config = folder / "config.json"
-    return _read(arch, folder.resolve(), config.stat().st_mtime_ns if config.is_file() else 0)
+    found = _read(arch, folder.resolve(), config.stat().st_mtime_ns if config.is_file() else 0)
+    return dataclasses.replace(found, weights_file=_weights_file(found.folder))
 
 
 def timm_name(arch: str) -> str:

@@ -141,7 +141,11 @@ class FeaturesStrategy:
     """
 
     kind: Literal["features"] = "features"
+    # pre_logits (the output layer's input; a ViT's own pooling, e.g. its class token), pooled
+    # (forward_features pooled by pool) or a module name (its output, pooled by pool)
     layer: str = "pre_logits"
+    # avg / max over a feature map's positions or a transformer's patch tokens, mean (as avg),
+    # cls (a transformer's class token) or flatten
     pool: Literal["avg", "max", "flatten", "cls", "mean"] = "avg"
     classifier: Literal["logreg", "svm", "mlp"] = "logreg"
     C: float = 1.0

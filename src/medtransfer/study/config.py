@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from medtransfer.calibration import EvaluateConfig
 from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.errors import DataError
@@ -174,6 +175,9 @@ class StudyConfig:
     # what the report adds: strategy differences, first-layer filters, feature maps, activation
     # maximisation
     report: ReportConfig = field(default_factory=ReportConfig)
+    # how every cell's network is evaluated after training: temperature calibration and test-time
+    # augmentation, off by default (stored with the model: predict and export apply them)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")

@@ -29,6 +29,7 @@ from medtransfer.models.config import NAMED_WEIGHTS
 from medtransfer.models.folders import folder_weights_file
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy, train_configs
+from medtransfer.strategies.posthoc import apply_posthoc
 from medtransfer.study.config import StudyConfig, Variant, pretrain_model
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.store import Unit
@@ -277,6 +278,7 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     }
     if job.evaluate == "val":
         spec["evaluate"] = "val"  # a search trial: test images are never looked at
+    spec.update(cfg.evaluate.key())  # calibration / tta, only when on
     if upstream is not None:
         spec["upstream"] = Path(upstream["dir"]).name  # the unit whose trained model is the backbone
     unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
@@ -328,8 +330,10 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
     )
     summary = _last_stage(res)
     ctx.echo(f"[{job.label}] {summary['path']} path: {summary['path_reason']}")
-    metrics = {name: compute_metrics(target.images.labels[idx], res.probabilities[name])
-               for name, idx in parts.items()}
+    post = apply_posthoc(ctx.cfg.evaluate, strategy, res, {k: target.part(idx) for k, idx in parts.items()},
+                         env)  # evaluate: calibration / TTA (nothing when off)
+    metrics = {name: {**compute_metrics(target.images.labels[idx], res.probabilities[name]),
+                      **post.metrics.get(name, {})} for name, idx in parts.items()}
     final = res.stages[-1].fit
     if "val" in metrics and final is not None and final.best_epoch > 0:
         metrics["val"]["loss"] = float(final.history[final.best_epoch - 1].get("val_loss", float("nan")))
@@ -346,7 +350,7 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
         result["compile"] = True
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
-    return result
+    return {**result, **post.record}
 
 
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],

@@ -253,7 +253,7 @@ def _groupable(model: nn.Module) -> nn.Module:
                 f"'optimizer.layer_decay': model {type(model).__name__} cannot be grouped into "
                 "layers (it has no timm group_matcher); use a timm: model (ViT, ResNet, "
                 "EfficientNet, ...) or remove layer_decay")
-    return inner  # type: ignore[no-any-return]
+    return inner
 
 
 def check_layer_decay(model: nn.Module) -> None:
@@ -268,7 +268,7 @@ def layer_decay_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str,
     from timm.optim import param_groups_layer_decay
 
     groups = param_groups_layer_decay(_groupable(model), weight_decay=cfg.weight_decay,
-                                      weight_decay_exclude_1d=False, layer_decay=cfg.layer_decay)
+                                      weight_decay_exclude_1d=False, layer_decay=cfg.layer_decay or 1.0)
     return [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": cfg.lr * g["lr_scale"]}
             for g in groups]
 
