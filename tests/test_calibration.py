@@ -68,3 +68,4 @@ def test_evaluate_is_off_by_default_and_keys_only_what_is_on():
         EvaluateConfig(tta=("hflip", "hflip"))
     with pytest.raises(ConfigError, match="evaluate.calibration"):
         from_dict(EvaluateConfig, {"calibration": "platt"}, "evaluate")
+

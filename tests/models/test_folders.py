@@ -61,6 +61,8 @@ def test_a_folder_gives_architecture_weights_and_normalisation(folder):
     assert built.model.pos_embed.shape[1] == 1 + 4  # resampled by timm from 32 px to 16 px
     assert built.input_norm == ((0.5,), (0.5,))  # config.json's mean/std, averaged for grey
     assert built.weights is not None and built.weights.input_size == 32
+    said = "trained on 32 px images (config.json); the model takes 16 px"
+    assert built.report is not None and any(said in m for m in built.report.messages)
     assert built.weights.path == folder.resolve() / "model.safetensors"
     # weights: null builds the folder's architecture from config.json, randomly initialised
     plain = create_model(f"timm:local-dir:{folder}", num_classes=3, in_chans=3, img_size=16)

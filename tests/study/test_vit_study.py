@@ -19,6 +19,7 @@ import torch
 from timm.models import save_for_hf
 
 from medtransfer.api import run_study
+from medtransfer.errors import ConfigError
 from medtransfer.export import export_model
 from medtransfer.inference import load_model, predict
 from medtransfer.report.gallery import gradcam_gallery
@@ -137,3 +138,12 @@ def test_a_vit_folder_runs_every_strategy_with_calibration_and_tta(tmp_path, tin
     # the report's Grad-CAM gallery draws the ViT arms too (tokens on the patch grid)
     gallery = gradcam_gallery(load_run(out), tmp_path / "plots", n_images=2)
     assert {"vit.pretrained.lpft", "vit.pretrained.last_block", "vit.none.scratch"} <= set(gallery.images)
+
+
+def test_calibration_needs_validation_images_and_says_so_before_running(tmp_path, tiny_study_config):
+    cfg = tiny_study_config(tmp_path)
+    cfg["evaluate"] = {"calibration": "temperature"}
+    assert study_from_dict(cfg).evaluate.calibration == "temperature"
+    cfg["target"]["split"]["val_fraction"] = 0
+    with pytest.raises(ConfigError, match="'evaluate.calibration': temperature is fitted on the validation"):
+        study_from_dict(cfg)

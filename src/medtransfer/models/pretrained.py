@@ -26,6 +26,7 @@ from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig, NormSpec
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_weights
+from medtransfer.models.folders import folder_weights_file
 from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
@@ -290,4 +291,7 @@ def build_pretrained(
     if renamed and len(file_keys) == len(state):
         report.messages.insert(0, f"weights file key names mapped to the model's ({len(renamed)} "
                                   f"tensors, e.g. '{renamed[0][0]}' → '{renamed[0][1]}')")
+    if folder_weights_file(cfg.name) is not None and weights.input_size not in (None, img_size):
+        report.messages.append(f"weights '{weights.name}' were trained on {weights.input_size} px "
+                               f"images (config.json); the model takes {img_size} px")
     return BuiltModel(model, weights, report, channel_norm(weights, in_chans))

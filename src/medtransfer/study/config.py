@@ -195,6 +195,11 @@ class StudyConfig:
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
         self.report.check(self.strategies, self.is_matrix)
+        targets = self.targets if self.is_matrix else {"target": self.target}
+        no_val = [name for name, t in targets.items() if t is not None and t.split.val_fraction == 0]
+        if self.evaluate.calibration != "none" and no_val:
+            raise ConfigError(f"'evaluate.calibration': {self.evaluate.calibration} is fitted on the "
+                              f"validation images, but target {no_val[0]!r} has split.val_fraction 0")
         if self.is_matrix:
             self._check_matrix()
         else:
