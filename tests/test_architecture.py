@@ -16,7 +16,7 @@ ROOT = Path(medtransfer.__file__).parent
 LAYERS = [
     {"errors"},
     {"config", "fileio", "catalog"},
-    {"data", "evaluate", "explain", "freezing", "stats"},
+    {"calibration", "data", "evaluate", "explain", "freezing", "stats"},
     {"models", "plots", "train"},
     {"strategies", "tracking", "audit"},
     {"study"},

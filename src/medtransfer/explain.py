@@ -1,6 +1,10 @@
 """What a trained CNN looks at: Grad-CAM / Grad-CAM++ maps (pytorch-grad-cam), feature maps of a
 layer, first-layer filters, activation maximisation, and the share of dead ReLU filters.
 
+A Vision Transformer's maps are taken at its last block's input norm (``blocks[-1].norm1``), its
+patch tokens laid back on their grid (pytorch-grad-cam's ``reshape_transform``; class and
+register tokens dropped).
+
 Every function takes a model and images as a numpy array (N, C, H, W): uint8 / uint16 (scaled to
 [0, 1] as in training) or float already in [0, 1], plus the training ``input_norm`` if one was
 used. Models are deep-copied before hooks are attached, so the caller's model is not touched.
@@ -23,6 +27,7 @@ from torch import Tensor, nn
 
 from medtransfer.config import InputNorm, check_choice
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.freezing import transformer_blocks
 
 __all__ = [
     "CAM_METHODS",
@@ -122,9 +127,44 @@ def last_conv_layer(model: nn.Module, example: Tensor | None = None) -> tuple[st
     return convs[ran[-1]] if ran else convs[-1]
 
 
+def cam_layer(model: nn.Module, example: Tensor | None = None) -> tuple[str, nn.Module]:
+    """The default Grad-CAM layer: a transformer's last block's input norm (or the block), else
+    the last conv layer."""
+    blocks = transformer_blocks(model)
+    if blocks:
+        block = model.get_submodule(blocks[-1])
+        norm = getattr(block, "norm1", None)
+        return (f"{blocks[-1]}.norm1", norm) if isinstance(norm, nn.Module) else (blocks[-1], block)
+    return last_conv_layer(model, example)
+
+
+class TokenGrid:
+    """pytorch-grad-cam ``reshape_transform``: transformer tokens (N, T, D) → (N, D, h, w) on the
+    patch grid, the first ``prefix`` (class/register) tokens dropped; 4-D maps pass unchanged."""
+
+    def __init__(self, prefix: int, grid: tuple[int, int] | None) -> None:
+        self.prefix, self.grid = prefix, grid
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.ndim != 3:
+            return x
+        tokens = x[:, self.prefix :]
+        h, w = self.grid or (round(tokens.shape[1] ** 0.5),) * 2
+        if h * w != tokens.shape[1]:
+            raise ConfigError(f"'layer': its {tokens.shape[1]} patch tokens do not fill a {h}×{w} grid")
+        return tokens.reshape(len(x), h, w, -1).permute(0, 3, 1, 2)
+
+
+def token_grid(model: nn.Module) -> TokenGrid:
+    """The :class:`TokenGrid` of ``model`` (timm's ``num_prefix_tokens`` and patch grid)."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    return TokenGrid(int(getattr(model, "num_prefix_tokens", 0) or 0),
+                     (int(grid[0]), int(grid[1])) if grid is not None else None)
+
+
 def _layer(model: nn.Module, name: str | None, example: Tensor | None = None) -> nn.Module:
     if name is None:
-        return last_conv_layer(model, example)[1]
+        return cam_layer(model, example)[1]
     modules = dict(model.named_modules())
     if name not in modules:
         convs = ", ".join(n for n, _ in conv_layers(model))
@@ -147,7 +187,8 @@ def cam_maps(
     """Class activation maps (N, H, W) in [0, 1] at the input size.
 
     ``target``: ``"predicted"`` (the model's decision per image), a class index for all images,
-    or one index per image. ``layer``: a module name (default: the last conv layer).
+    or one index per image. ``layer``: a module name (default: the last conv layer; a
+    transformer's last block's input norm, see :func:`cam_layer`).
     """
     check_choice("method", method, CAM_METHODS)
     net = _prepared(model)
@@ -171,7 +212,8 @@ def cam_maps(
     targets = [BinaryLogitTarget(c) if single else ClassifierOutputTarget(c) for c in cats]
     cam_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     out = []
-    with cam_cls(model=net, target_layers=[_layer(net, layer, x[:1])]) as cam:
+    with cam_cls(model=net, target_layers=[_layer(net, layer, x[:1])],
+                 reshape_transform=token_grid(net)) as cam:
         for i in range(0, len(x), batch_size):
             out.append(cam(input_tensor=x[i : i + batch_size], targets=targets[i : i + batch_size]))
     return np.concatenate(out).astype(np.float32)

@@ -72,6 +72,8 @@ def model_metadata(model: LoadedModel, fmt: str) -> dict[str, Any]:
         if model.threshold is not None else None,
         "positive_class": model.classes[-1] if len(model.classes) == 2 else None,
         "arm": model.arm, "target": model.target, "unit": str(model.unit),
+        # inside the graph: probabilities averaged over these test-time transforms, logits / T
+        "posthoc": model.info.get("posthoc"),
     }
 
 

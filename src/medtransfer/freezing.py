@@ -3,9 +3,9 @@
 statistics fixed); ``train`` lets them learn like any other layer; ``stats`` freezes their affine
 weights but keeps updating statistics; ``eval`` keeps every BN layer in eval mode, trainable ones
 too (Keras' fine-tuning recipe: unfrozen BN layers still use their pretrained statistics).
-What trains is given by the number of last weight layers, by the first trainable block
-(``train_from``) or by a list of blocks (``trainable_blocks``), module names as in
-``model.named_modules()``.
+What trains is given by the number of last layers — conv/linear layers, a transformer block (a
+ViT's ``blocks.i``) counting as one — by the first trainable block (``train_from``) or by a list
+of blocks (``trainable_blocks``), module names as in ``model.named_modules()``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ class BNPolicy(enum.StrEnum):
 @dataclass(frozen=True)
 class FreezeConfig:
     """What trains; the rest is frozen. At most one of: ``trainable_layers`` (how many of the
-    last weight layers, conv/linear, train), ``train_from`` (the first trainable block: it and
-    every module registered after it train), ``trainable_blocks`` (exactly these blocks train).
+    last layers train: conv/linear layers, a transformer block counting as one), ``train_from``
+    (the first trainable block: it and every module registered after it train),
+    ``trainable_blocks`` (exactly these blocks train).
     All unset = everything trains."""
 
     trainable_layers: int | None = None
@@ -81,6 +82,33 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """Names of the model's transformer blocks, outermost only: modules with an ``attn`` and an
+    ``mlp`` child (timm's ViT, DeiT, BEiT, EVA, DINOv2, CLIP towers; Swin's blocks)."""
+    out: list[str] = []
+    for name, module in model.named_modules():
+        children = {child for child, _ in module.named_children()}
+        if {"attn", "mlp"} <= children and not any(name.startswith(f"{b}.") for b in out):
+            out.append(name)
+    return out
+
+
+def layer_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """What ``trainable_layers`` counts, in order: conv/linear layers, except that the layers of a
+    transformer block count as the block (so "the last N layers" of a ViT are its last blocks)."""
+    blocks = transformer_blocks(model)
+    if not blocks:
+        return weight_layers(model)
+    units: list[tuple[str, nn.Module]] = []
+    for name, module in weight_layers(model):
+        block = next((b for b in blocks if name.startswith(f"{b}.")), None)
+        if block is None:
+            units.append((name, module))
+        elif not units or units[-1][0] != block:
+            units.append((block, model.get_submodule(block)))
+    return units
+
+
 def block_names(model: nn.Module, depth: int = 2) -> list[str]:
     """Module names up to ``depth`` dots deep: the names ``train_from``/``trainable_blocks`` take."""
     return [n for n, _ in model.named_modules() if n and n.count(".") < depth]
@@ -106,16 +134,17 @@ def _trainable_modules(model: nn.Module, cfg: FreezeConfig) -> set[str]:
     if cfg.train_from is not None:
         _check_block("train_from", cfg.train_from, order, model)
         return set(order[order.index(cfg.train_from):])
-    layers = weight_layers(model)
+    layers = layer_units(model)
     if cfg.trainable_layers is None:
         return set(order)
     if cfg.trainable_layers > len(layers):
+        blocks = " (a transformer block counting as one)" if transformer_blocks(model) else ""
         raise ConfigError(
             f"'trainable_layers': got {cfg.trainable_layers} but the model has only "
-            f"{len(layers)} conv/linear layers"
+            f"{len(layers)} conv/linear layers{blocks}"
         )
     boundary = layers[len(layers) - cfg.trainable_layers][0]
-    # Every module at or after the first trainable weight layer trains; earlier ones freeze.
+    # Every module at or after the first trainable layer trains; earlier ones freeze.
     return set(order[order.index(boundary):])
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtransfer.calibration import PosthocModel
 from medtransfer.config import check_device, from_dict
 from medtransfer.data import PreprocessConfig
 from medtransfer.data.images import IMAGE_EXTENSIONS, ColorMode, decode_image
@@ -100,8 +101,19 @@ def load_model(run_dir: str | Path, *, arm: str | None = None, target: str | Non
             raise DataError(f"{unit.dir}: no model checkpoint (best.pt or last.pt); rerun the study")
         module, norm = load_unit_model(run, unit, len(classes), chans)
     threshold = youden_threshold(run.predictions(chosen)) if len(classes) == 2 else None
+    module, posthoc = with_posthoc(module, unit.result)  # the unit's evaluate: TTA / temperature
     return LoadedModel(module, classes, pre, norm, unit.dir, chosen.label, chosen.target, threshold,
-                       {"run": str(run.path), "spec": unit.spec})
+                       {"run": str(run.path), "spec": unit.spec, **posthoc})
+
+
+def with_posthoc(module: nn.Module, result: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """``module`` with the TTA and temperature its unit was evaluated with (result.json's
+    ``posthoc``), and that record; as it is when the unit has none."""
+    record = result.get("posthoc")
+    if not isinstance(record, dict):
+        return module, {}
+    wrapped = PosthocModel(module, record.get("tta") or (), float(record.get("temperature", 1.0)))
+    return wrapped.eval(), {"posthoc": record}
 
 
 def _features_model(run: RunDir, unit: UnitInfo, num_classes: int, chans: int) -> tuple[nn.Module, Any]:
@@ -202,8 +214,8 @@ def _write_cams(out: Path, model: LoadedModel, batch: np.ndarray, labels: list[i
     from medtransfer.explain import cam_maps, overlay
 
     out.mkdir(parents=True, exist_ok=True)
-    maps = cam_maps(model.module, batch, method="gradcam", target=labels,
-                    input_norm=model.input_norm)
+    net = model.module.net if isinstance(model.module, PosthocModel) else model.module  # maps of one view
+    maps = cam_maps(net, batch, method="gradcam", target=labels, input_norm=model.input_norm)
     for k, (row, picture) in enumerate(zip(rows, overlay(batch, maps), strict=True)):
         # Numbered: images of one name in different folders must not overwrite each other.
         path = out / f"{k:05d}_{Path(row['path']).stem}_gradcam.png"

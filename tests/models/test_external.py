@@ -130,7 +130,7 @@ def test_imagenet_offline_says_which_file_to_place(tmp_path, monkeypatch):
     (ModelConfig(name="timm:nonexistent"), "timm has no architecture 'nonexistent'; closest: timm:"),
     (ModelConfig(name="timm:convnext_tinyy"), "closest: timm:convnext_tiny"),
     (ModelConfig(name="torchvision:resnet17"), "closest: torchvision:resnet18"),
-    (ModelConfig(name="keras:resnet18"), "timm:<architecture> or torchvision:<architecture>"),
+    (ModelConfig(name="keras:resnet18"), "timm:local-dir:PATH, timm:hf-hub:ORG/NAME or torchvision:"),
     (ModelConfig(name="convnext_tiny"), "timm:convnext_tiny or torchvision:convnext_tiny"),
     (ModelConfig(name="timm:resnet18.nope"), "tags of resnet18: resnet18.a1_in1k"),
     (ModelConfig(name="timm:resnet10t", options={"depth": 3}), "does not take option.*depth.*drop_path_rate"),

@@ -6,6 +6,7 @@ from medtransfer.models import efficientnet as _efficientnet  # noqa: F401
 from medtransfer.models import inception as _inception  # noqa: F401
 from medtransfer.models import mobilenet as _mobilenet  # noqa: F401
 from medtransfer.models import resnet as _resnet  # noqa: F401
+from medtransfer.models import transformers as _transformers  # noqa: F401
 from medtransfer.models import vgg as _vgg  # noqa: F401
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.chain import Step, forward_chain, register_chain

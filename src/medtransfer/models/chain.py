@@ -21,10 +21,13 @@ StepFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Step:
-    """``name`` is the module path when the step is one module, else a method name."""
+    """``name`` is the module path when the step is one module, else a method name; ``uses``
+    names modules whose own parameters the step reads without calling them (a ViT's class token
+    and position embedding live on the model itself, ``""``)."""
 
     name: str
     fn: StepFn
+    uses: tuple[str, ...] = ()
 
 
 _CHAINS: list[tuple[type, Callable[[nn.Module], list[Step]]]] = []

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from medtransfer.errors import ConfigError
-from medtransfer.models.config import ModelConfig
+from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig
 from medtransfer.models.external import split_name
-from medtransfer.models.external_weights import check_external_imagenet
+from medtransfer.models.external_weights import check_external_weights
 from medtransfer.models.registry import build_model, model_info
 from medtransfer.models.weights import get_imagenet_weights
 
@@ -23,12 +23,13 @@ def _meta_problem(exc: BaseException) -> bool:
 
 
 def check_weights_spec(cfg: ModelConfig) -> None:
-    """``imagenet`` must name weights the model has (registered: our list with its options;
-    ``timm:``/``torchvision:``: the library's pretrained configs). Files are opened later."""
-    if cfg.weights != "imagenet":
+    """``imagenet`` / ``pretrained`` must name weights the model has (registered: our list with its
+    options; ``timm:``/``torchvision:``: the library's pretrained configs; a model folder: its
+    weights file, ``pretrained`` only). Files are opened later."""
+    if cfg.weights not in NAMED_WEIGHTS:
         return
     if split_name(cfg.name) is not None:
-        check_external_imagenet(cfg.name)
+        check_external_weights(cfg.name, cfg.weights)
     else:
         get_imagenet_weights(cfg.name, {"batch_norm": cfg.batch_norm, **cfg.options})
 

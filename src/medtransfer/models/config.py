@@ -5,23 +5,65 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medtransfer.config import check_choice
+from medtransfer.config import check_choice, from_dict
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy
 from medtransfer.models.head import HeadConfig, head_from
 
-__all__ = ["ModelConfig"]
+__all__ = ["NAMED_WEIGHTS", "ModelConfig", "NormSpec"]
+
+# weights named by a word rather than a path: imagenet (ImageNet weights we or the library know),
+# pretrained (the weights that come with the model: a model folder's, else its ImageNet weights)
+NAMED_WEIGHTS = ("imagenet", "pretrained")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """An input normalisation given by its numbers: ``mean`` and ``std`` per channel, or the value
+    ``range`` the pixels are mapped to; either is recorded with the model as mean/std, so
+    training, predict and export apply it alike."""
+
+    # per-channel mean subtracted from the [0, 1] pixels (one value: every channel)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None  # per-channel standard deviation the difference is divided by
+    # [low, high]: [0, 1] pixels mapped linearly onto low..high (TorchXRayVision: [-1024, 1024])
+    range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        given = (self.mean is not None, self.std is not None)
+        if self.range is not None:
+            low, high = self.range
+            if any(given) or not high > low:
+                raise ConfigError(f"'model.weights_norm': got range {list(self.range)} with mean/std "
+                                  f"{self.mean}/{self.std}; allowed: range [low, high] with high > low, "
+                                  "or mean and std (not both)")
+            return
+        if not all(given):
+            raise ConfigError("'model.weights_norm': give mean and std (one value or one per "
+                              "channel each), or range [low, high]")
+        mean, std = tuple(self.mean or ()), tuple(self.std or ())
+        if not mean or len(mean) != len(std) or not all(v > 0 for v in std):
+            raise ConfigError(f"'model.weights_norm': got mean {list(mean)} and std {list(std)}; "
+                              "expected as many values in each, std > 0")
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of ``(x - mean) / std`` on [0, 1] pixels: a range [a, b] is ``a + (b - a) x``."""
+        if self.range is not None:
+            low, high = (float(v) for v in self.range)
+            return (-low / (high - low),), (1.0 / (high - low),)
+        return tuple(map(float, self.mean or ())), tuple(map(float, self.std or ()))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which architecture, its regularization as flags (0 / False = off), its classification
     head, how grayscale input meets it, and which weights initialise it (None = random;
-    ``imagenet``; ``file:PATH`` — a checkpoint or state dict; ``run:PATH`` — a unit folder or
-    checkpoint of an earlier run)."""
+    ``imagenet``; ``pretrained``; ``file:PATH`` — a checkpoint or state dict; ``run:PATH`` — a
+    unit folder or checkpoint of an earlier run)."""
 
-    # a registered architecture (medtransfer models), timm:<any timm architecture> or
-    # torchvision:<any torchvision classification model>
+    # a registered architecture (medtransfer models), timm:<any timm architecture>, a model folder
+    # (timm:local-dir:PATH with timm's config.json + weights; timm:hf-hub:ORG/NAME from the Hugging
+    # Face cache, offline) or torchvision:<any torchvision classification model>
     name: str = "alexnet_seed000"
     batch_norm: bool = False  # batch norm after every conv, before its activation
     # dropout on conv feature maps: in the seeds' own CNNs (AlexNet) after each conv block's
@@ -39,15 +81,15 @@ class ModelConfig:
     # a classification head replacing the architecture's own (null: its own, e.g. global
     # average pool → dropout → output layer)
     head: HeadConfig | None = None
-    # null (random init), imagenet, file:PATH (a checkpoint or state dict), run:PATH (a unit
-    # folder or checkpoint of an earlier run)
+    # null (random init), imagenet, pretrained (a model folder's weights; else as imagenet),
+    # file:PATH (a checkpoint or state dict), run:PATH (a unit folder or checkpoint of an earlier run)
     weights: str | None = None
     # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
-    # inception (mean 0.5, std 0.5) or null: what the weights carry (imagenet and run: weights
-    # carry theirs; a file: state dict, e.g. a CheXNet or torchvision download, carries none);
-    # it fills in for every weights without their own (a matrix's sources too); weights that
-    # carry a different one are an error
-    weights_norm: Literal["imagenet", "inception"] | None = None
+    # inception (mean 0.5, std 0.5), {mean: [...], std: [...]}, {range: [low, high]} or null: what
+    # the weights carry (imagenet, model folders and run: weights carry theirs; a file: state dict,
+    # e.g. a CheXNet or torchvision download, carries none); it fills in for every weights without
+    # their own (a matrix's sources too); weights that carry a different one are an error
+    weights_norm: Literal["imagenet", "inception"] | NormSpec | None = None
 
     def __post_init__(self) -> None:
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
@@ -63,12 +105,16 @@ class ModelConfig:
         if not isinstance(self.in_chans_policy, InChansPolicy):
             check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
             object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))
-        if self.weights_norm is not None:
-            check_choice("model.weights_norm", self.weights_norm, ("imagenet", "inception"))
+        if isinstance(self.weights_norm, dict):
+            object.__setattr__(self, "weights_norm", from_dict(NormSpec, self.weights_norm,
+                                                               "model.weights_norm"))
+        elif self.weights_norm is not None and not isinstance(self.weights_norm, NormSpec):
+            check_choice("model.weights_norm", self.weights_norm,
+                         ("imagenet", "inception", "{mean: [...], std: [...]}", "{range: [low, high]}"))
         w = self.weights
-        if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)):
+        if w is not None and not (w in NAMED_WEIGHTS or (w.startswith(("file:", "run:")) and len(w) > 5)):
             raise ConfigError(
-                f"'model.weights': got {w!r}; allowed: null (random init), imagenet, "
+                f"'model.weights': got {w!r}; allowed: null (random init), imagenet, pretrained, "
                 "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt)"
             )
 

@@ -1,5 +1,6 @@
 """Any timm or torchvision classification architecture by name: ``timm:<arch>`` (a tag too, e.g.
-``timm:resnet18.a1_in1k``) and ``torchvision:<name>``, with our head API.
+``timm:resnet18.a1_in1k``), a model folder (``timm:local-dir:PATH``, ``timm:hf-hub:ORG/NAME``;
+:mod:`medtransfer.models.folders`) and ``torchvision:<name>``, with our head API.
 
 timm models carry the API as they are (``forward_features``, ``forward_head``,
 ``reset_classifier``; ``pretrained_cfg['first_conv']`` names the input conv). A torchvision model
@@ -24,6 +25,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from medtransfer.errors import ConfigError
+from medtransfer.models.folders import folder_model, is_folder_arch, timm_name
 
 __all__ = ["LIBRARIES", "TorchvisionHead", "build_external", "external_names", "set_module", "split_name"]
 
@@ -31,13 +33,17 @@ LIBRARIES = ("timm", "torchvision")
 
 
 def split_name(name: str) -> tuple[str, str] | None:
-    """``("timm", "resnet18")`` for ``timm:resnet18``; None for a registered (unprefixed) name."""
+    """``("timm", "resnet18")`` for ``timm:resnet18`` (``("timm", "hf-hub:ORG/NAME")`` for
+    ``hf-hub:ORG/NAME`` and ``local-dir:PATH`` too); None for a registered (unprefixed) name."""
+    if is_folder_arch(name):
+        return "timm", name
     lib, sep, arch = name.partition(":")
     if not sep:
         return None
     if lib not in LIBRARIES:
-        raise ConfigError(f"'model.name': got {name!r}; a prefixed name is timm:<architecture> or "
-                          "torchvision:<architecture>, or give a registered name (medtransfer models)")
+        raise ConfigError(f"'model.name': got {name!r}; a prefixed name is timm:<architecture>, "
+                          "timm:local-dir:PATH, timm:hf-hub:ORG/NAME or torchvision:<architecture>, "
+                          "or give a registered name (medtransfer models)")
     if not arch:
         raise ConfigError(f"'model.name': got {name!r}; name the architecture after '{lib}:'")
     return lib, arch
@@ -52,7 +58,14 @@ def external_names(lib: str) -> tuple[str, ...]:
 
 
 def check_arch(lib: str, arch: str) -> None:
-    """ConfigError naming the closest architectures when ``lib`` has no ``arch``."""
+    """ConfigError naming the closest architectures when ``lib`` has no ``arch`` (a model
+    folder: when it is missing, or its config.json names an architecture timm lacks)."""
+    if lib == "timm" and is_folder_arch(arch):
+        found = folder_model(arch)
+        if found.architecture not in external_names("timm"):
+            raise ConfigError(f"'model.name': {arch}: its config.json names architecture "
+                              f"{found.architecture!r}, which timm {timm.__version__} does not have")
+        return
     base = arch.split(".", 1)[0] if lib == "timm" else arch
     names = external_names(lib)
     if base in names:
@@ -70,7 +83,7 @@ def check_arch(lib: str, arch: str) -> None:
 
 def _maker(lib: str, arch: str, **kwargs: Any) -> Callable[[], nn.Module]:
     if lib == "timm":
-        return functools.partial(timm.create_model, arch, pretrained=False, **kwargs)
+        return functools.partial(timm.create_model, timm_name(arch), pretrained=False, **kwargs)
     return functools.partial(tvm.get_model, arch, weights=None, **kwargs)
 
 
@@ -133,7 +146,7 @@ def build_external(name: str, *, num_classes: int, in_chans: int, img_size: int,
     kwargs = build_kwargs(lib, arch, img_size, dense_dropout, options)
     try:
         if lib == "timm":
-            model = timm.create_model(arch, pretrained=False, num_classes=num_classes,
+            model = timm.create_model(timm_name(arch), pretrained=False, num_classes=num_classes,
                                       in_chans=in_chans, **kwargs)
         else:
             model = adapt_torchvision(tvm.get_model(arch, weights=None, num_classes=num_classes,

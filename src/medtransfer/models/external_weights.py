@@ -1,4 +1,5 @@
-"""ImageNet weights of ``timm:`` / ``torchvision:`` models, through the libraries' own loaders.
+"""Pretrained weights of ``timm:`` / ``torchvision:`` models, through the libraries' own loaders:
+the library's pretrained (mostly ImageNet) weights, or a model folder's own weights file.
 
 timm's come from the Hugging Face Hub (cached in the HF cache) or its release URLs (the torch
 hub checkpoint folder); torchvision's from download.pytorch.org into the torch hub checkpoint
@@ -20,6 +21,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError
 from medtransfer.models.external import check_arch, split_name
+from medtransfer.models.folders import FolderModel, folder_model, is_folder_arch, timm_name
 from medtransfer.models.weights import (
     _CLASSES,
     IMAGENET,
@@ -29,7 +31,7 @@ from medtransfer.models.weights import (
     missing_message,
 )
 
-__all__ = ["check_external_imagenet", "external_imagenet"]
+__all__ = ["check_external_imagenet", "check_external_weights", "external_weights"]
 
 _TERMS = "terms of the data set the weights were trained on apply (ImageNet: non-commercial research)"
 
@@ -46,6 +48,22 @@ def _tv_enum(arch: str) -> Any:
         return tvm.get_model_weights(arch)
     except (ValueError, KeyError):
         return None
+
+
+def check_external_weights(name: str, spec: str) -> None:
+    """ConfigError unless ``name`` has the weights ``spec`` (``imagenet`` or ``pretrained``) names:
+    a model folder's weights file (``pretrained`` only), else the library's pretrained weights."""
+    split = split_name(name)
+    if split is None or not is_folder_arch(split[1]):
+        check_external_imagenet(name)
+        return
+    found = folder_model(split[1])
+    if spec != "pretrained":
+        raise ConfigError(f"'model.weights': got {spec!r}, but model '{name}' is a model folder whose "
+                          "weights are its own; use weights: pretrained (the folder's weights file)")
+    if found.weights_file is None:
+        raise ConfigError(f"'model.weights': pretrained, but the folder {found.folder} of model "
+                          f"'{name}' has no weights file (one of model.safetensors, pytorch_model.bin)")
 
 
 def check_external_imagenet(name: str) -> None:
@@ -111,26 +129,51 @@ def _tv_weights(name: str, member: Any) -> PretrainedWeights:
     )
 
 
-def external_imagenet(model: nn.Module, name: str, *, download: bool | None = None
-                      ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
-    """The pretrained weights of ``name`` and their state dict in ``model``'s key names, loaded
-    by the library into a model built like ``model`` (same options and image size)."""
-    check_external_imagenet(name)
+def _folder_weights(name: str, found: FolderModel) -> PretrainedWeights:
+    cfg = found.pretrained_cfg
+    tag = f"{found.architecture}.{cfg['tag']}" if cfg.get("tag") else found.architecture
+    labels = cfg.get("label_names")
+    return PretrainedWeights(
+        name=f"{name}.pretrained", arch=name, source_dataset=str(cfg.get("dataset") or f"timm {tag}"),
+        input_size=found.input_size, mean=found.mean, std=found.std,
+        class_names=tuple(map(str, labels)) if isinstance(labels, list) else (),
+        license=f"{cfg.get('license') or 'see the model card'} ({tag}); {_TERMS}",
+        origin=f"model folder {found.folder} (timm {tag})", path=found.weights_file)
+
+
+def _library_model(model: nn.Module, name: str, kwargs: dict[str, Any],
+                   download: bool | None) -> tuple[PretrainedWeights, Any, Any, bool]:
+    """The weights record, a maker of the library's pretrained model, its timm cfg and whether the
+    file is on this machine."""
     lib, arch = split_name(name)  # type: ignore[misc]
-    kwargs = {k: v for k, v in getattr(model, "external_kwargs", {}).items()
-              if k not in ("aux_logits", "init_weights")}
+    if lib == "timm" and is_folder_arch(arch):
+        check_external_weights(name, "pretrained")
+        found = folder_model(arch)
+        make: Any = lambda: timm.create_model(timm_name(arch), pretrained=True, **kwargs)  # noqa: E731
+        return _folder_weights(name, found), make, None, True
+    check_external_imagenet(name)
     if lib == "timm":
         cfg = _timm_cfg(arch)
         weights = _timm_weights(name, arch, cfg)
         overlay = {"file": str(weights.path)} if weights.path is not None else None
-        make: Any = lambda: timm.create_model(arch, pretrained=True,  # noqa: E731
-                                              pretrained_cfg_overlay=overlay, **kwargs)
-        present = weights.path is not None
-    else:
-        weights = _tv_weights(name, _tv_enum(arch).DEFAULT)
-        make = lambda: tvm.get_model(arch, weights=_tv_enum(arch).DEFAULT, progress=False,  # noqa: E731
-                                     **kwargs)
-        present = weights.local_path().is_file()
+        make = lambda: timm.create_model(arch, pretrained=True,  # noqa: E731
+                                         pretrained_cfg_overlay=overlay, **kwargs)
+        return weights, make, cfg, weights.path is not None
+    weights = _tv_weights(name, _tv_enum(arch).DEFAULT)
+    make = lambda: tvm.get_model(arch, weights=_tv_enum(arch).DEFAULT, progress=False,  # noqa: E731
+                                 **kwargs)
+    return weights, make, None, weights.local_path().is_file()
+
+
+def external_weights(model: nn.Module, name: str, *, download: bool | None = None
+                     ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """The pretrained weights of ``name`` (a model folder's own, else the library's) and their
+    state dict in ``model``'s key names, loaded by timm/torchvision into a model built like
+    ``model`` (same options and image size: a ViT's position embeddings are resampled)."""
+    lib, _ = split_name(name)  # type: ignore[misc]
+    kwargs = {k: v for k, v in getattr(model, "external_kwargs", {}).items()
+              if k not in ("aux_logits", "init_weights")}
+    weights, make, cfg, present = _library_model(model, name, kwargs, download)
     if not present and not _downloads_allowed(download):
         raise WeightsError(missing_message(weights, "downloads are off (MEDTRANSFER_OFFLINE)"))
     try:
@@ -139,7 +182,7 @@ def external_imagenet(model: nn.Module, name: str, *, download: bool | None = No
     except Exception as exc:  # network, hub and file errors differ by library and version
         raise WeightsError(missing_message(weights, f"{lib} could not load them "
                                            f"({type(exc).__name__}: {exc})")) from exc
-    if lib == "timm" and weights.path is None:
+    if cfg is not None and weights.path is None:
         cached = _timm_cached(cfg, weights.filename or "")
         if cached is not None:
             weights = PretrainedWeights(**{**weights.__dict__, "path": cached})

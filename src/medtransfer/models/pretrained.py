@@ -23,9 +23,10 @@ from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError
 from medtransfer.fileio import file_record
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
-from medtransfer.models.config import ModelConfig
+from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig, NormSpec
 from medtransfer.models.external import split_name
-from medtransfer.models.external_weights import external_imagenet
+from medtransfer.models.external_weights import external_weights
+from medtransfer.models.folders import folder_weights_file
 from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
@@ -123,10 +124,10 @@ def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Mo
     weights, state = _open_weights(cfg, download=download, model=model)
     if cfg.weights_norm is None:
         return weights, state
-    mean, std = _NORMS[cfg.weights_norm]
+    mean, std = norm_values(cfg.weights_norm)
     if weights.mean is None or weights.std is None:
         return dataclasses.replace(weights, mean=mean, std=std), state
-    if (tuple(weights.mean), tuple(weights.std)) != (tuple(mean), tuple(std)):
+    if not _same_norm((weights.mean, weights.std), (mean, std)):
         raise ConfigError(
             f"'model.weights_norm': got {cfg.weights_norm!r}, but weights '{weights.name}' carry "
             f"their own normalisation (mean {tuple(weights.mean)}, std {tuple(weights.std)}); "
@@ -139,17 +140,32 @@ _NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
           "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
 
 
+def norm_values(norm: str | NormSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a ``weights_norm``: a name or a :class:`NormSpec`."""
+    if isinstance(norm, NormSpec):
+        return norm.mean_std()
+    mean, std = _NORMS[norm]
+    return tuple(mean), tuple(std)
+
+
+def _same_norm(a: InputNorm, b: InputNorm) -> bool:
+    """Equal mean/std, a single value standing for every channel."""
+    width = max(len(a[0]), len(b[0]))
+    return all(tuple(x) * (width // len(x)) == tuple(y) * (width // len(y))
+               for x, y in ((a[0], b[0]), (a[1], b[1])))
+
+
 def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
                  ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     spec = cfg.weights
     if spec is None:
         raise ConfigError("'model.weights' is null: there are no weights to open")
-    if spec == "imagenet" and split_name(cfg.name) is not None:
+    if spec in NAMED_WEIGHTS and split_name(cfg.name) is not None:
         if model is None:
             grey = cfg.in_chans_policy is not InChansPolicy.NATIVE
             model = build_model(cfg, num_classes=2, in_chans=1 if grey else 3, img_size=224)
-        return external_imagenet(model, cfg.name, download=download)
-    if spec == "imagenet":
+        return external_weights(model, cfg.name, download=download)
+    if spec in NAMED_WEIGHTS:
         weights = get_imagenet_weights(cfg.name, _arch_options(cfg))
         path = fetch(weights, download=download)
         return weights, state_of(read_state_file(path), path)
@@ -223,6 +239,8 @@ def channel_norm(weights: PretrainedWeights, data_chans: int) -> InputNorm | Non
     if weights.mean is None or weights.std is None:
         return None
     mean, std = tuple(weights.mean), tuple(weights.std)
+    if len(mean) == 1 and len(std) == 1:  # one value for every channel
+        return mean * data_chans, std * data_chans
     if len(mean) == data_chans:
         return mean, std
     if data_chans == 1:
@@ -273,4 +291,7 @@ def build_pretrained(
     if renamed and len(file_keys) == len(state):
         report.messages.insert(0, f"weights file key names mapped to the model's ({len(renamed)} "
                                   f"tensors, e.g. '{renamed[0][0]}' → '{renamed[0][1]}')")
+    if folder_weights_file(cfg.name) is not None and weights.input_size not in (None, img_size):
+        report.messages.append(f"weights '{weights.name}' were trained on {weights.input_size} px "
+                               f"images (config.json); the model takes {img_size} px")
     return BuiltModel(model, weights, report, channel_norm(weights, in_chans))

@@ -29,6 +29,7 @@ from medtransfer.strategies.config import (
     StrategyConfig,
     freeze_configs,
     strategy_from_dict,
+    train_configs,
 )
 from medtransfer.strategies.features import extract_features, make_estimator
 from medtransfer.strategies.run import run_strategy
@@ -62,5 +63,6 @@ __all__ = [
     "run_strategy",
     "strategy_for",
     "strategy_from_dict",
+    "train_configs",
     "train_stage",
 ]

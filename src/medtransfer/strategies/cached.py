@@ -124,6 +124,8 @@ def plan_cache(
     x = to_float(sample, dev, input_norm)
     steps = forward_chain(model)
     seen, out = _trace(model, steps, x)
+    for names, step in zip(seen, steps, strict=True):
+        names.update(step.uses)
     with torch.no_grad():
         if not torch.allclose(out, model(x), rtol=1e-4, atol=1e-5):
             return CachePlan(None, f"{type(model).__name__}'s forward chain does not reproduce its forward")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,9 +128,12 @@ class MLPHeadConfig:
 class FeaturesStrategy:
     """Frozen backbone as a feature extractor, features cached on disk.
 
-    ``layer``: ``pre_logits`` (input of the output layer, e.g. VGG16's second 4096-d dense),
-    ``pooled`` (``forward_features`` pooled by ``pool``) or any module name (its output,
-    pooled by ``pool`` if 4-D). ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
+    ``layer``: ``pre_logits`` (input of the output layer, e.g. VGG16's second 4096-d dense; a
+    ViT's own pooling: its class token or mean token, as the model was trained), ``pooled``
+    (``forward_features`` pooled by ``pool``) or any module name (its output, pooled by ``pool``).
+    ``pool``: ``avg`` / ``max`` over the positions of a feature map (N, C, H, W) or over the patch
+    tokens of a transformer's tokens (N, T, D), ``mean`` (as ``avg``), ``cls`` (a transformer's
+    class token) or ``flatten``. ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
     ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
     decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request) or
     ``mlp``. ``C`` is the inverse regularization strength of both linear models. ``precision``:
@@ -137,8 +141,12 @@ class FeaturesStrategy:
     """
 
     kind: Literal["features"] = "features"
+    # pre_logits (the output layer's input; a ViT's own pooling, e.g. its class token), pooled
+    # (forward_features pooled by pool) or a module name (its output, pooled by pool)
     layer: str = "pre_logits"
-    pool: Literal["avg", "max", "flatten"] = "avg"
+    # avg / max over a feature map's positions or a transformer's patch tokens, mean (as avg),
+    # cls (a transformer's class token) or flatten
+    pool: Literal["avg", "max", "flatten", "cls", "mean"] = "avg"
     classifier: Literal["logreg", "svm", "mlp"] = "logreg"
     C: float = 1.0
     standardize: bool = True  # scale features to zero mean and unit variance first
@@ -159,7 +167,7 @@ class FeaturesStrategy:
         check_precision("strategy.precision", self.precision)
         if not isinstance(self.channels_last, bool):
             raise ConfigError(f"'strategy.channels_last': got {self.channels_last!r}; allowed: true, false")
-        check_choice("strategy.pool", self.pool, ("avg", "max", "flatten"))
+        check_choice("strategy.pool", self.pool, ("avg", "max", "flatten", "cls", "mean"))
         check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
         check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))
         if not self.C > 0:
@@ -171,6 +179,9 @@ class FeaturesStrategy:
         for key in ("max_iter", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'strategy.{key}': got {getattr(self, key)!r}; allowed: >= 1")
+        if self.mlp.train.optimizer.layer_decay is not None:
+            raise ConfigError("'strategy.mlp.train.optimizer.layer_decay': the MLP head on features "
+                              "has no layers to decay; remove it")
 
 
 StrategyConfig = ScratchStrategy | FeaturesStrategy | FreezeStrategy | FinetuneStrategy
@@ -181,6 +192,15 @@ STRATEGIES: dict[str, type[Any]] = {
     "freeze": FreezeStrategy,
     "finetune": FinetuneStrategy,
 }
+
+
+def train_configs(cfg: Any) -> list[TrainConfig]:
+    """Every TrainConfig in a strategy config (its stages', a features MLP head's)."""
+    if isinstance(cfg, TrainConfig):
+        return [cfg]
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return []
+    return [t for f in dataclasses.fields(cfg) for t in train_configs(getattr(cfg, f.name))]
 
 
 def freeze_configs(cfg: StrategyConfig) -> list[FreezeConfig]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from medtransfer.config import InputNorm, closest
 from medtransfer.data import ImageCache
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.freezing import transformer_blocks
 from medtransfer.strategies.cached import (
     fit_on_activations,
     images_fingerprint,
@@ -44,11 +45,22 @@ def weights_hash(model: nn.Module) -> str:
     return state_hash(model.state_dict().items())
 
 
-def _pool(x: Tensor, pool: str) -> Tensor:
-    if x.ndim == 4 and pool == "avg":
+def _pool(x: Tensor, pool: str, prefix: int = 0) -> Tensor:
+    """(N, D) features of a feature map (N, C, H, W) or of transformer tokens (N, T, D) whose
+    first ``prefix`` are class/register tokens."""
+    if pool == "cls":
+        if x.ndim != 3 or prefix < 1:
+            raise ConfigError(f"'strategy.pool': cls takes a transformer's class token, but the layer "
+                              f"gives {tuple(x.shape)} ({prefix} class/register tokens); use avg, "
+                              "max or flatten")
+        return x[:, 0]
+    if x.ndim == 4 and pool in ("avg", "mean"):
         return x.mean(dim=(2, 3))
     if x.ndim == 4 and pool == "max":
         return x.amax(dim=(2, 3))
+    if x.ndim == 3 and pool in ("avg", "mean", "max"):
+        patches = x[:, prefix:]
+        return patches.amax(dim=1) if pool == "max" else patches.mean(dim=1)
     return x.flatten(1)
 
 
@@ -59,10 +71,11 @@ def layer_features(model: nn.Module, layer: str, pool: str) -> Any:
 
 
 def _layer_fn(model: nn.Module, layer: str, pool: str) -> Any:
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     if layer == "pre_logits":
         return lambda x: _pool(model.forward_head(model.forward_features(x), pre_logits=True), "flatten")  # type: ignore[operator]
     if layer == "pooled":
-        return lambda x: _pool(model.forward_features(x), pool)  # type: ignore[operator]
+        return lambda x: _pool(model.forward_features(x), pool, prefix)  # type: ignore[operator]
     names = [n for n, _ in model.named_modules() if n]
     if layer not in names:
         hint = closest(layer, names)
@@ -80,7 +93,7 @@ def _layer_fn(model: nn.Module, layer: str, pool: str) -> Any:
             model(x)
         finally:
             handle.remove()
-        return _pool(captured[0], pool)
+        return _pool(captured[0], pool, prefix)
 
     return run
 
@@ -120,6 +133,8 @@ def extract_features(
         "in_chans_policy": getattr(model, "in_chans_policy", None),
         **({} if amp.name == "fp32" else {"precision": amp.name}),  # fp32 keys as before
         **({"channels_last": True} if cfg.channels_last else {}),
+        # transformer tokens pooled over patch tokens (before: flattened); CNN keys as before
+        **({"tokens": 1} if transformer_blocks(model) else {}),
     }, sort_keys=True)
     return cache.get_or_compute_array("features:" + key, compute)
 

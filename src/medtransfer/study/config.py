@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from medtransfer.calibration import EvaluateConfig
 from medtransfer.config import (
     ConfigError,
     check_device,
@@ -33,6 +34,7 @@ from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitC
 from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
 from medtransfer.models import ModelConfig, check_model, check_weights_spec, import_modules
+from medtransfer.models.config import NAMED_WEIGHTS
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import (
     CacheConfig,
@@ -40,12 +42,14 @@ from medtransfer.strategies import (
     StrategyConfig,
     freeze_configs,
     strategy_from_dict,
+    train_configs,
 )
 from medtransfer.study.backbones import check_backbones
 from medtransfer.study.report_config import ReportConfig, check_layers
 from medtransfer.study.search_config import SearchConfig
 from medtransfer.tracking import TrackingConfig
 from medtransfer.train import TrainConfig
+from medtransfer.train.optim import check_layer_decay
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,9 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A matrix study's source: pretrained ``weights`` (``imagenet``, ``file:PATH``,
-    ``run:UNIT_DIR``), a data set to pretrain on (``data``, split by ``split``), or both
-    (the weights, then pretraining on the data)."""
+    """A matrix study's source: pretrained ``weights`` (``imagenet``, ``pretrained``,
+    ``file:PATH``, ``run:UNIT_DIR``), a data set to pretrain on (``data``, split by ``split``),
+    or both (the weights, then pretraining on the data)."""
 
     data: DataConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -92,11 +96,11 @@ class SourceSpec:
     def __post_init__(self) -> None:
         if self.data is None and self.weights is None:
             raise ConfigError("a source needs 'data' (to pretrain on), 'weights' "
-                              "(imagenet, file:PATH or run:UNIT_DIR), or both")
-        if self.weights is not None and self.weights != "imagenet" \
+                              "(imagenet, pretrained, file:PATH or run:UNIT_DIR), or both")
+        if self.weights is not None and self.weights not in NAMED_WEIGHTS \
                 and not self.weights.startswith(("file:", "run:")):
-            raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, file:PATH, "
-                              "run:UNIT_DIR")
+            raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, pretrained, "
+                              "file:PATH, run:UNIT_DIR")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ class StudyConfig:
     # what the report adds: strategy differences, first-layer filters, feature maps, activation
     # maximisation
     report: ReportConfig = field(default_factory=ReportConfig)
+    # how every cell's network is evaluated after training: temperature calibration and test-time
+    # augmentation, off by default (stored with the model: predict and export apply them)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # a hyperparameter search: each arm's trials scored on validation, its best run on the tests
     search: SearchConfig | None = None
 
@@ -206,6 +213,11 @@ class StudyConfig:
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
         self.report.check(self.strategies, self.is_matrix)
+        targets = self.targets if self.is_matrix else {"target": self.target}
+        no_val = [name for name, t in targets.items() if t is not None and t.split.val_fraction == 0]
+        if self.evaluate.calibration != "none" and no_val:
+            raise ConfigError(f"'evaluate.calibration': {self.evaluate.calibration} is fitted on the "
+                              f"validation images, but target {no_val[0]!r} has split.val_fraction 0")
         if self.is_matrix:
             self._check_matrix()
         else:
@@ -214,7 +226,8 @@ class StudyConfig:
                                   "'strategies' for a matrix study)")
             if self.source is None and self.model.weights is None:
                 raise ConfigError("missing required key 'source': a data set to pretrain on, or "
-                                  "model.weights (imagenet, file:PATH, run:UNIT_DIR) to start from")
+                                  "model.weights (imagenet, pretrained, file:PATH, run:UNIT_DIR) to "
+                                  "start from")
             if self.source is not None and self.source.split.folds:
                 raise ConfigError("'source.split.folds': cross-validation is for the target task")
             if self.source is not None and self.source.external:
@@ -401,6 +414,16 @@ def _resolve_task(task: Any, base: Path) -> Any:
     return out
 
 
+def _resolve_model(model: Any, base: Path) -> Any:
+    """A model mapping with a relative ``timm:local-dir:PATH`` name made absolute."""
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return model
+    for prefix in ("timm:local-dir:", "local-dir:"):
+        if model["name"].startswith(prefix):
+            return {**model, "name": prefix + _resolve_path(model["name"][len(prefix):], base)}
+    return model
+
+
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study YAML; relative data paths are taken relative to the YAML file's folder."""
     path = Path(path)
@@ -423,6 +446,11 @@ def study_from_dict(
             raw[group] = {k: _resolve_task(v, base) for k, v in raw[group].items()}
     if isinstance(raw.get("cache_dir"), str):
         raw["cache_dir"] = _resolve_path(raw["cache_dir"], base)
+    if "model" in raw:
+        raw["model"] = _resolve_model(raw["model"], base)
+    if isinstance(raw.get("variants"), list):
+        raw["variants"] = [{**v, "model": _resolve_model(v["model"], base)}
+                           if isinstance(v, dict) and "model" in v else v for v in raw["variants"]]
     try:
         imports = raw.get("imports") or []
         if not isinstance(imports, list):
@@ -475,6 +503,9 @@ def check_models(cfg: StudyConfig, variants: list[Variant]) -> None:
                 check_layers(cfg.report, model)
                 for fz in [fz for s in v.strategies.values() for fz in freeze_configs(s)]:
                     freeze(model, fz)
+                trains = [v.pretrain.train, *(t for s in v.strategies.values() for t in train_configs(s))]
+                if any(t.optimizer.layer_decay is not None for t in trains):
+                    check_layer_decay(model)
             for src in cfg.sources.values():
                 if src.weights is not None:
                     check_weights_spec(dataclasses.replace(v.model, weights=src.weights))

@@ -25,15 +25,18 @@ from medtransfer.data.offline import training_augment
 from medtransfer.evaluate import compute_metrics
 from medtransfer.fileio import cell_out, write_text_atomic
 from medtransfer.models import ModelConfig, build_model, build_pretrained
+from medtransfer.models.config import NAMED_WEIGHTS
+from medtransfer.models.folders import folder_weights_file
 from medtransfer.models.loading import HeadPolicy, load_source_weights
-from medtransfer.strategies import StrategyResult, run_strategy
+from medtransfer.strategies import StrategyResult, run_strategy, train_configs
+from medtransfer.strategies.posthoc import apply_posthoc
 from medtransfer.study.config import StudyConfig, Variant, pretrain_model
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.pruning import TrialPruned, TrialPruning
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
-from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
+from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
 
 __all__ = ["Context", "ModelStart", "cell_spec", "pretrain_spec", "run_cell", "run_pretrain",
@@ -132,13 +135,19 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
                       bool(report and report.reset))
 
 
-def weights_stamp(weights: str | None) -> str | None:
-    """``weights`` with a hash of its file's content for ``file:`` weights, so changing the
-    file redoes the units that start from it."""
-    if weights is None or not weights.startswith("file:"):
+def weights_stamp(weights: str | None, model_name: str | None = None) -> str | None:
+    """``weights`` with a hash of its file's content for ``file:`` weights and a model folder's
+    ``pretrained`` weights (``model_name``), so changing the file redoes the units that start
+    from it."""
+    if weights is None:
         return weights
-    path = Path(weights.removeprefix("file:")).expanduser()
-    if not path.is_file():
+    if weights.startswith("file:"):
+        path: Path | None = Path(weights.removeprefix("file:")).expanduser()
+    elif weights in NAMED_WEIGHTS and model_name is not None:
+        path = folder_weights_file(model_name)
+    else:
+        return weights
+    if path is None or not path.is_file():
         return weights
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -147,8 +156,8 @@ def weights_stamp(weights: str | None) -> str | None:
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
-        _STAMPS[key] = f"{weights}#sha256={digest.hexdigest()[:16]}"
-    return _STAMPS[key]
+        _STAMPS[key] = digest.hexdigest()[:16]
+    return f"{weights}#sha256={_STAMPS[key]}"
 
 
 _STAMPS: dict[tuple[str, int, int], str] = {}
@@ -164,7 +173,7 @@ def pretrain_spec(cfg: StudyConfig, v: Variant, job: PretrainJob, source: Loaded
         "preprocess": spec_key(cfg.preprocess), "seed": job.seed, "data": source.fingerprint,
     }
     if weights is not None:
-        spec["weights"] = weights_stamp(weights)
+        spec["weights"] = weights_stamp(weights, pretrain_model(v).name)
     return spec
 
 
@@ -173,7 +182,7 @@ def cell_spec(cfg: StudyConfig, v: Variant, job: CellJob, target: LoadedTask, pr
     """What identifies a cell (or trial) unit, given the folder names of the pretraining it
     starts from and of its upstream cell (``backbone_from``), if any."""
     weights = None if pretrained_dir is not None else source_weights(cfg, v, job.source)
-    source_id = pretrained_dir if pretrained_dir is not None else weights_stamp(weights)
+    source_id = pretrained_dir if pretrained_dir is not None else weights_stamp(weights, v.model.name)
     spec: dict[str, Any] = {
         "stage": "cell", "version": __version__, "model": spec_key(v.model),
         "transfer": spec_key(v.transfer), "strategy": spec_key(v.strategies[job.strategy]),
@@ -182,6 +191,7 @@ def cell_spec(cfg: StudyConfig, v: Variant, job: CellJob, target: LoadedTask, pr
     }
     if job.evaluate == "val":
         spec["evaluate"] = "val"  # a search trial: test images are never looked at
+    spec.update(cfg.evaluate.key())  # calibration / tta, only when on
     if upstream_dir is not None:
         spec["upstream"] = upstream_dir  # the unit whose trained model is the backbone
     if job.pruning is not None:
@@ -345,13 +355,15 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
     )
     summary = _last_stage(res)
     ctx.echo(f"[{job.label}] {summary['path']} path: {summary['path_reason']}")
-    metrics = {name: compute_metrics(target.images.labels[idx], res.probabilities[name])
-               for name, idx in parts.items()}
+    post = apply_posthoc(ctx.cfg.evaluate, strategy, res, {k: target.part(idx) for k, idx in parts.items()},
+                         env)  # evaluate: calibration / TTA (nothing when off)
+    metrics = {name: {**compute_metrics(target.images.labels[idx], res.probabilities[name]),
+                      **post.metrics.get(name, {})} for name, idx in parts.items()}
     final = res.stages[-1].fit
     if "val" in metrics and final is not None and final.best_epoch > 0:
         metrics["val"]["loss"] = float(final.history[final.best_epoch - 1].get("val_loss", float("nan")))
     write_predictions(workdir / "predictions.csv", target, parts, res.probabilities)
-    if not any(t.keep_optimizer for t in _train_configs(strategy)):
+    if not any(t.keep_optimizer for t in train_configs(strategy)):
         lean_checkpoints(workdir)
     result = {"tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
               "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
@@ -359,20 +371,11 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
               **summary}
     if "precision" in res.extra:
         result["precision"] = res.extra["precision"]  # features: of the feature extraction
-    if any(t.compile for t in _train_configs(strategy)):
+    if any(t.compile for t in train_configs(strategy)):
         result["compile"] = True
     if start.input_norm is not None:
         result["input_norm"] = [list(x) for x in start.input_norm]
-    return result
-
-
-def _train_configs(cfg: Any) -> list[TrainConfig]:
-    """Every TrainConfig in a strategy config (its stages', a features MLP head's)."""
-    if isinstance(cfg, TrainConfig):
-        return [cfg]
-    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        return []
-    return [t for f in dataclasses.fields(cfg) for t in _train_configs(getattr(cfg, f.name))]
+    return {**result, **post.record}
 
 
 def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],

@@ -217,7 +217,7 @@ class _Fit:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("fit: the model has no trainable parameters (requires_grad is False)")
-        self.optimizer = build_optimizer(trainable, cfg.optimizer)
+        self.optimizer = build_optimizer(trainable, cfg.optimizer, model=model)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
         _check_monitors(cfg, val is not None)
         self.weights = _class_weights(cfg.class_weight, train.labels, env.num_classes, dev)

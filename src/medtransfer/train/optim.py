@@ -10,6 +10,7 @@ from enum import Enum, StrEnum
 from typing import Any, Literal
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
@@ -32,6 +33,8 @@ __all__ = [
     "SchedulerName",
     "build_optimizer",
     "build_scheduler",
+    "check_layer_decay",
+    "layer_decay_groups",
     "step_scheduler",
     "time_decay",
 ]
@@ -110,6 +113,9 @@ class OptimizerConfig:
     alpha: float = 0.99
     implementation: Literal["auto", "for_loop", "foreach", "fused"] = "auto"
     decay: float = 0.0  # Keras time-based decay per step: lr / (1 + decay * steps); 0 = off
+    # layer-wise lr decay (BEiT / timm recipe for fine-tuning ViTs): layer k of L (timm's grouping:
+    # stem, each block, head) trains at lr × layer_decay^(L-k); null = off
+    layer_decay: float | None = None
 
     _section = "optimizer"
 
@@ -149,6 +155,8 @@ class OptimizerConfig:
             raise _fail("optimizer.initial_accumulator_value", iav, "a number >= 0")
         if not 0.0 < self.alpha < 1.0:
             raise _fail("optimizer.alpha", self.alpha, "a number in (0, 1)")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise _fail("optimizer.layer_decay", self.layer_decay, "null (off) or a number in (0, 1]")
         check_choice("optimizer.implementation", self.implementation,
                      ("auto", "for_loop", "foreach", "fused"))
         if self.implementation == "fused" and self.name is OptimizerName.rmsprop:
@@ -219,12 +227,50 @@ _IMPLEMENTATION: dict[str, dict[str, bool]] = {
 
 
 def build_optimizer(
-    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig,
+    *, model: nn.Module | None = None,
 ) -> Optimizer:
     """The torch optimizer ``cfg`` describes, over ``params`` (tensors or param groups), with
-    ``cfg.decay`` applied after each step (see :func:`time_decay`)."""
+    ``cfg.decay`` applied after each step (see :func:`time_decay`); with ``cfg.layer_decay``,
+    over the trainable parameters of ``model`` grouped by layer (see :func:`layer_decay_groups`)."""
+    if cfg.layer_decay is not None:
+        if model is None:
+            raise ConfigError("'optimizer.layer_decay': set, but the optimizer was given no model to "
+                              "group into layers")
+        params = layer_decay_groups(model, cfg)
     opt = _build(params, cfg)
     return time_decay(opt, cfg.decay) if cfg.decay > 0 else opt
+
+
+def _groupable(model: nn.Module) -> nn.Module:
+    """The model inside wrappers (a cached-activation tail's ``model``, DDP's ``module``) that
+    has timm's ``group_matcher``; ConfigError naming the key when there is none."""
+    inner: Any = model
+    while not hasattr(inner, "group_matcher"):
+        inner = getattr(inner, "model", None) or getattr(inner, "module", None)
+        if not isinstance(inner, nn.Module):
+            raise ConfigError(
+                f"'optimizer.layer_decay': model {type(model).__name__} cannot be grouped into "
+                "layers (it has no timm group_matcher); use a timm: model (ViT, ResNet, "
+                "EfficientNet, ...) or remove layer_decay")
+    return inner
+
+
+def check_layer_decay(model: nn.Module) -> None:
+    """ConfigError naming ``optimizer.layer_decay`` unless ``model`` can be grouped by layer."""
+    _groupable(model)
+
+
+def layer_decay_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
+    """Param groups of ``model``'s trainable parameters, one per layer, each with the learning rate
+    ``cfg.lr × layer_decay^(L-k)`` (timm's ``param_groups_layer_decay``: layers by the model's
+    ``group_matcher``, the head last) and ``cfg.weight_decay`` for every parameter alike."""
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(_groupable(model), weight_decay=cfg.weight_decay,
+                                      weight_decay_exclude_1d=False, layer_decay=cfg.layer_decay or 1.0)
+    return [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": cfg.lr * g["lr_scale"]}
+            for g in groups]
 
 
 def time_decay(optimizer: Optimizer, decay: float) -> Optimizer:
