@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medtransfer.config import check_choice, deep_merge, from_dict, to_dict
+from medtransfer.config import check_choice, check_seed, deep_merge, from_dict, to_dict
 from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
 
@@ -60,6 +60,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_choice("search.sampler", self.sampler, SAMPLERS)
+        check_seed("search.seed", self.seed)
         if not self.space:
             raise ConfigError("'search.space': empty; give at least one key, e.g. "
                               "transfer.train.optimizer.lr: [1.0e-4, 1.0e-3]")

@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from medtransfer.data.entries import REFUSED_ALWAYS, not_regular
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
 from medtransfer.errors import ConfigError, ImageDecodeError
 
@@ -41,6 +45,11 @@ PIPELINE_VERSION = 1
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 )
+
+# The largest side an image is resized to: medical classifiers train at 224-1024 px, mammography
+# and pathology tiles at up to 4096; more is almost surely a typo (100000 px would need 10 GB per
+# grey image and was killed by the OOM killer), so it is refused before anything is allocated.
+MAX_SIZE = 4096
 
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 _WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -64,7 +73,7 @@ class OnError(StrEnum):
 class PreprocessConfig:
     """How files become arrays: size (int, or [height, width]), colour mode, error policy."""
 
-    size: int | tuple[int, int] = 224  # images are resized to size × size, or [height, width]
+    size: int | tuple[int, int] = 224  # resize to size × size, or [height, width]; sides 1..4096
     color: ColorMode = ColorMode.GRAYSCALE  # decode to one grey channel or to RGB
     on_error: OnError = OnError.RAISE  # an undecodable image stops the run (raise) or is left out
     # DICOM: [center, width] of the grey-level window, overriding the file's own (else the file's
@@ -88,10 +97,12 @@ class PreprocessConfig:
             object.__setattr__(self, "dicom_window", (float(window[0]), float(window[1])))
         dims = (self.size,) if isinstance(self.size, int) else tuple(self.size)
         if len(dims) != (1 if isinstance(self.size, int) else 2) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIZE for d in dims
         ):
             raise ConfigError(
-                f"'size': got {self.size!r}; expected a positive integer or [height, width]"
+                f"'preprocess.size': got {self.size!r}; expected an integer from 1 to {MAX_SIZE} or "
+                "[height, width] of such integers (a larger side is almost surely a typo: one "
+                "100000-px grey image alone would take 10 GB)"
             )
         if not isinstance(self.size, int):
             object.__setattr__(self, "size", (dims[0], dims[1]))
@@ -128,6 +139,10 @@ class PreprocessConfig:
 def decode_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Decode ``path`` into a (C, H, W) uint8/uint16 array; any failure is an ImageDecodeError."""
     path = Path(path)
+    kind = not_regular(path)
+    if kind is not None:  # checked before opening: a FIFO blocks, /dev/zero never ends
+        why = "" if kind.startswith(("missing", "unreadable")) else f" ({REFUSED_ALWAYS})"
+        raise ImageDecodeError(str(path), f"it is {kind}, not a regular file{why}")
     try:
         array = _read_dicom(path, cfg.dicom_window) if path.suffix.lower() == ".dcm" else _read_pil(path)
         return preprocess_array(array, cfg)
@@ -171,9 +186,32 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
+    with open_image(path, str(path)) as img:
         img.load()  # Image.open is lazy: force the full decode so truncation surfaces here
         return _pil_to_array(ImageOps.exif_transpose(img))
+
+
+_LIMIT_HINT = ("PIL.Image.MAX_IMAGE_PIXELS, which guards against decompression bombs; if the image "
+               "is genuine, raise it in Python before loading: PIL.Image.MAX_IMAGE_PIXELS = N")
+
+
+@contextmanager
+def open_image(source: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
+    """``Image.open(source)``, lazily, with its declared size checked against :func:`pixel_limit`
+    exactly before any pixel is decoded (Pillow itself only warns up to twice the limit)."""
+    try:
+        img = Image.open(source)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses, unsized
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"declares {int(count.group(1)):,} pixels" if count else f"is too large ({exc})"
+        raise ImageDecodeError(name, f"{declared}, over the limit of {pixel_limit() or 0:,} "
+                               f"({_LIMIT_HINT})") from None
+    with img:
+        limit, pixels = pixel_limit(), img.width * img.height
+        if limit is not None and pixels > limit:
+            raise ImageDecodeError(name, f"declares {img.width} × {img.height} = {pixels:,} pixels, "
+                                   f"over the limit of {limit:,} ({_LIMIT_HINT})")
+        yield img
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -238,8 +276,7 @@ def _check_dicom_size(path: Path, ds: Any) -> int:
     if limit is not None and rows * cols * frames > limit:
         raise ImageDecodeError(
             str(path), f"declares {rows} × {cols} pixels × {frames} frame(s) = {rows * cols * frames:,} "
-            f"pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS, which also guards "
-            "PNG/JPEG against decompression bombs); raise that limit if the image is genuine")
+            f"pixels, over the limit of {limit:,} ({_LIMIT_HINT})")
     return frames
 
 

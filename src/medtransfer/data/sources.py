@@ -18,6 +18,7 @@ import numpy as np
 from medtransfer.data.cache import ImageCache
 from medtransfer.data.config import DataConfig, SourceKind
 from medtransfer.data.demo import demo_path
+from medtransfer.data.entries import require_regular
 from medtransfer.data.images import OnError, PreprocessConfig
 from medtransfer.data.index import (
     Item,
@@ -27,6 +28,7 @@ from medtransfer.data.index import (
     missing_path_message,
     pattern_groups,
 )
+from medtransfer.data.limits import check_set_bytes
 from medtransfer.data.npz import read_npz
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
 
@@ -103,6 +105,8 @@ def load_dataset(
     path = demo_path(cfg.demo_name) if cfg.demo_name is not None else cfg.path
     if not path.exists():
         raise DataError(missing_path_message(path))
+    if cfg.source_kind is not SourceKind.FOLDER:
+        require_regular(path, f"{cfg.source_kind.value} file")
     if cfg.source_kind is SourceKind.NPZ:
         return _load_npz(cfg, path, pre, cache)
     items, classes, groups, origin = _index(cfg)
@@ -126,6 +130,8 @@ def list_files(cfg: DataConfig) -> FileIndex:
         raise DataError(missing_path_message(cfg.path))
     if cfg.source_kind is SourceKind.NPZ:
         raise DataError(f"{cfg.path} is an .npz archive: it holds arrays, not image files")
+    if cfg.source_kind is SourceKind.CSV:
+        require_regular(cfg.path, "csv file")
     items, classes, groups, _ = _index(cfg)
     return FileIndex(
         paths=[item[1] for item in items],
@@ -162,6 +168,8 @@ def _decode_items(
     where: str,
     origin: list[str] | None = None,
 ) -> ImageSet:
+    check_set_bytes(len(items), pre.channels, pre.hw, where)
+
     def decode(item: Item) -> np.ndarray | ImageDecodeError:
         try:
             return cache.get_or_decode(item[1], pre)
