@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +57,19 @@ def seed_metrics(npz: Path, seed: int, precision: str, out: Path, *, images: int
     return {"auc": metrics["auc"], "accuracy": metrics["accuracy"]}
 
 
-def measure(npz: Path, seeds: range, **kwargs: int) -> dict[str, dict[str, list[float]]]:
-    """metric → precision → one value per seed."""
+def measure(npz: Path, seeds: range, echo: Callable[[str], None] | None = None,
+            **kwargs: int) -> dict[str, dict[str, list[float]]]:
+    """metric → precision → one value per seed; ``echo`` gets a line per training."""
     out: dict[str, dict[str, list[float]]] = {"auc": {}, "accuracy": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for precision in ("fp32", "bf16"):
-                for metric, value in seed_metrics(npz, seed, precision, Path(tmp), **kwargs).items():
+                metrics = seed_metrics(npz, seed, precision, Path(tmp), **kwargs)
+                for metric, value in metrics.items():
                     out[metric].setdefault(precision, []).append(value)
+                if echo is not None:
+                    echo(f"  seed {seed} {precision}: AUC {metrics['auc']:.4f}, "
+                         f"accuracy {metrics['accuracy']:.4f}")
     return out
 
 
@@ -78,7 +84,8 @@ def main() -> None:
     print(f"AlexNet (base {args.base}) on {args.images} PneumoniaMNIST images, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}")
-    values = measure(args.npz, range(args.seeds), images=args.images, epochs=args.epochs, base=args.base)
+    values = measure(args.npz, range(args.seeds), lambda line: print(line, flush=True), images=args.images,
+                     epochs=args.epochs, base=args.base)
     for metric, by in values.items():
         ref, got = by["fp32"], by["bf16"]
         sd = statistics.stdev(ref)

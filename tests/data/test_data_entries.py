@@ -69,11 +69,18 @@ def test_links_inside_the_root_are_allowed_and_a_link_loop_ends(tmp_path):
     (root / "pos" / "again.png").symlink_to(root / "pos" / "pos0.png")
     (root / "neg" / "more").symlink_to(root / "pos", target_is_directory=True)
     (root / "neg" / "loop").symlink_to(root / "neg", target_is_directory=True)
+    _png(root / "neg" / "real" / "r.png", 9)
+    (root / "neg" / "a_link").symlink_to(root / "neg" / "real", target_is_directory=True)
+    (root / "neg" / "broken.png").symlink_to(root / "gone.png")
     index = list_files(DataConfig(path=root))
     assert "pos/again.png" in index.ids and "neg/more/pos1.png" in index.ids
-    assert not [i for i in index.ids if "loop/loop" in i]  # the loop is walked once at most
-    images = load_dataset(DataConfig(path=root), PRE)
-    assert len(images) == len(index.ids)
+    assert not [i for i in index.ids if "loop/" in i]  # the class folder itself: seen
+    assert "neg/real/r.png" in index.ids and not [i for i in index.ids if "a_link" in i]
+    assert "neg/broken.png" in index.ids  # left to the decoder, which names it (on_error: skip skips it)
+    with pytest.raises(ImageDecodeError, match=r"broken\.png: it is missing \(a broken link\?\)"):
+        load_dataset(DataConfig(path=root), PRE)
+    (root / "neg" / "broken.png").unlink()
+    assert load_dataset(DataConfig(path=root), PRE).ids == list_files(DataConfig(path=root)).ids
 
 
 def test_linked_subfolder_or_image_leading_outside_is_refused(tmp_path):

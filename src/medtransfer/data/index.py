@@ -82,12 +82,20 @@ def index_folder(cfg: DataConfig) -> tuple[list[Item], list[str]]:
 def _scan_class(folder: Path, data_root: DataRoot) -> tuple[list[str], list[str]]:
     """Sorted image paths below ``folder`` (relative, posix), and the names of other files.
     Linked subfolders and images must stay inside ``data_root`` (unless it follows links), images
-    must be regular files; a folder reached twice (a link loop) is scanned once."""
+    must be regular files (a broken link is left to the decoder, like an unreadable file); a
+    folder reached twice (a link loop, a link to a folder of the tree) is scanned once, under its
+    real path when it has one inside ``folder``."""
     images: list[str] = []
     others: list[str] = []
     seen = {_folder_id(folder)}
-    stack = [(folder, "")]
-    while stack:
+    stack, links = [(folder, "")], []  # linked folders wait until every real one was seen
+    while stack or links:
+        if not stack:
+            linked, rel_link = links.pop(0)
+            if _folder_id(linked) not in seen:
+                seen.add(_folder_id(linked))
+                stack.append((linked, rel_link))
+            continue
         current, rel_dir = stack.pop()
         with os.scandir(current) as listing:
             entries = sorted(listing, key=lambda e: e.name, reverse=True)
@@ -99,12 +107,13 @@ def _scan_class(folder: Path, data_root: DataRoot) -> tuple[list[str], list[str]
             if entry.is_dir():
                 if entry.is_symlink():
                     data_root.check_inside(path, "subfolder")
-                if _folder_id(path) not in seen:
+                    links.append((path, f"{rel}/"))
+                elif _folder_id(path) not in seen:
                     seen.add(_folder_id(path))
                     stack.append((path, f"{rel}/"))
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
                 problem = data_root.problem(path) if entry.is_symlink() or not entry.is_file() else None
-                if problem is not None:
+                if problem is not None and not problem.startswith(("missing", "unreadable")):
                     raise DataError(f"image {path} is {problem}; data entries must be regular files "
                                     f"inside the data root {data_root.root}")
                 images.append(rel)
