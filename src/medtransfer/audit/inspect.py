@@ -26,7 +26,8 @@ from PIL import Image, ImageFilter
 
 from medtransfer.audit.config import AuditConfig
 from medtransfer.data.config import DataConfig, SourceKind
-from medtransfer.data.images import MAX_SIZE, PreprocessConfig, decode_image, open_image
+from medtransfer.data.images import PreprocessConfig, decode_image
+from medtransfer.data.limits import MAX_SIZE, open_image
 from medtransfer.data.sources import list_files
 from medtransfer.errors import DataError
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -37,6 +34,7 @@ from PIL import Image, ImageOps
 
 from medtransfer.data.entries import REFUSED_ALWAYS, not_regular
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
+from medtransfer.data.limits import LIMIT_HINT, MAX_SIZE, open_image, pixel_limit
 from medtransfer.errors import ConfigError, ImageDecodeError
 
 # Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
@@ -45,11 +43,6 @@ PIPELINE_VERSION = 1
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 )
-
-# The largest side an image is resized to: medical classifiers train at 224-1024 px, mammography
-# and pathology tiles at up to 4096; more is almost surely a typo (100000 px would need 10 GB per
-# grey image and was killed by the OOM killer), so it is refused before anything is allocated.
-MAX_SIZE = 4096
 
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 _WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -191,29 +184,6 @@ def _read_pil(path: Path) -> np.ndarray:
         return _pil_to_array(ImageOps.exif_transpose(img))
 
 
-_LIMIT_HINT = ("PIL.Image.MAX_IMAGE_PIXELS, which guards against decompression bombs; if the image "
-               "is genuine, raise it in Python before loading: PIL.Image.MAX_IMAGE_PIXELS = N")
-
-
-@contextmanager
-def open_image(source: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
-    """``Image.open(source)``, lazily, with its declared size checked against :func:`pixel_limit`
-    exactly before any pixel is decoded (Pillow itself only warns up to twice the limit)."""
-    try:
-        img = Image.open(source)
-    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses, unsized
-        count = re.search(r"\((\d+) pixels\)", str(exc))
-        declared = f"declares {int(count.group(1)):,} pixels" if count else f"is too large ({exc})"
-        raise ImageDecodeError(name, f"{declared}, over the limit of {pixel_limit() or 0:,} "
-                               f"({_LIMIT_HINT})") from None
-    with img:
-        limit, pixels = pixel_limit(), img.width * img.height
-        if limit is not None and pixels > limit:
-            raise ImageDecodeError(name, f"declares {img.width} × {img.height} = {pixels:,} pixels, "
-                                   f"over the limit of {limit:,} ({_LIMIT_HINT})")
-        yield img
-
-
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("L", "RGB"):
@@ -261,12 +231,6 @@ def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 
 
-def pixel_limit() -> int | None:
-    """The most pixels one image may have: Pillow's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    return None if limit is None else int(limit)
-
-
 def _check_dicom_size(path: Path, ds: Any) -> int:
     """Refuse a DICOM whose declared Rows × Columns × frames exceed :func:`pixel_limit`, before
     any pixel is decoded; returns the frame count."""
@@ -276,7 +240,7 @@ def _check_dicom_size(path: Path, ds: Any) -> int:
     if limit is not None and rows * cols * frames > limit:
         raise ImageDecodeError(
             str(path), f"declares {rows} × {cols} pixels × {frames} frame(s) = {rows * cols * frames:,} "
-            f"pixels, over the limit of {limit:,} ({_LIMIT_HINT})")
+            f"pixels, over the limit of {limit:,} ({LIMIT_HINT})")
     return frames
 
 

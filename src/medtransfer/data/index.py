@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from medtransfer.config import closest
 from medtransfer.data.config import compile_group_pattern
-from medtransfer.data.entries import DataRoot
+from medtransfer.data.entries import DataRoot, require_regular
 from medtransfer.data.images import IMAGE_EXTENSIONS
 from medtransfer.errors import DataError
 
@@ -88,7 +88,8 @@ def _scan_class(folder: Path, data_root: DataRoot) -> tuple[list[str], list[str]
     images: list[str] = []
     others: list[str] = []
     seen = {_folder_id(folder)}
-    stack, links = [(folder, "")], []  # linked folders wait until every real one was seen
+    stack: list[tuple[Path, str]] = [(folder, "")]
+    links: list[tuple[Path, str]] = []  # linked folders wait until every real one was seen
     while stack or links:
         if not stack:
             linked, rel_link = links.pop(0)
@@ -133,6 +134,7 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None,
     val or test per row) of a CSV source."""
     csv_path = cfg.path
     base = csv_path.parent
+    require_regular(csv_path, "csv file")  # a FIFO would block, /dev/zero never end
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)

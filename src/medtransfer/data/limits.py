@@ -1,26 +1,65 @@
-"""Sizes checked before anything is allocated: a data set whose decoded arrays cannot fit in this
+"""Sizes checked before anything is allocated: an image over Pillow's pixel limit (exactly, from
+its header), a resize side over :data:`MAX_SIZE`, a data set whose decoded arrays cannot fit in this
 machine's memory, and ``.npz`` members whose headers declare more than they hold or inflate far
-beyond their stored size (a zip bomb), are refused with the numbers, not killed by the OOM killer."""
+beyond their stored size (a zip bomb) are refused with the numbers, not killed by the OOM killer."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from medtransfer.errors import DataError
+from medtransfer.errors import DataError, ImageDecodeError
 
-__all__ = ["NPZ_MAX_RATIO", "NPZ_RATIO_FLOOR", "check_npz_members", "check_set_bytes", "physical_memory"]
+__all__ = ["LIMIT_HINT", "MAX_SIZE", "NPZ_MAX_RATIO", "NPZ_RATIO_FLOOR", "check_npz_members",
+           "check_set_bytes", "open_image", "physical_memory", "pixel_limit"]
+
+# The largest side an image is resized to (preprocess.size): medical classifiers train at
+# 224-1024 px, mammography and pathology tiles at up to 4096; more is almost surely a typo
+# (100000 px would need 10 GB per grey image and was killed by the OOM killer).
+MAX_SIZE = 4096
 
 # A member may inflate to at most this many times its stored (compressed) size once it is larger
 # than NPZ_RATIO_FLOOR: image arrays compress 1-10x (MedMNIST: 1.1-1.2x, labels up to 6x), while
 # 4 GB of zeros fit in 4 MB (1000x), so 200x leaves room for mostly blank images and stops bombs.
 NPZ_MAX_RATIO = 200
 NPZ_RATIO_FLOOR = 64 << 20
+
+
+LIMIT_HINT = ("PIL.Image.MAX_IMAGE_PIXELS, which guards against decompression bombs; if the image "
+              "is genuine, raise it in Python before loading: PIL.Image.MAX_IMAGE_PIXELS = N")
+
+
+def pixel_limit() -> int | None:
+    """The most pixels one image may have: Pillow's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else int(limit)
+
+
+@contextlib.contextmanager
+def open_image(source: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
+    """``Image.open(source)``, lazily, with its declared size checked against :func:`pixel_limit`
+    exactly before any pixel is decoded (Pillow itself only warns up to twice the limit)."""
+    try:
+        img = Image.open(source)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses, unsized
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"declares {int(count.group(1)):,} pixels" if count else f"is too large ({exc})"
+        raise ImageDecodeError(name, f"{declared}, over the limit of {pixel_limit() or 0:,} "
+                               f"({LIMIT_HINT})") from None
+    with img:
+        limit, pixels = pixel_limit(), img.width * img.height
+        if limit is not None and pixels > limit:
+            raise ImageDecodeError(name, f"declares {img.width} × {img.height} = {pixels:,} pixels, "
+                                   f"over the limit of {limit:,} ({LIMIT_HINT})")
+        yield img
 
 
 def physical_memory() -> int | None:

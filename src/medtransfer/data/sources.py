@@ -18,7 +18,6 @@ import numpy as np
 from medtransfer.data.cache import ImageCache
 from medtransfer.data.config import DataConfig, SourceKind
 from medtransfer.data.demo import demo_path
-from medtransfer.data.entries import require_regular
 from medtransfer.data.images import OnError, PreprocessConfig
 from medtransfer.data.index import (
     Item,
@@ -105,8 +104,6 @@ def load_dataset(
     path = demo_path(cfg.demo_name) if cfg.demo_name is not None else cfg.path
     if not path.exists():
         raise DataError(missing_path_message(path))
-    if cfg.source_kind is not SourceKind.FOLDER:
-        require_regular(path, f"{cfg.source_kind.value} file")
     if cfg.source_kind is SourceKind.NPZ:
         return _load_npz(cfg, path, pre, cache)
     items, classes, groups, origin = _index(cfg)
@@ -130,8 +127,6 @@ def list_files(cfg: DataConfig) -> FileIndex:
         raise DataError(missing_path_message(cfg.path))
     if cfg.source_kind is SourceKind.NPZ:
         raise DataError(f"{cfg.path} is an .npz archive: it holds arrays, not image files")
-    if cfg.source_kind is SourceKind.CSV:
-        require_regular(cfg.path, "csv file")
     items, classes, groups, _ = _index(cfg)
     return FileIndex(
         paths=[item[1] for item in items],
