@@ -258,15 +258,41 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error names it
+                continue
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: first on line {earlier.start_mark.line + 1}, "
+                    f"again on line {key_node.start_mark.line + 1}; give each key once",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; errors name the file."""
+    """A YAML file's top-level mapping; errors name the file (and a key given twice, with both
+    line numbers)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and exc.problem.startswith("duplicate key"):
+            raise ConfigError(f"config file {path}: {exc.problem}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     except yaml.YAMLError as exc:
         for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
             if mark is not None:  # it names "<unicode string>", not the file
@@ -286,6 +312,17 @@ def check_device(name: str, value: str) -> None:
     """ConfigError unless ``value`` names a device: auto, cpu, cuda, cuda:N or mps."""
     if not isinstance(value, str) or (value not in ("auto", "cpu") and not value.startswith(("cuda", "mps"))):
         raise ConfigError(f"'{name}': got {value!r}; allowed: {DEVICES}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state take 0..2**32 - 1
+
+
+def check_seed(name: str, value: object, high: int = SEED_MAX, why: str = "") -> None:
+    """A ConfigError naming ``name``, the value and the range unless ``value`` is an integer
+    seed in 0..``high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise ConfigError(f"'{name}': got {value!r}; expected an integer seed from 0 to {high:,}"
+                          + (f" ({why})" if why else ""))
 
 
 def check_choice(

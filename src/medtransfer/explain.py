@@ -13,6 +13,7 @@ used. Models are deep-copied before hooks are attached, so the caller's model is
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from medtransfer.config import InputNorm, check_choice
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.fileio import write_bytes_atomic
 from medtransfer.freezing import transformer_blocks
 
 __all__ = [
@@ -385,6 +387,7 @@ def save_grid(
     img = Image.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    write_bytes_atomic(path, buf.getvalue())  # a full disk: DiskFullError, the old file kept
     return path

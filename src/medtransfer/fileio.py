@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,39 @@ from medtransfer.errors import DiskFullError
 __all__ = ["cell_in", "cell_out", "disk_full_error", "file_record", "fsync_dir", "is_disk_full",
            "umask_mode", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
-_UMASK_LOCK = threading.Lock()
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def umask_mode(base: int = 0o666) -> int:
-    """``base`` with the process's umask applied (what ``open`` would create)."""
-    with _UMASK_LOCK:
+def _proc_umask() -> int | None:
+    """The process's umask as Linux reports it (``Umask:`` in /proc/self/status, Linux 4.7+)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), \
+            open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return None
+
+
+def _umask_at_import() -> int:
+    """The umask, read once when this module is first imported (before a study starts threads):
+    ``os.umask`` reads it only by setting it, a window in which other threads' files would get
+    the borrowed mask, so it is never called again."""
+    mask = _proc_umask()
+    if mask is None:
         mask = os.umask(0o022)
         os.umask(mask)
-    return base & ~mask
+    return mask
+
+
+_START_UMASK = _umask_at_import()
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` with the process's umask applied (what ``open`` would create). The umask is read
+    without ever changing it (Linux: /proc/self/status, so a later ``os.umask`` is seen), or,
+    where the OS cannot say, once at import: no other thread ever sees a borrowed umask."""
+    mask = _proc_umask()
+    return base & ~(_START_UMASK if mask is None else mask)
 
 
 def fsync_dir(folder: Path) -> None:

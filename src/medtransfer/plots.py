@@ -6,6 +6,7 @@ feature maps, activation maximisation) and a search's score per hyperparameter v
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from medtransfer.errors import DataError
 from medtransfer.evaluate import confidence_bins
+from medtransfer.fileio import write_bytes_atomic
 from medtransfer.stats.bootstrap import bootstrap_weights
 
 __all__ = [
@@ -58,15 +60,17 @@ def _figure(width: float, height: float) -> Figure:
 def save_figure(
     fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 110
 ) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (reproducible SVG ids, no timestamps)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (reproducible SVG ids, no timestamps),
+    each atomically: a full disk is a DiskFullError naming the file and leaves the old one."""
     paths = []
     with mpl.rc_context({"svg.hashsalt": "medtransfer", "svg.fonttype": "path"}):
         for fmt in formats:
             # Appended, not with_suffix: a matrix arm's name ("src.ft") holds a dot.
             path = stem.parent / f"{stem.name}.{fmt}"
             meta = {"Date": None} if fmt == "svg" else {"Software": None}
-            fig.savefig(path, format=fmt, dpi=dpi, metadata=meta)
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+            write_bytes_atomic(path, buf.getvalue())
             paths.append(path)
     return paths
 

@@ -111,3 +111,32 @@ def test_split_test_from_is_the_test_set(tmp_path, tiny_study_config, class_fold
     with pytest.raises(ConfigError, match=r"'test_from'.*test_sets"):
         study_from_dict({**cfg, "target": {**cfg["target"], "split": {"test_sets": 1, "test_per_class": 2,
                                                                       "test_from": str(held)}}})
+
+
+def test_test_from_and_external_sets_refuse_links_out_of_their_root_unless_followed(
+        tmp_path, tiny_study_config, class_folders):
+    from medtransfer.data import ImageCache
+    from medtransfer.study.tasks import load_task
+
+    base = tiny_study_config(tmp_path)
+    outside = class_folders(tmp_path / "outside", {"normal": 1, "covid": 1}, seed=14)
+    held = class_folders(tmp_path / "held", {"normal": 6, "covid": 5}, seed=13)
+    (held / "covid" / "out.png").symlink_to(outside / "covid" / "covid_0.png")
+    other = class_folders(tmp_path / "other", {"normal": 4, "covid": 4}, seed=15)
+    (other / "normal" / "out.png").symlink_to(outside / "normal" / "normal_0.png")
+    for follow in (False, True):
+        data = {**base["target"]["data"], "follow_symlinks": follow}
+        cases = [({**base["target"], "data": data, "split": {"val_fraction": 0.2, "test_from": str(held)}},
+                  lambda task: task.fixed_test, 12),
+                 (_with_external({**base, "target": {**base["target"], "data": data}}, other,
+                                 follow_symlinks=follow)["target"],
+                  lambda task: task.externals["hospital_b"], 9)]
+        for target, images, count in cases:
+            cfg = study_from_dict({**base, "target": target})
+            assert cfg.target is not None
+            if follow:
+                task = load_task("target", "target", cfg.target, cfg, ImageCache(tmp_path / "cache"))
+                assert len(images(task)) == count  # the linked image included
+            else:
+                with pytest.raises(DataError, match=r"out\.png is outside the data root"):
+                    load_task("target", "target", cfg.target, cfg, ImageCache(tmp_path / "cache"))

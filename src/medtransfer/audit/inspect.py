@@ -27,6 +27,7 @@ from PIL import Image, ImageFilter
 from medtransfer.audit.config import AuditConfig
 from medtransfer.data.config import DataConfig, SourceKind
 from medtransfer.data.images import PreprocessConfig, decode_image
+from medtransfer.data.limits import MAX_SIZE, open_image
 from medtransfer.data.sources import list_files
 from medtransfer.errors import DataError
 
@@ -214,19 +215,17 @@ def inspect_arrays(
 
 def _inspect_npz(data: DataConfig, cfg: AuditConfig) -> Inventory:
     from medtransfer.data.demo import demo_path
-    from medtransfer.data.npz import npz_array, npz_labels
+    from medtransfer.data.limits import check_npz_members
+    from medtransfer.data.npz import npz_array, npz_labels, open_npz
 
     path = demo_path(data.demo_name) if data.demo_name is not None else data.path
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
-    with archive:
-        missing = [f"{s}_{p}" for s in data.npz_splits for p in ("images", "labels")
-                   if f"{s}_{p}" not in archive.files]
+    with open_npz(path) as archive:
+        wanted = [f"{s}_{p}" for s in data.npz_splits for p in ("images", "labels")]
+        missing = [k for k in wanted if k not in archive.files]
         if missing:
             raise DataError(f"{path}: missing key(s) {', '.join(missing)}; keys found: "
                             f"{', '.join(sorted(archive.files))}")
+        check_npz_members(archive, path, [*wanted, "classes"])
         images = [npz_array(archive, f"{s}_images", path) for s in data.npz_splits]
         labels = [npz_labels(npz_array(archive, f"{s}_labels", path), len(x), f"{path}: '{s}_labels'")
                   for s, x in zip(data.npz_splits, images, strict=True)]
@@ -250,7 +249,7 @@ def _inspect_file(
     data = path.read_bytes()
     if path.suffix.lower() == ".dcm":
         return _inspect_dicom(path, data, image_id, label, group, cfg)
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(io.BytesIO(data), str(path)) as img:  # the pixel limit, exactly
         img.load()  # force the full decode: truncated files fail here
         fmt = img.format or path.suffix.lstrip(".").upper()
         mode, (width, height) = img.mode, img.size
@@ -282,7 +281,9 @@ def _inspect_dicom(
         raise DataError("auditing DICOM needs pydicom: pip install 'medtransfer[dicom]'") from None
     header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     rows, cols = int(header.Rows), int(header.Columns)
-    pixels = decode_image(path, PreprocessConfig(size=(rows, cols)))[0]
+    scale = min(1.0, MAX_SIZE / max(rows, cols, 1))  # the statistics come from a 128² thumbnail
+    size = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    pixels = decode_image(path, PreprocessConfig(size=size))[0]
     grey = (pixels // 257).astype(np.uint8) if pixels.dtype == np.uint16 else pixels
     stats, phash, detail = _pixel_stats(grey, None, cfg)
     record = ImageRecord(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medtransfer.data.entries import not_regular, require_regular
 from medtransfer.data.images import PreprocessConfig, decode_image
 from medtransfer.errors import ConfigError
 from medtransfer.fileio import umask_mode
@@ -40,7 +41,8 @@ def default_cache_root() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes; a device or FIFO (never-ending or blocking) is a DataError."""
+    require_regular(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -77,9 +79,9 @@ class ImageCache:
 
     def get_or_decode(self, path: Path, cfg: PreprocessConfig) -> np.ndarray:
         """The decoded (C, H, W) array of ``path``, from the cache when its content was seen."""
-        if not self.enabled:
+        if not self.enabled or not_regular(path) is not None:
             self._count(hit=False)
-            return decode_image(path, cfg)
+            return decode_image(path, cfg)  # which names a device, FIFO or missing file
         try:
             digest = file_sha256(path)
         except OSError:

@@ -42,6 +42,9 @@ class DataConfig:
     ``path`` is a folder, a ``.csv``, a ``.npz`` or ``demo:<name>`` for a bundled demo set.
     ``kind`` stays None unless given; :attr:`source_kind` is the inferred one.
 
+    Every image must be a regular file inside the data root (the folder, or the CSV's folder);
+    ``follow_symlinks`` allows links and CSV paths leading out of it.
+
     Patient (group) ids come from the CSV column ``group_column`` or from ``group_pattern``, a
     regular expression searched (``re.search``) in each image's path relative to its class folder
     (folder sources) or relative to the CSV's folder (CSV sources), posix-style; the group is the
@@ -58,6 +61,8 @@ class DataConfig:
     npz_splits: list[str] = field(default_factory=lambda: list(NPZ_SPLITS))  # .npz: parts read
     name: str | None = None  # a display name for tables and the report (default: from the path)
     group_pattern: str | None = None  # a regex finding the patient (group) id in each path
+    # allow links (and CSV paths) leading outside the data root; devices and FIFOs stay refused
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

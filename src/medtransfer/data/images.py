@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from medtransfer.data.entries import REFUSED_ALWAYS, not_regular
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
+from medtransfer.data.limits import LIMIT_HINT, MAX_SIZE, open_image, pixel_limit
 from medtransfer.errors import ConfigError, ImageDecodeError
 
 # Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
@@ -64,7 +66,7 @@ class OnError(StrEnum):
 class PreprocessConfig:
     """How files become arrays: size (int, or [height, width]), colour mode, error policy."""
 
-    size: int | tuple[int, int] = 224  # images are resized to size × size, or [height, width]
+    size: int | tuple[int, int] = 224  # resize to size × size, or [height, width]; sides 1..4096
     color: ColorMode = ColorMode.GRAYSCALE  # decode to one grey channel or to RGB
     on_error: OnError = OnError.RAISE  # an undecodable image stops the run (raise) or is left out
     # DICOM: [center, width] of the grey-level window, overriding the file's own (else the file's
@@ -88,10 +90,12 @@ class PreprocessConfig:
             object.__setattr__(self, "dicom_window", (float(window[0]), float(window[1])))
         dims = (self.size,) if isinstance(self.size, int) else tuple(self.size)
         if len(dims) != (1 if isinstance(self.size, int) else 2) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIZE for d in dims
         ):
             raise ConfigError(
-                f"'size': got {self.size!r}; expected a positive integer or [height, width]"
+                f"'preprocess.size': got {self.size!r}; expected an integer from 1 to {MAX_SIZE} or "
+                "[height, width] of such integers (a larger side is almost surely a typo: one "
+                "100000-px grey image alone would take 10 GB)"
             )
         if not isinstance(self.size, int):
             object.__setattr__(self, "size", (dims[0], dims[1]))
@@ -128,6 +132,10 @@ class PreprocessConfig:
 def decode_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Decode ``path`` into a (C, H, W) uint8/uint16 array; any failure is an ImageDecodeError."""
     path = Path(path)
+    kind = not_regular(path)
+    if kind is not None:  # checked before opening: a FIFO blocks, /dev/zero never ends
+        why = "" if kind.startswith(("missing", "unreadable")) else f" ({REFUSED_ALWAYS})"
+        raise ImageDecodeError(str(path), f"it is {kind}, not a regular file{why}")
     try:
         array = _read_dicom(path, cfg.dicom_window) if path.suffix.lower() == ".dcm" else _read_pil(path)
         return preprocess_array(array, cfg)
@@ -171,7 +179,7 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
+    with open_image(path, str(path)) as img:
         img.load()  # Image.open is lazy: force the full decode so truncation surfaces here
         return _pil_to_array(ImageOps.exif_transpose(img))
 
@@ -223,12 +231,6 @@ def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 
 
-def pixel_limit() -> int | None:
-    """The most pixels one image may have: Pillow's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    return None if limit is None else int(limit)
-
-
 def _check_dicom_size(path: Path, ds: Any) -> int:
     """Refuse a DICOM whose declared Rows × Columns × frames exceed :func:`pixel_limit`, before
     any pixel is decoded; returns the frame count."""
@@ -238,8 +240,7 @@ def _check_dicom_size(path: Path, ds: Any) -> int:
     if limit is not None and rows * cols * frames > limit:
         raise ImageDecodeError(
             str(path), f"declares {rows} × {cols} pixels × {frames} frame(s) = {rows * cols * frames:,} "
-            f"pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS, which also guards "
-            "PNG/JPEG against decompression bombs); raise that limit if the image is genuine")
+            f"pixels, over the limit of {limit:,} ({LIMIT_HINT})")
     return frames
 
 

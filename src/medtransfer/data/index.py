@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from medtransfer.config import closest
 from medtransfer.data.config import compile_group_pattern
+from medtransfer.data.entries import DataRoot, require_regular
 from medtransfer.data.images import IMAGE_EXTENSIONS
 from medtransfer.errors import DataError
 
@@ -62,9 +63,11 @@ def index_folder(cfg: DataConfig) -> tuple[list[Item], list[str]]:
             f"e.g. {root / 'normal' / 'img001.png'}"
         )
     check_two_classes(classes, str(root))
+    data_root = DataRoot(root, cfg.follow_symlinks)
     items: list[Item] = []
     for label, name in enumerate(classes):
-        images, others = _scan_class(root / name)
+        data_root.check_inside(root / name, "class folder")
+        images, others = _scan_class(root / name, data_root)
         if not images:
             seen = f"; it holds {len(others)} other files, e.g. '{others[0]}'" if others else ""
             raise DataError(
@@ -76,19 +79,53 @@ def index_folder(cfg: DataConfig) -> tuple[list[Item], list[str]]:
 
 
 
-def _scan_class(folder: Path) -> tuple[list[str], list[str]]:
-    """Sorted image paths below ``folder`` (relative, posix), and the names of other files."""
+def _scan_class(folder: Path, data_root: DataRoot) -> tuple[list[str], list[str]]:
+    """Sorted image paths below ``folder`` (relative, posix), and the names of other files.
+    Linked subfolders and images must stay inside ``data_root`` (unless it follows links), images
+    must be regular files (a broken link is left to the decoder, like an unreadable file); a
+    folder reached twice (a link loop, a link to a folder of the tree) is scanned once, under its
+    real path when it has one inside ``folder``."""
     images: list[str] = []
     others: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(folder)
-        for fname in filenames:
-            if fname.startswith("."):
+    seen = {_folder_id(folder)}
+    stack: list[tuple[Path, str]] = [(folder, "")]
+    links: list[tuple[Path, str]] = []  # linked folders wait until every real one was seen
+    while stack or links:
+        if not stack:
+            linked, rel_link = links.pop(0)
+            if _folder_id(linked) not in seen:
+                seen.add(_folder_id(linked))
+                stack.append((linked, rel_link))
+            continue
+        current, rel_dir = stack.pop()
+        with os.scandir(current) as listing:
+            entries = sorted(listing, key=lambda e: e.name, reverse=True)
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            rel = (rel_dir / fname).as_posix()
-            (images if Path(fname).suffix.lower() in IMAGE_EXTENSIONS else others).append(rel)
+            rel = f"{rel_dir}{entry.name}"
+            path = Path(entry.path)
+            if entry.is_dir():
+                if entry.is_symlink():
+                    data_root.check_inside(path, "subfolder")
+                    links.append((path, f"{rel}/"))
+                elif _folder_id(path) not in seen:
+                    seen.add(_folder_id(path))
+                    stack.append((path, f"{rel}/"))
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                problem = data_root.problem(path) if entry.is_symlink() or not entry.is_file() else None
+                if problem is not None and not problem.startswith(("missing", "unreadable")):
+                    raise DataError(f"image {path} is {problem}; data entries must be regular files "
+                                    f"inside the data root {data_root.root}")
+                images.append(rel)
+            else:
+                others.append(rel)
     return sorted(images), sorted(others)
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
 
 
 
@@ -97,6 +134,7 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None,
     val or test per row) of a CSV source."""
     csv_path = cfg.path
     base = csv_path.parent
+    require_regular(csv_path, "csv file")  # a FIFO would block, /dev/zero never end
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -149,19 +187,24 @@ def index_csv(cfg: DataConfig) -> tuple[list[Item], list[str], list[str] | None,
     if empty:
         raise DataError(f"{csv_path}: no rows for class(es) {', '.join(map(repr, empty))}")
     index = {name: i for i, name in enumerate(classes)}
+    data_root = DataRoot(base, cfg.follow_symlinks)
     items: list[Item] = []
     absent: list[str] = []
+    refused: list[str] = []
     for line, rel, label, _ in records:
         full = Path(rel) if Path(rel).is_absolute() else base / rel
-        if not full.is_file():
-            absent.append(f"line {line}: {full}")
+        problem = data_root.problem(full)
+        if problem is not None:
+            (absent if problem.startswith("missing") else refused).append(f"line {line}: {full} is {problem}")
         items.append((index[label], full, _rel_id(full, base)))
-    if absent:
-        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
-        raise DataError(
-            f"{csv_path}: {len(absent)} row(s) point at missing files: "
-            f"{'; '.join(absent[:5])}{more}. Relative paths are resolved against {base}"
-        )
+    for bad, what in ((refused, "files that may not be read"), (absent, "missing files")):
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise DataError(
+                f"{csv_path}: {len(bad)} row(s) point at {what}: {'; '.join(bad[:5])}{more}. "
+                f"Relative paths are resolved against {base}, the data root; entries must be "
+                "regular files inside it"
+            )
     ids = [item[2] for item in items]
     if len(set(ids)) != len(ids):
         warnings.warn(

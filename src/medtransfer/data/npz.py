@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from medtransfer.data.cache import ImageCache, file_sha256
+from medtransfer.data.entries import require_regular
 from medtransfer.data.images import PreprocessConfig, preprocess_array
+from medtransfer.data.limits import check_npz_members, check_set_bytes
 from medtransfer.errors import DataError
 
 
@@ -40,13 +42,7 @@ def read_npz(
     path: Path, splits: Sequence[str], pre: PreprocessConfig, cache: ImageCache
 ) -> NpzParts:
     """Read and preprocess ``splits`` of the archive at ``path``; errors name the key at fault."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} holds a single array, not a .npz archive of named arrays")
-    with archive:
+    with open_npz(path) as archive:
         keys = sorted(archive.files)
         wanted = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
         missing = [k for k in wanted if k not in keys]
@@ -55,12 +51,14 @@ def read_npz(
                 f"{path}: missing key(s) {', '.join(missing)}; keys found: {', '.join(keys)}. "
                 "data.npz_splits chooses which <split>_images/<split>_labels pairs are read"
             )
+        check_npz_members(archive, path, [*wanted, "classes"])
         classes = _read_classes(archive, path) if "classes" in keys else medmnist_classes(path)
         digest = file_sha256(path)
         out = []
         for split in splits:
             raw = npz_array(archive, f"{split}_images", path)
             _check_images(raw, f"{path}: '{split}_images'")
+            check_set_bytes(len(raw), pre.channels, pre.hw, f"{path}: '{split}_images'")
             labels = npz_labels(npz_array(archive, f"{split}_labels", path), len(raw),
                                 f"{path}: '{split}_labels'")
             images = cache.get_or_compute_array(
@@ -68,6 +66,22 @@ def read_npz(
             )
             out.append(NpzSplit(split, images, labels))
     return NpzParts(out, classes)
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The archive at ``path``, opened lazily (no member is read): a regular file that is a zip
+    archive, else a DataError. A single ``.npy`` is refused before numpy would load it whole."""
+    require_regular(path, "npz file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a readable .npz file: not a zip archive of named arrays "
+                        "(np.savez / np.savez_compressed write one)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single array, not a .npz archive of named arrays")
+    return archive
 
 
 def preprocess_stack(raw: np.ndarray, pre: PreprocessConfig) -> np.ndarray:

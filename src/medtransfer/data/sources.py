@@ -27,6 +27,7 @@ from medtransfer.data.index import (
     missing_path_message,
     pattern_groups,
 )
+from medtransfer.data.limits import check_set_bytes
 from medtransfer.data.npz import read_npz
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
 
@@ -162,6 +163,8 @@ def _decode_items(
     where: str,
     origin: list[str] | None = None,
 ) -> ImageSet:
+    check_set_bytes(len(items), pre.channels, pre.hw, where)
+
     def decode(item: Item) -> np.ndarray | ImageDecodeError:
         try:
             return cache.get_or_decode(item[1], pre)

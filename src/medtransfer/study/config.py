@@ -22,6 +22,7 @@ from medtransfer.calibration import EvaluateConfig
 from medtransfer.config import (
     ConfigError,
     check_device,
+    check_seed,
     config_error,
     deep_merge,
     from_dict,
@@ -60,6 +61,7 @@ class ExternalConfig:
     data: DataConfig
 
 
+STUDY_SEED_MAX = 2**31 - 1
 RESERVED_TEST_NAMES = ("train", "val", "test", "pooled", "none")
 
 
@@ -175,7 +177,9 @@ class StudyConfig:
     # matrix: each repeat also pretrains every data source anew (its own seed), so the spread
     # over repeats includes pretraining's; off, one pretraining per source serves all repeats
     repeat_pretraining: bool = False
-    seed: int = 0  # the study's random seed (splits, initialisation, order, augmentation)
+    # the study's random seed (splits, initialisation, order, augmentation), 0..2**31 - 1: the
+    # seeds derived from it (repeats, stages) must stay below numpy's 2**32
+    seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     cache_dir: Path | None = None  # disk cache (default: $MEDTRANSFER_CACHE or ~/.cache/medtransfer)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -203,6 +207,8 @@ class StudyConfig:
                 or not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
             raise ConfigError(f"'name': got {self.name!r}; expected letters, digits, '-', '_' or '.' "
                               "(not first): it names the run folder runs/<name>")
+        check_seed("seed", self.seed, STUDY_SEED_MAX, "the seeds derived from it for repeats and "
+                   "stages must stay below 2**32, as numpy and scikit-learn require")
         names = [v.name for v in self.variants]
         if not names:
             raise ConfigError("'variants': the study needs at least one variant")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medtransfer.config import check_choice
+from medtransfer.config import check_choice, check_seed
 from medtransfer.errors import ConfigError
 
 __all__ = ["PER", "PRUNERS", "SAMPLERS", "SECTIONS", "ObjectiveConfig", "PrunerConfig", "SearchConfig",
@@ -115,8 +115,7 @@ class SearchConfig:
             raise ConfigError(f"'search.trials': sampler {self.sampler} needs a budget (trials: N)")
         if self.top_k < 1:
             raise ConfigError(f"'search.top_k': got {self.top_k}; allowed: an integer >= 1")
-        if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"'search.seed': got {self.seed!r}; allowed: an integer from 0 to 2**32 - 1")
+        check_seed("search.seed", self.seed)
         if self.pruner.name != "none" and self.objective.metric not in EPOCH_METRICS:
             raise ConfigError(f"'search.pruner.name': {self.pruner.name} watches the objective after "
                               f"every epoch, but 'search.objective.metric' {self.objective.metric!r} is "

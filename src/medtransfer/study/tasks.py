@@ -77,7 +77,8 @@ def load_task(name: str, role: str, task: TaskConfig, cfg: StudyConfig, cache: I
                              e.data.path) for k, e in task.external.items()}
     fixed = None
     if task.split.test_from is not None:
-        data = DataConfig(path=task.split.test_from, classes=task.data.classes)
+        data = DataConfig(path=task.split.test_from, classes=task.data.classes,
+                          follow_symlinks=task.data.follow_symlinks)
         fixed = _matched(load_dataset(data, cfg.preprocess, cache), images, f"{name}.split.test_from",
                          task.split.test_from)
     return split_task(name, role, task, images, cfg.seed, externals, fixed)
