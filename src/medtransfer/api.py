@@ -65,6 +65,14 @@ def run_log(out: str | Path, level: int = logging.DEBUG) -> Iterator[logging.Han
     logger.addHandler(handler)
     try:
         yield handler
+    except KeyboardInterrupt:
+        handler.handle(logging.LogRecord("medtransfer.run", logging.ERROR, __file__, 0,
+                                         "interrupted; rerun to resume", None, None))
+        raise
+    except Exception as exc:  # what ended the run (a full disk, a bad image, ...) is in the log too
+        handler.handle(logging.LogRecord("medtransfer.run", logging.ERROR, __file__, 0,
+                                         f"{type(exc).__name__}: {exc}", None, None))
+        raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

@@ -333,3 +333,28 @@ def test_umask_is_read_without_a_window_while_threads_create_folders(tmp_path, m
     modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("t*/d*")}
     assert modes == {0o700} and len(list(tmp_path.glob("t*/d*"))) == 900
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o600
+
+
+def test_a_report_that_meets_a_full_disk_is_a_disk_full_error_in_run_log(tmp_path, monkeypatch,
+                                                                        tiny_study_config, one_thread):
+    """The error that ends a run (here: the report's first figure on a full disk) is in run.log."""
+    from medtransfer.api import run_study
+    from medtransfer.study import study_from_dict
+
+    raw = tiny_study_config(tmp_path)
+    raw.update(audit=False, variants=raw["variants"][:1])
+    real = os.fdopen
+
+    def full_for_figures(fd: int, *args: Any, **kwargs: Any) -> Any:
+        fh = real(fd, *args, **kwargs)
+        return _FullDisk(fh) if "/plots/" in str(getattr(fh, "name", "")) or _in_plots(fd) else fh
+
+    def _in_plots(fd: int) -> bool:
+        return "/plots/" in os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else False
+
+    monkeypatch.setattr(os, "fdopen", full_for_figures)
+    with pytest.raises(DiskFullError, match=r"/plots/.*no space left on the device"):
+        run_study(study_from_dict(raw), tmp_path / "run", progress=False, echo=lambda m: None)
+    monkeypatch.undo()
+    log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")
+    assert "ERROR" in log and "DiskFullError: cannot write" in log and "/plots/" in log
