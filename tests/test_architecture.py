@@ -25,7 +25,7 @@ LAYERS = [
     {"model_card"},
     {"export"},
     {"search"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {name: k for k, layer in enumerate(LAYERS) for name in layer}
 

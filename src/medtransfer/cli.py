@@ -58,10 +58,14 @@ def _run(args: argparse.Namespace) -> int:
     from medtransfer.api import LogEcho, run_log, run_study
     from medtransfer.config import deep_merge, read_yaml
     from medtransfer.study import ExecutorSettings, study_from_dict
+    from medtransfer.train.distributed import launch_env
 
     if args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
-    executor = ExecutorSettings(args.executor, args.workers, args.address)
+    executor = ExecutorSettings(args.executor, args.workers, args.address,
+                                cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                retries=args.retries,
+                                runtime_env=read_yaml(args.runtime_env) if args.runtime_env else None)
     overrides = _parse_set(args.set or [])
     if args.device:
         overrides["device"] = args.device
@@ -70,9 +74,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.imports:  # recorded in config.yaml, so workers and the report import them too
         before = raw.get("imports") or []
         raw["imports"] = [*before, *(m for m in args.imports if m not in before)]
+    launched = launch_env()  # torchrun / srun: the ranks of one data-parallel run (study.lockstep)
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
         from medtransfer.search import run_search
 
+        if launched is not None and launched.world_size > 1:
+            raise ConfigError(f"{path}: a search runs its trials one process each; it cannot run as "
+                              f"{launched.world_size} data-parallel processes ({launched.launcher}): "
+                              "start it with one process (--workers N runs trials in parallel)")
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
@@ -84,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     run_study(cfg, out, progress=not args.no_progress, report=not args.no_report, executor=executor,
               echo=LogEcho())
-    print(f"table: {out / 'summary.md'}")
+    if launched is None or launched.rank == 0:  # the other ranks of a data-parallel run wrote nothing
+        print(f"table: {out / 'summary.md'}")
     return 0
 
 
@@ -127,7 +137,20 @@ def main(argv: list[str] | None = None) -> int:
                        help="jobs run in parallel in this many processes / Ray tasks (default 1)")
         p.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local processes (default) or a Ray cluster")
-        p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
+        p.add_argument("--address", help="Ray cluster address HOST:PORT (default: $RAY_ADDRESS, as `ray job "
+                       "submit` sets it, else start a Ray here)")
+        p.add_argument("--cpus-per-worker", type=float, metavar="N",
+                       help="CPUs each worker asks Ray for, and its torch threads (default: an equal share "
+                       "of this machine's CPUs; 1 on a Ray cluster)")
+        p.add_argument("--gpus-per-worker", type=float, metavar="N",
+                       help="Ray: GPUs each worker asks for, fractions share one (default: 1 with a CUDA "
+                       "device, else 0)")
+        p.add_argument("--retries", type=int, metavar="N",
+                       help="Ray: how often a job lost with its worker (killed, node lost) runs again "
+                       "(default 3); errors raised by a job are not retried")
+        p.add_argument("--runtime-env", metavar="FILE",
+                       help="Ray: a YAML/JSON runtime_env for the workers (working_dir, py_modules, pip, "
+                       "env_vars), e.g. to ship --import modules to the cluster's nodes")
     sub.add_parser("models", help="list registered architectures (timm:<arch> and "
                    "torchvision:<arch> name any other)")
     keys = sub.add_parser("keys", help="every study config key: type, default, allowed values, meaning")
