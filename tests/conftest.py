@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny synthetic image folders, CSVs and .npz files written into tmp_path."""
+"""Shared fixtures: tiny synthetic image folders, CSVs and .npz files written into tmp_path; free
+TCP ports."""
 
 from __future__ import annotations
 
 import csv
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -169,3 +171,15 @@ def dicom_file() -> Callable[..., Path]:
     """``dicom_file(path, rows, cols, pixel_data, ...)`` → a DICOM file (see :func:`write_dicom`)."""
     return write_dicom
 
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on loopback that nothing listens on now."""
+    return _free_port

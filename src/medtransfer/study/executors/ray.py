@@ -59,6 +59,8 @@ def _connect(ray: Any, address: str, out: Path, named_by: str, runtime_env: dict
     try:
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING,
                  **({"runtime_env": runtime_env} if runtime_env else {}))
+    except ValueError as exc:  # in a submitted job: --runtime-env names a field the job's env sets too
+        raise ConfigError(f"--runtime-env: {exc} ({_kept(out)})") from exc
     except (ConnectionError, RuntimeError) as exc:
         # Ray passes the cause on as text inside a RuntimeError.
         hint = ("; it uses token authentication: set RAY_AUTH_MODE=token and its token in "

@@ -52,10 +52,13 @@ class StudyWorker:
         self.lock = threading.Lock()
 
     def where(self) -> tuple[str, str, int]:
-        """Node id, node address and process id: where this worker runs."""
+        """Node id, the node's address on the cluster and process id: where this worker runs."""
         import ray
 
-        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), os.getpid()
+        node = ray.get_runtime_context().get_node_id()
+        ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node),
+                  ray.util.get_node_ip_address())
+        return node, ip, os.getpid()
 
     def put_nowait(self, item: Any) -> None:
         """An ``echo`` line or a log record (what :func:`~.local.log_to` hands on)."""
@@ -113,9 +116,10 @@ def describe(job: Any) -> str:
     return f"{getattr(job, 'kind', 'pretrain')} {getattr(job, 'label', job)!r}"
 
 
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+def _reason(exc: BaseException, lines: int = 1) -> str:
+    """The error's class and first ``lines`` lines (Ray's messages run on for a paragraph)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:lines])
+    return f"{type(exc).__name__}: {text}"[: 300 * lines]
 
 
 @dataclass(eq=False)
@@ -174,7 +178,10 @@ class Workers:
                     slot.job = todo.popleft()
                     running[slot.actor.run_job.remote(slot.job)] = slot
             starting = {slot.ready: slot for slot in self.slots if slot.ready is not None}
-            done, _ = ray.wait([*running, *starting], num_returns=1, timeout=1.0)
+            waiting = [*starting, *running]
+            done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)  # everything ready now
+            if not done:
+                done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
             for ref in done:
                 if ref in starting:
                     self._started(starting[ref])
@@ -217,7 +224,7 @@ class Workers:
             self.failed_starts += 1
             if self.failed_starts > max(self.retries, 1) * max(len(self.slots), 1):
                 raise WorkerLostError(f"Ray workers keep failing to start ({self.failed_starts} in a "
-                                      f"row; last: {_reason(exc)})") from exc
+                                      f"row; last: {_reason(exc, lines=5)})") from exc
             self._lose(slot, exc, None)
             return
         self.failed_starts = 0
