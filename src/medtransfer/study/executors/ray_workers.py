@@ -179,6 +179,8 @@ class Workers:
                     running[slot.actor.run_job.remote(slot.job)] = slot
             starting = {slot.ready: slot for slot in self.slots if slot.ready is not None}
             waiting = [*starting, *running]
+            if not waiting:  # cannot happen: a lost worker is replaced at once
+                raise WorkerLostError("no Ray worker left to run the remaining jobs")
             done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)  # everything ready now
             if not done:
                 done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -190,6 +192,9 @@ class Workers:
                 job, slot.job = slot.job, None
                 try:
                     ok, value = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the worker is alive: not a loss
+                    errors.append(exc)
+                    continue
                 except ray.exceptions.RayError as exc:  # the worker died: killed, out of memory, node lost
                     self._lose(slot, exc, job)
                     lost[job] += 1
