@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny synthetic image folders, CSVs and .npz files written into tmp_path."""
+"""Shared fixtures: tiny synthetic image folders, CSVs and .npz files written into tmp_path; free
+TCP ports."""
 
 from __future__ import annotations
 
 import csv
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,3 +202,14 @@ def tiny_study(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
 def tiny_study_config(class_folders: Callable[..., Path]) -> Callable[[Path], dict[str, Any]]:
     """``tiny_study_config(root)`` → the tiny study's config dict, its images under ``root``."""
     return lambda root: tiny_study(root, class_folders)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on loopback that nothing listens on now."""
+    return _free_port

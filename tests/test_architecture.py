@@ -26,7 +26,7 @@ LAYERS = [
     {"export"},
     {"search", "check"},
     {"commands"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {name: k for k, layer in enumerate(LAYERS) for name in layer}
 

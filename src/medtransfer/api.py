@@ -18,6 +18,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.report import summarize, write_report
 from medtransfer.study import ExecutorSettings, Runner, StudyConfig, load_study
 from medtransfer.study.lock import run_lock
+from medtransfer.study.lockstep import data_parallel
 
 __all__ = ["LogEcho", "check_data_paths", "load_study", "missing_data_paths", "run_log", "run_study"]
 
@@ -143,11 +144,16 @@ def run_study(cfg: StudyConfig | str | Path, out: str | Path | None = None, *, r
                           "or medtransfer.search.run_search, which tune it before the tests")
     check_data_paths(cfg, source)  # before the run folder is made: a bad path leaves nothing behind
     out = Path(out) if out is not None else Path("runs") / cfg.name
-    # held from the first unit to the report: no second run writes here
-    with run_lock(out), run_log(out) as handler:
-        echo = _tee(echo, handler)
-        Runner(cfg, out, progress=progress, echo=echo).run(executor)
-        echo(f"summary: {summarize(out)}")
-        if report:
-            echo(f"report: {write_report(out, **report_options)}")
+    # under torchrun / srun: one unit on several processes, rank 0 writing (study.lockstep)
+    with data_parallel(cfg.device, executor) as ranks:
+        if not ranks.is_main:
+            Runner(cfg, out, progress=False, echo=lambda msg: None).follow()
+            return out
+        # held from the first unit to the report: no second run writes here
+        with run_lock(out), run_log(out) as handler:
+            echo = _tee(echo, handler)
+            Runner(cfg, out, progress=progress, echo=echo).run(executor)
+            echo(f"summary: {summarize(out)}")
+            if report:
+                echo(f"report: {write_report(out, **report_options)}")
     return out

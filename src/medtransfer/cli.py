@@ -98,7 +98,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="jobs run in parallel in this many processes / Ray tasks (default 1)")
         p.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local processes (default) or a Ray cluster")
-        p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
+        p.add_argument("--address", help="Ray cluster address HOST:PORT (default: $RAY_ADDRESS, as `ray job "
+                       "submit` sets it, else start a Ray here)")
+        p.add_argument("--cpus-per-worker", type=float, metavar="N",
+                       help="CPUs each worker asks Ray for, and its torch threads (default: an equal share "
+                       "of this machine's CPUs; 1 on a Ray cluster)")
+        p.add_argument("--gpus-per-worker", type=float, metavar="N",
+                       help="Ray: GPUs each worker asks for, fractions share one (default: 1 with a CUDA "
+                       "device, else 0)")
+        p.add_argument("--retries", type=int, metavar="N",
+                       help="Ray: how often a job lost with its worker (killed, node lost) runs again "
+                       "(default 3); errors raised by a job are not retried")
+        p.add_argument("--runtime-env", metavar="FILE",
+                       help="Ray: a YAML/JSON runtime_env for the workers (working_dir, py_modules, pip, "
+                       "env_vars), e.g. to ship --import modules to the cluster's nodes")
     sub.add_parser("models", help="list registered architectures (timm:<arch> and "
                    "torchvision:<arch> name any other)")
     keys = sub.add_parser("keys", help="every study config key: type, default, allowed values, meaning")

@@ -111,15 +111,24 @@ def run_command(args: argparse.Namespace) -> int:
     """``medtransfer run`` / ``demo``: nothing is written before the config and data paths pass."""
     from medtransfer.api import LogEcho, check_data_paths, run_log, run_study
     from medtransfer.study import ExecutorSettings
+    from medtransfer.train.distributed import launch_env
 
     if args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; expected an integer >= 1")
-    executor = ExecutorSettings(args.executor, args.workers, args.address)
+    executor = ExecutorSettings(args.executor, args.workers, args.address,
+                                cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                retries=args.retries,
+                                runtime_env=read_yaml(args.runtime_env) if args.runtime_env else None)
     path, raw, cfg = load_config(args)
     check_data_paths(cfg, str(path))  # before --out is made: a bad path leaves nothing behind
+    launched = launch_env()  # torchrun / srun: the ranks of one data-parallel run (study.lockstep)
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
         from medtransfer.search import run_search
 
+        if launched is not None and launched.world_size > 1:
+            raise ConfigError(f"{path}: a search runs its trials one process each; it cannot run as "
+                              f"{launched.world_size} data-parallel processes ({launched.launcher}): "
+                              "start it with one process (--workers N runs trials in parallel)")
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
@@ -130,7 +139,8 @@ def run_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     run_study(cfg, out, progress=not args.no_progress, report=not args.no_report, executor=executor,
               echo=LogEcho())
-    print(f"table: {out / 'summary.md'}")
+    if launched is None or launched.rank == 0:  # the other ranks of a data-parallel run wrote nothing
+        print(f"table: {out / 'summary.md'}")
     return 0
 
 

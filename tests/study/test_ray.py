@@ -1,14 +1,10 @@
-"""Studies on a real Ray cluster: one head on loopback, started for this module."""
+"""Studies on a real Ray cluster: one head on loopback, started for this module (two nodes, a
+submitted run and a killed worker: test_ray_cluster.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,47 +13,21 @@ import pytest
 from medtransfer.api import run_study
 from medtransfer.errors import ConfigError, ImageDecodeError
 from medtransfer.study import ExecutorSettings, study_from_dict
-from medtransfer.study.executors.ray import _share, run_jobs_on_ray
+from medtransfer.study.executors.ray import run_jobs_on_ray
 from medtransfer.study.plan import make_plan
 from medtransfer.study.runner import Runner
 
 pytest.importorskip("ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``HOST:PORT`` of a 2-CPU Ray head running in its own session; only it is stopped after."""
-    port = _free_port()
+def ray_address(ray_node, free_port, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``HOST:PORT`` of a 2-CPU Ray head of this module's own, stopped after."""
+    port = free_port()
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false", "--block"]
-    # A throwaway cluster without token auth, so this test process needs no token set up before it
-    # imports Ray (which reads RAY_AUTH_MODE once).
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with ray_node(log, "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                  "--include-dashboard", "false"):
         yield f"127.0.0.1:{port}"
-    finally:
-        # Not `ray stop`: that stops every Ray on the machine. `ray start --block` stops its own
-        # processes on SIGTERM; its process group is killed only if it does not.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +42,13 @@ def ray_run(ray_address, tiny_study_config, tmp_path_factory) -> tuple[Path, Pat
 
 
 @pytest.mark.slow
-def test_ray_results_equal_local_results(ray_run, tiny_study_config, one_thread):
+def test_ray_results_equal_local_results(ray_run, ray_address, tiny_study_config, one_thread):
     # one_thread: like each Ray worker here (1 of 2 CPUs); other thread counts change the last digits.
     root, out, logs = ray_run
-    assert any(m.startswith("ray: 2 workers × 1 CPUs on 1 node(s)") for m in logs)
+    assert any(m.startswith(f"ray: joined the Ray cluster at {ray_address} (named by --address): 1 node(s), "
+                            "2 CPUs") for m in logs)
+    assert any(m.startswith("ray: 2 workers, each asking 1 CPU(s) and 0 GPU(s) (default: 1 CPU on a cluster")
+               for m in logs)
     assert any(m.startswith("[bn] pretraining on") for m in logs)  # workers' messages are relayed
     local = run_study(study_from_dict(tiny_study_config(root)), root / "local", report=False,
                       progress=False, echo=lambda m: None)
@@ -111,8 +84,8 @@ def test_job_error_comes_back_with_its_class_and_message(ray_address, tiny_study
     assert any("raised in a Ray worker" in note for note in info.value.__notes__)
 
 
-def test_unreachable_address_fails_fast_and_names_it(tiny_study_config, tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+def test_unreachable_address_fails_fast_and_names_it(tiny_study_config, tmp_path, free_port):
+    address = f"127.0.0.1:{free_port()}"
     outcome: list[BaseException] = []
 
     def attempt() -> None:
@@ -137,11 +110,3 @@ def test_missing_ray_asks_for_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"pip install 'medtransfer\[ray\]'"):
         run_jobs_on_ray(None, None, ["a"], address=None, workers=1,  # type: ignore[arg-type]
                         on_done=lambda job, result: None)
-
-
-@pytest.mark.parametrize(("per_node", "n", "share"), [
-    ([2.0], 2, 1.0), ([4.0, 4.0, 4.0], 2, 4.0), ([8.0, 2.0], 2, 4.0), ([16.0], 3, 5.0),
-    ([1.0], 4, 0.25), ([0.0], 2, 0.5),
-])
-def test_share_places_all_actors_at_once(per_node, n, share):
-    assert _share(per_node, n) == share

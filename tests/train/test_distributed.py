@@ -18,6 +18,7 @@ from medtransfer.train import load_checkpoint
 from medtransfer.train.distributed import (
     LaunchEnv,
     Replicas,
+    first_host,
     init_distributed,
     is_main_process,
     launch_env,
@@ -60,9 +61,18 @@ def test_one_process_is_plain_arithmetic():
     assert reps.gather_eval(3.0, parts, 3)[0] == 1.0
 
 
-def test_launch_env(monkeypatch: pytest.MonkeyPatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+LAUNCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+               "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS",
+               "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+
+
+def _no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in LAUNCH_KEYS:
         monkeypatch.delenv(key, raising=False)
+
+
+def test_launch_env(monkeypatch: pytest.MonkeyPatch):
+    _no_launcher(monkeypatch)
     assert launch_env() is None
     assert init_distributed("cpu") == torch.device("cpu") and is_main_process()
     assert not torch.distributed.is_initialized()
@@ -78,6 +88,42 @@ def test_launch_env(monkeypatch: pytest.MonkeyPatch):
         launch_env()
     with pytest.raises(ConfigError, match="'device': got 'gpu'"):
         init_distributed("gpu")
+
+
+def test_slurm_tasks_are_ranks_where_torchrun_set_none(monkeypatch: pytest.MonkeyPatch):
+    _no_launcher(monkeypatch)
+    # The batch script itself: SLURM_NTASKS counts tasks srun has not started; one process.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    assert launch_env() is None
+    monkeypatch.setenv("SLURM_STEP_ID", "4294967294")  # the batch step, where Slurm sets it
+    assert launch_env() is None
+    # A task of `srun --ntasks 4` on gpu07, gpu08, ...
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-09,12],cpu1")
+    assert launch_env() == LaunchEnv(3, 4, 1, "slurm", ("gpu07", 15000 + 3456))
+    monkeypatch.setenv("MASTER_ADDR", "10.1.2.3")
+    monkeypatch.setenv("MASTER_PORT", "29400")
+    assert launch_env() == LaunchEnv(3, 4, 1, "slurm", ("10.1.2.3", 29400))
+    monkeypatch.setenv("SLURM_PROCID", "4")
+    with pytest.raises(ConfigError, match=r"SLURM_PROCID: got '4'; allowed: an integer >= 0 and < "
+                       r"SLURM_STEP_NUM_TASKS \(4\) \(srun sets it\)"):
+        launch_env()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun inside an srun task: torchrun's ranks
+    monkeypatch.setenv("RANK", "1")
+    assert launch_env() == LaunchEnv(1, 2, 0)
+
+
+@pytest.mark.parametrize(("nodes", "first"), [
+    ("gpu[07-09,12],cpu1", "gpu07"), ("node1,node2", "node1"), ("n[001-004]-ib", "n001-ib"),
+    ("single", "single"), ("", ""),
+])
+def test_first_host_of_a_slurm_host_list(nodes: str, first: str):
+    assert first_host(nodes) == first
 
 
 def _history(path: Path) -> list[dict[str, float]]:
@@ -127,3 +173,29 @@ def test_torchrun_two_processes_match_one(tmp_path: Path, one_thread, augment: b
         if name == "last.pt":
             for i, state in b["optimizer_state"]["state"].items():
                 _close(a["optimizer_state"]["state"][i], state, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_train_as_one_ddp_run(tmp_path: Path, one_thread, free_port):
+    # What `srun --ntasks 2 python examples/ddp_train.py` starts, without Slurm: two processes that
+    # know their ranks from SLURM_* variables alone (no torchrun, no WORLD_SIZE).
+    flags = ["--epochs", "3", "--batch-size", "7"]
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_KEYS}
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**base, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0",
+               "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+               "SLURM_STEP_NODELIST": "localhost", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--out", str(tmp_path / "ddp-{rank}"), *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path))
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    lines = [json.loads(line) for line in outputs[0].splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and not any(line.startswith("{") for line in outputs[1].splitlines())
+    assert lines[0]["world_size"] == 2 and lines[0]["weight_spread_across_ranks"] == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp-0"]
+    single = _example().main(["--out", str(tmp_path / "single"), *flags])
+    for row_ddp, row_one in zip(lines[0]["history"], single["history"], strict=True):
+        assert row_ddp == pytest.approx(row_one, abs=1e-5)

@@ -54,6 +54,7 @@ from medtransfer.study.results import result_rows, write_results
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
 from medtransfer.train.allocator import tune_allocator
+from medtransfer.train.distributed import is_main_process
 
 __all__ = ["Runner", "pick_device"]
 
@@ -62,6 +63,10 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _ignore(*args: Any) -> None:
+    pass
 
 
 def _echo_flush(msg: str) -> None:
@@ -82,7 +87,8 @@ class Runner:
 
     def __init__(self, cfg: StudyConfig, out: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> None:
-        self.cfg, self.out = cfg, Path(out)
+        # absolute: workers (a Ray actor's working directory is not this process's) write here too
+        self.cfg, self.out = cfg, Path(out).absolute()
         tune_allocator()  # before the data are decoded: every later allocation benefits
         size = cfg.preprocess.hw[0]
         self.ctx = Context(cfg, self.out, pick_device(cfg.device), size, echo, progress)
@@ -248,8 +254,9 @@ class Runner:
         outcomes: dict[Job, dict[str, Any]] = {}
         # Pretraining first: cells of one source share its unit, which must not run twice at once;
         # then the cells, each after the cell whose trained model it takes (backbone_from).
+        record = manifest.record if is_main_process() else _ignore  # rank 0 writes (data-parallel run)
         for jobs in (plan.pretrains, *plan.cell_waves()):
-            outcomes.update(session.run(jobs, manifest.record))
+            outcomes.update(session.run(jobs, record))
             self._cells.update({j: r for j, r in outcomes.items() if isinstance(j, CellJob)})
         return outcomes
 
@@ -268,6 +275,12 @@ class Runner:
             write_results(self.out / "results.csv", rows)
         self.echo(f"results: {self.out / 'results.csv'}")
         return self.out
+
+    def follow(self) -> None:
+        """A data-parallel run's rank other than 0 (:mod:`~medtransfer.study.lockstep`): load the
+        data, then compute every unit together with rank 0, in the same order; write nothing."""
+        self.prepare(write=False)
+        self.execute(make_plan(self.cfg))
 
     def run_variants(self, specs: Sequence[VariantSpec], *, evaluate: str = "val",
                      prune: Callable[[CellJob], PruneTarget | None] | None = None,

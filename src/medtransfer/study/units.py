@@ -31,6 +31,7 @@ from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy, train_configs
 from medtransfer.strategies.posthoc import apply_posthoc
 from medtransfer.study.config import StudyConfig, Variant, pretrain_model
+from medtransfer.study.lockstep import unit_for
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.pruning import TrialPruned, TrialPruning
 from medtransfer.study.store import Unit
@@ -38,6 +39,7 @@ from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
+from medtransfer.train.distributed import is_main_process
 
 __all__ = ["Context", "ModelStart", "cell_spec", "pretrain_spec", "run_cell", "run_pretrain",
            "source_weights", "spec_key"]
@@ -58,7 +60,10 @@ class Context:
         return train if self.progress else dataclasses.replace(train, progress=False)
 
     def callbacks(self, unit_dir: Path, name: str, spec: dict[str, Any]) -> list[Callback]:
-        """TensorBoard / MLflow callbacks for one unit's training, as ``cfg.tracking`` asks."""
+        """TensorBoard / MLflow callbacks for one unit's training, as ``cfg.tracking`` asks (by
+        rank 0 alone in a data-parallel run)."""
+        if not is_main_process():
+            return []
         return unit_callbacks(self.cfg.tracking, run_dir=self.out, unit_dir=unit_dir, study=self.cfg.name,
                               name=name, params=spec)
 
@@ -206,7 +211,7 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
     Returns the result and ``dir``."""
     weights = source_weights(ctx.cfg, v, job.source)
     spec = pretrain_spec(ctx.cfg, v, job, source)
-    unit = Unit(ctx.out, "pretrain", job.label, spec, share=True)
+    unit = unit_for(ctx.out, "pretrain", job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
             if announce:
@@ -252,8 +257,8 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
         "images_per_second": res.images_per_second, "precision": res.precision,
         "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
     }
-    if v.pretrain.transfer_from == "last":
-        result["transfer_checkpoint"] = _keep_final(workdir, res.last_path)
+    if v.pretrain.transfer_from == "last":  # (the other ranks of a data-parallel run wrote no last.pt)
+        result["transfer_checkpoint"] = _keep_final(workdir, res.last_path) if is_main_process() else FINAL
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)
     if v.pretrain.train.compile:
@@ -299,7 +304,7 @@ def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
     pre_dir = Path(pretrained["dir"]).name if pretrained is not None else None
     up_dir = Path(upstream["dir"]).name if upstream is not None else None
     spec = cell_spec(ctx.cfg, v, job, target, pre_dir, up_dir)
-    unit = Unit(ctx.out, job.kind, job.label, spec, share=True)
+    unit = unit_for(ctx.out, job.kind, job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
             ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")

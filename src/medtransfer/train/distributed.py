@@ -1,8 +1,9 @@
-"""One training spread over processes with PyTorch DDP, launched by ``torchrun`` (gloo on the
-CPU, NCCL on CUDA).
+"""One training spread over processes with PyTorch DDP, launched by ``torchrun`` or by Slurm's
+``srun`` (gloo on the CPU, NCCL on CUDA).
 
-A script calls :func:`init_distributed` (it reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
-and returns this process's device), then :func:`medtransfer.train.fit` as usual, then
+A script calls :func:`init_distributed` (it reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``,
+or under ``srun`` Slurm's ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``, and
+returns this process's device), then :func:`medtransfer.train.fit` as usual, then
 :func:`cleanup`; ``examples/ddp_train.py`` is such a script. When a process group of more than
 one process is initialized, ``fit`` trains the same model as one process would, up to float
 rounding:
@@ -38,7 +39,9 @@ from __future__ import annotations
 import gc
 import math
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -54,50 +57,98 @@ __all__ = [
     "Replicas",
     "barrier",
     "cleanup",
+    "first_host",
     "init_distributed",
     "is_distributed",
     "is_main_process",
     "launch_env",
+    "leave",
+    "slurm_env",
 ]
+
+# Slurm's step ids of a job's batch script, its extern step and an interactive allocation: no srun
+# step, so SLURM_NTASKS there counts tasks that were never started.
+_NOT_SRUN_STEPS = {"4294967293", "4294967294", "4294967295"}
 
 
 @dataclass(frozen=True)
 class LaunchEnv:
-    """What torchrun tells each process it starts."""
+    """What the launcher (torchrun, or Slurm's srun) tells each process it starts; ``master``:
+    rank 0's host and port where the launcher does not set ``MASTER_ADDR``/``MASTER_PORT``."""
 
     rank: int
     world_size: int
     local_rank: int
+    launcher: str = "torchrun"
+    master: tuple[str, int] | None = None
 
 
-def _env_int(key: str, low: int, below: int | None = None, default: str | None = None) -> int:
+def _env_int(key: str, low: int, below: int | None = None, default: str | None = None,
+             setter: str = "torchrun", world: str = "WORLD_SIZE") -> int:
     raw = os.environ.get(key, default)
     try:
         value = int(raw) if raw is not None else None
     except ValueError:
         value = None
     if value is None or value < low or (below is not None and value >= below):
-        allowed = f"an integer >= {low}" + ("" if below is None else f" and < WORLD_SIZE ({below})")
-        raise ConfigError(f"environment variable {key}: got {raw!r}; allowed: {allowed} (torchrun sets it)")
+        allowed = f"an integer >= {low}" + ("" if below is None else f" and < {world} ({below})")
+        raise ConfigError(f"environment variable {key}: got {raw!r}; allowed: {allowed} ({setter} sets it)")
     return value
 
 
 def launch_env() -> LaunchEnv | None:
-    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them; None without
-    ``WORLD_SIZE`` (not launched by torchrun)."""
+    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them; else, in a task that
+    Slurm's ``srun`` started, ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``)
+    and ``SLURM_LOCALID`` (see :func:`slurm_env`); None when neither launched this process."""
     if "WORLD_SIZE" not in os.environ:
-        return None
+        return slurm_env()
     world = _env_int("WORLD_SIZE", 1)
     return LaunchEnv(rank=_env_int("RANK", 0, world), world_size=world,
                      local_rank=_env_int("LOCAL_RANK", 0, default="0"))
 
 
-def init_distributed(device: str = "auto", backend: str | None = None) -> torch.device:
-    """Join torchrun's process group (if not joined yet) and return this process's device.
+def slurm_env() -> LaunchEnv | None:
+    """The ranks of the tasks of an ``srun`` job step (None outside one, e.g. in the batch script
+    itself, where ``SLURM_NTASKS`` counts tasks that no one started). Rank 0 listens at
+    ``MASTER_ADDR`` (default: the first host of ``SLURM_STEP_NODELIST`` / ``SLURM_JOB_NODELIST``)
+    and ``MASTER_PORT`` (default: 15000 + the job id's last four digits)."""
+    env = os.environ
+    if "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env or env["SLURM_STEP_ID"] in _NOT_SRUN_STEPS:
+        return None
+    size_key = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+    world = _env_int(size_key, 1, default="1", setter="srun")
+    rank = _env_int("SLURM_PROCID", 0, world, setter="srun", world=size_key)
+    local = _env_int("SLURM_LOCALID", 0, default="0", setter="srun")
+    if world == 1:
+        return LaunchEnv(rank, world, local, "slurm")
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    host = env.get("MASTER_ADDR") or first_host(nodes)
+    if not host:
+        raise ConfigError("srun started this task, but neither MASTER_ADDR nor SLURM_STEP_NODELIST / "
+                          "SLURM_JOB_NODELIST names rank 0's host; export MASTER_ADDR")
+    job = re.sub(r"\D", "", env.get("SLURM_JOB_ID", "")) or "0"
+    port = _env_int("MASTER_PORT", 1, default=str(15000 + int(job[-4:])), setter="you or srun")
+    return LaunchEnv(rank, world, local, "slurm", (host, port))
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm host list: ``gpu[07-09,12],cpu1`` → ``gpu07``."""
+    match = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)", nodelist.strip())
+    if match is None:
+        return ""
+    prefix, ranges, suffix = match.groups()
+    first = (ranges or "").split(",")[0].split("-")[0]
+    return f"{prefix}{first}{suffix}"
+
+
+def init_distributed(device: str = "auto", backend: str | None = None,
+                     timeout: timedelta | None = None) -> torch.device:
+    """Join the launcher's process group (if not joined yet) and return this process's device.
 
     ``device``: ``cuda`` (``cuda:LOCAL_RANK``, NCCL), ``cpu`` (gloo) or ``auto`` (CUDA when
-    available). Outside torchrun, or with one process, nothing is initialized and ``fit`` runs
-    as usual. ``backend`` overrides the choice (``gloo`` or ``nccl``).
+    available). Outside torchrun and srun, or with one process, nothing is initialized and
+    ``fit`` runs as usual. ``backend`` overrides the choice (``gloo`` or ``nccl``); ``timeout``:
+    how long a collective call waits for the other processes (default: PyTorch's).
     """
     check_choice("device", device, ("auto", "cpu", "cuda"))
     if backend is not None:
@@ -112,8 +163,9 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> torch.
         torch.cuda.set_device(dev)  # NCCL and the object collectives use the current device
     if env is None or env.world_size == 1 or dist.is_initialized():
         return dev
-    dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method="env://",
-                            rank=env.rank, world_size=env.world_size)
+    init = "env://" if env.master is None else f"tcp://{env.master[0]}:{env.master[1]}"
+    dist.init_process_group(backend or ("nccl" if cuda else "gloo"), init_method=init,
+                            rank=env.rank, world_size=env.world_size, timeout=timeout)
     return dev
 
 
@@ -141,6 +193,14 @@ def cleanup() -> None:
         gc.collect()
         if dist.get_world_size() > 1:
             dist.barrier()
+        dist.destroy_process_group()
+
+
+def leave() -> None:
+    """Leave the process group at once, waiting for no one: for a process whose last
+    collective call is behind it while others still work alone (rank 0 writing a report)."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -8,7 +8,6 @@ its own loggers — so they reach the console and the run's ``run.log`` as in a 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,6 +16,8 @@ from multiprocessing import get_context
 from typing import Any
 
 import torch
+
+from medtransfer.study.executors import threads
 
 __all__ = ["ProcessPool", "log_to", "relay"]
 
@@ -75,13 +76,15 @@ def _run_job(job: Any) -> Any:
 
 class ProcessPool:
     """A session of ``workers`` spawned processes, each building its runner with
-    ``factory(echo=...)`` once; their lines go to ``echo``, their log records to the loggers here.
-    The pool starts at the first batch of two or more jobs; a batch of one job runs in this
-    process with ``runner`` (no worker would start sooner)."""
+    ``factory(echo=...)`` once and using ``cpus`` torch threads (default: an equal share of the
+    CPUs); their lines go to ``echo``, their log records to the loggers here. The pool starts at
+    the first batch of two or more jobs; a batch of one job runs in this process with ``runner``
+    (no worker would start sooner)."""
 
     def __init__(self, runner: Any, factory: Callable[..., Any], workers: int,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, cpus: float | None = None) -> None:
         self.runner, self.factory, self.workers, self.echo = runner, factory, workers, echo
+        self.threads = threads(cpus, workers)
         self._pool: ProcessPoolExecutor | None = None
         self._listener: _Relay | None = None
 
@@ -93,7 +96,6 @@ class ProcessPool:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
             # spawn, not fork: forking a process whose OpenMP/CUDA runtime is initialised can hang.
             ctx = get_context("spawn")
             queue = ctx.Queue()
@@ -102,7 +104,7 @@ class ProcessPool:
             level = logging.getLogger("medtransfer").getEffectiveLevel()
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
                                              initializer=_init_worker,
-                                             initargs=(self.factory, threads, queue, level))
+                                             initargs=(self.factory, self.threads, queue, level))
         return self._pool
 
     def run(self, jobs: Sequence[Any], on_done: Callable[[Any, Any], None]) -> dict[Any, Any]:
