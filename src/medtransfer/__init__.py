@@ -17,7 +17,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from medtransfer.version import __version__
 
 _API = {
     "run_study": "medtransfer.api",

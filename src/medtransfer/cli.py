@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from medtransfer import __version__
+from medtransfer.version import __version__
 from medtransfer.errors import ConfigError, MedTransferError
 
 DESCRIPTION = ("Transfer-learning studies for medical image classification: run a study config, "

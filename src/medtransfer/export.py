@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from medtransfer import __version__
+from medtransfer.version import __version__
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.fileio import write_text_atomic

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from medtransfer import __version__
+from medtransfer.version import __version__
 from medtransfer.inference import LoadedModel
 from medtransfer.report.text import Doc, fmt
 

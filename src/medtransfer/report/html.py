@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medtransfer import __version__
+from medtransfer.version import __version__
 from medtransfer.errors import MedTransferError
 from medtransfer.fileio import write_text_atomic
 from medtransfer.report.analysis import (

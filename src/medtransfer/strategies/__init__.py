@@ -1,14 +1,11 @@
 """Transfer strategies (scratch, features, freeze, finetune) and cached-activation training."""
 
 from medtransfer.strategies.base import (
-    STRATEGY_RUNNERS,
     Stage,
     StageResult,
     Strategy,
     StrategyResult,
     TransferData,
-    register_strategy,
-    strategy_for,
 )
 from medtransfer.strategies.cached import (
     CachePlan,
@@ -19,7 +16,6 @@ from medtransfer.strategies.cached import (
     prefix_activations,
 )
 from medtransfer.strategies.config import (
-    STRATEGIES,
     CacheConfig,
     FeaturesStrategy,
     FinetuneStrategy,
@@ -28,10 +24,16 @@ from medtransfer.strategies.config import (
     ScratchStrategy,
     StrategyConfig,
     freeze_configs,
-    strategy_from_dict,
     train_configs,
 )
 from medtransfer.strategies.features import extract_features, make_estimator
+from medtransfer.strategies.registry import (
+    STRATEGIES,
+    STRATEGY_RUNNERS,
+    register_strategy,
+    strategy_for,
+    strategy_from_dict,
+)
 from medtransfer.strategies.run import run_strategy
 from medtransfer.strategies.stage import train_stage
 

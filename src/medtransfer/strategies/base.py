@@ -1,31 +1,27 @@
 """What strategies share: the data they transfer to, a stage's settings and results, a
-strategy's result, and the registry — ``@register_strategy("kind")`` on a class built from that
-kind's config, with one ``run`` method; :func:`strategy_for` finds the runner of a config."""
+strategy's result, and the protocol of a strategy's runner (registered in
+:mod:`medtransfer.strategies.registry`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
 
-from medtransfer.config import check_choice
 from medtransfer.freezing import FreezeConfig, FreezeReport
 from medtransfer.strategies.config import CacheConfig
 from medtransfer.train import Arrays, Augment, FitResult, TrainConfig, TrainEnv
 from medtransfer.train.checkpoint import to_plain
 
 __all__ = [
-    "STRATEGY_RUNNERS",
     "Stage",
     "StageResult",
     "Strategy",
     "StrategyResult",
     "TransferData",
-    "register_strategy",
-    "strategy_for",
 ]
 
 
@@ -107,28 +103,3 @@ class Strategy(Protocol):
     """Transfers a built, initialised model to ``data`` in ``env``."""
 
     def run(self, model: nn.Module, data: TransferData, env: TrainEnv) -> StrategyResult: ...
-
-
-R = TypeVar("R", bound=Callable[[Any], Strategy])
-
-STRATEGY_RUNNERS: dict[str, Callable[[Any], Strategy]] = {}
-
-
-def register_strategy(kind: str) -> Callable[[R], R]:
-    """Register a runner (called with the strategy config) for configs of ``kind``."""
-
-    def add(runner: R) -> R:
-        if kind in STRATEGY_RUNNERS:
-            raise ValueError(f"strategy '{kind}' is registered twice")
-        STRATEGY_RUNNERS[kind] = runner
-        return runner
-
-    return add
-
-
-def strategy_for(cfg: Any) -> Strategy:
-    """The runner of strategy config ``cfg``; an unknown ``kind`` is a ConfigError naming the
-    kind and the registered ones."""
-    kind = getattr(cfg, "kind", None)
-    check_choice("strategy.kind", kind, sorted(STRATEGY_RUNNERS))
-    return STRATEGY_RUNNERS[str(kind)](cfg)

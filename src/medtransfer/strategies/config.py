@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medtransfer.config import check_choice, from_dict
+from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.freezing import BNPolicy, FreezeConfig
 from medtransfer.train import OptimizerConfig, TrainConfig
@@ -186,12 +185,6 @@ class FeaturesStrategy:
 
 StrategyConfig = ScratchStrategy | FeaturesStrategy | FreezeStrategy | FinetuneStrategy
 
-STRATEGIES: dict[str, type[Any]] = {
-    "scratch": ScratchStrategy,
-    "features": FeaturesStrategy,
-    "freeze": FreezeStrategy,
-    "finetune": FinetuneStrategy,
-}
 
 
 def train_configs(cfg: Any) -> list[TrainConfig]:
@@ -204,25 +197,9 @@ def train_configs(cfg: Any) -> list[TrainConfig]:
 
 
 def freeze_configs(cfg: StrategyConfig) -> list[FreezeConfig]:
-    """The freezings a strategy applies, in order (to check them before training)."""
-    if isinstance(cfg, FreezeStrategy):
-        return [cfg.freeze]
+    """The freezings a strategy applies, in order (to check them before training); a plug-in
+    kind's ``freeze`` field, if it has one."""
     if isinstance(cfg, FinetuneStrategy):
         return [cfg.head_freeze, cfg.unfreeze]
-    return []
-
-
-def strategy_from_dict(data: Mapping[str, Any], where: str = "strategy") -> StrategyConfig:
-    """The strategy config ``data["kind"]`` names, built strictly (errors name ``where.key``)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"'{where}': expected a mapping with a 'kind', got {data!r}")
-    if "kind" not in data:
-        raise ConfigError(f"missing required key '{where}.kind'; allowed: {', '.join(STRATEGIES)}")
-    check_choice(f"{where}.kind", data["kind"], STRATEGIES)
-    cfg: StrategyConfig = from_dict(STRATEGIES[data["kind"]], data, where)
-    if isinstance(cfg, FreezeStrategy) and cfg.freeze.trains_everything:
-        raise ConfigError(
-            f"'{where}.freeze': freezes nothing; set trainable_layers, train_from or "
-            "trainable_blocks (or use kind: scratch or finetune)"
-        )
-    return cfg
+    freeze = getattr(cfg, "freeze", None)
+    return [freeze] if isinstance(freeze, FreezeConfig) else []

@@ -24,8 +24,6 @@ from medtransfer.strategies.base import (
     StageResult,
     StrategyResult,
     TransferData,
-    register_strategy,
-    strategy_for,
 )
 from medtransfer.strategies.config import (
     CacheConfig,
@@ -44,6 +42,7 @@ from medtransfer.strategies.features import (
 )
 from medtransfer.strategies.linear_head import BACKBONE_FILE, classifier_arrays, save_head
 from medtransfer.strategies.probe import fit_probe
+from medtransfer.strategies.registry import register_strategy, strategy_for
 from medtransfer.strategies.stage import train_stage
 from medtransfer.train import Arrays, Augment, TrainEnv, predict_proba
 from medtransfer.train.precision import resolve_precision
@@ -121,7 +120,7 @@ class _Staged:
                               seconds=time.perf_counter() - t0)
 
 
-@register_strategy("scratch")
+@register_strategy("scratch", config=ScratchStrategy)
 @dataclass(frozen=True)
 class Scratch(_Staged):
     """Train everything (the caller built the model without weights)."""
@@ -132,7 +131,7 @@ class Scratch(_Staged):
         return [(Stage("scratch", FreezeConfig(), self.cfg.train, CacheConfig()), env)]
 
 
-@register_strategy("freeze")
+@register_strategy("freeze", config=FreezeStrategy)
 @dataclass(frozen=True)
 class Freeze(_Staged):
     """Train what ``cfg.freeze`` leaves trainable."""
@@ -143,7 +142,7 @@ class Freeze(_Staged):
         return [(Stage("freeze", self.cfg.freeze, self.cfg.train, self.cfg.cache), env)]
 
 
-@register_strategy("finetune")
+@register_strategy("finetune", config=FinetuneStrategy)
 @dataclass(frozen=True)
 class Finetune(_Staged):
     """A new head on the frozen base — fitted by logistic regression, or trained (in
@@ -173,7 +172,7 @@ def _head_outputs(model: nn.Module, num_classes: int) -> int:
     return int(width) if isinstance(width, int) else (1 if num_classes == 2 else num_classes)
 
 
-@register_strategy("features")
+@register_strategy("features", config=FeaturesStrategy)
 @dataclass(frozen=True)
 class Features:
     """The backbone is frozen and only extracts features; an estimator learns from them."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer import __version__
+from medtransfer.version import __version__
 from medtransfer.config import InputNorm, to_dict
 from medtransfer.data import ImageCache
 from medtransfer.data.intensity import rescaled_norm
