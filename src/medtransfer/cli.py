@@ -10,8 +10,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from medtransfer.version import __version__
 from medtransfer.errors import ConfigError, MedTransferError
+from medtransfer.version import __version__
 
 DESCRIPTION = ("Transfer-learning studies for medical image classification: run a study config, "
                "report on a run, predict with or export its model, audit a data set.")

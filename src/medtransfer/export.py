@@ -16,13 +16,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from medtransfer.version import __version__
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.fileio import write_text_atomic
 from medtransfer.inference import LoadedModel
 from medtransfer.model_card import model_card
 from medtransfer.train.batches import logits_to_proba
+from medtransfer.version import __version__
 
 __all__ = ["FORMATS", "Exportable", "export_model", "model_metadata"]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from medtransfer.version import __version__
 from medtransfer.inference import LoadedModel
 from medtransfer.report.text import Doc, fmt
+from medtransfer.version import __version__
 
 __all__ = ["model_card"]
 

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medtransfer.version import __version__
 from medtransfer.errors import MedTransferError
 from medtransfer.fileio import write_text_atomic
 from medtransfer.report.analysis import (
@@ -35,6 +34,7 @@ from medtransfer.report.sections import (
 from medtransfer.report.summary import internal_rows, summary_doc
 from medtransfer.report.text import Doc, fmt, p_text, sentence
 from medtransfer.stats import t_interval
+from medtransfer.version import __version__
 
 __all__ = ["write_report"]
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.version import __version__
 from medtransfer.config import InputNorm, to_dict
 from medtransfer.data import ImageCache
 from medtransfer.data.intensity import rescaled_norm
@@ -40,6 +39,7 @@ from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
 from medtransfer.train.distributed import is_main_process
+from medtransfer.version import __version__
 
 __all__ = ["Context", "ModelStart", "cell_spec", "pretrain_spec", "run_cell", "run_pretrain",
            "source_weights", "spec_key"]
