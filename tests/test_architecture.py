@@ -15,7 +15,7 @@ ROOT = Path(medtransfer.__file__).parent
 # Lower layers never import higher ones; modules of one layer may import each other (no circles).
 LAYERS = [
     {"errors"},
-    {"config", "fileio"},
+    {"config", "fileio", "integrity", "csvfile", "document"},
     {"data", "evaluate", "explain", "freezing", "stats"},
     {"models", "plots", "train"},
     {"strategies", "tracking", "audit"},

@@ -15,22 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from medtransfer.config import from_dict
+from medtransfer.csvfile import write_csv
 from medtransfer.data import PreprocessConfig
 from medtransfer.data.images import IMAGE_EXTENSIONS, ColorMode, decode_image
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
-from medtransfer.models import ModelConfig, build_model
-from medtransfer.report.analysis import youden_threshold
-from medtransfer.report.gallery import load_unit_model
-from medtransfer.report.rundir import Arm, RunDir, UnitInfo, load_run
-from medtransfer.strategies.config import FeaturesStrategy
-from medtransfer.strategies.features import MLPHead, layer_features
-from medtransfer.strategies.linear_head import BACKBONE_FILE, FeatureModel, load_head
+from medtransfer.study.rundir import Arm, NormPair, RunDir, load_run, unit_model, youden_threshold
 from medtransfer.train import predict_proba
-from medtransfer.train.checkpoint import load_checkpoint
 
 __all__ = ["LoadedModel", "expand_paths", "load_model", "predict", "write_predictions"]
 
@@ -43,7 +35,7 @@ class LoadedModel:
     module: nn.Module
     classes: list[str]
     preprocess: PreprocessConfig
-    input_norm: Any
+    input_norm: NormPair | None
     unit: Path
     arm: str
     target: str
@@ -90,41 +82,10 @@ def load_model(run_dir: str | Path, *, arm: str | None = None, target: str | Non
         raise ConfigError(f"'fold': got {fold}; arm {chosen.label!r} has {len(chosen.cells)} fold(s)")
     unit = chosen.cells[fold - 1]
     classes = run.classes(chosen.target)
-    pre = run.config.preprocess
-    chans = 3 if pre.color is ColorMode.RGB else 1
-    if (unit.result.get("strategy") or {}).get("kind") == "features":
-        module, norm = _features_model(run, unit, len(classes), chans)
-    else:
-        if not unit.checkpoint.is_file():
-            raise DataError(f"{unit.dir}: no model checkpoint (best.pt or last.pt); rerun the study")
-        module, norm = load_unit_model(run, unit, len(classes), chans)
+    trained = unit_model(run, unit)
     threshold = youden_threshold(run.predictions(chosen)) if len(classes) == 2 else None
-    return LoadedModel(module, classes, pre, norm, unit.dir, chosen.label, chosen.target, threshold,
-                       {"run": str(run.path), "spec": unit.spec})
-
-
-def _features_model(run: RunDir, unit: UnitInfo, num_classes: int, chans: int) -> tuple[nn.Module, Any]:
-    """A features unit as one model: its saved backbone, the strategy's layer and pooling, and
-    the classifier (scikit-learn's rebuilt from arrays, or the MLP head's checkpoint)."""
-    raw = {k: v for k, v in unit.spec.get("strategy", {}).items() if k != "kind"}
-    cfg = from_dict(FeaturesStrategy, raw, f"{unit.dir.name}/unit.json spec.strategy")
-    backbone_file = unit.dir / BACKBONE_FILE
-    if not backbone_file.is_file():
-        raise DataError(f"{unit.dir}: no {BACKBONE_FILE}; this features unit was made by an earlier "
-                        "version, which did not keep its backbone: rerun the study")
-    model_cfg = from_dict(ModelConfig, unit.spec.get("model", {}), f"{unit.dir.name}/unit.json spec.model")
-    backbone = build_model(model_cfg, num_classes=num_classes, in_chans=chans,
-                           img_size=run.config.preprocess.hw[0])
-    backbone.load_state_dict(torch.load(backbone_file, map_location="cpu", weights_only=True))
-    head: nn.Module
-    if cfg.classifier == "mlp":
-        dim = int(unit.result["strategy"]["features_dim"])
-        head = MLPHead(dim, model_cfg.outputs(num_classes), cfg.mlp)
-        head.load_state_dict(load_checkpoint(unit.checkpoint)["model_state"])
-    else:
-        head = load_head(unit.dir)
-    model = FeatureModel(backbone.eval(), layer_features(backbone, cfg.layer, cfg.pool), head.eval())
-    return model.eval(), unit.result.get("input_norm")
+    return LoadedModel(trained.module, classes, run.config.preprocess, trained.input_norm, unit.dir,
+                       chosen.label, chosen.target, threshold, {"run": str(run.path), "spec": unit.spec})
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:
@@ -199,12 +160,8 @@ def _write_cams(out: Path, model: LoadedModel, batch: np.ndarray, labels: list[i
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> Path:
-    """``rows`` as CSV (probabilities with 6 significant digits)."""
+    """``predict``'s rows as CSV (probabilities with 6 significant digits; paths, classes and
+    messages formula-safe: a cell a spreadsheet would run gets a leading ``'``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["path"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return out
+    return write_csv(out, rows, list(rows[0]) if rows else ["path"])

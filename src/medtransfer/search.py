@@ -235,9 +235,9 @@ def _search(raw: dict[str, Any], out: Path, *, base: Path | None, progress: bool
 
 
 def _write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str], search: SearchConfig) -> None:
-    from medtransfer.report.analysis import write_csv
-    from medtransfer.report.figures import search_figures
-    from medtransfer.report.text import Doc
+    from medtransfer.csvfile import write_csv
+    from medtransfer.document import Doc
+    from medtransfer.plots import search_figures
 
     metric = search.objective.metric
     flat = [{**r, **r["params"], f"val_{metric}": math.nan if r["value"] is None else r["value"]}

@@ -49,6 +49,7 @@ from medtransfer.study.plan import (
     make_plan,
 )
 from medtransfer.study.results import result_rows, write_results
+from medtransfer.study.rundir.unit_result import CellResult, PretrainResult, UnitResult, result_to_json
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
 from medtransfer.train.allocator import tune_allocator
@@ -90,8 +91,8 @@ class Runner:
         self.tasks: dict[str, LoadedTask] = {}
         self.audit_counts: dict[str, dict[str, int]] = {}
         self._resplit: dict[tuple[str, int], LoadedTask] = {}
-        self._pretrained: dict[PretrainJob, dict[str, Any]] = {}
-        self._cells: dict[CellJob, dict[str, Any]] = {}  # upstream cells' results (backbone_from)
+        self._pretrained: dict[PretrainJob, PretrainResult] = {}
+        self._cells: dict[CellJob, CellResult] = {}  # upstream cells' results (backbone_from)
         self._manifest: Manifest | None = None
 
     @property
@@ -207,8 +208,8 @@ class Runner:
         return self._resplit[(name, repeat)]
 
     # -- jobs ----------------------------------------------------------------------------------
-    def run_job(self, job: Job) -> dict[str, Any]:
-        """Run one job (its unit reused if already done); returns plain, picklable data."""
+    def run_job(self, job: Job) -> UnitResult:
+        """Run one job (its unit reused if already done); returns its (picklable) result."""
         if isinstance(job, PretrainJob):
             return self.pretrained(job)
         # A worker meets a cell's pretraining already done by the pretraining phase: no message.
@@ -219,7 +220,7 @@ class Runner:
         return run_cell(self.ctx, self.variants[job.variant], job, self.target(job.target, job.repeat), pre,
                         upstream=up)
 
-    def pretrained(self, job: PretrainJob, *, announce: bool = True) -> dict[str, Any]:
+    def pretrained(self, job: PretrainJob, *, announce: bool = True) -> PretrainResult:
         """The result of pretraining ``job`` (run now unless done earlier)."""
         if job not in self._pretrained:
             self._pretrained[job] = run_pretrain(self.ctx, self.variants[job.variant], job,
@@ -227,18 +228,19 @@ class Runner:
         return self._pretrained[job]
 
     def execute(self, plan: Plan, *, workers: int = 1, executor: str = "local",
-                address: str | None = None) -> dict[Job, dict[str, Any]]:
+                address: str | None = None) -> dict[Job, UnitResult]:
         """Run the plan's pretrainings, then its cells; each finished job goes into the manifest."""
         if self._manifest is None:
             self._manifest = Manifest(self.out, self.cfg.name)
         manifest = self._manifest
-        outcomes: dict[Job, dict[str, Any]] = {}
+        outcomes: dict[Job, UnitResult] = {}
         # Pretraining first: cells of one source share its unit, which must not run twice at once;
         # then the cells, each after the cell whose trained model it takes (backbone_from).
         for jobs in (plan.pretrains, *plan.cell_waves()):
             outcomes.update(run_jobs(self, self.factory(), jobs, executor=executor, workers=workers,
                                      address=address, on_done=manifest.record))
-            self._cells.update({j: r for j, r in outcomes.items() if isinstance(j, CellJob)})
+            self._cells.update({j: r for j, r in outcomes.items() if isinstance(r, CellResult)
+                                and isinstance(j, CellJob)})
         return outcomes
 
     def run(self, *, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:
@@ -258,10 +260,10 @@ class Runner:
         self, specs: Sequence[VariantSpec], *, evaluate: str = "val"
     ) -> dict[CellJob, dict[str, Any]]:
         """Pretrain and transfer extra variants (search trials), scored on validation only by
-        default; returns each cell's result."""
+        default; returns each cell's result as plain data (``search`` reads it by key)."""
         plan = make_plan(self.cfg, [self.add_variant(s) for s in specs], evaluate=evaluate)  # type: ignore[arg-type]
         outcomes = self.execute(plan)
-        return {c: outcomes[c] for c in plan.cells}
+        return {c: result_to_json(outcomes[c]) for c in plan.cells}
 
 
 def run_study(
