@@ -54,13 +54,25 @@ def _rows(rows: Iterable[Mapping[str, Any] | Sequence[Any]], columns: Sequence[s
 
 def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], columns: Sequence[str], *,
              header: bool = True, float_format: str | None = ".6g", nan: str = "") -> str:
-    """``rows`` (mappings by ``columns``, or sequences in their order) as CSV text."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # quotes a cell only where it holds a comma or quote
+    """``rows`` (mappings by ``columns``, or sequences in their order) as CSV text, a newline
+    after each row; a cell is quoted only where it holds a comma, a quote or a line break."""
+    out = io.StringIO()
+    row_buf = io.StringIO()
+    # "\r\n" as the writer's terminator makes it quote a cell holding either character.
+    writer = csv.writer(row_buf, lineterminator="\r\n")
+    lines = _rows(rows, columns, float_format=float_format, nan=nan)
+    for cells in _with_header(lines, columns, header):
+        row_buf.seek(0)
+        row_buf.truncate()
+        writer.writerow(cells)
+        out.write(row_buf.getvalue()[:-2] + "\n")
+    return out.getvalue()
+
+
+def _with_header(lines: Iterable[list[str]], columns: Sequence[str], header: bool) -> Iterable[list[str]]:
     if header:
-        writer.writerow([csv_cell(c) for c in columns])
-    writer.writerows(_rows(rows, columns, float_format=float_format, nan=nan))
-    return buf.getvalue()
+        yield [csv_cell(c) for c in columns]
+    yield from lines
 
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any] | Sequence[Any]], columns: Sequence[str], *,

@@ -72,7 +72,13 @@ class StrategyRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = to_dict(self)
+        out["stages"] = [_set(stage) for stage in out["stages"]]
         return {**{k: v for k, v in out.items() if k != "extra"}, **out["extra"]}
+
+
+def _set(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the values a unit did not record (None), as the file has always held it."""
+    return {k: v for k, v in data.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -158,8 +164,9 @@ def result_from_json(data: dict[str, Any], kind: str, path: Path) -> UnitResult:
 
 
 def result_to_json(result: UnitResult) -> dict[str, Any]:
-    """What ``result.json`` holds of ``result`` (its folder not included)."""
-    out: dict[str, Any] = to_dict(result)
+    """What ``result.json`` holds of ``result`` (its folder not included, nor what it did not
+    record)."""
+    out: dict[str, Any] = _set(to_dict(result))
     if isinstance(result, CellResult) and result.strategy is not None:
         out["strategy"] = result.strategy.to_json()
     return out
