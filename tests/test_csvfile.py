@@ -27,7 +27,8 @@ def test_numbers_stay_numbers():
         "-0.5", "0.333333", "0.1", "-3", "true", "", ""]
     assert csv_cell(math.nan, nan="nan") == "nan" and csv_cell(1 / 3, float_format=None) == str(1 / 3)
     # text that is a plain number, or the records' blank "-", is no formula: left as it is
-    assert [csv_cell(t) for t in ("-", "-1.5e-3", "+2", "-x", "-1+1")] == ["-", "-1.5e-3", "+2", "'-x", "'-1+1"]
+    texts = ("-", "-1.5e-3", "+2", "-x", "-1+1")
+    assert [csv_cell(t) for t in texts] == ["-", "-1.5e-3", "+2", "'-x", "'-1+1"]
 
 
 def test_append_writes_the_header_once(tmp_path):

@@ -70,7 +70,7 @@ def test_check_file_names_what_differs(tmp_path):
                                              r"recorded \(SHA-256 mismatch\)"):
         check_file(file, files, record)
     file.write_bytes(b"short")
-    with pytest.raises(IntegrityError, match=r"best\.pt has 5 bytes, but its unit's .*result\.json recorded 700"):
+    with pytest.raises(IntegrityError, match=r"best\.pt has 5 bytes, but its unit's .*json recorded 700"):
         check_files(tmp_path, files, record)
     file.unlink()
     with pytest.raises(IntegrityError, match=r"best\.pt is missing"):

@@ -21,7 +21,7 @@ from typing import Any
 from medtransfer.errors import IntegrityError
 from medtransfer.fileio import file_record, write_json_atomic
 
-__all__ = ["DIGEST", "check_file", "check_files", "content_digest", "read_record", "write_record"]
+__all__ = ["DIGEST", "check_file", "check_files", "content_digest", "measured", "read_record", "write_record"]
 
 DIGEST = "digest"
 log = logging.getLogger("medtransfer")
@@ -69,8 +69,9 @@ def read_record(path: Path, group: Path | None = None) -> dict[str, Any]:
 _DIGESTS: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
-def _measured(file: Path) -> dict[str, Any]:
-    """A file's size and SHA-256, remembered while its size and mtime stay the same."""
+def measured(file: Path) -> dict[str, Any]:
+    """A file's size and SHA-256 (:func:`~medtransfer.fileio.file_record`), remembered while its
+    size and mtime stay the same: the one digest cache of medtransfer."""
     st = file.stat()
     key = (str(file), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
@@ -95,7 +96,7 @@ def check_file(file: Path, files: Any, record: Path) -> Path:
                              f"by an older medtransfer), so {file} cannot be checked")
     if not file.is_file():
         raise IntegrityError(f"{file} is missing (its unit's {record} lists it)")
-    got = _measured(file)
+    got = measured(file)
     if got["size"] != size:
         raise IntegrityError(f"{file} has {got['size']} bytes, but its unit's {record} recorded "
                              f"{size}: damaged or replaced")

@@ -79,8 +79,8 @@ def test_results_round_trip_through_json_and_pickle_without_their_folder(tmp_pat
         assert pickle.loads(pickle.dumps(result)) == result  # as the executors pass it
 
 
-@pytest.mark.parametrize("kind, drop, missing", [("cell", "tests", "tests"), ("pretrain", "checkpoint", "checkpoint"),
-                                                 ("cell", "files", "files")])
+@pytest.mark.parametrize("kind, drop, missing", [("cell", "tests", "tests"), ("cell", "files", "files"),
+                                                 ("pretrain", "checkpoint", "checkpoint")])
 def test_a_result_lacking_what_its_kind_records_is_named(tmp_path, kind, drop, missing):
     data = {k: v for k, v in (OLD_CELL if kind == "cell" else OLD_PRETRAIN).items() if k != drop}
     with pytest.raises(IntegrityError, match=rf"result\.json lacks {missing} \(damaged"):

@@ -5,7 +5,6 @@ is everything that determines its result; a finished unit is reused, never recom
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from medtransfer.data import ImageCache
 from medtransfer.data.intensity import rescaled_norm
 from medtransfer.data.offline import training_augment
 from medtransfer.evaluate import compute_metrics
+from medtransfer.integrity import measured
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy
@@ -144,18 +144,7 @@ def weights_stamp(weights: str | None) -> str | None:
     path = Path(weights.removeprefix("file:")).expanduser()
     if not path.is_file():
         return weights
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _STAMPS:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        _STAMPS[key] = f"{weights}#sha256={digest.hexdigest()[:16]}"
-    return _STAMPS[key]
-
-
-_STAMPS: dict[tuple[str, int, int], str] = {}
+    return f"{weights}#sha256={measured(path)['sha256'][:16]}"
 
 
 def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, *,
