@@ -143,3 +143,11 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
         (4, "medtransfer.data.images"), (5, "medtransfer.errors")]
     assert _cycles({Path("a"): {Path("b"): 1}, Path("b"): {Path("a"): 1}, Path("c"): {}}) == [
         [Path("b"), Path("a")]]
+
+
+def test_using_a_model_and_searching_do_not_read_runs_through_the_report():
+    """``inference``, ``model_card`` and ``search`` read a run through ``study.rundir`` (issue 27)."""
+    through = [f"{name}:{line} imports {target}" for name in ("inference.py", "model_card.py", "search.py")
+               for line, target in _imports(ROOT / name)
+               if target == "medtransfer.report" or target.startswith("medtransfer.report.")]
+    assert not through, "\n".join(through)
