@@ -15,7 +15,7 @@ ROOT = Path(medtransfer.__file__).parent
 # Lower layers never import higher ones; modules of one layer may import each other (no circles).
 LAYERS = [
     {"errors", "version"},
-    {"config", "fileio", "catalog"},
+    {"config", "fileio", "catalog", "integrity", "csvfile", "document"},
     {"calibration", "data", "evaluate", "explain", "freezing", "stats"},
     {"models", "plots", "train"},
     {"strategies", "tracking", "audit"},
@@ -145,3 +145,11 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
         (4, "medtransfer.data.images"), (5, "medtransfer.errors")]
     assert _cycles({Path("a"): {Path("b"): 1}, Path("b"): {Path("a"): 1}, Path("c"): {}}) == [
         [Path("b"), Path("a")]]
+
+
+def test_using_a_model_and_searching_do_not_read_runs_through_the_report():
+    """``inference``, ``model_card`` and ``search`` read a run through ``study.rundir`` (issue 27)."""
+    through = [f"{name}:{line} imports {target}" for name in ("inference.py", "model_card.py", "search.py")
+               for line, target in _imports(ROOT / name)
+               if target == "medtransfer.report" or target.startswith("medtransfer.report.")]
+    assert not through, "\n".join(through)

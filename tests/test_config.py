@@ -97,3 +97,20 @@ def test_to_dict_skip_defaults_keeps_only_what_differs():
     cfg = from_dict(Outer, {"name": "x", "inner": {"lr": 0.5}})
     assert to_dict(cfg, skip_defaults=True) == {"name": "x", "inner": {"lr": 0.5}}
     assert to_dict(from_dict(Outer, {"name": "x"}), skip_defaults=True) == {"name": "x"}
+
+
+def test_a_field_marked_not_saved_is_left_out_and_not_taken():
+    import dataclasses
+
+    from medtransfer.config import NOT_SAVED
+
+    @dataclasses.dataclass
+    class Record:
+        value: int
+        where: Path = dataclasses.field(default=Path(), metadata=NOT_SAVED)
+
+    rec = Record(3, Path("/somewhere"))
+    assert to_dict(rec) == {"value": 3}
+    assert from_dict(Record, {"value": 3}) == Record(3)
+    with pytest.raises(ConfigError, match="unknown key 'where'"):
+        from_dict(Record, {"value": 3, "where": "/x"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import math
 import re
 import shutil
@@ -23,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from medtransfer.api import run_study
 from medtransfer.errors import DataError
 from medtransfer.fileio import file_record
+from medtransfer.integrity import read_record, write_record
 from medtransfer.report import POOLED, comparison_rows, load_run, write_report
 from medtransfer.report.analysis import CI_COLUMNS, COMPARISON_COLUMNS
 from medtransfer.study import study_from_dict
@@ -199,9 +199,9 @@ def test_single_variant_and_moved_data_still_give_a_report(binary_run, tmp_path)
     cfg["variants"] = [{"name": "baseline"}]
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     # The report reads what ran from the manifest: keep the baseline's jobs only.
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = read_record(run / "manifest.json")  # rewritten with its digest, as medtransfer would
     manifest["jobs"] = {k: e for k, e in manifest["jobs"].items() if e["variant"] == "baseline"}
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    write_record(run / "manifest.json", manifest)
     (run / "plots").rename(tmp_path / "old_plots")
     write_report(run, n_boot=50)
     text = " ".join(_parse((run / "report.html").read_text()).text)
@@ -219,10 +219,10 @@ def test_run_without_test_sets_gets_a_report_saying_so(binary_run, tmp_path):
         kept = [ln for ln in lines[1:] if ln.startswith("val,")]
         pred.write_text("\n".join([lines[0], *kept]) + "\n")
         # result.json vouches for its predictions: record the edited file, or the report refuses it
-        result = json.loads((pred.parent / "result.json").read_text())
+        result = read_record(pred.parent / "result.json")
         result["files"]["predictions.csv"] = file_record(pred)
         result["prediction_rows"] = {"val": len(kept)}
-        (pred.parent / "result.json").write_text(json.dumps(result))
+        write_record(pred.parent / "result.json", result)
     write_report(run, n_boot=50)
     text = " ".join(_parse((run / "report.html").read_text()).text)
     assert "no test sets" in text and "Not drawn: the run has no test images" in text

@@ -65,8 +65,8 @@ def test_filters_feature_maps_and_activation_maximisation_in_plots_and_the_repor
     run = load_run(out)
     ft, svm = run.arms["tgt"]
     assert (ft.strategy, svm.strategy) == ("ft", "svm")
-    ft_net, _ = arm_network(run, ft, 2, 1)
-    svm_net, _ = arm_network(run, svm, 2, 1)
+    ft_net = arm_network(run, ft).module
+    svm_net = arm_network(run, svm).module
     saved = torch.load(svm.cells[0].dir / "backbone.pt", weights_only=True)
     conv = "features.0.0.weight"
     assert torch.equal(svm_net.state_dict()[conv], saved[conv])

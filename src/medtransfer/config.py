@@ -24,6 +24,13 @@ T = TypeVar("T")
 
 # Per-channel (mean, std) of inputs in [0, 1]; models see ``(x - mean) / std``.
 InputNorm = tuple[Sequence[float], Sequence[float]]
+# Field metadata of a value that is not data (a record's own folder): to_dict leaves it out and
+# from_dict does not take it.
+NOT_SAVED = {"saved": False}
+
+
+def _saved(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("saved", True))
 
 
 def _join(where: str, key: str | int) -> str:
@@ -190,7 +197,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{where or cls.__name__}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and _saved(f)}  # type: ignore[arg-type]
     problems = [unknown_key_message(str(key), where, fields) for key in data if key not in fields]
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
@@ -231,6 +238,8 @@ def to_dict(obj: Any, *, skip_defaults: bool = False) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
         for f in dataclasses.fields(obj):
+            if not _saved(f):
+                continue
             value = getattr(obj, f.name)
             if skip_defaults and field_default(f) is not dataclasses.MISSING and value == field_default(f):
                 continue

@@ -26,3 +26,8 @@ class ImageDecodeError(DataError):
 
 class DiskFullError(MedTransferError):
     """A write failed for want of space; the message names the path and the free space."""
+
+
+class IntegrityError(DataError):
+    """A run's record or file differs from what was recorded about it (damaged, truncated or
+    edited by hand); the message names the file. Never skipped over: a reader stops on it."""

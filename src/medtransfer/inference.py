@@ -19,20 +19,15 @@ import torch
 from torch import nn
 
 from medtransfer.calibration import PosthocModel
-from medtransfer.config import check_device, from_dict
+from medtransfer.config import check_device
+from medtransfer.csvfile import write_csv
 from medtransfer.data import PreprocessConfig
 from medtransfer.data.images import IMAGE_EXTENSIONS, ColorMode, decode_image
 from medtransfer.errors import ConfigError, DataError, ImageDecodeError
-from medtransfer.models import ModelConfig, build_model
-from medtransfer.report.analysis import youden_threshold
-from medtransfer.report.gallery import load_unit_model
-from medtransfer.report.rundir import Arm, RunDir, UnitInfo, load_run
-from medtransfer.strategies.config import FeaturesStrategy
-from medtransfer.strategies.features import MLPHead, layer_features
-from medtransfer.strategies.linear_head import BACKBONE_FILE, FeatureModel, load_head
+from medtransfer.study.rundir import Arm, NormPair, RunDir, load_run, unit_model, youden_threshold
+from medtransfer.study.rundir.unit_result import CellResult, UnitResult
 from medtransfer.study.runner import pick_device
 from medtransfer.train import predict_proba
-from medtransfer.train.checkpoint import load_checkpoint
 
 __all__ = ["LoadedModel", "expand_paths", "load_model", "predict", "write_predictions"]
 
@@ -45,7 +40,7 @@ class LoadedModel:
     module: nn.Module
     classes: list[str]
     preprocess: PreprocessConfig
-    input_norm: Any
+    input_norm: NormPair | None
     unit: Path
     arm: str
     target: str
@@ -92,52 +87,21 @@ def load_model(run_dir: str | Path, *, arm: str | None = None, target: str | Non
         raise ConfigError(f"'fold': got {fold}; arm {chosen.label!r} has {len(chosen.cells)} fold(s)")
     unit = chosen.cells[fold - 1]
     classes = run.classes(chosen.target)
-    pre = run.config.preprocess
-    chans = 3 if pre.color is ColorMode.RGB else 1
-    if (unit.result.get("strategy") or {}).get("kind") == "features":
-        module, norm = _features_model(run, unit, len(classes), chans)
-    else:
-        if not unit.checkpoint.is_file():
-            raise DataError(f"{unit.dir}: no model checkpoint (best.pt or last.pt); rerun the study")
-        module, norm = load_unit_model(run, unit, len(classes), chans)
+    trained = unit_model(run, unit)
     threshold = youden_threshold(run.predictions(chosen)) if len(classes) == 2 else None
-    module, posthoc = with_posthoc(module, unit.result)  # the unit's evaluate: TTA / temperature
-    return LoadedModel(module, classes, pre, norm, unit.dir, chosen.label, chosen.target, threshold,
-                       {"run": str(run.path), "spec": unit.spec, **posthoc})
+    module, posthoc = with_posthoc(trained.module, unit.result)  # the unit's evaluate: TTA / temperature
+    return LoadedModel(module, classes, run.config.preprocess, trained.input_norm, unit.dir, chosen.label,
+                       chosen.target, threshold, {"run": str(run.path), "spec": unit.spec, **posthoc})
 
 
-def with_posthoc(module: nn.Module, result: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def with_posthoc(module: nn.Module, result: UnitResult) -> tuple[nn.Module, dict[str, Any]]:
     """``module`` with the TTA and temperature its unit was evaluated with (result.json's
     ``posthoc``), and that record; as it is when the unit has none."""
-    record = result.get("posthoc")
+    record = result.posthoc if isinstance(result, CellResult) else None
     if not isinstance(record, dict):
         return module, {}
     wrapped = PosthocModel(module, record.get("tta") or (), float(record.get("temperature", 1.0)))
     return wrapped.eval(), {"posthoc": record}
-
-
-def _features_model(run: RunDir, unit: UnitInfo, num_classes: int, chans: int) -> tuple[nn.Module, Any]:
-    """A features unit as one model: its saved backbone, the strategy's layer and pooling, and
-    the classifier (scikit-learn's rebuilt from arrays, or the MLP head's checkpoint)."""
-    raw = {k: v for k, v in unit.spec.get("strategy", {}).items() if k != "kind"}
-    cfg = from_dict(FeaturesStrategy, raw, f"{unit.dir.name}/unit.json spec.strategy")
-    backbone_file = unit.dir / BACKBONE_FILE
-    if not backbone_file.is_file():
-        raise DataError(f"{unit.dir}: no {BACKBONE_FILE}; this features unit was made by an earlier "
-                        "version, which did not keep its backbone: rerun the study")
-    model_cfg = from_dict(ModelConfig, unit.spec.get("model", {}), f"{unit.dir.name}/unit.json spec.model")
-    backbone = build_model(model_cfg, num_classes=num_classes, in_chans=chans,
-                           img_size=run.config.preprocess.hw[0])
-    backbone.load_state_dict(torch.load(backbone_file, map_location="cpu", weights_only=True))
-    head: nn.Module
-    if cfg.classifier == "mlp":
-        dim = int(unit.result["strategy"]["features_dim"])
-        head = MLPHead(dim, model_cfg.outputs(num_classes), cfg.mlp)
-        head.load_state_dict(load_checkpoint(unit.checkpoint)["model_state"])
-    else:
-        head = load_head(unit.dir)
-    model = FeatureModel(backbone.eval(), layer_features(backbone, cfg.layer, cfg.pool), head.eval())
-    return model.eval(), unit.result.get("input_norm")
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:
@@ -224,12 +188,8 @@ def _write_cams(out: Path, model: LoadedModel, batch: np.ndarray, labels: list[i
 
 
 def write_predictions(rows: list[dict[str, Any]], out: str | Path) -> Path:
-    """``rows`` as CSV (probabilities with 6 significant digits)."""
+    """``predict``'s rows as CSV (probabilities with 6 significant digits; paths, classes and
+    messages formula-safe: a cell a spreadsheet would run gets a leading ``'``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["path"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return out
+    return write_csv(out, rows, list(rows[0]) if rows else ["path"])

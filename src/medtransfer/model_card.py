@@ -4,15 +4,16 @@ tested on — read from the run folder, never typed by hand."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from medtransfer.csvfile import read_csv
+from medtransfer.document import Doc, fmt
 from medtransfer.inference import LoadedModel
-from medtransfer.report.text import Doc, fmt
+from medtransfer.study.rundir import DATA
 from medtransfer.version import __version__
 
 __all__ = ["model_card"]
@@ -24,9 +25,8 @@ def _ci_rows(run: Path, model: LoadedModel) -> list[dict[str, str]]:
     path = run / "metrics_ci.csv"
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [r for r in csv.DictReader(fh) if r["arm"] == model.arm and r["target"] == model.target
-                and r["operating_point"] in ("", "default") and r["metric"] in CARD_METRICS]
+    return [r for r in read_csv(path) if r["arm"] == model.arm and r["target"] == model.target
+            and r["operating_point"] in ("", "default") and r["metric"] in CARD_METRICS]
 
 
 def _audit(run: Path, names: list[str]) -> list[list[str]]:
@@ -43,7 +43,7 @@ def _audit(run: Path, names: list[str]) -> list[list[str]]:
 def model_card(model: LoadedModel) -> str:
     """The card of ``model`` (from :func:`medtransfer.inference.load_model`) as Markdown."""
     run = Path(model.info["run"])
-    data: dict[str, Any] = yaml.safe_load((run / "data.yaml").read_text(encoding="utf-8"))
+    data: dict[str, Any] = yaml.safe_load((run / DATA).read_text(encoding="utf-8"))
     target = data[model.target]
     externals = list(target.get("external", {}))
     doc = Doc(markdown=True, base=run)

@@ -5,12 +5,13 @@ feature maps, activation maximisation) and a search's score per hyperparameter v
 
 from __future__ import annotations
 
-import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from medtransfer.csvfile import read_csv
 from medtransfer.errors import DataError
 from medtransfer.evaluate import confidence_bins
 from medtransfer.fileio import write_bytes_atomic
@@ -26,6 +28,7 @@ from medtransfer.stats.bootstrap import bootstrap_weights
 
 __all__ = [
     "ForestRow",
+    "Plot",
     "confusion_figure",
     "forest_figure",
     "learning_curves_figure",
@@ -34,7 +37,9 @@ __all__ = [
     "roc_band",
     "roc_figure",
     "save_figure",
+    "search_figures",
     "search_param_figure",
+    "search_plot",
     "tiles_figure",
 ]
 
@@ -78,8 +83,7 @@ def save_figure(
 def read_history(path: Path) -> list[dict[str, float]]:
     """Rows of a unit's ``history.csv`` as floats (empty cells become NaN)."""
     try:
-        with Path(path).open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows: list[dict[str, Any]] = list(read_csv(path))
     except OSError as exc:
         raise DataError(f"cannot read training history {path}: {exc.strerror or exc}") from exc
     if not rows or "epoch" not in rows[0]:
@@ -316,3 +320,38 @@ def search_param_figure(param: str, values: Sequence[object], scores: Sequence[f
             ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Search: validation {metric} per value of {param} ({len(pairs)} trials)", fontsize=9)
     return fig
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A saved figure: caption and the PNG path (an SVG lies beside it)."""
+
+    caption: str
+    png: Path
+
+
+def search_plot(out: Path, key: str, arm: str | None = None) -> Path:
+    """Where a search's figure of hyperparameter ``key`` (of one ``arm`` where the search tuned
+    several) is saved (PNG; an SVG beside it)."""
+    name = key if arm is None else f"{arm}__{key}"
+    return out / f"search_{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.png"
+
+
+def _hashable(value: Any) -> Any:
+    return value if value is None or isinstance(value, int | float | str) else str(value)
+
+
+def search_figures(out: Path, trials: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str,
+                   log_keys: Collection[str] = (), arm: str | None = None) -> list[Plot]:
+    """One figure per searched key: the finished trials' validation ``metric`` per value (bar of
+    mean ± sd and box plot; a scatter for a sampled range). ``trials``: ``{"params", "value"}``;
+    ``arm``: the arm they tuned, where a search tuned several."""
+    done = [t for t in trials if t.get("value") is not None and math.isfinite(float(t["value"]))]
+    plots = []
+    for key in keys if done else []:
+        fig = search_param_figure(key, [_hashable(t["params"].get(key)) for t in done],
+                                  [float(t["value"]) for t in done], metric, log=key in log_keys)
+        stem = search_plot(out, key, arm).with_suffix("")
+        what = f"Validation {metric} per value of {key}" + (f" ({arm})" if arm else "")
+        plots.append(Plot(what, save_figure(fig, stem)[0]))
+    return plots

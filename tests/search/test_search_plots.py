@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtransfer.document import Doc
 from medtransfer.errors import DataError
-from medtransfer.plots import search_param_figure
-from medtransfer.report.figures import search_figures, search_plot
+from medtransfer.plots import search_figures, search_param_figure, search_plot
 from medtransfer.report.sections import search_section
-from medtransfer.report.text import Doc
 
 LRS = [1e-4, 1e-3, 1e-2]
 

@@ -117,7 +117,7 @@ def test_predict_and_export_reproduce_the_runs_predictions(tmp_path, tiny_study_
     session = onnxruntime.InferenceSession(str(svm_file), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"image": x})[0], svm.predict_proba(images), atol=1e-4)
     (next(svm.unit.parent.glob("cell-*svm*")) / "classifier.npz").unlink()
-    with pytest.raises(DataError, match=r"no classifier\.npz"):
+    with pytest.raises(DataError, match=r"classifier\.npz is missing \(its unit.s .*result\.json lists it\)"):
         load_model(out, arm="src.svm")
     with pytest.raises(DataError, match=r"nowhere\.png: no such file"):
         predict([tmp_path / "nowhere.png"], model)

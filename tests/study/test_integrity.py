@@ -273,7 +273,7 @@ def test_full_disk_is_a_clear_error_removes_the_partial_unit_and_a_rerun_resumes
         path.write_text("test_set,id,label,p_a\n")  # a partial file, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(units, "write_predictions", full)
+    monkeypatch.setattr(units, "write_unit_predictions", full)
     with pytest.raises(DiskFullError, match=r"cell-baseline-.*no space left.*MiB free.*rerun") as info:
         run_study(study_from_dict(cfg), out, echo=lambda m: None, report=False)
     assert "partial files were removed" in str(info.value)

@@ -5,7 +5,6 @@ says which tensors were loaded, adapted, reset or dropped."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from timm.data import (
 from torch import nn
 
 from medtransfer.config import InputNorm
-from medtransfer.errors import ConfigError
-from medtransfer.fileio import file_record
+from medtransfer.errors import ConfigError, IntegrityError
+from medtransfer.integrity import check_file, read_record
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig, NormSpec
 from medtransfer.models.external import split_name
@@ -56,15 +55,16 @@ def _arch_options(cfg: ModelConfig) -> dict[str, Any]:
 
 def _run_checkpoint(path: Path) -> Path:
     """A unit folder's checkpoint (``result.json``'s ``checkpoint``, else best.pt), or ``path``;
-    checked against the size and SHA-256 its unit's ``result.json`` recorded (a file with no
-    ``result.json`` beside it is used as given, as with ``file:``)."""
+    checked as every reader of a unit checks it (:mod:`medtransfer.integrity`: ``result.json``
+    against its own digest, the file against the size and SHA-256 it records). A file with no
+    ``result.json`` beside it is used as given, as with ``file:``."""
     if path.is_file():
-        if (path.parent / "result.json").is_file():
-            _check_unit_file(path, path.parent / "result.json")
+        if (path.parent / RESULT).is_file():
+            _check_unit_file(path, path.parent / RESULT)
         return path
     if not path.is_dir():
         raise WeightsError(f"'model.weights': run path {path} does not exist")
-    result = path / "result.json"
+    result = path / RESULT
     if not result.is_file():
         raise WeightsError(
             f"'model.weights': {path} is not a finished unit (no result.json); point run: at a "
@@ -75,44 +75,24 @@ def _run_checkpoint(path: Path) -> Path:
     return checkpoint
 
 
+RESULT = "result.json"  # a unit's record (see medtransfer.study.rundir.layout, which models may not import)
 _REDO = "rerun that study to redo the unit"
 
 
 def _unit_result(result: Path) -> dict[str, Any]:
     try:
-        data = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"'model.weights': {result} is unreadable ({exc}); {_REDO}") from exc
-    if not isinstance(data, dict):
-        raise WeightsError(f"'model.weights': {result} does not hold a mapping; {_REDO}")
-    return data
-
-
-_DIGESTS: dict[tuple[str, int, int], dict[str, Any]] = {}
+        return read_record(result)
+    except IntegrityError as exc:
+        raise WeightsError(f"'model.weights': {exc}; {_REDO}") from exc
 
 
 def _check_unit_file(file: Path, result: Path) -> None:
     """``file`` as its unit's ``result.json`` vouches for it (size and SHA-256), else WeightsError."""
-    files = _unit_result(result).get("files")
-    want = files.get(file.name) if isinstance(files, dict) else None
-    if not isinstance(want, dict):
-        raise WeightsError(
-            f"'model.weights': {result} records no size and SHA-256 of {file.name} (damaged, or "
-            f"written by an older medtransfer), so {file} cannot be checked; {_REDO}, or load it "
-            f"unchecked with file:{file}")
-    if not file.is_file():
-        raise WeightsError(f"'model.weights': {file} is missing (its unit's {result} lists it); {_REDO}")
-    st = file.stat()
-    key = (str(file), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_record(file)
-    got = _DIGESTS[key]
-    if got["size"] != want.get("size"):
-        raise WeightsError(f"'model.weights': {file} has {got['size']} bytes, but its unit's {result} "
-                           f"recorded {want.get('size')}: damaged or replaced; {_REDO}")
-    if got["sha256"] != want.get("sha256"):
-        raise WeightsError(f"'model.weights': {file} differs from the file its unit's {result} "
-                           f"recorded (SHA-256 mismatch): damaged or replaced; {_REDO}")
+    try:
+        check_file(file, _unit_result(result).get("files"), result)
+    except IntegrityError as exc:
+        raise WeightsError(f"'model.weights': {exc}; {_REDO}, or load it unchecked with file:{file}"
+                           ) from exc
 
 
 def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None

@@ -9,8 +9,8 @@ from medtransfer.report.analysis import (
     write_metrics_ci,
 )
 from medtransfer.report.html import write_report
-from medtransfer.report.rundir import POOLED, Arm, RunDir, load_run
 from medtransfer.report.summary import arm_stats, summarize, write_summary
+from medtransfer.study.rundir import POOLED, Arm, RunDir, load_run
 
 __all__ = [
     "POOLED",

@@ -8,8 +8,6 @@ not change when arms are added or reordered.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import zlib
 from collections.abc import Sequence
@@ -18,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.csvfile import write_csv
 from medtransfer.errors import DataError
-from medtransfer.evaluate import choose_threshold
-from medtransfer.fileio import write_text_atomic
-from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir, load_run
 from medtransfer.stats import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
@@ -32,6 +28,7 @@ from medtransfer.stats import (
     mcnemar_test,
     paired_bootstrap,
 )
+from medtransfer.study.rundir import POOLED, Arm, Predictions, RunDir, load_run, youden_threshold
 
 __all__ = [
     "CI_COLUMNS",
@@ -39,7 +36,6 @@ __all__ = [
     "comparison_rows",
     "metrics_ci_rows",
     "write_comparisons",
-    "write_csv",
     "write_metrics_ci",
 ]
 
@@ -72,15 +68,6 @@ def _parts(preds: Predictions) -> list[str]:
     empty for a run without any."""
     tests = preds.tests()
     return [*tests, POOLED, *preds.externals()] if len(tests) > 1 else [*tests, *preds.externals()]
-
-
-def youden_threshold(preds: Predictions) -> float | None:
-    """Threshold chosen on the unit's validation predictions; None if not binary or no usable
-    validation set (both classes needed)."""
-    val = preds.part("val")
-    if preds.proba.shape[1] != 2 or len(np.unique(val.labels)) < 2:
-        return None
-    return choose_threshold(val.labels, val.proba[:, 1], "youden")
 
 
 def metrics_ci_rows(
@@ -177,28 +164,6 @@ def comparison_rows(
             r["p_holm"] = float(adj)
             r["significant"] = bool(adj < alpha)
     return rows
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    """A tidy CSV of ``rows`` (floats with 6 significant digits, NaN as empty)."""
-    def cell(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.6g}"
-        return str(v)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # quotes a cell only where it holds a comma or quote
-    writer.writerow(columns)
-    writer.writerows([cell(r.get(c, "")) for c in columns] for r in rows)
-    write_text_atomic(path, buf.getvalue())
-    return path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def write_metrics_ci(run_dir: str | Path, **kwargs: Any) -> Path:

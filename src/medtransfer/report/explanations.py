@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from medtransfer.config import from_dict
-from medtransfer.errors import ConfigError, DataError
+from medtransfer.document import Doc
+from medtransfer.errors import ConfigError, DataError, IntegrityError
 from medtransfer.explain import (
     activation_maximization,
     conv_layers,
@@ -27,14 +26,10 @@ from medtransfer.explain import (
     scale_tiles,
     to_tensor,
 )
-from medtransfer.models import ModelConfig, build_model
 from medtransfer.plots import save_figure, tiles_figure
-from medtransfer.report.gallery import load_unit_model, pick_images, test_images
-from medtransfer.report.rundir import Arm, RunDir, UnitInfo
-from medtransfer.report.text import Doc
-from medtransfer.strategies.linear_head import BACKBONE_FILE
+from medtransfer.report.gallery import pick_images, test_images
 from medtransfer.study.report_config import ReportConfig
-from medtransfer.train import load_checkpoint
+from medtransfer.study.rundir import Arm, RunDir, TrainedModel, unit_model
 
 __all__ = ["Explanations", "arm_network", "explain_section", "model_figures"]
 
@@ -56,33 +51,10 @@ def _stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
-def _network(run: RunDir, unit: UnitInfo, num_classes: int, chans: int) -> tuple[nn.Module, Any]:
-    cfg = from_dict(ModelConfig, unit.spec.get("model", {}), f"{unit.dir.name}/unit.json spec.model")
-    model = build_model(cfg, num_classes=num_classes, in_chans=chans, img_size=run.config.preprocess.hw[0])
-    return model, unit.result.get("input_norm")
-
-
-def arm_network(run: RunDir, arm: Arm, num_classes: int, chans: int) -> tuple[nn.Module, Any]:
+def arm_network(run: RunDir, arm: Arm) -> TrainedModel:
     """The arm's (repeat-0, fold-1) trained network and its input normalisation; a ``features``
     arm's backbone."""
-    unit = arm.cells[0]
-    if (unit.result.get("strategy") or {}).get("kind") != "features":
-        return load_unit_model(run, unit, num_classes, chans)
-    path = unit.dir / BACKBONE_FILE
-    if not path.is_file():
-        raise DataError(f"{unit.dir.name}: no {BACKBONE_FILE} (made by an earlier version); rerun the study")
-    model, norm = _network(run, unit, num_classes, chans)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval(), norm
-
-
-def _source_network(run: RunDir, unit: UnitInfo, chans: int) -> nn.Module:
-    """A pretraining unit's trained network."""
-    if not unit.checkpoint.is_file():
-        raise DataError(f"{unit.dir.name}: no model checkpoint (best.pt or last.pt)")
-    model, _ = _network(run, unit, len(unit.result.get("classes") or [0, 1]), chans)
-    model.load_state_dict(load_checkpoint(unit.checkpoint)["model_state"])
-    return model.eval()
+    return unit_model(run, arm.cells[0], backbone_only=True)
 
 
 def _shown(images: np.ndarray) -> list[np.ndarray]:
@@ -146,7 +118,9 @@ def model_figures(run: RunDir, out: Path, cfg: ReportConfig, *, seed: int = 0) -
     for unit in run.pretrains if cfg.filters else []:
         name = f"source {unit.job.get('source', '')} ({unit.job['id']})"
         try:
-            expl.images.append(_filters_figure(_source_network(run, unit, chans), name, out))
+            expl.images.append(_filters_figure(unit_model(run, unit, in_chans=chans).module, name, out))
+        except IntegrityError:
+            raise  # a damaged record or file is named, never drawn around
         except (ConfigError, DataError, OSError) as exc:
             expl.notes.append(f"{name}: {exc}")
     for target, arms in run.arms.items():
@@ -161,7 +135,8 @@ def model_figures(run: RunDir, out: Path, cfg: ReportConfig, *, seed: int = 0) -
         for arm in arms:
             name = arm.label if len(run.arms) == 1 else f"{target}.{arm.label}"
             try:
-                model, norm = arm_network(run, arm, len(run.classes(target)), chans)
+                trained = arm_network(run, arm)
+                model, norm = trained.module, trained.input_norm
                 if cfg.filters:
                     expl.images.append(_filters_figure(model, name, out))
                 if cfg.feature_maps is not None and images is not None:
@@ -169,6 +144,8 @@ def model_figures(run: RunDir, out: Path, cfg: ReportConfig, *, seed: int = 0) -
                                                  cfg.feature_maps.channels, out)
                 if cfg.activation_max is not None:
                     expl.images.append(_actmax_figure(model, norm, run, cfg, name, seed, out))
+            except IntegrityError:
+                raise
             except (ConfigError, DataError, OSError) as exc:
                 expl.notes.append(f"{name}: {exc}")
                 log.warning("report: model figures of %s skipped: %s", name, exc)

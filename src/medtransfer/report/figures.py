@@ -1,21 +1,19 @@
 """The report's figures for a run: learning curves of every unit, pooled ROC curves with
-bootstrap bands, confusion matrices, forest plots of the comparisons, reliability diagram; and a
-search's score per hyperparameter value (seed 001's bar and box plots)."""
+bootstrap bands, confusion matrices, forest plots of the comparisons, reliability diagram."""
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtransfer.document import p_text
 from medtransfer.evaluate import confusion
 from medtransfer.plots import (
     ForestRow,
+    Plot,
     _figure,
     confusion_figure,
     forest_figure,
@@ -24,21 +22,11 @@ from medtransfer.plots import (
     reliability_figure,
     roc_figure,
     save_figure,
-    search_param_figure,
 )
-from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir
 from medtransfer.report.summary import NO_SOURCE, arm_stats
-from medtransfer.report.text import p_text
+from medtransfer.study.rundir import HISTORY, POOLED, Arm, Predictions, RunDir
 
-__all__ = ["Plot", "run_figures", "search_figures", "search_plot"]
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A saved figure: caption and the PNG path (an SVG lies beside it)."""
-
-    caption: str
-    png: Path
+__all__ = ["run_figures"]
 
 
 def _save(fig: Any, out: Path, name: str, caption: str) -> Plot:
@@ -76,10 +64,10 @@ def _learning_curves(run: RunDir, out: Path) -> list[Plot]:
         ("transfer", _name(run, arm), arm.cells[0], "target") for arms in run.arms.values() for arm in arms
     ]
     for kind, name, unit, task in units:
-        if not (unit.dir / "history.csv").is_file():
+        if not unit.has(HISTORY):  # a classifier on features has no epochs
             continue
-        hist = read_history(unit.dir / "history.csv")
-        best = int(unit.result.get("best_epoch") or 0) or None
+        hist = read_history(unit.file(HISTORY))
+        best = int(unit.result.best_epoch or 0) or None
         if best and hist and "stage_index" in hist[-1]:  # the best epoch of the last stage
             best += sum(r["stage_index"] < hist[-1]["stage_index"] for r in hist)
         fig = learning_curves_figure(hist, f"{name}: {kind} on the {task}", best)
@@ -222,30 +210,3 @@ def run_figures(
     for target in run.arms:
         _target_figures(run, target, sections, out, comparisons, n_boot, seed)
     return {k: v for k, v in sections.items() if v}
-
-
-def search_plot(out: Path, key: str, arm: str | None = None) -> Path:
-    """Where a search's figure of hyperparameter ``key`` (of one ``arm`` where the search tuned
-    several) is saved (PNG; an SVG beside it)."""
-    name = key if arm is None else f"{arm}__{key}"
-    return out / f"search_{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.png"
-
-
-def _hashable(value: Any) -> Any:
-    return value if value is None or isinstance(value, int | float | str) else str(value)
-
-
-def search_figures(out: Path, trials: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str,
-                   log_keys: Collection[str] = (), arm: str | None = None) -> list[Plot]:
-    """One figure per searched key: the finished trials' validation ``metric`` per value (bar of
-    mean ± sd and box plot; a scatter for a sampled range). ``trials``: ``{"params", "value"}``;
-    ``arm``: the arm they tuned, where a search tuned several."""
-    done = [t for t in trials if t.get("value") is not None and math.isfinite(float(t["value"]))]
-    plots = []
-    for key in keys if done else []:
-        fig = search_param_figure(key, [_hashable(t["params"].get(key)) for t in done],
-                                  [float(t["value"]) for t in done], metric, log=key in log_keys)
-        stem = search_plot(out, key, arm).with_suffix("")
-        what = f"Validation {metric} per value of {key}" + (f" ({arm})" if arm else "")
-        plots.append(_save(fig, stem.parent, stem.name, what))
-    return plots

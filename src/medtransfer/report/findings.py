@@ -9,8 +9,8 @@ import json
 import math
 from typing import Any
 
-from medtransfer.report.rundir import POOLED, RunDir
-from medtransfer.report.text import Doc, fmt, p_text
+from medtransfer.document import Doc, fmt, p_text
+from medtransfer.study.rundir import POOLED, RunDir
 
 __all__ = ["findings_section", "internal_part"]
 

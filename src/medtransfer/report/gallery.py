@@ -2,7 +2,8 @@
 
 The test images are reloaded from the study's target data (``config.yaml`` → ``load_dataset``,
 through the same image cache) and picked by the ids in the units' ``predictions.csv``; the
-models are rebuilt from each cell's spec and ``best.pt``.
+models are rebuilt from each cell by :func:`medtransfer.study.rundir.unit_model` (its checkpoint
+checked against its ``result.json`` first).
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 
-from medtransfer.config import from_dict
 from medtransfer.data import ImageCache, ImageSet, load_dataset
 from medtransfer.errors import DataError
 from medtransfer.explain import cam_maps, dead_filter_share, overlay
-from medtransfer.models import ModelConfig, build_model
 from medtransfer.plots import save_figure
-from medtransfer.report.rundir import POOLED, Arm, Predictions, RunDir, UnitInfo
-from medtransfer.train import load_checkpoint
+from medtransfer.study.rundir import POOLED, Arm, Predictions, RunDir, is_features, unit_model
 
-__all__ = ["Gallery", "gradcam_gallery", "load_unit_model", "pick_images", "test_images"]
+__all__ = ["Gallery", "gradcam_gallery", "pick_images", "test_images"]
 
 log = logging.getLogger("medtransfer")
 
@@ -38,21 +35,6 @@ class Gallery:
     dead: dict[str, dict[str, float]] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def load_unit_model(run: RunDir, unit: UnitInfo, num_classes: int, in_chans: int) -> tuple[nn.Module, object]:
-    """A cell's trained model with its checkpoint weights, and the input_norm it used."""
-    if not unit.checkpoint.is_file():
-        raise DataError(f"{unit.dir.name}: no model checkpoint (a {unit.result.get('path', '?')} "
-                        "classifier on frozen features is not a torch model)")
-    ckpt = load_checkpoint(unit.checkpoint)
-    cfg = from_dict(ModelConfig, unit.spec.get("model", {}), f"{unit.dir.name}/unit.json spec.model")
-    size = run.config.preprocess.hw[0]
-    model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=size)
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
-    extra = ckpt.get("extra") or {}
-    return model, extra.get("input_norm")
 
 
 def pick_images(labels: np.ndarray, ids: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
@@ -88,10 +70,12 @@ def _figure(
 
 def _drawable(arm: Arm) -> str | None:
     """Why the arm's model cannot be drawn, or None."""
-    strategy = arm.cells[0].result.get("strategy") or {}
-    if strategy.get("kind") == "features":
-        return (f"{arm.label}: a {strategy.get('classifier', '')} classifier on frozen features has no "
-                "single torch model to explain")
+    unit = arm.cells[0]
+    if is_features(unit):
+        strategy = unit.cell.strategy
+        classifier = strategy.extra.get("classifier", "") if strategy is not None else ""
+        return (f"{arm.label}: a {classifier} classifier on frozen features has no single torch model "
+                "to explain")
     return None
 
 
@@ -141,11 +125,12 @@ def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery,
             gallery.notes.append(why)
             continue
         name = arm.label if len(run.arms) == 1 else f"{target}.{arm.label}"
-        model, norm = load_unit_model(run, arm.cells[0], len(classes), data.channels)
+        trained = unit_model(run, arm.cells[0], in_chans=data.channels)
+        model, norm = trained.module, trained.input_norm
         preds = run.predictions(arm).part(POOLED)
         where = {i: k for k, i in enumerate(preds.ids)}
-        cams = overlay(images, cam_maps(model, images, method="gradcam", input_norm=norm))  # type: ignore[arg-type]
-        campp = overlay(images, cam_maps(model, images, method="gradcam++", input_norm=norm))  # type: ignore[arg-type]
+        cams = overlay(images, cam_maps(model, images, method="gradcam", input_norm=norm))
+        campp = overlay(images, cam_maps(model, images, method="gradcam++", input_norm=norm))
         titles = []
         for k in chosen:
             p = preds.proba[where[ref.ids[k]]]
@@ -155,4 +140,4 @@ def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery,
             titles.append(f"{file}\ntrue {label}\npred {guess} ({p.max():.2f})")
         fig = _figure(list(zip(shown, cams, campp, strict=True)), titles, name)
         gallery.images[name] = save_figure(fig, out / f"gradcam_{name}")[0]
-        gallery.dead[name] = dead_filter_share(model, census, input_norm=norm)  # type: ignore[arg-type]
+        gallery.dead[name] = dead_filter_share(model, census, input_norm=norm)

@@ -9,20 +9,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medtransfer.errors import MedTransferError
+from medtransfer.csvfile import write_csv
+from medtransfer.document import Doc, fmt, p_text
+from medtransfer.errors import IntegrityError, MedTransferError
 from medtransfer.fileio import write_text_atomic
+from medtransfer.plots import Plot
 from medtransfer.report.analysis import (
     CI_COLUMNS,
     COMPARISON_COLUMNS,
     comparison_rows,
     metrics_ci_rows,
-    write_csv,
 )
 from medtransfer.report.explanations import Explanations, explain_section, model_figures
-from medtransfer.report.figures import Plot, run_figures
+from medtransfer.report.figures import run_figures
 from medtransfer.report.findings import findings_section
 from medtransfer.report.gallery import Gallery, gradcam_gallery
-from medtransfer.report.rundir import POOLED, RunDir, load_run
 from medtransfer.report.sections import (
     arm_word,
     audit_section,
@@ -32,8 +33,9 @@ from medtransfer.report.sections import (
     transfer_section,
 )
 from medtransfer.report.summary import internal_rows, summary_doc
-from medtransfer.report.text import Doc, fmt, p_text, sentence
+from medtransfer.report.text import sentence
 from medtransfer.stats import t_interval
+from medtransfer.study.rundir import CONFIG, POOLED, RunDir, load_run
 from medtransfer.version import __version__
 
 __all__ = ["write_report"]
@@ -299,7 +301,7 @@ def _render(
         explain_section(doc, *explained)
     _notes(doc, run)
     doc.heading("Configuration")
-    doc.code((run.path / "config.yaml").read_text(encoding="utf-8"))
+    doc.code((run.path / CONFIG).read_text(encoding="utf-8"))
     return doc.render()
 
 
@@ -329,6 +331,8 @@ def write_report(
     if gallery_images > 0:
         try:
             gallery = gradcam_gallery(run, plots_dir, n_images=gallery_images, seed=seed)
+        except IntegrityError:
+            raise  # a damaged record or file is named, never drawn around
         except (MedTransferError, OSError) as exc:
             # A moved data folder must not cost the whole report; the page says why it is missing.
             error = str(exc)
@@ -339,6 +343,8 @@ def write_report(
     if run.config.report.explains:
         try:
             explained = (model_figures(run, plots_dir, run.config.report, seed=seed), None)
+        except IntegrityError:
+            raise
         except (MedTransferError, OSError) as exc:  # as the gallery: the page says why
             explained = (None, str(exc))
             log.warning("filters, feature maps and activation maximisation skipped: %s", exc)

@@ -7,9 +7,9 @@ import csv
 import json
 import math
 
-from medtransfer.report.figures import search_plot
-from medtransfer.report.rundir import RunDir
-from medtransfer.report.text import Doc, fmt
+from medtransfer.document import Doc, fmt
+from medtransfer.plots import search_plot
+from medtransfer.study.rundir import RunDir
 
 __all__ = ["arm_word", "audit_section", "data_section", "pretrain_section", "search_section",
            "transfer_section"]
@@ -88,15 +88,15 @@ def pretrain_section(doc: Doc, run: RunDir) -> None:
     doc.heading("Pretraining on the source (validation set, best epoch)")
     body = []
     for u in run.pretrains:
-        val, res = u.result.get("val") or {}, u.result
+        res = u.result
         body.append(
             [
                 str(u.job["id"]),
                 str(u.job["source"]),
-                *(fmt(val.get(m, math.nan)) for m in ("loss", "accuracy", "auc")),
-                str(res.get("best_epoch", "–")),
-                str(res.get("epochs_run", "–")),
-                str(res.get("stop_reason", "–")),
+                *(fmt(res.val.get(m, math.nan)) for m in ("loss", "accuracy", "auc")),
+                _text(res.best_epoch),
+                _text(res.epochs_run),
+                _text(res.stop_reason),
             ]
         )
     doc.table(
@@ -121,23 +121,23 @@ def transfer_section(doc: Doc, run: RunDir) -> None:
     many = len(run.arms) > 1
     for target, arms in run.arms.items():
         for arm in arms:
-            res = arm.cells[0].result
+            res = arm.cells[0].cell
             params = (
-                f"{res['trainable_params']:,} of {res['trainable_params'] + res['frozen_params']:,}"
-                if "trainable_params" in res and "frozen_params" in res
+                f"{res.trainable_params:,} of {res.trainable_params + res.frozen_params:,}"
+                if res.trainable_params is not None and res.frozen_params is not None
                 else "–"
             )
-            path = f"{res['path']}: {res.get('path_reason', '')}" if "path" in res else "–"
+            path = f"{res.path}: {res.path_reason}" if res.path else "–"
             body.append(
                 [
                     *([target] if many else []),
                     arm.label,
-                    str((res.get("strategy") or {}).get("kind", arm.strategy)),
+                    res.strategy_kind or arm.strategy,
                     params,
-                    "reset" if res.get("head_reset") else "kept",
-                    str(res.get("best_epoch", "–")),
-                    str(res.get("epochs_run", "–")),
-                    str(res.get("stop_reason", "–")),
+                    "reset" if res.head_reset else "kept",
+                    _text(res.best_epoch),
+                    _text(res.epochs_run),
+                    _text(res.stop_reason),
                     path,
                 ]
             )
@@ -169,13 +169,9 @@ def _training_table(doc: Doc, run: RunDir) -> None:
     """How every cell's stages trained: cached activations, the full model or scikit-learn."""
     counts: dict[tuple[str, str, str, str], int] = {}
     for u in run.units.values():
-        for stage in (u.result.get("strategy") or {}).get("stages", []) if u.kind == "cell" else ():
-            key = (
-                str(u.job["strategy"]),
-                str(stage.get("name")),
-                str(stage.get("path")),
-                str(stage.get("reason")),
-            )
+        strategy = u.cell.strategy if u.kind == "cell" else None
+        for stage in strategy.stages if strategy is not None else ():
+            key = (str(u.job["strategy"]), stage.name, stage.path, stage.reason)
             counts[key] = counts.get(key, 0) + 1
     if not counts:
         return
@@ -190,6 +186,11 @@ def _training_table(doc: Doc, run: RunDir) -> None:
         ["strategy", "stage", "path", "cells", "why"],
         [[st, name, path, str(n), why] for (st, name, path, why), n in counts.items()],
     )
+
+
+def _text(value: object) -> str:
+    """A record's value in a table cell; an en dash where the unit did not record it."""
+    return "–" if value is None or value == "" else str(value)
 
 
 def arm_word(run: RunDir) -> str:

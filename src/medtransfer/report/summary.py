@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from medtransfer.csvfile import write_csv
+from medtransfer.document import Doc, fmt
 from medtransfer.fileio import write_text_atomic
-from medtransfer.report.text import Doc, fmt
 from medtransfer.stats import t_interval
 from medtransfer.study.config import StudyConfig
 from medtransfer.study.report_config import difference_pairs
+from medtransfer.study.rundir import load_run
 
 __all__ = ["DIFFERENCE_COLUMNS", "NO_SOURCE", "SUMMARY_COLUMNS", "arm_stats", "matrix_tables",
            "strategy_differences", "summary_doc", "write_summary"]
@@ -308,8 +310,6 @@ def internal_rows(rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[
 def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> Path:
     """``summary.csv`` (every arm's statistics over internal test sets, folds or repeats) and
     ``summary.md`` (the tables) into ``out``."""
-    from medtransfer.report.analysis import write_csv
-
     rows = internal_rows(rows, data)
     stats_rows = [
         s
@@ -334,7 +334,5 @@ def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], d
 
 def summarize(run_dir: str | Path) -> Path:
     """Write ``summary.csv`` and ``summary.md`` for a finished run directory."""
-    from medtransfer.report.rundir import load_run
-
     run = load_run(run_dir)
     return write_summary(run.path, run.config, run.results, run.data)

@@ -26,6 +26,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.search.arms import SearchArm, trial_specs
 from medtransfer.study import CellJob, Runner, StudyConfig, VariantSpec
 from medtransfer.study.pruning import PruneTarget, make_pruner, open_storage
+from medtransfer.study.rundir.unit_result import CellResult
 from medtransfer.study.search_config import SearchConfig
 from medtransfer.study.store import stable_hash
 
@@ -115,6 +116,13 @@ def _budget(search: SearchConfig, arm: SearchArm) -> int:
         return search.n_trials()
     size = math.prod(len(search.space[k]) for k in arm.space)
     return size if search.trials is None else min(size, search.trials)
+
+
+def _epochs(result: CellResult) -> int:
+    """Epochs a cell trained: its stages' (a pruned cell's: until it was stopped)."""
+    if result.pruned_at:
+        return result.pruned_at
+    return sum(int(s.epochs_run or 0) for s in (result.strategy.stages if result.strategy else ()))
 
 
 def _trial_name(number: int) -> str:
@@ -230,15 +238,13 @@ class _Search:
         for p in batch:
             self._tell(p, [r for c, r in results.items() if c.variant in {s.name for s in p.specs}])
 
-    def _tell(self, p: _Pending, results: list[dict[str, Any]]) -> None:
+    def _tell(self, p: _Pending, results: list[CellResult]) -> None:
         import optuna
 
         metric, label = self.search.objective.metric, f"{p.state.arm.label} {_trial_name(p.trial.number)}"
-        epochs = sum(int(r.get("pruned_at") or sum(int(s.get("epochs_run", 0))
-                                                   for s in r.get("strategy", {}).get("stages", [])))
-                     for r in results)
+        epochs = sum(_epochs(r) for r in results)
         p.trial.set_user_attr("epochs", epochs)
-        pruned = [r["pruned_at"] for r in results if r.get("pruned_at")]
+        pruned = [r.pruned_at for r in results if r.pruned_at]
         if pruned:
             p.trial.set_user_attr("state", f"pruned after epoch {min(pruned)}")
             p.state.study.tell(p.trial, state=optuna.trial.TrialState.PRUNED)
@@ -246,14 +252,13 @@ class _Search:
             return
         values = []
         for r in results:
-            if metric not in r["val"]:
+            if metric not in r.val:
                 raise ConfigError(f"'search.objective.metric': got {metric!r}; validation metrics: "
-                                  f"{', '.join(sorted(r['val']))}")
-            values.append(float(r["val"][metric]))
+                                  f"{', '.join(sorted(r.val))}")
+            values.append(float(r.val[metric]))
         value = sum(values) / len(values)
-        best_epoch = results[0].get("best_epoch")
-        if best_epoch is not None:
-            p.trial.set_user_attr("best_epoch", int(best_epoch))
+        if results[0].best_epoch is not None:
+            p.trial.set_user_attr("best_epoch", int(results[0].best_epoch))
         if not math.isfinite(value):
             p.trial.set_user_attr("state", f"failed: validation {metric} is not finite")
             p.state.study.tell(p.trial, state=optuna.trial.TrialState.FAIL)

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medtransfer.csvfile import write_csv
+from medtransfer.document import Doc
 from medtransfer.fileio import write_text_atomic
-from medtransfer.report.analysis import write_csv
-from medtransfer.report.figures import search_figures
-from medtransfer.report.text import Doc
+from medtransfer.plots import search_figures
 from medtransfer.search.optimize import TrialRecord
 from medtransfer.study.search_config import SearchConfig
 

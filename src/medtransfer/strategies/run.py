@@ -6,7 +6,6 @@ frozen backbone's features."""
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtransfer.csvfile import write_csv
 from medtransfer.errors import ConfigError
 from medtransfer.freezing import FreezeConfig
 from medtransfer.strategies.base import (
@@ -83,10 +83,7 @@ def _history(stages: list[StageResult]) -> list[dict[str, Any]]:
 
 def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows, columns, float_format=None, nan="nan")
 
 
 class _Staged:

@@ -23,12 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 from medtransfer.errors import ConfigError
 from medtransfer.study.executors import ExecutorSettings
+from medtransfer.study.rundir.unit_result import UnitResult
 from medtransfer.study.store import Unit
 from medtransfer.train.distributed import Replicas, init_distributed, is_distributed, launch_env, leave
 
@@ -75,6 +76,9 @@ def _from_rank0(value: Any) -> Any:
     return box[0]
 
 
+R = TypeVar("R", bound=UnitResult)
+
+
 class LockstepUnit(Unit):
     """A unit computed by every rank at once, decided and written by rank 0 (see the module).
     Every rank must make the same calls in the same order: :meth:`claimed` and :meth:`finish`
@@ -83,7 +87,7 @@ class LockstepUnit(Unit):
     def __init__(self, root: Path, kind: str, name: str, spec: dict[str, Any], *,
                  share: bool = False) -> None:
         self.rank = dist.get_rank()
-        self._decided: tuple[bool, dict[str, Any] | None] | None = None
+        self._decided: tuple[bool, UnitResult | None] | None = None
         self._scratch: Path | None = None
         super().__init__(root, kind, name, spec, share=share)
 
@@ -115,7 +119,7 @@ class LockstepUnit(Unit):
             return super().problem()
         return None if self._decided[0] else "computed by rank 0"
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> UnitResult:
         if self.rank == 0 or self._decided is None or self._decided[1] is None:
             return super().result()
         return self._decided[1]
@@ -127,7 +131,8 @@ class LockstepUnit(Unit):
         self._scratch = Path(tempfile.mkdtemp(prefix=f"medtransfer-rank{self.rank}-"))
         return self._scratch
 
-    def finish(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def finish(self, result: R) -> R:
         """Rank 0 records the result and hands it to every rank."""
-        data = super().finish(*args, **kwargs) if self.rank == 0 else None
-        return dict(_from_rank0(data))
+        data = super().finish(result) if self.rank == 0 else None
+        shared: R = _from_rank0(data)
+        return shared

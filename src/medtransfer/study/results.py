@@ -3,14 +3,13 @@ target, strategy, repeat, fold, stage, test set, metric) and its value."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medtransfer.fileio import write_text_atomic
-from medtransfer.study.plan import CellJob, Plan, PretrainJob
+from medtransfer.csvfile import write_csv
+from medtransfer.study.plan import CellJob, Job, Plan
+from medtransfer.study.rundir.unit_result import CellResult, UnitResult
 from medtransfer.study.tasks import LoadedTask
 
 __all__ = ["COLUMNS", "metric_rows", "result_rows", "write_results"]
@@ -33,7 +32,7 @@ def _cell_ids(job: CellJob) -> dict[str, Any]:
             "repeat": job.repeat, "fold": BLANK if job.fold is None else job.fold + 1}
 
 
-def result_rows(plan: Plan, outcomes: Mapping[PretrainJob | CellJob, dict[str, Any]],
+def result_rows(plan: Plan, outcomes: Mapping[Job, UnitResult],
                 tasks: Mapping[str, LoadedTask], audits: Mapping[str, Mapping[str, int]],
                 *, repeat_pretraining: bool) -> list[dict[str, Any]]:
     """Data rows (skipped images, audit counts per data set), the pretrainings' validation
@@ -50,19 +49,17 @@ def result_rows(plan: Plan, outcomes: Mapping[PretrainJob | CellJob, dict[str, A
     for job in plan.pretrains:
         ids = {"variant": job.variant, "source": job.source,
                "repeat": job.repeat if repeat_pretraining else BLANK}
-        rows += metric_rows(ids, "pretrain", "val", outcomes[job]["val"])
+        rows += metric_rows(ids, "pretrain", "val", outcomes[job].val)
     for cell in plan.cells:
         result = outcomes[cell]
-        rows += metric_rows(_cell_ids(cell), "val", "val", result["val"])
-        for test_set, metrics in result["tests"].items():
+        if not isinstance(result, CellResult):
+            raise TypeError(f"{cell.label}: the result of a cell is not a CellResult ({result.dir})")
+        rows += metric_rows(_cell_ids(cell), "val", "val", result.val)
+        for test_set, metrics in result.tests.items():
             rows += metric_rows(_cell_ids(cell), "transfer", test_set, metrics)
     return rows
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """``rows`` as CSV, values with 6 significant digits."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows([*(r[k] for k in COLUMNS[:-1]), f"{r['value']:.6g}"] for r in rows)
-    write_text_atomic(path, buf.getvalue())
+    """``rows`` as CSV, values with 6 significant digits (NaN as ``nan``)."""
+    write_csv(path, rows, COLUMNS, nan="nan")

@@ -51,6 +51,7 @@ from medtransfer.study.plan import (
 )
 from medtransfer.study.pruning import PruneTarget
 from medtransfer.study.results import result_rows, write_results
+from medtransfer.study.rundir.unit_result import CellResult, PretrainResult, UnitResult
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
 from medtransfer.train.allocator import tune_allocator
@@ -96,8 +97,8 @@ class Runner:
         self.tasks: dict[str, LoadedTask] = {}
         self.audit_counts: dict[str, dict[str, int]] = {}
         self._resplit: dict[tuple[str, int], LoadedTask] = {}
-        self._pretrained: dict[PretrainJob, dict[str, Any]] = {}
-        self._cells: dict[CellJob, dict[str, Any]] = {}  # upstream cells' results (backbone_from)
+        self._pretrained: dict[PretrainJob, PretrainResult] = {}
+        self._cells: dict[CellJob, CellResult] = {}  # upstream cells' results (backbone_from)
         self._manifest: Manifest | None = None
         self._session: Session | None = None
 
@@ -223,8 +224,8 @@ class Runner:
         return self._resplit[(name, repeat)]
 
     # -- jobs ----------------------------------------------------------------------------------
-    def run_job(self, job: Job) -> dict[str, Any]:
-        """Run one job (its unit reused if already done); returns plain, picklable data."""
+    def run_job(self, job: Job) -> UnitResult:
+        """Run one job (its unit reused if already done); returns its (picklable) result."""
         if job.variant not in self.variants and job.spec is not None:
             self.add_variant(job.spec)  # a search trial's variant, in a worker
         if isinstance(job, PretrainJob):
@@ -237,27 +238,28 @@ class Runner:
         return run_cell(self.ctx, self.variants[job.variant], job, self.target(job.target, job.repeat), pre,
                         upstream=up)
 
-    def pretrained(self, job: PretrainJob, *, announce: bool = True) -> dict[str, Any]:
+    def pretrained(self, job: PretrainJob, *, announce: bool = True) -> PretrainResult:
         """The result of pretraining ``job`` (run now unless done earlier)."""
         if job not in self._pretrained:
             self._pretrained[job] = run_pretrain(self.ctx, self.variants[job.variant], job,
                                                  self.tasks[job.source], announce=announce)
         return self._pretrained[job]
 
-    def execute(self, plan: Plan) -> dict[Job, dict[str, Any]]:
+    def execute(self, plan: Plan) -> dict[Job, UnitResult]:
         """Run the plan's pretrainings, then its cells, on the open :meth:`session` (else here);
         each finished job goes into the manifest."""
         if self._manifest is None:
             self._manifest = Manifest(self.out, self.cfg.name)
         manifest = self._manifest
         session = self._session or InProcess(self)
-        outcomes: dict[Job, dict[str, Any]] = {}
+        outcomes: dict[Job, UnitResult] = {}
         # Pretraining first: cells of one source share its unit, which must not run twice at once;
         # then the cells, each after the cell whose trained model it takes (backbone_from).
         record = manifest.record if is_main_process() else _ignore  # rank 0 writes (data-parallel run)
         for jobs in (plan.pretrains, *plan.cell_waves()):
             outcomes.update(session.run(jobs, record))
-            self._cells.update({j: r for j, r in outcomes.items() if isinstance(j, CellJob)})
+            self._cells.update({j: r for j, r in outcomes.items() if isinstance(r, CellResult)
+                                and isinstance(j, CellJob)})
         return outcomes
 
     def run(self, executor: ExecutorSettings | None = None) -> Path:
@@ -284,7 +286,7 @@ class Runner:
 
     def run_variants(self, specs: Sequence[VariantSpec], *, evaluate: str = "val",
                      prune: Callable[[CellJob], PruneTarget | None] | None = None,
-                     ) -> dict[CellJob, dict[str, Any]]:
+                     ) -> dict[CellJob, CellResult]:
         """Pretrain and transfer extra variants (search trials), scored on validation only by
         default; ``prune`` gives a cell the trial it reports to (called in plan order). Returns
         each cell's result."""
@@ -293,4 +295,10 @@ class Runner:
             plan = dataclasses.replace(plan, cells=tuple(dataclasses.replace(c, pruning=prune(c))
                                                          for c in plan.cells))
         outcomes = self.execute(plan)
-        return {c: outcomes[c] for c in plan.cells}
+        return {c: _cell(outcomes[c]) for c in plan.cells}
+
+
+def _cell(result: UnitResult) -> CellResult:
+    if not isinstance(result, CellResult):
+        raise TypeError(f"{result.dir}: not a cell's result")
+    return result

@@ -1,22 +1,24 @@
 """Units of work on disk: a folder per unit, keyed by a hash of what determines its result.
 
-A unit is done when its ``result.json`` parses, holds the keys its kind needs, and every file it
-vouches for (``files``: checkpoints, predictions, history — size and SHA-256, recorded when the
-unit finished) is there unchanged. ``result.json`` is written last, atomically and durably, so a
-unit killed half-way is simply redone; a damaged one is redone with a message saying why; a
-finished one is never recomputed. A unit is computed under its lock (:func:`unit_lock`), so two
+A unit is done when its ``result.json`` matches its own digest, holds what its kind records, and
+every file it vouches for (``files``: checkpoints, predictions, history — size and SHA-256,
+recorded when the unit finished) is there unchanged (:func:`medtransfer.study.rundir.unit_problem`,
+the one check every reader of the unit uses too). ``result.json`` is written last, atomically and
+durably, so a unit killed half-way is simply redone; a damaged one is redone with a message saying
+why; a finished one is never recomputed. A unit is computed under its lock (:func:`unit_lock`), so two
 processes never compute, or remove, the same unit at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medtransfer.fileio import (
     disk_full_error,
@@ -25,65 +27,20 @@ from medtransfer.fileio import (
     write_json_atomic,
     write_text_atomic,
 )
+from medtransfer.integrity import write_record
 from medtransfer.study.lock import unit_lock
+from medtransfer.study.rundir.layout import RESULT, UNIT_SPEC, UNITS, VOUCHED
+from medtransfer.study.rundir.unit import read_result, unit_problem
+from medtransfer.study.rundir.unit_result import FileRecord, UnitResult, result_to_json
 
 __all__ = ["Unit", "stable_hash", "write_json_atomic", "write_text_atomic"]
 
-# Keys a finished unit's result.json must hold, by unit kind (other kinds: ``files`` only).
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("val", "checkpoint", "classes", "files"),
-    "cell": ("tests", "val", "classes", "files"),
-    "trial": ("tests", "val", "classes", "files"),
-}
-# The files a unit vouches for: every checkpoint (a features unit's classifier.npz too), its
-# predictions and its training history.
-VOUCHED = ("*.pt", "*.npz", "predictions.csv", "history.csv")
-
+R = TypeVar("R", bound=UnitResult)
 
 def stable_hash(obj: Any, length: int = 10) -> str:
     """A short hash of JSON-able data, independent of dict order."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def unit_problem(folder: Path, kind: str) -> str | None:
-    """Why the unit in ``folder`` does not count as done (None when it does)."""
-    path = folder / "result.json"
-    if not path.is_file():
-        return "not finished (no result.json)"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"{path} is unreadable ({exc})"
-    if not isinstance(data, dict):
-        return f"{path} does not hold a mapping"
-    missing = [k for k in REQUIRED_KEYS.get(kind, ("files",)) if k not in data]
-    if missing:
-        return f"{path} lacks {', '.join(missing)} (damaged, or written by an older medtransfer)"
-    files = data["files"]
-    if not isinstance(files, dict):
-        return f"{path}: 'files' is not a mapping"
-    for name, want in sorted(files.items()):
-        file = folder / name
-        if not file.is_file():
-            return f"{file} is missing"
-        if not isinstance(want, dict) or file.stat().st_size != want.get("size"):
-            return f"{file} has {file.stat().st_size} bytes, result.json recorded {want.get('size')}"
-        if _sha256(file) != want.get("sha256"):
-            return f"{file} differs from the file recorded in result.json (sha256 mismatch)"
-    return None
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(file: Path) -> str:
-    """A file's SHA-256, remembered while its size and mtime stay the same."""
-    st = file.stat()
-    key = (str(file), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_record(file)["sha256"]
-    return _DIGESTS[key]
 
 
 class Unit:
@@ -94,7 +51,7 @@ class Unit:
         self.root, self.kind, self.name, self.spec = Path(root), kind, name, spec
         self.share = share
         self.key = stable_hash(spec)
-        self.own_dir = self.root / "units" / f"{kind}-{name}-{self.key}"
+        self.own_dir = self.root / UNITS / f"{kind}-{name}-{self.key}"
         self.dir = self.own_dir
         self._locked = False
         self._resolve()
@@ -103,14 +60,14 @@ class Unit:
         """Use another variant's identical finished unit (same key), if any, when sharing."""
         self.dir = self.own_dir
         if self.share and not self.done():
-            same = sorted(p.parent for p in self.root.glob(f"units/{self.kind}-*-{self.key}/result.json"))
+            same = sorted(p.parent for p in self.root.glob(f"{UNITS}/{self.kind}-*-{self.key}/{RESULT}"))
             valid = [d for d in same if unit_problem(d, self.kind) is None]
             if valid:
                 self.dir = valid[0]
 
     @property
     def result_path(self) -> Path:
-        return self.dir / "result.json"
+        return self.dir / RESULT
 
     def problem(self) -> str | None:
         """Why this unit must be (re)computed; None when it is done."""
@@ -119,10 +76,9 @@ class Unit:
     def done(self) -> bool:
         return self.problem() is None
 
-    def result(self) -> dict[str, Any]:
-        with self.result_path.open(encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
-        return data
+    def result(self) -> UnitResult:
+        """The typed result of this (done) unit."""
+        return read_result(self.dir, self.kind)
 
     @contextmanager
     def claimed(self) -> Iterator[Unit]:
@@ -162,14 +118,16 @@ class Unit:
         elif self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.dir / "unit.json", {"kind": self.kind, "name": self.name,
-                                                   "key": self.key, "spec": self.spec})
+        write_record(self.dir / UNIT_SPEC, {"kind": self.kind, "name": self.name, "key": self.key,
+                                            "spec": self.spec})
         return self.dir
 
-    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Record ``result`` with the size and SHA-256 of every file the unit vouches for
-        (written last: from now on the unit is done); returns what was written."""
+    def finish(self, result: R) -> R:
+        """Record ``result`` with the size and SHA-256 of every file the unit vouches for, and
+        its own digest (written last: from now on the unit is done); returns what was written,
+        with the unit's folder."""
         files = sorted({p for pattern in VOUCHED for p in self.dir.glob(pattern) if p.is_file()})
-        data = {**result, "files": {p.name: file_record(p) for p in files}}
-        write_json_atomic(self.result_path, data)
-        return data
+        done = dataclasses.replace(result, files={p.name: FileRecord(**file_record(p)) for p in files},
+                                   dir=self.dir)
+        write_record(self.result_path, result_to_json(done))
+        return done

@@ -4,9 +4,7 @@ of every image, the data summary, the audit)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +13,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medtransfer.csvfile import write_csv
 from medtransfer.data import DataConfig, ImageCache, ImageSet, Split, load_dataset, make_folds, make_split
 from medtransfer.errors import DataError
-from medtransfer.fileio import cell_out, write_text_atomic
+from medtransfer.fileio import write_text_atomic
 from medtransfer.study.config import StudyConfig, TaskConfig
 
 __all__ = ["LoadedTask", "audit_tasks", "data_summary", "fingerprint", "load_task", "split_task",
@@ -171,13 +170,9 @@ def write_split(out: Path, task: LoadedTask) -> None:
     parts = [("train", task.split.train), ("val", task.split.val), *sorted(task.split.tests.items())]
     if task.folds:  # each image is held out in exactly one fold
         parts = [(f"fold_{i + 1}", f.tests["test"]) for i, f in enumerate(task.folds)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["part", "id", "label"])
-    for part, idx in parts:
-        writer.writerows((part, cell_out(str(task.images.ids[i])),
-                          cell_out(str(task.images.classes[task.images.labels[i]]))) for i in idx)
-    write_text_atomic(out / "splits" / f"{task.name}.csv", buf.getvalue())
+    rows = ((part, str(task.images.ids[i]), str(task.images.classes[task.images.labels[i]]))
+            for part, idx in parts for i in idx)
+    write_csv(out / "splits" / f"{task.name}.csv", rows, ["part", "id", "label"])
 
 
 def audit_tasks(out: Path, seed: int, items: list[tuple[LoadedTask, DataConfig | None]],

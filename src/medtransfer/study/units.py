@@ -4,10 +4,7 @@ is everything that determines its result; a finished unit is reused, never recom
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.config import InputNorm, to_dict
+from medtransfer.config import to_dict
+from medtransfer.csvfile import write_csv
 from medtransfer.data import ImageCache
 from medtransfer.data.intensity import rescaled_norm
 from medtransfer.data.offline import training_augment
 from medtransfer.evaluate import compute_metrics
-from medtransfer.fileio import cell_out, write_text_atomic
+from medtransfer.integrity import measured
 from medtransfer.models import ModelConfig, build_model, build_pretrained
 from medtransfer.models.config import NAMED_WEIGHTS
 from medtransfer.models.folders import folder_weights_file
@@ -33,6 +31,16 @@ from medtransfer.study.config import StudyConfig, Variant, pretrain_model
 from medtransfer.study.lockstep import unit_for
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.pruning import TrialPruned, TrialPruning
+from medtransfer.study.rundir.layout import BEST, FINAL, LAST, PREDICTIONS
+from medtransfer.study.rundir.unit import trained_checkpoint, unit_file
+from medtransfer.study.rundir.unit_result import (
+    CellResult,
+    NormPair,
+    PretrainResult,
+    StrategyRecord,
+    UnitResult,
+    norm_pair,
+)
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
@@ -42,7 +50,7 @@ from medtransfer.train.distributed import is_main_process
 from medtransfer.version import __version__
 
 __all__ = ["Context", "ModelStart", "cell_spec", "pretrain_spec", "run_cell", "run_pretrain",
-           "source_weights", "spec_key"]
+           "source_weights", "spec_key", "write_unit_predictions"]
 
 
 @dataclass
@@ -99,13 +107,13 @@ class ModelStart:
     """A model ready to train, the input normalisation its weights expect, what loading did."""
 
     model: nn.Module
-    input_norm: InputNorm | None
+    input_norm: NormPair | None
     messages: list[str]
     head_reset: bool = False
 
 
 def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weights: str | None,
-                pretrained: dict[str, Any] | None = None, head: HeadPolicy | None = None,
+                pretrained: PretrainResult | None = None, head: HeadPolicy | None = None,
                 model_cfg: ModelConfig | None = None) -> ModelStart:
     """``v.model`` for ``task``: initialised from ``seed``, then from a finished pretraining
     (``pretrained``: its result), else from ``weights`` (imagenet / file: / run:). The output
@@ -116,18 +124,15 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
     v = v if model_cfg is None else dataclasses.replace(v, model=model_cfg)
     if pretrained is not None:
         model = seeded_build(v.model, task, ctx.size, seed)
-        name = pretrained.get("transfer_checkpoint") or pretrained["checkpoint"]
-        ckpt = load_checkpoint(Path(pretrained["dir"]) / name)
+        ckpt = load_checkpoint(unit_file(pretrained, pretrained.transfer_checkpoint or pretrained.checkpoint))
         load = load_source_weights(model, ckpt["model_state"], head=head,
-                                   source_classes=pretrained["classes"], target_classes=task.classes,
+                                   source_classes=pretrained.classes, target_classes=task.classes,
                                    fold_batch_norm=bool(v.pretrain.model))
-        norm = pretrained.get("input_norm")
-        return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None, load.messages,
-                          bool(load.reset))
+        return ModelStart(model, pretrained.input_norm, load.messages, bool(load.reset))
     rescale = ctx.cfg.preprocess.rescale  # a trained unit's (pretrained, run:) norm has it already
     if weights is None:
         return ModelStart(seeded_build(v.model, task, ctx.size, seed),
-                          rescaled_norm(None, rescale, task.images.channels), [])
+                          norm_pair(rescaled_norm(None, rescale, task.images.channels)), [])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         built = build_pretrained(dataclasses.replace(v.model, weights=weights),
@@ -136,7 +141,7 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
     report = built.report
     norm = built.input_norm if weights.startswith("run:") else rescaled_norm(
         built.input_norm, rescale, task.images.channels)
-    return ModelStart(built.model, norm, report.messages if report else [],
+    return ModelStart(built.model, norm_pair(norm), report.messages if report else [],
                       bool(report and report.reset))
 
 
@@ -154,18 +159,7 @@ def weights_stamp(weights: str | None, model_name: str | None = None) -> str | N
         return weights
     if path is None or not path.is_file():
         return weights
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _STAMPS:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        _STAMPS[key] = digest.hexdigest()[:16]
-    return f"{weights}#sha256={_STAMPS[key]}"
-
-
-_STAMPS: dict[tuple[str, int, int], str] = {}
+    return f"{weights}#sha256={measured(path)['sha256'][:16]}"
 
 
 def pretrain_spec(cfg: StudyConfig, v: Variant, job: PretrainJob, source: LoadedTask) -> dict[str, Any]:
@@ -205,10 +199,9 @@ def cell_spec(cfg: StudyConfig, v: Variant, job: CellJob, target: LoadedTask, pr
 
 
 def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, *,
-                 announce: bool = True) -> dict[str, Any]:
+                 announce: bool = True) -> PretrainResult:
     """Train ``v.model`` on the source task (from its weights, if any); reused, and shared
-    between variants and repeats, when the same unit is done (said only if ``announce``).
-    Returns the result and ``dir``."""
+    between variants and repeats, when the same unit is done (said only if ``announce``)."""
     weights = source_weights(ctx.cfg, v, job.source)
     spec = pretrain_spec(ctx.cfg, v, job, source)
     unit = unit_for(ctx.out, "pretrain", job.label, spec, share=True)
@@ -216,14 +209,13 @@ def run_pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask,
         if unit.done():
             if announce:
                 ctx.echo(f"[{job.label}] pretraining: done earlier, reused ({unit.dir.name})")
-            return {**unit.result(), "dir": str(unit.dir)}
+            return _pretrain_result(unit.result())
         _say_redo(ctx, job.label, unit)
         ctx.echo(f"[{job.label}] pretraining on {len(source.split.train)} source images"
                  + (f" from {weights}" if weights else ""))
         # last.pt / best.pt of a killed attempt: fit resumes from its last finished epoch
-        workdir = unit.start(keep=("last.pt", "best.pt"))
-        return {**unit.finish(_pretrain(ctx, v, job, source, workdir, spec, weights)),
-                "dir": str(unit.dir)}
+        workdir = unit.start(keep=(LAST, BEST))
+        return unit.finish(_pretrain(ctx, v, job, source, workdir, spec, weights))
 
 
 def _say_redo(ctx: Context, label: str, unit: Unit) -> None:
@@ -233,7 +225,7 @@ def _say_redo(ctx: Context, label: str, unit: Unit) -> None:
 
 
 def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, workdir: Path,
-              spec: dict[str, Any], weights: str | None) -> dict[str, Any]:
+              spec: dict[str, Any], weights: str | None) -> PretrainResult:
     """Train the pretraining unit in ``workdir``; returns its result."""
     start = start_model(ctx, v, source, seed=job.seed, weights=weights, head=HeadPolicy.AUTO,
                         model_cfg=pretrain_model(v))
@@ -251,24 +243,28 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
     val = compute_metrics(val_y, proba)
     best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
     val["loss"] = float(best.get("val_loss", float("nan")))
-    result: dict[str, Any] = {
-        "val": val, "best_epoch": res.best_epoch, "stop_reason": res.stop_reason.value,
-        "epochs_run": len(res.history), "seconds": res.seconds,
-        "images_per_second": res.images_per_second, "precision": res.precision,
-        "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
-    }
+    final = None
     if v.pretrain.transfer_from == "last":  # (the other ranks of a data-parallel run wrote no last.pt)
-        result["transfer_checkpoint"] = _keep_final(workdir, res.last_path) if is_main_process() else FINAL
+        final = _keep_final(workdir, res.last_path) if is_main_process() else FINAL
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)
-    if v.pretrain.train.compile:
-        result["compile"] = True  # recorded only when on, as in the unit key
-    if start.input_norm is not None:
-        result["input_norm"] = [list(x) for x in start.input_norm]
+    return PretrainResult(
+        val=val, checkpoint=(res.best_path or res.last_path).name, classes=list(source.classes),
+        best_epoch=res.best_epoch, stop_reason=res.stop_reason.value, epochs_run=len(res.history),
+        seconds=res.seconds, images_per_second=res.images_per_second, precision=res.precision,
+        transfer_checkpoint=final, compile=v.pretrain.train.compile, input_norm=start.input_norm)
+
+
+def _pretrain_result(result: Any) -> PretrainResult:
+    if not isinstance(result, PretrainResult):
+        raise TypeError(f"{result.dir}: not a pretraining's result")
     return result
 
 
-FINAL = "final.pt"
+def _cell_result(result: Any) -> CellResult:
+    if not isinstance(result, CellResult):
+        raise TypeError(f"{result.dir}: not a cell's result")
+    return result
 
 
 def _keep_final(workdir: Path, last: Path) -> str:
@@ -296,46 +292,41 @@ def _last_stage(res: StrategyResult) -> dict[str, Any]:
 
 
 def run_cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask,
-             pretrained: dict[str, Any] | None, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+             pretrained: PretrainResult | None, upstream: UnitResult | None = None) -> CellResult:
     """Start ``v``'s model from the cell's source — or from the model its ``upstream`` cell
     trained (``backbone_from``; that cell's result) — transfer it to ``target`` by the cell's
     strategy, and evaluate it on the validation set and (unless a trial) every test set."""
     weights = None if pretrained is not None else source_weights(ctx.cfg, v, job.source)
-    pre_dir = Path(pretrained["dir"]).name if pretrained is not None else None
-    up_dir = Path(upstream["dir"]).name if upstream is not None else None
-    spec = cell_spec(ctx.cfg, v, job, target, pre_dir, up_dir)
+    upstream = None if upstream is None else _cell_result(upstream)
+    spec = cell_spec(ctx.cfg, v, job, target, None if pretrained is None else pretrained.dir.name,
+                     None if upstream is None else upstream.dir.name)
     unit = unit_for(ctx.out, job.kind, job.label, spec, share=True)
     with unit.claimed():
         if unit.done():
             ctx.echo(f"[{job.label}] done earlier, reused ({unit.dir.name})")
-            return {**unit.result(), "dir": str(unit.dir)}
+            return _cell_result(unit.result())
         _say_redo(ctx, job.label, unit)
         workdir = unit.start()
         try:
             result = _cell(ctx, v, job, target, pretrained, workdir, spec, weights, upstream)
         except TrialPruned as pruned:
             ctx.echo(f"[{job.label}] pruned after epoch {pruned.epoch}")
-            result = {"tests": {}, "val": {}, "classes": target.classes, "pruned_at": pruned.epoch,
-                      "pruned_value": pruned.value}
-        return {**unit.finish(result), "dir": str(unit.dir)}
+            result = CellResult(tests={}, val={}, classes=list(target.classes), pruned_at=pruned.epoch,
+                                pruned_value=pruned.value)
+        return unit.finish(result)
 
 
 def _upstream_start(ctx: Context, v: Variant, target: LoadedTask, seed: int,
-                    upstream: dict[str, Any]) -> ModelStart:
-    """The model an upstream cell trained (its ``best.pt``, else ``last.pt``) and its input
-    normalisation."""
-    folder = Path(upstream["dir"])
-    path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+                    upstream: CellResult) -> ModelStart:
+    """The model an upstream cell trained (its checked checkpoint) and its input normalisation."""
     model = seeded_build(v.model, target, ctx.size, seed)
-    model.load_state_dict(load_checkpoint(path)["model_state"])
-    norm = upstream.get("input_norm")
-    return ModelStart(model, (tuple(norm[0]), tuple(norm[1])) if norm else None,
-                      [f"backbone: the model trained by {folder.name}"])
+    model.load_state_dict(load_checkpoint(trained_checkpoint(upstream))["model_state"])
+    return ModelStart(model, upstream.input_norm, [f"backbone: the model trained by {upstream.dir.name}"])
 
 
-def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained: dict[str, Any] | None,
+def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained: PretrainResult | None,
           workdir: Path, spec: dict[str, Any], weights: str | None,
-          upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+          upstream: CellResult | None = None) -> CellResult:
     """Transfer and evaluate the cell in ``workdir``; returns its result."""
     strategy = v.strategies[job.strategy]
     split = target.fold(job.fold)
@@ -367,31 +358,24 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
     final = res.stages[-1].fit
     if "val" in metrics and final is not None and final.best_epoch > 0:
         metrics["val"]["loss"] = float(final.history[final.best_epoch - 1].get("val_loss", float("nan")))
-    write_predictions(workdir / "predictions.csv", target, parts, res.probabilities)
+    write_unit_predictions(workdir / PREDICTIONS, target, parts, res.probabilities)
     if not any(t.keep_optimizer for t in train_configs(strategy)):
         lean_checkpoints(workdir)
-    result = {"tests": {k: m for k, m in metrics.items() if k != "val"}, "val": metrics.get("val", {}),
-              "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
-              "classes": target.classes, "prediction_rows": {k: len(idx) for k, idx in parts.items()},
-              **summary}
     if "precision" in res.extra:
-        result["precision"] = res.extra["precision"]  # features: of the feature extraction
-    if any(t.compile for t in train_configs(strategy)):
-        result["compile"] = True
-    if start.input_norm is not None:
-        result["input_norm"] = [list(x) for x in start.input_norm]
-    return {**result, **post.record}
+        summary["precision"] = res.extra["precision"]  # features: of the feature extraction
+    return CellResult(
+        tests={k: m for k, m in metrics.items() if k != "val"}, val=metrics.get("val", {}),
+        classes=list(target.classes), strategy=StrategyRecord.from_json(res.summary(), "strategy"),
+        messages=list(start.messages), head_reset=start.head_reset,
+        prediction_rows={k: len(idx) for k, idx in parts.items()},
+        compile=any(t.compile for t in train_configs(strategy)), input_norm=start.input_norm,
+        posthoc=post.record.get("posthoc"), **summary)
 
 
-def write_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],
-                      proba: Mapping[str, np.ndarray]) -> None:
-    """``test_set,id,label,p_<class>...`` for every evaluated part (val included: thresholds
-    and calibration are chosen on it)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["test_set", "id", "label", *(f"p_{c}" for c in target.classes)])
-    for name, idx in parts.items():
-        for i, p in zip(idx, proba[name], strict=True):
-            w.writerow([name, cell_out(str(target.images.ids[i])), int(target.images.labels[i]),
-                        *(f"{q:.6g}" for q in p)])
-    write_text_atomic(path, buf.getvalue())
+def write_unit_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],
+                           proba: Mapping[str, np.ndarray]) -> None:
+    """A cell's ``predictions.csv``: ``test_set,id,label,p_<class>...`` for every evaluated part
+    (val included: thresholds and calibration are chosen on it)."""
+    rows = ([name, str(target.images.ids[i]), int(target.images.labels[i]), *(float(q) for q in p)]
+            for name, idx in parts.items() for i, p in zip(idx, proba[name], strict=True))
+    write_csv(path, rows, ["test_set", "id", "label", *(f"p_{c}" for c in target.classes)])

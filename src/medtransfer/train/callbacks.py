@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,6 +13,7 @@ from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
 from medtransfer.config import check_choice, closest
+from medtransfer.csvfile import append_csv_row
 from medtransfer.errors import ConfigError
 
 __all__ = [
@@ -232,11 +232,7 @@ class CSVLogger(Callback):
                 f"columns are fixed to {', '.join(self.columns)}"
             )
         # Reopening per row keeps no handle open across epochs and flushes on close.
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns, restval="")
-            if write_header:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv_row(self.path, row, self.columns, header=write_header)
 
 
 class ProgressBar(Callback):
