@@ -84,8 +84,8 @@ def _readers(out: Path, tmp_path: Path, cfg: dict[str, Any]) -> dict[str, Callab
     return {
         "predict": lambda capsys: _cli(["predict", str(out), str(image), "--out", str(tmp_path / "p.csv")],
                                        capsys),
-        "export": lambda capsys: _cli(["export", str(out), "--format", "torchscript", "--out",
-                                       str(tmp_path / "m.pt")], capsys),
+        "export": lambda capsys: _cli(["export", str(out), "--format", "pt2", "--out",
+                                       str(tmp_path / "m.pt2")], capsys),
         "report": lambda capsys: _cli(["report", str(out), "--n-boot", "20", "--gallery", "2"], capsys),
     }
 
