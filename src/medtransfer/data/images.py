@@ -11,8 +11,10 @@ Policy, chosen once so every loader agrees:
   have it fully opaque, and dropping it is what Keras' ``load_img`` does. Palette images are
   expanded to RGB first.
 * **EXIF orientation** is applied (``ImageOps.exif_transpose``).
-* **Resize** to ``size`` with antialiased bilinear filtering; the aspect ratio is *not* kept
-  (like Keras' ``flow_from_directory(target_size=...)``), so pre-crop elongated images yourself.
+* **Resize** to ``size`` (``resize``): antialiased bilinear filtering (default), nearest
+  neighbour (PIL's, as Keras' ``load_img`` / ``flow_from_directory`` by default), or bilinear
+  without antialiasing (``tf.image.resize``, OpenCV's ``INTER_LINEAR``); the aspect ratio is *not*
+  kept (like Keras' ``flow_from_directory(target_size=...)``), so pre-crop elongated images yourself.
 * **Truncated files fail.** We force a full ``load()`` and rely on Pillow's default
   ``ImageFile.LOAD_TRUNCATED_IMAGES = False``; do not switch that global on.
 """
@@ -27,9 +29,11 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
@@ -42,6 +46,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 )
 
+RESIZE_METHODS = ("antialias", "nearest", "bilinear")  # PreprocessConfig.resize
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 _WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -76,8 +81,14 @@ class PreprocessConfig:
     # [low, high]: each image's percentiles stretched to the full range, the rest clipped
     # (skimage's rescale_intensity to np.percentile(image, (low, high))), e.g. [2, 98]
     percentiles: tuple[float, float] | None = None
+    # how images are resized to size: antialias (bilinear with antialiasing, PIL), nearest (PIL's
+    # nearest neighbour, Keras load_img's default), bilinear (no antialiasing: tf.image.resize,
+    # OpenCV INTER_LINEAR); null: antialias, nearest under the study's compat keras
+    resize: Literal["antialias", "nearest", "bilinear"] | None = None
 
     def __post_init__(self) -> None:
+        if self.resize is not None and self.resize not in RESIZE_METHODS:
+            raise ConfigError(f"'resize': got {self.resize!r}; allowed: {', '.join(RESIZE_METHODS)}, null")
         object.__setattr__(self, "rescale", parse_rescale(self.rescale))
         object.__setattr__(self, "percentiles", check_percentiles(self.percentiles))
         if self.dicom_window is not None:
@@ -122,6 +133,8 @@ class PreprocessConfig:
             spec["dicom_window"] = list(self.dicom_window)
         if self.percentiles is not None:
             spec["percentiles"] = list(self.percentiles)
+        if self.resize not in (None, "antialias"):
+            spec["resize"] = self.resize
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -154,13 +167,11 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         img = Image.fromarray(np.ascontiguousarray(array))
         if cfg.color is ColorMode.GRAYSCALE and img.mode == "RGB":
             img = img.convert("L")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        out = np.asarray(img)
+        out = _resize8(img, height, width, cfg.resize or "antialias")
     else:
         if array.ndim == 3:
             array = _luma16(array) if cfg.color is ColorMode.GRAYSCALE else array
-        out = _resize16(array, height, width)
+        out = _resize16(array, height, width, cfg.resize or "antialias")
     if out.ndim == 2:
         out = out[None]
         if cfg.color is ColorMode.RGB:
@@ -210,15 +221,39 @@ def _luma16(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float64) @ weights), 0, 65535).astype(np.uint16)
 
 
-def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
+_PIL_FILTER = {"antialias": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+
+
+def _bilinear(array: np.ndarray, height: int, width: int, top: int) -> np.ndarray:
+    """Bilinear resize without antialiasing (half-pixel centres, as ``tf.image.resize`` and
+    OpenCV's ``INTER_LINEAR``) of an (H, W) or (H, W, C) array, rounded to 0..``top``."""
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
+    y = y[0] if array.ndim == 2 else y.permute(1, 2, 0)
+    return np.clip(np.rint(y.numpy()), 0, top)
+
+
+def _resize8(img: Image.Image, height: int, width: int, method: str) -> np.ndarray:
+    """An 8-bit PIL image at ``height`` × ``width`` by ``method`` (see ``PreprocessConfig.resize``)."""
+    if img.size == (width, height):
+        return np.asarray(img)
+    if method == "bilinear":
+        return _bilinear(np.asarray(img), height, width, 255).astype(np.uint8)
+    return np.asarray(img.resize((width, height), _PIL_FILTER[method]))
+
+
+def _resize16(array: np.ndarray, height: int, width: int, method: str = "antialias") -> np.ndarray:
     if array.shape[:2] == (height, width):
         return array
-    # Pillow's float mode resizes with the same antialiased filter as 8-bit images, losslessly.
+    if method == "bilinear":
+        return _bilinear(array, height, width, 65535).astype(np.uint16)
+    # Pillow's float mode resizes with the same filters as 8-bit images, losslessly.
     planes = [array] if array.ndim == 2 else [array[:, :, c] for c in range(array.shape[2])]
     out = []
     for plane in planes:
         img = Image.fromarray(plane.astype(np.float32), mode="F")
-        resized = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
+        resized = np.asarray(img.resize((width, height), _PIL_FILTER[method]))
         out.append(np.clip(np.rint(resized), 0, 65535).astype(np.uint16))
     return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medtransfer.config import check_choice
+from medtransfer.config import Compat, check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy
 from medtransfer.models.head import HeadConfig, head_from
@@ -48,8 +48,15 @@ class ModelConfig:
     # it fills in for every weights without their own (a matrix's sources too); weights that
     # carry a different one are an error
     weights_norm: Literal["imagenet", "inception"] | None = None
+    # keras: the layers built here start Glorot-uniform with zero biases (not PyTorch's Kaiming
+    # default; pretrained weights replace them) and every batch norm has Keras's constants (eps
+    # 1e-3, or the Keras application's: 1.001e-5 for resnet/densenet; momentum 0.99, i.e. torch
+    # 0.01) and moves toward the biased batch variance; torch: PyTorch's; null: the study's compat
+    compat: Compat | None = None
 
     def __post_init__(self) -> None:
+        if self.compat is not None:
+            check_choice("model.compat", self.compat, ("torch", "keras"))
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
             rate = getattr(self, key)
             if not 0.0 <= rate < 1.0:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,9 +99,10 @@ class FinetuneStrategy:
                 "(default 1: the output layer), train_from or trainable_blocks"
             )
         if self.head_fit == "logreg":
-            for key, default in (("head", TrainConfig()),
-                                 ("head_freeze", FreezeConfig(trainable_layers=1))):
-                if getattr(self, key) != default:
+            head = dataclasses.replace(self.head, compat=None)  # the study's compat is not a setting
+            for key, value, default in (("head", head, TrainConfig()),
+                                        ("head_freeze", self.head_freeze, FreezeConfig(trainable_layers=1))):
+                if value != default:
                     raise ConfigError(
                         f"'strategy.{key}': set, but head_fit is logreg (the default), which "
                         "fits the output layer by logistic regression (head_C) and trains no "

@@ -17,7 +17,17 @@ from typing import Any, Literal
 
 from torch import nn
 
-from medtransfer.config import ConfigError, deep_merge, from_dict, read_yaml, to_dict, unknown_key_message
+from medtransfer.config import (
+    Compat,
+    ConfigError,
+    check_choice,
+    deep_merge,
+    fill_compat,
+    from_dict,
+    read_yaml,
+    to_dict,
+    unknown_key_message,
+)
 from medtransfer.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from medtransfer.errors import DataError
 from medtransfer.freezing import FreezeConfig, freeze
@@ -171,8 +181,21 @@ class StudyConfig:
     # what the report adds: strategy differences, first-layer filters, feature maps, activation
     # maximisation
     report: ReportConfig = field(default_factory=ReportConfig)
+    # the framework whose semantics every section follows where PyTorch's and Keras's differ:
+    # torch, or keras (a Keras study reproduced: model.compat, every train.compat and
+    # preprocess.resize nearest, each section's own setting overriding it; see their keys)
+    compat: Compat = "torch"
 
     def __post_init__(self) -> None:
+        check_choice("compat", self.compat, ("torch", "keras"))
+        if self.compat != "torch":  # torch is what null means: keys of default studies stay
+            object.__setattr__(self, "model", fill_compat(self.model, self.compat))
+            object.__setattr__(self, "pretrain", fill_compat(self.pretrain, self.compat))
+            if not self.is_matrix:  # a matrix's strategies train (filled in resolve_variants)
+                object.__setattr__(self, "transfer", fill_compat(self.transfer, self.compat))
+            if self.preprocess.resize is None:
+                object.__setattr__(self, "preprocess",
+                                   dataclasses.replace(self.preprocess, resize="nearest"))
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
                 or not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
             raise ConfigError(f"'name': got {self.name!r}; expected letters, digits, '-', '_' or '.' "
@@ -283,6 +306,8 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
         else:
             strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
                                                    cache=transfer.cache)}
+        if cfg.compat != "torch":
+            strategies = fill_compat(strategies, cfg.compat)
         check_backbones(strategies, f"{where}.strategies" if spec.strategies else "strategies")
         pretrain = from_dict(PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain")
         _check_augment(cfg, spec.name, {"pretrain": pretrain.augment, "transfer": transfer.augment},
