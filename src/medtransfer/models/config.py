@@ -40,7 +40,8 @@ class ModelConfig:
     # average pool → dropout → output layer)
     head: HeadConfig | None = None
     # null (random init), imagenet, file:PATH (a checkpoint or state dict), run:PATH (a unit
-    # folder or checkpoint of an earlier run)
+    # folder or checkpoint of an earlier run), keras:PATH (a Keras .h5 / .weights.h5 file of the
+    # same topology, e.g. a Keras application's; needs h5py)
     weights: str | None = None
     # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
     # inception (mean 0.5, std 0.5) or null: what the weights carry (imagenet and run: weights
@@ -73,10 +74,12 @@ class ModelConfig:
         if self.weights_norm is not None:
             check_choice("model.weights_norm", self.weights_norm, ("imagenet", "inception"))
         w = self.weights
-        if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)):
+        if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)
+                                  or (w.startswith("keras:") and len(w) > 6)):
             raise ConfigError(
                 f"'model.weights': got {w!r}; allowed: null (random init), imagenet, "
-                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt)"
+                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt), "
+                "keras:/path/to/keras_weights.h5"
             )
 
     def outputs(self, num_classes: int) -> int:

@@ -26,6 +26,7 @@ from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_imagenet
+from medtransfer.models.keras_weights import keras_norm, keras_state_dict, read_keras_h5
 from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
@@ -114,13 +115,13 @@ def _check_unit_file(file: Path, result: Path) -> None:
                            f"recorded (SHA-256 mismatch): damaged or replaced; {_REDO}")
 
 
-def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
-                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
-    """The weights ``cfg.weights`` names and their state dict (in the file's own key names),
-    with the normalisation ``cfg.weights_norm`` names when the weights carry none. A
-    ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its library into a model
-    built like ``model`` (the architecture's defaults when None)."""
-    weights, state = _open_weights(cfg, download=download, model=model)
+def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None,
+                 img_size: int = 224) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """The weights ``cfg.weights`` names and their state dict (in the file's own key names,
+    ``keras:`` files in ``model``'s), with the normalisation ``cfg.weights_norm`` names when the
+    weights carry none. A ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its
+    library into a model built like ``model`` (the architecture's defaults when None)."""
+    weights, state = _open_weights(cfg, download=download, model=model, img_size=img_size)
     if cfg.weights_norm is None:
         return weights, state
     mean, std = _NORMS[cfg.weights_norm]
@@ -139,8 +140,8 @@ _NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
           "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
 
 
-def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
-                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None,
+                  img_size: int = 224) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     spec = cfg.weights
     if spec is None:
         raise ConfigError("'model.weights' is null: there are no weights to open")
@@ -159,6 +160,8 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
         path = _run_checkpoint(path)
     if not path.is_file():
         raise WeightsError(f"'model.weights': file {path} does not exist ({spec})")
+    if scheme == "keras":
+        return _keras_weights(cfg, path, model, img_size)
     data = read_state_file(path)
     meta: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
     model_meta = meta.get("model")
@@ -179,6 +182,32 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
         origin=str(path), path=path,
     )
     return weights, state_of(data, path)
+
+
+def _keras_weights(cfg: ModelConfig, path: Path, model: nn.Module | None, img_size: int
+                   ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """A Keras weights file as a state dict of ``model`` (see :mod:`medtransfer.models.keras_weights`)."""
+    if model is None:
+        grey = cfg.in_chans_policy is InChansPolicy.SUM
+        model = build_model(cfg, num_classes=2, in_chans=1 if grey else 3, img_size=img_size)
+    conv = model.get_submodule(first_conv_name(model))
+    assert isinstance(conv, nn.Conv2d)
+    was_training = model.training
+    with torch.no_grad():
+        fmap = model.eval().forward_features(torch.zeros(1, conv.in_channels, img_size, img_size))  # type: ignore[operator]
+    model.train(was_training)
+    shape = tuple(int(s) for s in fmap.shape[1:])
+    state = keras_state_dict(model, read_keras_h5(path), arch=cfg.name,
+                             fmap=shape if len(shape) == 3 else None,  # type: ignore[arg-type]
+                             where=f"'model.weights' ({cfg.weights})")
+    norm = keras_norm(cfg.name)
+    weights = PretrainedWeights(
+        name=str(cfg.weights), arch=cfg.name, source_dataset="unknown (Keras weights file)",
+        input_size=None, mean=norm[0] if norm else None, std=norm[1] if norm else None,
+        class_names=(), license="unknown (local file)",
+        origin=f"{path} (Keras; Keras's preprocess_input normalisation)" if norm else str(path),
+        path=path)
+    return weights, state
 
 
 def _convert_efficientnet_pytorch(
@@ -252,7 +281,7 @@ def build_pretrained(
     model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if cfg.weights is None:
         return BuiltModel(model, None, None, None)
-    weights, state = open_weights(cfg, download=download, model=model)
+    weights, state = open_weights(cfg, download=download, model=model, img_size=img_size)
     file_keys = list(state)
     state = to_model_keys(model, weights, state)
     renamed = [(a, b) for a, b in zip(file_keys, state, strict=False) if a != b]

@@ -92,9 +92,9 @@ class SourceSpec:
             raise ConfigError("a source needs 'data' (to pretrain on), 'weights' "
                               "(imagenet, file:PATH or run:UNIT_DIR), or both")
         if self.weights is not None and self.weights != "imagenet" \
-                and not self.weights.startswith(("file:", "run:")):
+                and not self.weights.startswith(("file:", "run:", "keras:")):
             raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, file:PATH, "
-                              "run:UNIT_DIR")
+                              "run:UNIT_DIR, keras:PATH")
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ def _resolve_task(task: Any, base: Path) -> Any:
     if isinstance(split, dict) and isinstance(split.get("test_from"), str):
         out["split"] = {**split, "test_from": _resolve_path(split["test_from"], base)}
     weights = out.get("weights")
-    if isinstance(weights, str) and weights.startswith(("file:", "run:")):
+    if isinstance(weights, str) and weights.startswith(("file:", "run:", "keras:")):
         scheme, rest = weights.split(":", 1)
         out["weights"] = f"{scheme}:{_resolve_path(rest, base)}"
     return out

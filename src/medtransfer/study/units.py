@@ -133,9 +133,9 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
 def weights_stamp(weights: str | None) -> str | None:
     """``weights`` with a hash of its file's content for ``file:`` weights, so changing the
     file redoes the units that start from it."""
-    if weights is None or not weights.startswith("file:"):
+    if weights is None or not weights.startswith(("file:", "keras:")):
         return weights
-    path = Path(weights.removeprefix("file:")).expanduser()
+    path = Path(weights.split(":", 1)[1]).expanduser()
     if not path.is_file():
         return weights
     stat = path.stat()
