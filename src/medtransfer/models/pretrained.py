@@ -187,6 +187,10 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
 def _keras_weights(cfg: ModelConfig, path: Path, model: nn.Module | None, img_size: int
                    ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     """A Keras weights file as a state dict of ``model`` (see :mod:`medtransfer.models.keras_weights`)."""
+    if cfg.name in ("resnet50", "resnet152") and cfg.options.get("layout") != "keras":
+        raise ConfigError(f"'model.options.layout': {cfg.weights} holds a Keras ResNet (v1: strides in "
+                          "each block's first conv, convs with biases), which torchvision's layout "
+                          f"(v1.5) cannot compute; set model.options.layout: keras for {cfg.name}")
     if model is None:
         grey = cfg.in_chans_policy is InChansPolicy.SUM
         model = build_model(cfg, num_classes=2, in_chans=1 if grey else 3, img_size=img_size)

@@ -1,0 +1,78 @@
+"""``model.weights: keras:PATH``: Keras-application weight files load into the architectures of
+the same topology, checked against Keras's own outputs.
+
+``tests/data/keras_apps/`` (written by ``scripts/make_keras_refs.py``, Keras 3.15): VGG16 (Keras
+3 ``.weights.h5``), DenseNet121 and ResNet50 (Keras 2 ``.h5``, the layout of Keras's published
+ImageNet files), built with ``weights=None`` at 64 px with a 3-class top, their weights a
+periodic pattern (compressible with xz), and Keras's logits on 2 images. Loaded here, each
+model must give the same logits within 1e-4 of their largest magnitude: the layer mapping,
+kernel transposes, VGG16's flatten order (Keras's (H, W, C) into torch's (C, H, W)), the
+ResNet v1 stride placement and conv biases, Caffe-mode BGR input and batch-norm constants all
+enter. Reading needs h5py (the ``keras`` extra).
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medtransfer.errors import ConfigError
+from medtransfer.models import ModelConfig, build_pretrained
+from medtransfer.models.keras_weights import read_keras_h5
+from medtransfer.models.weights import WeightsError
+
+APPS = Path(__file__).resolve().parents[1] / "data" / "keras_apps"
+FILES = {"vgg16": "vgg16.weights.h5", "densenet121": "densenet121.h5", "resnet50": "resnet50.h5"}
+OPTIONS = {"vgg16": {"layout": "keras"}, "densenet121": {}, "resnet50": {"layout": "keras"}}
+BGR = ("vgg16", "resnet50")  # Keras's Caffe-mode preprocessing: its first conv reads BGR
+
+
+def _file(name: str, tmp: Path) -> Path:
+    out = tmp / FILES[name]
+    with lzma.open(APPS / f"{FILES[name]}.xz", "rb") as src, out.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return out
+
+
+def _cfg(name: str, path: Path, **extra: object) -> ModelConfig:
+    return ModelConfig(name=name, options=OPTIONS[name], weights=f"keras:{path}", compat="keras",
+                       **extra)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_keras_application_weights_give_keras_outputs(name, tmp_path, one_thread):
+    pytest.importorskip("h5py", reason="reading Keras weight files needs h5py (extra 'keras')")
+    refs = np.load(APPS / "predictions.npz")
+    built = build_pretrained(_cfg(name, _file(name, tmp_path)), num_classes=3, in_chans=3, img_size=64)
+    x = refs["input"][..., ::-1] if name in BGR else refs["input"]  # the same image, RGB order
+    with torch.no_grad():
+        logits = built.model.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    want = refs[name]
+    assert np.abs(logits - want).max() <= 1e-4 * np.abs(want).max()
+    assert built.report is not None and not built.report.reset  # the 3-class top loaded too
+    assert built.input_norm is not None  # Keras's preprocess_input normalisation travels along
+
+
+def test_keras_weights_check_the_architecture(tmp_path):
+    pytest.importorskip("h5py", reason="reading Keras weight files needs h5py (extra 'keras')")
+    dense = _file("densenet121", tmp_path)
+    with pytest.raises(WeightsError, match="count per class"):
+        build_pretrained(_cfg("resnet50", dense), num_classes=3, in_chans=3, img_size=64)
+    resnet = _file("resnet50", tmp_path)
+    v15 = ModelConfig(name="resnet50", weights=f"keras:{resnet}")
+    with pytest.raises(ConfigError, match="layout: keras"):
+        build_pretrained(v15, num_classes=3, in_chans=3, img_size=64)
+    layers = read_keras_h5(resnet)
+    assert layers[0][0] == "conv1_conv" and layers[0][1][0].shape == (7, 7, 3, 64)
+
+
+def test_missing_h5py_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(WeightsError, match=r"needs h5py \(pip install 'medtransfer\[keras\]'\)"):
+        read_keras_h5(tmp_path / "any.h5")
