@@ -74,5 +74,5 @@ def apply_keras(model: nn.Module, name: str) -> nn.Module:
             module.eps, module.momentum = eps, momentum
             if type(module) is nn.BatchNorm2d:
                 module.__class__ = KerasBatchNorm2d
-    model.bn_eps = eps
+    model.bn_eps = eps  # type: ignore[assignment]
     return model

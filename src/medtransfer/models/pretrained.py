@@ -202,7 +202,7 @@ def _keras_weights(cfg: ModelConfig, path: Path, model: nn.Module | None, img_si
     model.train(was_training)
     shape = tuple(int(s) for s in fmap.shape[1:])
     state = keras_state_dict(model, read_keras_h5(path), arch=cfg.name,
-                             fmap=shape if len(shape) == 3 else None,  # type: ignore[arg-type]
+                             fmap=shape if len(shape) == 3 else None,
                              where=f"'model.weights' ({cfg.weights})")
     norm = keras_norm(cfg.name)
     weights = PretrainedWeights(

@@ -122,7 +122,7 @@ def _keras_layout(model: ResNet) -> ResNet:
             block.conv2 = _biased(block.conv2, stride=1, padding=1)
             block.conv3 = _biased(block.conv3)
             if block.downsample is not None:
-                block.downsample[0] = _biased(block.downsample[0])  # type: ignore[arg-type]
+                block.downsample[0] = _biased(block.downsample[0])
     return model
 
 

@@ -212,6 +212,7 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
         "epochs_run": len(res.history), "seconds": res.seconds,
         "images_per_second": res.images_per_second, "precision": res.precision,
         "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
+        **compat_record(ctx.cfg, pretrain_model(v), [v.pretrain.train], res.best_epoch, len(res.history)),
     }
     if v.pretrain.transfer_from == "last":
         result["transfer_checkpoint"] = _keep_final(workdir, res.last_path)
@@ -235,6 +236,22 @@ def _keep_final(workdir: Path, last: Path) -> str:
                     epoch=data["epoch"], metrics=data["metrics"],
                     extra={k: v for k, v in data["extra"].items() if k != "resume"})
     return FINAL
+
+
+def compat_record(cfg: StudyConfig, model: ModelConfig, trains: list[TrainConfig], best_epoch: int,
+                  epochs_run: int) -> dict[str, Any]:
+    """Which weights were evaluated (``tested_epoch``: the best epoch's or the last's, as the
+    final training's ``restore_best`` resolved) and, where any section follows Keras, what
+    ``compat`` each part ran with."""
+    final = trains[-1] if trains else None
+    restored = final is not None and final.restores_best and best_epoch > 0
+    out: dict[str, Any] = {"tested_epoch": {"which": "best" if restored else "last",
+                                            "epoch": best_epoch if restored else epochs_run}}
+    parts = {"model": model.compat or "torch", "train": sorted({t.compat or "torch" for t in trains}),
+             "preprocess.resize": cfg.preprocess.resize or "antialias"}
+    if parts["model"] != "torch" or parts["train"] != ["torch"] or parts["preprocess.resize"] != "antialias":
+        out["compat"] = parts
+    return out
 
 
 def _last_stage(res: StrategyResult) -> dict[str, Any]:
@@ -331,6 +348,12 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
               "strategy": res.summary(), "messages": start.messages, "head_reset": start.head_reset,
               "classes": target.classes, "prediction_rows": {k: len(idx) for k, idx in parts.items()},
               **summary}
+    trains = _train_configs(strategy)
+    record = compat_record(ctx.cfg, v.model, trains, final.best_epoch if final else 0,
+                           len(final.history) if final else 0)
+    if final is None:  # features: no epochs, the classifier is what it is
+        record.pop("tested_epoch")
+    result.update(record)
     if "precision" in res.extra:
         result["precision"] = res.extra["precision"]  # features: of the feature extraction
     if any(t.compile for t in _train_configs(strategy)):
