@@ -37,6 +37,8 @@ def test_study_compat_fills_every_section_and_sections_override_it(tiny_study_co
     assert study_from_dict({**tiny_study_config(tmp_path), "compat": "keras"}).preprocess.resize == "nearest"
     with pytest.raises(ConfigError, match="'compat': got 'tf'"):
         study_from_dict({**raw, "compat": "tf"})
+    with pytest.raises(ConfigError, match="'pretrain.transfer_from': got 'best' with train.restore_best"):
+        study_from_dict({**raw, "compat": "keras", "pretrain": {**raw["pretrain"], "transfer_from": "best"}})
 
 
 def test_model_compat_keras_gives_keras_batch_norm_and_glorot_init():
@@ -79,6 +81,10 @@ def test_a_keras_run_records_its_compat_and_the_epoch_it_tested(tiny_study_confi
     for name, result in results.items():
         assert result["compat"] == {"model": "keras", "train": ["keras"], "preprocess.resize": "nearest"}
         assert result["tested_epoch"] == {"which": "last", "epoch": 2}, name
+        folder = Path(out, "units", name)  # what later loads the unit's model is the tested one
+        assert not (folder / "best.pt").exists() and (folder / "last.pt").is_file()
+    pretrain = next(r for n, r in results.items() if n.startswith("pretrain"))
+    assert pretrain["checkpoint"] == "last.pt" and pretrain["transfer_checkpoint"] == "final.pt"
     default = run_study(study_from_dict(raw), tmp_path / "run", echo=lambda m: None, report=False)
     units = sorted(p.name for p in Path(default, "units").iterdir())
     assert len(units) == 4  # the default study's units are new ones: no key collides

@@ -133,9 +133,11 @@ class FeaturesStrategy:
     ``pooled`` (``forward_features`` pooled by ``pool``) or any module name (its output,
     pooled by ``pool`` if 4-D). ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
     ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
-    decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request) or
-    ``mlp``. ``C`` is the inverse regularization strength of both linear models. ``precision``:
-    of the feature extraction, as ``train.precision`` (the MLP head trains by ``mlp.train``).
+    decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request;
+    ``none``: its raw decision values through a sigmoid, or a softmax over classes — the SVM's
+    own ranking, as seed 003 scored AUC on them) or ``mlp``. ``C`` is the inverse regularization
+    strength of both linear models. ``precision``: of the feature extraction, as
+    ``train.precision`` (the MLP head trains by ``mlp.train``).
     """
 
     kind: Literal["features"] = "features"
@@ -144,7 +146,8 @@ class FeaturesStrategy:
     classifier: Literal["logreg", "svm", "mlp"] = "logreg"
     C: float = 1.0
     standardize: bool = True  # scale features to zero mean and unit variance first
-    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"  # svm probabilities: Platt or isotonic
+    # svm probabilities: Platt (sigmoid), isotonic, or none (raw decision values, uncalibrated)
+    calibration: Literal["sigmoid", "isotonic", "none"] = "sigmoid"
     calibration_folds: int = 5
     max_iter: int = 5000  # the solver's iteration limit
     batch_size: int = 64  # images per batch while extracting features
@@ -163,7 +166,7 @@ class FeaturesStrategy:
             raise ConfigError(f"'strategy.channels_last': got {self.channels_last!r}; allowed: true, false")
         check_choice("strategy.pool", self.pool, ("avg", "max", "flatten"))
         check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
-        check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))
+        check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic", "none"))
         if not self.C > 0:
             raise ConfigError(f"'strategy.C': got {self.C!r}; allowed: a number > 0")
         if self.calibration_folds < 2:

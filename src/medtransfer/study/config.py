@@ -104,12 +104,24 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # the pretrained weights transfer starts from: best (the best epoch's, best.pt) or last (the
-    # last epoch's, kept as final.pt; seed 000 transferred the last)
-    transfer_from: Literal["best", "last"] = "best"
+    # last epoch's, kept as final.pt; seed 000 transferred the last); null: best, last under
+    # train.compat keras (a Keras model after fit is the last epoch's)
+    transfer_from: Literal["best", "last"] | None = None
     # keys of 'model' that differ for the pretraining only, e.g. {conv_dropout: 0.3}: pretrain
     # with them, transfer into 'model' (seed 000's "unified" AlexNet); the two must have the
     # same tensors, except batch_norm in the seeds' AlexNets (folded into the convs)
     model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transfer_from == "best" and not self.train.restores_best:
+            raise ConfigError("'pretrain.transfer_from': got 'best' with train.restore_best false "
+                              "(set, or by compat keras): the pretraining keeps no best epoch; use "
+                              "transfer_from last (or null), or restore_best true")
+
+    @property
+    def transfers_last(self) -> bool:
+        """``transfer_from`` resolved: last, or null under ``train.compat: keras``."""
+        return self.transfer_from == "last" or (self.transfer_from is None and self.train.keras)
 
 
 @dataclass(frozen=True)

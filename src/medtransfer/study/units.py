@@ -214,7 +214,7 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
         "checkpoint": (res.best_path or res.last_path).name, "classes": source.classes,
         **compat_record(ctx.cfg, pretrain_model(v), [v.pretrain.train], res.best_epoch, len(res.history)),
     }
-    if v.pretrain.transfer_from == "last":
+    if v.pretrain.transfers_last:
         result["transfer_checkpoint"] = _keep_final(workdir, res.last_path)
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)

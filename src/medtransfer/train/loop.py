@@ -395,10 +395,17 @@ class _Fit:
         return self.reps.gather_eval(loss_sum, probas, len(labels))
 
     def result(self, t0: float) -> FitResult:
-        """Restore the best weights (if asked), leave the model in eval mode, and report."""
+        """Restore the best weights (if asked), leave the model in eval mode, and report. Without
+        restoring, ``best.pt`` is removed once training ends: the model is the last epoch's, and
+        whatever loads the unit's model later (``best.pt``, else ``last.pt``) gets that one."""
         model, ckpt = self.model, self.ckpt
+        best_path = ckpt.best_path
         if self.cfg.restores_best and ckpt.best_path is not None and self.reps.is_main:
             model.load_state_dict(ckpt.best_model_state())
+        elif best_path is not None and self.state.stop_reason is not StopReason.interrupted:
+            if self.reps.is_main:
+                best_path.unlink(missing_ok=True)
+            best_path = None
         self.reps.finish(model)  # the other processes take rank 0's weights
         if self.cfg.channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -408,7 +415,7 @@ class _Fit:
             stop_reason=self.state.stop_reason,
             best_epoch=ckpt.best_epoch,
             best_metric=ckpt.best,
-            best_path=ckpt.best_path,
+            best_path=best_path,
             last_path=ckpt.last_path,
             seconds=time.perf_counter() - t0,
             images_per_second=self.images / self.seconds if self.seconds > 0 else math.nan,
