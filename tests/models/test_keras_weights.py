@@ -7,8 +7,9 @@ ImageNet files), built with ``weights=None`` at 64 px with a 3-class top, their 
 periodic pattern (compressible with xz), and Keras's logits on 2 images. Loaded here, each
 model must give the same logits within 1e-4 of their largest magnitude: the layer mapping,
 kernel transposes, VGG16's flatten order (Keras's (H, W, C) into torch's (C, H, W)), the
-ResNet v1 stride placement and conv biases, Caffe-mode BGR input and batch-norm constants all
-enter. Reading needs h5py (the ``keras`` extra).
+ResNet v1 stride placement and conv biases and the batch-norm constants all enter; with
+``weights_norm: caffe`` the first conv reads RGB where Keras's read BGR. Reading needs h5py (the
+``keras`` extra).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from medtransfer.models.weights import WeightsError
 APPS = Path(__file__).resolve().parents[1] / "data" / "keras_apps"
 FILES = {"vgg16": "vgg16.weights.h5", "densenet121": "densenet121.h5", "resnet50": "resnet50.h5"}
 OPTIONS = {"vgg16": {"layout": "keras"}, "densenet121": {}, "resnet50": {"layout": "keras"}}
-BGR = ("vgg16", "resnet50")  # Keras's Caffe-mode preprocessing: its first conv reads BGR
 
 
 def _file(name: str, tmp: Path) -> Path:
@@ -45,18 +45,27 @@ def _cfg(name: str, path: Path, **extra: object) -> ModelConfig:
                        **extra)  # type: ignore[arg-type]
 
 
+def _logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_keras_application_weights_give_keras_outputs(name, tmp_path, one_thread):
     pytest.importorskip("h5py", reason="reading Keras weight files needs h5py (extra 'keras')")
     refs = np.load(APPS / "predictions.npz")
-    built = build_pretrained(_cfg(name, _file(name, tmp_path)), num_classes=3, in_chans=3, img_size=64)
-    x = refs["input"][..., ::-1] if name in BGR else refs["input"]  # the same image, RGB order
-    with torch.no_grad():
-        logits = built.model.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    path = _file(name, tmp_path)
+    built = build_pretrained(_cfg(name, path), num_classes=3, in_chans=3, img_size=64)
     want = refs[name]
-    assert np.abs(logits - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(_logits(built.model, refs["input"]) - want).max() <= 1e-4 * np.abs(want).max()
     assert built.report is not None and not built.report.reset  # the 3-class top loaded too
-    assert built.input_norm is not None  # Keras's preprocess_input normalisation travels along
+    assert built.input_norm is None  # as the seeds fed Keras: no preprocess_input
+    if name != "densenet121":  # Caffe mode: RGB images meet the first conv as BGR met Keras's
+        caffe = build_pretrained(_cfg(name, path, weights_norm="caffe"), num_classes=3, in_chans=3,
+                                 img_size=64)
+        rgb = refs["input"][..., ::-1]
+        assert np.abs(_logits(caffe.model, rgb) - want).max() <= 1e-4 * np.abs(want).max()
+        assert caffe.input_norm is not None and caffe.input_norm[1][0] == pytest.approx(1 / 255)
 
 
 def test_keras_weights_check_the_architecture(tmp_path):
@@ -70,6 +79,9 @@ def test_keras_weights_check_the_architecture(tmp_path):
         build_pretrained(v15, num_classes=3, in_chans=3, img_size=64)
     layers = read_keras_h5(resnet)
     assert layers[0][0] == "conv1_conv" and layers[0][1][0].shape == (7, 7, 3, 64)
+    with pytest.raises(ConfigError, match="'model.weights_norm': got 'caffe'"):
+        build_pretrained(ModelConfig(name="vgg16", weights="file:x.pt", weights_norm="caffe"),
+                         num_classes=3, in_chans=3, img_size=64)
 
 
 def test_missing_h5py_is_a_clear_error(tmp_path, monkeypatch):

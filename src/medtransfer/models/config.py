@@ -44,11 +44,12 @@ class ModelConfig:
     # same topology, e.g. a Keras application's; needs h5py)
     weights: str | None = None
     # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
-    # inception (mean 0.5, std 0.5) or null: what the weights carry (imagenet and run: weights
-    # carry theirs; a file: state dict, e.g. a CheXNet or torchvision download, carries none);
-    # it fills in for every weights without their own (a matrix's sources too); weights that
-    # carry a different one are an error
-    weights_norm: Literal["imagenet", "inception"] | None = None
+    # inception (mean 0.5, std 0.5), caffe (Keras's VGG16/ResNet preprocessing: BGR, ImageNet
+    # mean subtracted on 0-255; keras: files only) or null: what the weights carry (imagenet and
+    # run: weights carry theirs; a file: state dict, e.g. a CheXNet or torchvision download, and
+    # a keras: file carry none); it fills in for every weights without their own (a matrix's
+    # sources too); weights that carry a different one are an error
+    weights_norm: Literal["imagenet", "inception", "caffe"] | None = None
     # keras: the layers built here start Glorot-uniform with zero biases (not PyTorch's Kaiming
     # default; pretrained weights replace them) and every batch norm has Keras's constants (eps
     # 1e-3, or the Keras application's: 1.001e-5 for resnet/densenet; momentum 0.99, i.e. torch
@@ -72,7 +73,7 @@ class ModelConfig:
             check_choice("model.in_chans_policy", self.in_chans_policy, [p.value for p in InChansPolicy])
             object.__setattr__(self, "in_chans_policy", InChansPolicy(self.in_chans_policy))
         if self.weights_norm is not None:
-            check_choice("model.weights_norm", self.weights_norm, ("imagenet", "inception"))
+            check_choice("model.weights_norm", self.weights_norm, ("imagenet", "inception", "caffe"))
         w = self.weights
         if w is not None and not (w == "imagenet" or (w.startswith(("file:", "run:")) and len(w) > 5)
                                   or (w.startswith("keras:") and len(w) > 6)):

@@ -14,9 +14,13 @@ layer after a flattened feature map with its inputs reordered from Keras's (H, W
 (C, H, W); batch norm ``gamma, beta, moving_mean, moving_variance`` → ``weight, bias,
 running_mean, running_var`` (``scale=False``: weight 1). A Keras conv bias where the torch conv
 has none (a conv followed by batch norm, as in the seeds' AlexNet) goes into that batch norm's
-running mean (``BN(x + b)`` with mean μ is ``BN(x)`` with mean μ − b: exact). Architectures
-Keras preprocesses the Caffe way (VGG16, ResNet: BGR, mean subtracted on 0–255) get their input
-conv's channels flipped to RGB and carry that normalisation; DenseNet carries ImageNet's mean/std.
+running mean (``BN(x + b)`` with mean μ is ``BN(x)`` with mean μ − b: exact).
+
+The weights carry no input normalisation: the model computes what the Keras model computed on
+the same array (what the seeds fed it, [0, 1] pixels, without Keras's ``preprocess_input``).
+``model.weights_norm`` names one: ``imagenet`` (Keras's "torch" mode, DenseNet), ``inception``
+("tf" mode) or ``caffe`` (VGG16, ResNet: BGR, mean subtracted on the 0–255 scale), for which the
+first conv's input channels are reversed here so RGB images can be fed.
 
 Reading needs ``h5py`` (``pip install 'medtransfer[keras]'``).
 """
@@ -34,26 +38,12 @@ from torch import nn
 
 from medtransfer.models.weights import WeightsError
 
-__all__ = ["KERAS_NORMS", "KerasLayer", "keras_norm", "keras_state_dict", "read_keras_h5"]
+__all__ = ["KerasLayer", "keras_state_dict", "read_keras_h5"]
 
 KerasLayer = tuple[str, list[np.ndarray]]  # (layer name, its weight arrays in Keras order)
 _CLASSES = {nn.Conv2d: "conv", nn.Linear: "dense", nn.modules.batchnorm._BatchNorm: "bn"}
 # Keras 3's per-class names in a .weights.h5 file
 _KERAS3_CLASSES = {"conv2d": "conv", "dense": "dense", "batch_normalization": "bn"}
-# keras.applications.imagenet_utils.preprocess_input modes as (mean, std) of [0, 1] RGB input
-_CAFFE = ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255,) * 3)
-_TORCH = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-KERAS_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "vgg16": _CAFFE, "resnet50": _CAFFE, "resnet152": _CAFFE, "densenet121": _TORCH,
-}
-_BGR = ("vgg16", "resnet50", "resnet152")  # Caffe mode: the file's first conv reads BGR
-
-
-def keras_norm(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The input normalisation Keras's ``preprocess_input`` applies for ``arch`` (None: unknown,
-    e.g. a seed's own network, which saw ``rescale=1/255`` inputs)."""
-    return KERAS_NORMS.get(arch)
-
 
 def read_keras_h5(path: Path) -> list[KerasLayer]:
     """The layers with weights of a Keras weights file, in model order within each class."""
@@ -168,13 +158,13 @@ def _fold_conv_biases(model: nn.Module, state: dict[str, np.ndarray], where: str
         state[f"{bn}.running_mean"] = state[f"{bn}.running_mean"] - bias
 
 
-def keras_state_dict(model: nn.Module, layers: Sequence[KerasLayer], *, arch: str = "",
+def keras_state_dict(model: nn.Module, layers: Sequence[KerasLayer], *, bgr: bool = False,
                      fmap: tuple[int, int, int] | None = None,
                      where: str = "Keras weights") -> dict[str, torch.Tensor]:
     """``layers`` (a Keras model's weights, :func:`read_keras_h5`) as a state dict in ``model``'s
     key names, matched by order within each layer class. ``fmap``: the (C, H, W) shape of the
-    model's feature map, for the first dense layer's flatten order; ``arch``: the registered
-    architecture (Caffe-mode ones get their input conv flipped from BGR to RGB)."""
+    model's feature map, for the first dense layer's flatten order; ``bgr``: the first conv's
+    input channels reversed (Keras's Caffe-mode weights read BGR)."""
     ours: dict[str, list[tuple[str, nn.Module]]] = {"conv": [], "dense": [], "bn": []}
     for name, module in _torch_layers(model):
         ours[str(_kind_of(module))].append((name, module))
@@ -204,7 +194,7 @@ def keras_state_dict(model: nn.Module, layers: Sequence[KerasLayer], *, arch: st
                                        f"{value.shape}, but '{prefix}' needs {tuple(own[local].shape)}")
             state.update(converted)
     _fold_conv_biases(model, state, where)
-    if arch in _BGR and ours["conv"]:
+    if bgr and ours["conv"]:
         key = f"{ours['conv'][0][0]}.weight"
         if state[key].shape[1] == 3:
             state[key] = state[key][:, ::-1]

@@ -26,7 +26,7 @@ from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_imagenet
-from medtransfer.models.keras_weights import keras_norm, keras_state_dict, read_keras_h5
+from medtransfer.models.keras_weights import keras_state_dict, read_keras_h5
 from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
@@ -121,6 +121,9 @@ def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Mo
     ``keras:`` files in ``model``'s), with the normalisation ``cfg.weights_norm`` names when the
     weights carry none. A ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its
     library into a model built like ``model`` (the architecture's defaults when None)."""
+    if cfg.weights_norm == "caffe" and not str(cfg.weights).startswith("keras:"):
+        raise ConfigError(f"'model.weights_norm': got 'caffe' with weights {cfg.weights!r}; caffe is "
+                          "Keras's BGR preprocessing for keras: weight files (VGG16, ResNet)")
     weights, state = _open_weights(cfg, download=download, model=model, img_size=img_size)
     if cfg.weights_norm is None:
         return weights, state
@@ -137,7 +140,10 @@ def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Mo
 
 
 _NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
+          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),
+          # Keras's preprocess_input "caffe" mode on [0, 1] RGB input (the BGR order is in the
+          # first conv, reversed on loading a keras: file)
+          "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255, 1 / 255, 1 / 255))}
 
 
 def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None,
@@ -201,16 +207,13 @@ def _keras_weights(cfg: ModelConfig, path: Path, model: nn.Module | None, img_si
         fmap = model.eval().forward_features(torch.zeros(1, conv.in_channels, img_size, img_size))  # type: ignore[operator]
     model.train(was_training)
     shape = tuple(int(s) for s in fmap.shape[1:])
-    state = keras_state_dict(model, read_keras_h5(path), arch=cfg.name,
+    state = keras_state_dict(model, read_keras_h5(path), bgr=cfg.weights_norm == "caffe",
                              fmap=shape if len(shape) == 3 else None,
                              where=f"'model.weights' ({cfg.weights})")
-    norm = keras_norm(cfg.name)
     weights = PretrainedWeights(
         name=str(cfg.weights), arch=cfg.name, source_dataset="unknown (Keras weights file)",
-        input_size=None, mean=norm[0] if norm else None, std=norm[1] if norm else None,
-        class_names=(), license="unknown (local file)",
-        origin=f"{path} (Keras; Keras's preprocess_input normalisation)" if norm else str(path),
-        path=path)
+        input_size=None, mean=None, std=None, class_names=(), license="unknown (local file)",
+        origin=f"{path} (Keras)", path=path)
     return weights, state
 
 
