@@ -71,6 +71,8 @@ def test_keras_application_weights_give_keras_outputs(name, tmp_path, one_thread
 def test_keras_weights_check_the_architecture(tmp_path):
     pytest.importorskip("h5py", reason="reading Keras weight files needs h5py (extra 'keras')")
     dense = _file("densenet121", tmp_path)
+    two = build_pretrained(_cfg("densenet121", dense), num_classes=2, in_chans=3, img_size=64)
+    assert two.report is not None and two.report.reset == ["classifier.weight", "classifier.bias"]
     with pytest.raises(WeightsError, match="count per class"):
         build_pretrained(_cfg("resnet50", dense), num_classes=3, in_chans=3, img_size=64)
     resnet = _file("resnet50", tmp_path)

@@ -178,6 +178,8 @@ def keras_state_dict(model: nn.Module, layers: Sequence[KerasLayer], *, bgr: boo
                            f"class: {counts}); it holds another architecture")
     state: dict[str, np.ndarray] = {}
     first_dense = True
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None  # its shape follows the classes: checked on loading
     for kind in ("conv", "bn", "dense"):
         for (kname, arrays), (prefix, module) in zip(theirs[kind], ours[kind], strict=False):
             flat = None
@@ -188,7 +190,7 @@ def keras_state_dict(model: nn.Module, layers: Sequence[KerasLayer], *, bgr: boo
             own = module.state_dict()
             for key, value in converted.items():
                 local = key[len(prefix) + 1:]
-                if local in own and tuple(own[local].shape) != value.shape and not (
+                if module is not head and local in own and tuple(own[local].shape) != value.shape and not (
                         kind == "conv" and local == "weight" and own[local].shape[0] == value.shape[0]):
                     raise WeightsError(f"{where}: Keras layer '{kname}' gives {local} of shape "
                                        f"{value.shape}, but '{prefix}' needs {tuple(own[local].shape)}")
