@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
+from medtransfer.data.resize import RESIZE_METHODS, resize8, resize16
 from medtransfer.errors import ConfigError, ImageDecodeError
 
 # Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
@@ -46,7 +45,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 )
 
-RESIZE_METHODS = ("antialias", "nearest", "bilinear")  # PreprocessConfig.resize
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 _WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -167,11 +165,11 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         img = Image.fromarray(np.ascontiguousarray(array))
         if cfg.color is ColorMode.GRAYSCALE and img.mode == "RGB":
             img = img.convert("L")
-        out = _resize8(img, height, width, cfg.resize or "antialias")
+        out = resize8(img, height, width, cfg.resize or "antialias")
     else:
         if array.ndim == 3:
             array = _luma16(array) if cfg.color is ColorMode.GRAYSCALE else array
-        out = _resize16(array, height, width, cfg.resize or "antialias")
+        out = resize16(array, height, width, cfg.resize or "antialias")
     if out.ndim == 2:
         out = out[None]
         if cfg.color is ColorMode.RGB:
@@ -219,43 +217,6 @@ def _to_uint16(values: np.ndarray) -> np.ndarray:
 def _luma16(rgb: np.ndarray) -> np.ndarray:
     weights = np.array([0.299, 0.587, 0.114])
     return np.clip(np.rint(rgb.astype(np.float64) @ weights), 0, 65535).astype(np.uint16)
-
-
-_PIL_FILTER = {"antialias": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
-
-
-def _bilinear(array: np.ndarray, height: int, width: int, top: int) -> np.ndarray:
-    """Bilinear resize without antialiasing (half-pixel centres, as ``tf.image.resize`` and
-    OpenCV's ``INTER_LINEAR``) of an (H, W) or (H, W, C) array, rounded to 0..``top``."""
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
-    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
-    y = y[0] if array.ndim == 2 else y.permute(1, 2, 0)
-    return np.clip(np.rint(y.numpy()), 0, top)
-
-
-def _resize8(img: Image.Image, height: int, width: int, method: str) -> np.ndarray:
-    """An 8-bit PIL image at ``height`` × ``width`` by ``method`` (see ``PreprocessConfig.resize``)."""
-    if img.size == (width, height):
-        return np.asarray(img)
-    if method == "bilinear":
-        return _bilinear(np.asarray(img), height, width, 255).astype(np.uint8)
-    return np.asarray(img.resize((width, height), _PIL_FILTER[method]))
-
-
-def _resize16(array: np.ndarray, height: int, width: int, method: str = "antialias") -> np.ndarray:
-    if array.shape[:2] == (height, width):
-        return array
-    if method == "bilinear":
-        return _bilinear(array, height, width, 65535).astype(np.uint16)
-    # Pillow's float mode resizes with the same filters as 8-bit images, losslessly.
-    planes = [array] if array.ndim == 2 else [array[:, :, c] for c in range(array.shape[2])]
-    out = []
-    for plane in planes:
-        img = Image.fromarray(plane.astype(np.float32), mode="F")
-        resized = np.asarray(img.resize((width, height), _PIL_FILTER[method]))
-        out.append(np.clip(np.rint(resized), 0, 65535).astype(np.uint16))
-    return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 
 
 def pixel_limit() -> int | None:
