@@ -32,6 +32,34 @@ NOT_SAVED = {"saved": False}
 def _saved(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("saved", True))
 
+# The framework whose semantics a config section follows where PyTorch's and Keras's differ: torch
+# (PyTorch's defaults) or keras (Keras 3's; see docs/config.md, key ``compat``). A section's
+# ``compat: null`` takes the study's.
+Compat = typing.Literal["torch", "keras"]
+COMPATS: tuple[str, ...] = ("torch", "keras")
+
+
+def fill_compat(obj: Any, compat: str) -> Any:
+    """``obj`` (a config dataclass, or a dict / list of them) with every nested ``compat`` field
+    that is None set to ``compat``; fields set explicitly keep their value."""
+    if isinstance(obj, dict):
+        new_items = {k: fill_compat(v, compat) for k, v in obj.items()}
+        return obj if all(new_items[k] is v for k, v in obj.items()) else new_items
+    if isinstance(obj, list):
+        new_list = [fill_compat(v, compat) for v in obj]
+        return obj if all(a is b for a, b in zip(new_list, obj, strict=True)) else new_list
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        new = compat if f.name == "compat" and value is None else fill_compat(value, compat)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(obj, **changes) if changes else obj
+
 
 def _join(where: str, key: str | int) -> str:
     if isinstance(key, int):

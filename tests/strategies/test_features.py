@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 from medtransfer.data import ImageCache
@@ -120,3 +121,19 @@ def test_weights_hash_covers_0_dim_buffers_and_changes_with_weights():
     with torch.no_grad():
         model[0].weight[0, 0, 0, 0] += 1.0
     assert weights_hash(model) != before
+
+
+def test_svm_without_calibration_gives_its_decision_values_own_ranking():
+    """``calibration: none`` (seed 003): the one-vs-rest LinearSVC's raw decision values, through
+    a sigmoid (binary) or a softmax (multiclass), with no standardisation when switched off."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)) * 10
+    y = (x[:, 0] + rng.normal(size=60) > 0).astype(int)
+    cfg = FeaturesStrategy(classifier="svm", calibration="none", standardize=False)
+    est = make_estimator(cfg, 0, y).fit(x, y)
+    raw = LinearSVC(C=1.0, max_iter=5000, random_state=0).fit(x, y).decision_function(x)
+    proba = sklearn_proba(est, x, 2)
+    assert np.allclose(proba[:, 1], 1 / (1 + np.exp(-raw))) and np.allclose(proba.sum(1), 1)
+    y3 = np.digitize(x[:, 0], [-5, 5])
+    p3 = sklearn_proba(make_estimator(cfg, 0, y3).fit(x, y3), x, 3)
+    assert p3.shape == (60, 3) and np.allclose(p3.sum(1), 1)

@@ -1,6 +1,7 @@
 """Every seed's study as shipped (examples/seed000.yaml … seed004.yaml), shrunk to tiny sizes and
 one epoch, run end to end on ../shared/data (skipped where that folder is absent). The weights files
-the configs name are replaced by randomly initialised files of the same layout: what is tested is
+the configs name are replaced by randomly initialised files of the same layout (Keras's ``.h5``
+layout for ``keras:`` files, written with h5py; skipped where h5py is absent): what is tested is
 that each config runs whole, not its numbers. A missing weights file is an error naming it."""
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from medtransfer.api import run_study
 from medtransfer.config import read_yaml
@@ -99,12 +102,35 @@ def _shrink(node: Any, key: str = "") -> Any:
     return node
 
 
-def _weights(node: Any, tmp: Path) -> Any:
-    """``file:`` weights replaced by random files of the same layout in ``tmp``."""
+def _keras_file(name: str, path: Path, size: int) -> None:
+    """A random Keras-2 ``.h5`` file in the layout of Keras's VGG16 file ``name`` (``_notop``:
+    the conv layers only), with this test's small dense layers, for ``size`` px images."""
+    h5py = pytest.importorskip("h5py", reason="keras: weight files need h5py (extra 'keras')")
+    model = create_model("vgg16", num_classes=1000, in_chans=3, img_size=size, layout="keras",
+                         dense=tuple(DENSE["vgg16"]))
+    kinds = (nn.Conv2d,) if "_notop" in name else (nn.Conv2d, nn.Linear)
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([f"layer_{i}".encode() for i in range(len(layers))])
+        for i, m in enumerate(layers):
+            w = m.weight.detach().numpy()
+            group = f.create_group(f"layer_{i}")
+            group.attrs["weight_names"] = np.array([b"kernel", b"bias"])
+            group["kernel"] = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+            group["bias"] = m.bias.detach().numpy()
+
+
+def _weights(node: Any, tmp: Path, size: int = 32) -> Any:
+    """``file:`` and ``keras:`` weights replaced by random files of the same layout in ``tmp``."""
     if isinstance(node, dict):
-        return {k: _weights(v, tmp) for k, v in node.items()}
+        return {k: _weights(v, tmp, size) for k, v in node.items()}
     if isinstance(node, list):
-        return [_weights(v, tmp) for v in node]
+        return [_weights(v, tmp, size) for v in node]
+    if isinstance(node, str) and node.startswith("keras:"):
+        path = tmp / Path(node[6:]).name
+        if not path.exists():
+            _keras_file(path.name, path, size)
+        return f"keras:{path}"
     if isinstance(node, str) and node.startswith("file:"):
         name = Path(node[5:]).name
         path = tmp / name.replace(".safetensors", ".pt")
@@ -128,7 +154,7 @@ def _raw(seed: str, tmp: Path, cache: Path) -> dict[str, Any]:
     search = raw.get("search")
     if search:  # one trial (every key's first value), then the best config on the tests
         search["space"] = {k: v[:1] for k, v in search["space"].items()}
-    return _weights(raw, tmp)
+    return _weights(raw, tmp, raw["preprocess"]["size"])
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ Policy, chosen once so every loader agrees:
   have it fully opaque, and dropping it is what Keras' ``load_img`` does. Palette images are
   expanded to RGB first.
 * **EXIF orientation** is applied (``ImageOps.exif_transpose``).
-* **Resize** to ``size`` with antialiased bilinear filtering; the aspect ratio is *not* kept
-  (like Keras' ``flow_from_directory(target_size=...)``), so pre-crop elongated images yourself.
+* **Resize** to ``size`` (``resize``): antialiased bilinear filtering (default), nearest
+  neighbour (PIL's, as Keras' ``load_img`` / ``flow_from_directory`` by default), or bilinear
+  without antialiasing (``tf.image.resize``, OpenCV's ``INTER_LINEAR``); the aspect ratio is *not*
+  kept (like Keras' ``flow_from_directory(target_size=...)``), so pre-crop elongated images yourself.
 * **Truncated files fail.** We force a full ``load()`` and rely on Pillow's default
   ``ImageFile.LOAD_TRUNCATED_IMAGES = False``; do not switch that global on.
 """
@@ -27,7 +29,7 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -35,6 +37,7 @@ from PIL import Image, ImageOps
 from medtransfer.data.entries import REFUSED_ALWAYS, not_regular
 from medtransfer.data.intensity import check_percentiles, parse_rescale, stretch_percentiles
 from medtransfer.data.limits import LIMIT_HINT, MAX_SIZE, open_image, pixel_limit
+from medtransfer.data.resize import RESIZE_METHODS, resize8, resize16
 from medtransfer.errors import ConfigError, ImageDecodeError
 
 # Bump when the decode/resize code changes the pixels it produces: old cache entries become stale.
@@ -78,8 +81,14 @@ class PreprocessConfig:
     # [low, high]: each image's percentiles stretched to the full range, the rest clipped
     # (skimage's rescale_intensity to np.percentile(image, (low, high))), e.g. [2, 98]
     percentiles: tuple[float, float] | None = None
+    # how images are resized to size: antialias (bilinear with antialiasing, PIL), nearest (PIL's
+    # nearest neighbour, Keras load_img's default), bilinear (no antialiasing: tf.image.resize,
+    # OpenCV INTER_LINEAR); null: antialias, nearest under the study's compat keras
+    resize: Literal["antialias", "nearest", "bilinear"] | None = None
 
     def __post_init__(self) -> None:
+        if self.resize is not None and self.resize not in RESIZE_METHODS:
+            raise ConfigError(f"'resize': got {self.resize!r}; allowed: {', '.join(RESIZE_METHODS)}, null")
         object.__setattr__(self, "rescale", parse_rescale(self.rescale))
         object.__setattr__(self, "percentiles", check_percentiles(self.percentiles))
         if self.dicom_window is not None:
@@ -126,6 +135,8 @@ class PreprocessConfig:
             spec["dicom_window"] = list(self.dicom_window)
         if self.percentiles is not None:
             spec["percentiles"] = list(self.percentiles)
+        if self.resize not in (None, "antialias"):
+            spec["resize"] = self.resize
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -162,13 +173,11 @@ def preprocess_array(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         img = Image.fromarray(np.ascontiguousarray(array))
         if cfg.color is ColorMode.GRAYSCALE and img.mode == "RGB":
             img = img.convert("L")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        out = np.asarray(img)
+        out = resize8(img, height, width, cfg.resize or "antialias")
     else:
         if array.ndim == 3:
             array = _luma16(array) if cfg.color is ColorMode.GRAYSCALE else array
-        out = _resize16(array, height, width)
+        out = resize16(array, height, width, cfg.resize or "antialias")
     if out.ndim == 2:
         out = out[None]
         if cfg.color is ColorMode.RGB:
@@ -218,17 +227,6 @@ def _luma16(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float64) @ weights), 0, 65535).astype(np.uint16)
 
 
-def _resize16(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    if array.shape[:2] == (height, width):
-        return array
-    # Pillow's float mode resizes with the same antialiased filter as 8-bit images, losslessly.
-    planes = [array] if array.ndim == 2 else [array[:, :, c] for c in range(array.shape[2])]
-    out = []
-    for plane in planes:
-        img = Image.fromarray(plane.astype(np.float32), mode="F")
-        resized = np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
-        out.append(np.clip(np.rint(resized), 0, 65535).astype(np.uint16))
-    return out[0] if array.ndim == 2 else np.stack(out, axis=2)
 
 
 def _check_dicom_size(path: Path, ds: Any) -> int:

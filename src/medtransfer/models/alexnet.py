@@ -125,15 +125,17 @@ class AlexNet(nn.Module):
     def fold_batch_norm(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A batch-norm model's weights for this model without batch norm: each BN folded into
         its conv (weight × γ/σ, bias β − μ·γ/σ), so the convs compute what the BN model computed
-        in eval mode (seed 000's BN-pretrained weights in its "unified" AlexNet)."""
+        in eval mode (seed 000's BN-pretrained weights in its "unified" AlexNet). σ uses the
+        epsilon of this model's compat (``bn_eps``: Keras's 1e-3 with ``model.compat: keras``)."""
         if any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
             return dict(state)
         out = dict(state)
+        eps = float(getattr(self, "bn_eps", _BN_EPS))
         for i in range(len(self.features)):
             conv, bn = f"features.{i}.0", f"features.{i}.1"
             if f"{bn}.running_var" not in state or f"{conv}.bias" in state:
                 continue
-            scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + _BN_EPS)
+            scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + eps)
             out[f"{conv}.weight"] = state[f"{conv}.weight"] * scale[:, None, None, None]
             out[f"{conv}.bias"] = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
             for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medtransfer.config import check_choice, from_dict
+from medtransfer.config import Compat, check_choice, from_dict
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import InChansPolicy
 from medtransfer.models.head import HeadConfig, head_from
@@ -82,16 +82,27 @@ class ModelConfig:
     # average pool → dropout → output layer)
     head: HeadConfig | None = None
     # null (random init), imagenet, pretrained (a model folder's weights; else as imagenet),
-    # file:PATH (a checkpoint or state dict), run:PATH (a unit folder or checkpoint of an earlier run)
+    # file:PATH (a checkpoint or state dict), run:PATH (a unit folder or checkpoint of an earlier
+    # run), keras:PATH (a Keras .h5 / .weights.h5 file of the same topology, e.g. a Keras
+    # application's; needs h5py)
     weights: str | None = None
     # the input normalisation the weights expect: imagenet (torchvision's ImageNet mean/std),
-    # inception (mean 0.5, std 0.5), {mean: [...], std: [...]}, {range: [low, high]} or null: what
-    # the weights carry (imagenet, model folders and run: weights carry theirs; a file: state dict,
-    # e.g. a CheXNet or torchvision download, carries none); it fills in for every weights without
-    # their own (a matrix's sources too); weights that carry a different one are an error
-    weights_norm: Literal["imagenet", "inception"] | NormSpec | None = None
+    # inception (mean 0.5, std 0.5), caffe (Keras's VGG16/ResNet preprocessing: BGR, ImageNet
+    # mean subtracted on 0-255; keras: files only), {mean: [...], std: [...]}, {range: [low,
+    # high]} or null: what the weights carry (imagenet, model folders and run: weights carry
+    # theirs; a file: state dict, e.g. a CheXNet or torchvision download, and a keras: file carry
+    # none); it fills in for every weights without their own (a matrix's sources too); weights
+    # that carry a different one are an error
+    weights_norm: Literal["imagenet", "inception", "caffe"] | NormSpec | None = None
+    # keras: the layers built here start Glorot-uniform with zero biases (not PyTorch's Kaiming
+    # default; pretrained weights replace them) and every batch norm has Keras's constants (eps
+    # 1e-3, or the Keras application's: 1.001e-5 for resnet/densenet; momentum 0.99, i.e. torch
+    # 0.01) and moves toward the biased batch variance; torch: PyTorch's; null: the study's compat
+    compat: Compat | None = None
 
     def __post_init__(self) -> None:
+        if self.compat is not None:
+            check_choice("model.compat", self.compat, ("torch", "keras"))
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
             rate = getattr(self, key)
             if not 0.0 <= rate < 1.0:
@@ -110,12 +121,15 @@ class ModelConfig:
                                                                "model.weights_norm"))
         elif self.weights_norm is not None and not isinstance(self.weights_norm, NormSpec):
             check_choice("model.weights_norm", self.weights_norm,
-                         ("imagenet", "inception", "{mean: [...], std: [...]}", "{range: [low, high]}"))
+                         ("imagenet", "inception", "caffe", "{mean: [...], std: [...]}",
+                          "{range: [low, high]}"))
         w = self.weights
-        if w is not None and not (w in NAMED_WEIGHTS or (w.startswith(("file:", "run:")) and len(w) > 5)):
+        if w is not None and not (w in NAMED_WEIGHTS or (w.startswith(("file:", "run:")) and len(w) > 5)
+                                  or (w.startswith("keras:") and len(w) > 6)):
             raise ConfigError(
                 f"'model.weights': got {w!r}; allowed: null (random init), imagenet, pretrained, "
-                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt)"
+                "file:/path/to/weights.pt, run:/path/to/run/units/<pretrain unit> (or its .pt), "
+                "keras:/path/to/keras_weights.h5"
             )
 
     def outputs(self, num_classes: int) -> int:

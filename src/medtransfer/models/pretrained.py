@@ -26,6 +26,7 @@ from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig, NormSpec
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_weights
 from medtransfer.models.folders import folder_weights_file
+from medtransfer.models.keras_weights import keras_state_dict, read_keras_h5
 from medtransfer.models.loading import HeadPolicy, LoadReport, load_source_weights
 from medtransfer.models.registry import build_model
 from medtransfer.models.weights import (
@@ -95,13 +96,16 @@ def _check_unit_file(file: Path, result: Path) -> None:
                            ) from exc
 
 
-def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
-                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
-    """The weights ``cfg.weights`` names and their state dict (in the file's own key names),
-    with the normalisation ``cfg.weights_norm`` names when the weights carry none. A
-    ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its library into a model
-    built like ``model`` (the architecture's defaults when None)."""
-    weights, state = _open_weights(cfg, download=download, model=model)
+def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None,
+                 img_size: int = 224) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """The weights ``cfg.weights`` names and their state dict (in the file's own key names,
+    ``keras:`` files in ``model``'s), with the normalisation ``cfg.weights_norm`` names when the
+    weights carry none. A ``timm:``/``torchvision:`` model's ImageNet weights are loaded by its
+    library into a model built like ``model`` (the architecture's defaults when None)."""
+    if cfg.weights_norm == "caffe" and not str(cfg.weights).startswith("keras:"):
+        raise ConfigError(f"'model.weights_norm': got 'caffe' with weights {cfg.weights!r}; caffe is "
+                          "Keras's BGR preprocessing for keras: weight files (VGG16, ResNet)")
+    weights, state = _open_weights(cfg, download=download, model=model, img_size=img_size)
     if cfg.weights_norm is None:
         return weights, state
     mean, std = norm_values(cfg.weights_norm)
@@ -117,7 +121,10 @@ def open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Mo
 
 
 _NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
+          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),
+          # Keras's preprocess_input "caffe" mode on [0, 1] RGB input (the BGR order is in the
+          # first conv, reversed on loading a keras: file)
+          "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255, 1 / 255, 1 / 255))}
 
 
 def norm_values(norm: str | NormSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -135,8 +142,8 @@ def _same_norm(a: InputNorm, b: InputNorm) -> bool:
                for x, y in ((a[0], b[0]), (a[1], b[1])))
 
 
-def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None
-                 ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.Module | None = None,
+                  img_size: int = 224) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
     spec = cfg.weights
     if spec is None:
         raise ConfigError("'model.weights' is null: there are no weights to open")
@@ -155,6 +162,8 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
         path = _run_checkpoint(path)
     if not path.is_file():
         raise WeightsError(f"'model.weights': file {path} does not exist ({spec})")
+    if scheme == "keras":
+        return _keras_weights(cfg, path, model, img_size)
     data = read_state_file(path)
     meta: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
     model_meta = meta.get("model")
@@ -175,6 +184,33 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
         origin=str(path), path=path,
     )
     return weights, state_of(data, path)
+
+
+def _keras_weights(cfg: ModelConfig, path: Path, model: nn.Module | None, img_size: int
+                   ) -> tuple[PretrainedWeights, dict[str, torch.Tensor]]:
+    """A Keras weights file as a state dict of ``model`` (see :mod:`medtransfer.models.keras_weights`)."""
+    if cfg.name in ("resnet50", "resnet152") and cfg.options.get("layout") != "keras":
+        raise ConfigError(f"'model.options.layout': {cfg.weights} holds a Keras ResNet (v1: strides in "
+                          "each block's first conv, convs with biases), which torchvision's layout "
+                          f"(v1.5) cannot compute; set model.options.layout: keras for {cfg.name}")
+    if model is None:
+        grey = cfg.in_chans_policy is InChansPolicy.SUM
+        model = build_model(cfg, num_classes=2, in_chans=1 if grey else 3, img_size=img_size)
+    conv = model.get_submodule(first_conv_name(model))
+    assert isinstance(conv, nn.Conv2d)
+    was_training = model.training
+    with torch.no_grad():
+        fmap = model.eval().forward_features(torch.zeros(1, conv.in_channels, img_size, img_size))  # type: ignore[operator]
+    model.train(was_training)
+    shape = tuple(int(s) for s in fmap.shape[1:])
+    state = keras_state_dict(model, read_keras_h5(path), bgr=cfg.weights_norm == "caffe",
+                             fmap=shape if len(shape) == 3 else None,
+                             where=f"'model.weights' ({cfg.weights})")
+    weights = PretrainedWeights(
+        name=str(cfg.weights), arch=cfg.name, source_dataset="unknown (Keras weights file)",
+        input_size=None, mean=None, std=None, class_names=(), license="unknown (local file)",
+        origin=f"{path} (Keras)", path=path)
+    return weights, state
 
 
 def _convert_efficientnet_pytorch(
@@ -250,7 +286,7 @@ def build_pretrained(
     model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if cfg.weights is None:
         return BuiltModel(model, None, None, None)
-    weights, state = open_weights(cfg, download=download, model=model)
+    weights, state = open_weights(cfg, download=download, model=model, img_size=img_size)
     file_keys = list(state)
     state = to_model_keys(model, weights, state)
     renamed = [(a, b) for a, b in zip(file_keys, state, strict=False) if a != b]

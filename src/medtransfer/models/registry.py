@@ -26,6 +26,7 @@ from medtransfer.models.blocks import add_block_dropout
 from medtransfer.models.config import ModelConfig
 from medtransfer.models.external import build_external, check_arch, external_names, split_name
 from medtransfer.models.head import HeadConfig, head_from, install_head
+from medtransfer.models.keras import apply_keras
 
 Builder = Callable[..., nn.Module]
 
@@ -149,7 +150,9 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     channels (the in-channels policy applied); weights are loaded by
     :func:`medtransfer.models.build_pretrained`. Regularization flags a builder lacks are an
     error if switched on, except ``conv_dropout``: dropout after every stage of the
-    architecture (:mod:`medtransfer.models.blocks`). ``cfg.head`` replaces its own head."""
+    architecture (:mod:`medtransfer.models.blocks`). ``cfg.head`` replaces its own head;
+    ``cfg.compat: keras`` gives it Keras's initialisation and batch norm
+    (:mod:`medtransfer.models.keras`)."""
     params = inspect.signature(_builder(cfg.name)).parameters
     flags = {
         "batch_norm": cfg.batch_norm,
@@ -178,5 +181,7 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     if cfg.head is not None:
         install_head(model, cfg.head, num_classes=cfg.outputs(num_classes),
                      in_chans=cfg.model_in_chans(in_chans), img_size=img_size, name=cfg.name)
+    if cfg.compat == "keras":
+        apply_keras(model, cfg.name)
     apply_in_chans_policy(model, cfg.in_chans_policy)
     return model

@@ -1,10 +1,17 @@
 """ResNets: torchvision's ResNet-18/50/152 (its module names, so its ImageNet weights load as
 they are) and seed 002's N-layer ResNet, the Keras CIFAR "ResNet v1" whose depth is 6n + 2.
 
+ResNet-50/152 take ``layout``: ``torchvision`` (v1.5: a block's stride in its 3×3 conv, convs
+without biases) or ``keras`` (``keras.applications.ResNet50`` / ``ResNet152``, v1: the stride
+in the block's first 1×1 conv, every conv with a bias), so Keras-application weights load
+(``model.weights: keras:PATH``).
+
 Both add the timm head API and an optional dropout before the output layer (``dense_dropout``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -79,6 +86,48 @@ class ResNet(_ResNetHead, tv.ResNet):
     def body_chain(self) -> list[Step]:
         return module_steps(self, ["conv1", "bn1", "relu", "maxpool", *self.stages])
 
+    def keras_order(self) -> list[str]:
+        """Module names in Keras's layer order: a block's shortcut conv comes before its last
+        conv, its shortcut BN before its last BN (registration order otherwise)."""
+        names = [n for n, _ in self.named_modules()]
+        for stage in self.stages:
+            for i, block in enumerate(self.get_submodule(stage)):
+                if getattr(block, "downsample", None) is None:
+                    continue
+                p = f"{stage}.{i}"
+                for name in (f"{p}.downsample.0", f"{p}.downsample.1"):
+                    names.remove(name)
+                names.insert(names.index(f"{p}.conv3"), f"{p}.downsample.0")
+                names.insert(names.index(f"{p}.bn3"), f"{p}.downsample.1")
+        return names
+
+
+def _biased(conv: nn.Conv2d, stride: int | tuple[int, ...] | None = None,
+            padding: int | None = None) -> nn.Conv2d:
+    """``conv`` rebuilt with a bias (and another stride / padding)."""
+    s = conv.stride if stride is None else stride
+    p = conv.padding if padding is None else padding
+    return nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=s, padding=p,  # type: ignore[arg-type]
+                     bias=True)
+
+
+def _keras_layout(model: ResNet) -> ResNet:
+    """Keras's ResNet v1 (see the module docstring), in place."""
+    model.conv1 = _biased(model.conv1)
+    for stage in model.stages:
+        for block in model.get_submodule(stage):
+            assert isinstance(block, tv.Bottleneck)
+            stride = block.conv2.stride
+            block.conv1 = _biased(block.conv1, stride=stride)
+            block.conv2 = _biased(block.conv2, stride=1, padding=1)
+            block.conv3 = _biased(block.conv3)
+            if block.downsample is not None:
+                block.downsample[0] = _biased(block.downsample[0])
+    return model
+
+
+Layout = Literal["torchvision", "keras"]
+
 
 @register_model(family="resnet")
 def resnet18(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
@@ -90,18 +139,26 @@ def resnet18(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
 
 @register_model(family="resnet")
 def resnet50(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
-             dense_dropout: float = 0.0) -> ResNet:
-    """ResNet-50 (torchvision)."""
-    return ResNet(tv.Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans,
-                  dense_dropout=dense_dropout)
+             dense_dropout: float = 0.0, layout: Layout = "torchvision") -> ResNet:
+    """ResNet-50 (torchvision v1.5, or Keras's v1 with ``layout: keras``)."""
+    model = ResNet(tv.Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans,
+                   dense_dropout=dense_dropout)
+    return _keras_layout(model) if _layout(layout) == "keras" else model
 
 
 @register_model(family="resnet")
 def resnet152(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
-              dense_dropout: float = 0.0) -> ResNet:
-    """ResNet-152 (torchvision; seed 004)."""
-    return ResNet(tv.Bottleneck, [3, 8, 36, 3], num_classes=num_classes, in_chans=in_chans,
-                  dense_dropout=dense_dropout)
+              dense_dropout: float = 0.0, layout: Layout = "torchvision") -> ResNet:
+    """ResNet-152 (torchvision v1.5, or Keras's v1 with ``layout: keras``; seed 004)."""
+    model = ResNet(tv.Bottleneck, [3, 8, 36, 3], num_classes=num_classes, in_chans=in_chans,
+                   dense_dropout=dense_dropout)
+    return _keras_layout(model) if _layout(layout) == "keras" else model
+
+
+def _layout(layout: str) -> str:
+    if layout not in ("torchvision", "keras"):
+        raise ConfigError(f"'model.options.layout': got {layout!r}; allowed: torchvision, keras")
+    return layout
 
 
 class CifarResNet(_ResNetHead, nn.Module):

@@ -2,7 +2,9 @@
 module layout as torchvision so its ImageNet weights load by name.
 
 ``vgg16``: configuration D, 3×3 convs (+ BN with ``batch_norm``: VGG16-BN), adaptive 7×7
-average pool, dense 4096-4096 with dropout, then the output layer.
+average pool (``layout: keras``: none, the feature map flattened as in ``keras.applications.VGG16``;
+the same at 224 px), dense 4096-4096 with dropout (``dense_dropout``, 0 unless set: Keras's
+VGG16 has none), then the output layer.
 ``vgg_seed002``: seed 002's lab VGG — configuration D at widths ``base``·(1, 2, 4, 8, 8),
 flattened conv maps, three dense layers of 64 with dropout 0.4, then the output layer.
 """
@@ -14,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from medtransfer.errors import ConfigError
 from medtransfer.models.alexnet import keras_init
 from medtransfer.models.chain import Step, module_steps
 from medtransfer.models.registry import register_model
@@ -145,10 +148,15 @@ def vgg16(
     batch_norm: bool = False,
     dense_dropout: float = 0.5,
     dense: tuple[int, ...] = (4096, 4096),
+    layout: Literal["torchvision", "keras"] = "torchvision",
 ) -> VGG:
-    """VGG16 (configuration D) as torchvision builds it; ``batch_norm`` gives VGG16-BN."""
+    """VGG16 (configuration D) as torchvision builds it; ``batch_norm`` gives VGG16-BN;
+    ``layout: keras`` flattens the feature map without torchvision's adaptive 7×7 pool."""
+    if layout not in ("torchvision", "keras"):
+        raise ConfigError(f"'model.options.layout': got {layout!r}; allowed: torchvision, keras")
     return VGG(cfgs["D"], num_classes=num_classes, in_chans=in_chans, img_size=img_size,
-               batch_norm=batch_norm, dense=dense, dense_dropout=dense_dropout)
+               batch_norm=batch_norm, dense=dense, dense_dropout=dense_dropout,
+               pool_size=None if layout == "keras" else 7)
 
 
 @register_model(min_img_size=32, family="vgg")

@@ -98,9 +98,10 @@ class FinetuneStrategy:
                 "(default 1: the output layer), train_from or trainable_blocks"
             )
         if self.head_fit == "logreg":
-            for key, default in (("head", TrainConfig()),
-                                 ("head_freeze", FreezeConfig(trainable_layers=1))):
-                if getattr(self, key) != default:
+            head = dataclasses.replace(self.head, compat=None)  # the study's compat is not a setting
+            for key, value, default in (("head", head, TrainConfig()),
+                                        ("head_freeze", self.head_freeze, FreezeConfig(trainable_layers=1))):
+                if value != default:
                     raise ConfigError(
                         f"'strategy.{key}': set, but head_fit is logreg (the default), which "
                         "fits the output layer by logistic regression (head_C) and trains no "
@@ -134,9 +135,11 @@ class FeaturesStrategy:
     tokens of a transformer's tokens (N, T, D), ``mean`` (as ``avg``), ``cls`` (a transformer's
     class token) or ``flatten``. ``classifier``: ``logreg`` (scikit-learn LogisticRegression),
     ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
-    decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request) or
-    ``mlp``. ``C`` is the inverse regularization strength of both linear models. ``precision``:
-    of the feature extraction, as ``train.precision`` (the MLP head trains by ``mlp.train``).
+    decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request;
+    ``none``: its raw decision values through a sigmoid, or a softmax over classes — the SVM's
+    own ranking, as seed 003 scored AUC on them) or ``mlp``. ``C`` is the inverse regularization
+    strength of both linear models. ``precision``: of the feature extraction, as
+    ``train.precision`` (the MLP head trains by ``mlp.train``).
     """
 
     kind: Literal["features"] = "features"
@@ -149,7 +152,8 @@ class FeaturesStrategy:
     classifier: Literal["logreg", "svm", "mlp"] = "logreg"
     C: float = 1.0
     standardize: bool = True  # scale features to zero mean and unit variance first
-    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"  # svm probabilities: Platt or isotonic
+    # svm probabilities: Platt (sigmoid), isotonic, or none (raw decision values, uncalibrated)
+    calibration: Literal["sigmoid", "isotonic", "none"] = "sigmoid"
     calibration_folds: int = 5
     max_iter: int = 5000  # the solver's iteration limit
     batch_size: int = 64  # images per batch while extracting features
@@ -168,7 +172,7 @@ class FeaturesStrategy:
             raise ConfigError(f"'strategy.channels_last': got {self.channels_last!r}; allowed: true, false")
         check_choice("strategy.pool", self.pool, ("avg", "max", "flatten", "cls", "mean"))
         check_choice("strategy.classifier", self.classifier, ("logreg", "svm", "mlp"))
-        check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic"))
+        check_choice("strategy.calibration", self.calibration, ("sigmoid", "isotonic", "none"))
         if not self.C > 0:
             raise ConfigError(f"'strategy.C': got {self.C!r}; allowed: a number > 0")
         if self.calibration_folds < 2:

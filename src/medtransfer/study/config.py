@@ -20,11 +20,14 @@ from torch import nn
 
 from medtransfer.calibration import EvaluateConfig
 from medtransfer.config import (
+    Compat,
     ConfigError,
+    check_choice,
     check_device,
     check_seed,
     config_error,
     deep_merge,
+    fill_compat,
     from_dict,
     problems_of,
     read_yaml,
@@ -98,11 +101,11 @@ class SourceSpec:
     def __post_init__(self) -> None:
         if self.data is None and self.weights is None:
             raise ConfigError("a source needs 'data' (to pretrain on), 'weights' "
-                              "(imagenet, pretrained, file:PATH or run:UNIT_DIR), or both")
+                              "(imagenet, pretrained, file:PATH, run:UNIT_DIR or keras:PATH), or both")
         if self.weights is not None and self.weights not in NAMED_WEIGHTS \
-                and not self.weights.startswith(("file:", "run:")):
+                and not self.weights.startswith(("file:", "run:", "keras:")):
             raise ConfigError(f"'weights': got {self.weights!r}; allowed: imagenet, pretrained, "
-                              "file:PATH, run:UNIT_DIR")
+                              "file:PATH, run:UNIT_DIR, keras:PATH")
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,24 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # the pretrained weights transfer starts from: best (the best epoch's, best.pt) or last (the
-    # last epoch's, kept as final.pt; seed 000 transferred the last)
-    transfer_from: Literal["best", "last"] = "best"
+    # last epoch's, kept as final.pt; seed 000 transferred the last); null: best, last under
+    # train.compat keras (a Keras model after fit is the last epoch's)
+    transfer_from: Literal["best", "last"] | None = None
     # keys of 'model' that differ for the pretraining only, e.g. {conv_dropout: 0.3}: pretrain
     # with them, transfer into 'model' (seed 000's "unified" AlexNet); the two must have the
     # same tensors, except batch_norm in the seeds' AlexNets (folded into the convs)
     model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transfer_from == "best" and not self.train.restores_best:
+            raise ConfigError("'pretrain.transfer_from': got 'best' with train.restore_best false "
+                              "(set, or by compat keras): the pretraining keeps no best epoch; use "
+                              "transfer_from last (or null), or restore_best true")
+
+    @property
+    def transfers_last(self) -> bool:
+        """``transfer_from`` resolved: last, or null under ``train.compat: keras``."""
+        return self.transfer_from == "last" or (self.transfer_from is None and self.train.keras)
 
 
 @dataclass(frozen=True)
@@ -201,8 +216,21 @@ class StudyConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # a hyperparameter search: each arm's trials scored on validation, its best run on the tests
     search: SearchConfig | None = None
+    # the framework whose semantics every section follows where PyTorch's and Keras's differ:
+    # torch, or keras (a Keras study reproduced: model.compat, every train.compat and
+    # preprocess.resize nearest, each section's own setting overriding it; see their keys)
+    compat: Compat = "torch"
 
     def __post_init__(self) -> None:
+        check_choice("compat", self.compat, ("torch", "keras"))
+        if self.compat != "torch":  # torch is what null means: keys of default studies stay
+            object.__setattr__(self, "model", fill_compat(self.model, self.compat))
+            object.__setattr__(self, "pretrain", fill_compat(self.pretrain, self.compat))
+            if not self.is_matrix:  # a matrix's strategies train (filled in resolve_variants)
+                object.__setattr__(self, "transfer", fill_compat(self.transfer, self.compat))
+            if self.preprocess.resize is None:
+                object.__setattr__(self, "preprocess",
+                                   dataclasses.replace(self.preprocess, resize="nearest"))
         if (not isinstance(self.name, str) or not self.name or self.name.startswith(".")
                 or not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
             raise ConfigError(f"'name': got {self.name!r}; expected letters, digits, '-', '_' or '.' "
@@ -325,6 +353,8 @@ def resolve_variants(cfg: StudyConfig) -> list[Variant]:
         else:
             strategies = {"freeze": FreezeStrategy(freeze=transfer.freeze, train=transfer.train,
                                                    cache=transfer.cache)}
+        if cfg.compat != "torch":
+            strategies = fill_compat(strategies, cfg.compat)
         check_backbones(strategies, f"{where}.strategies" if spec.strategies else "strategies")
         pretrain = from_dict(PretrainConfig, deep_merge(base_pre, spec.pretrain), f"{where}.pretrain")
         _check_augment(cfg, spec.name, {"pretrain": pretrain.augment, "transfer": transfer.augment},
@@ -414,7 +444,7 @@ def _resolve_task(task: Any, base: Path) -> Any:
     if isinstance(split, dict) and isinstance(split.get("test_from"), str):
         out["split"] = {**split, "test_from": _resolve_path(split["test_from"], base)}
     weights = out.get("weights")
-    if isinstance(weights, str) and weights.startswith(("file:", "run:")):
+    if isinstance(weights, str) and weights.startswith(("file:", "run:", "keras:")):
         scheme, rest = weights.split(":", 1)
         out["weights"] = f"{scheme}:{_resolve_path(rest, base)}"
     return out

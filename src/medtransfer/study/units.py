@@ -44,7 +44,7 @@ from medtransfer.study.rundir.unit_result import (
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
 from medtransfer.tracking import unit_callbacks
-from medtransfer.train import Callback, TrainEnv, fit, load_checkpoint, predict_proba
+from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
 from medtransfer.train.distributed import is_main_process
 from medtransfer.version import __version__
@@ -146,13 +146,13 @@ def start_model(ctx: Context, v: Variant, task: LoadedTask, *, seed: int, weight
 
 
 def weights_stamp(weights: str | None, model_name: str | None = None) -> str | None:
-    """``weights`` with a hash of its file's content for ``file:`` weights and a model folder's
-    ``pretrained`` weights (``model_name``), so changing the file redoes the units that start
-    from it."""
+    """``weights`` with a hash of its file's content for ``file:`` and ``keras:`` weights and a
+    model folder's ``pretrained`` weights (``model_name``), so changing the file redoes the units
+    that start from it."""
     if weights is None:
         return weights
-    if weights.startswith("file:"):
-        path: Path | None = Path(weights.removeprefix("file:")).expanduser()
+    if weights.startswith(("file:", "keras:")):
+        path: Path | None = Path(weights.split(":", 1)[1]).expanduser()
     elif weights in NAMED_WEIGHTS and model_name is not None:
         path = folder_weights_file(model_name)
     else:
@@ -244,15 +244,16 @@ def _pretrain(ctx: Context, v: Variant, job: PretrainJob, source: LoadedTask, wo
     best = res.history[res.best_epoch - 1] if res.best_epoch > 0 else {}
     val["loss"] = float(best.get("val_loss", float("nan")))
     final = None
-    if v.pretrain.transfer_from == "last":  # (the other ranks of a data-parallel run wrote no last.pt)
+    if v.pretrain.transfers_last:  # (the other ranks of a data-parallel run wrote no last.pt)
         final = _keep_final(workdir, res.last_path) if is_main_process() else FINAL
+    record = compat_record(ctx.cfg, pretrain_model(v), [v.pretrain.train], res.best_epoch, len(res.history))
     if not v.pretrain.train.keep_optimizer:
         lean_checkpoints(workdir)
     return PretrainResult(
         val=val, checkpoint=(res.best_path or res.last_path).name, classes=list(source.classes),
         best_epoch=res.best_epoch, stop_reason=res.stop_reason.value, epochs_run=len(res.history),
         seconds=res.seconds, images_per_second=res.images_per_second, precision=res.precision,
-        transfer_checkpoint=final, compile=v.pretrain.train.compile, input_norm=start.input_norm)
+        transfer_checkpoint=final, compile=v.pretrain.train.compile, input_norm=start.input_norm, **record)
 
 
 def _pretrain_result(result: Any) -> PretrainResult:
@@ -275,6 +276,22 @@ def _keep_final(workdir: Path, last: Path) -> str:
                     epoch=data["epoch"], metrics=data["metrics"],
                     extra={k: v for k, v in data["extra"].items() if k != "resume"})
     return FINAL
+
+
+def compat_record(cfg: StudyConfig, model: ModelConfig, trains: list[TrainConfig], best_epoch: int,
+                  epochs_run: int) -> dict[str, Any]:
+    """Which weights were evaluated (``tested_epoch``: the best epoch's or the last's, as the
+    final training's ``restore_best`` resolved) and, where any section follows Keras, what
+    ``compat`` each part ran with."""
+    final = trains[-1] if trains else None
+    restored = final is not None and final.restores_best and best_epoch > 0
+    out: dict[str, Any] = {"tested_epoch": {"which": "best" if restored else "last",
+                                            "epoch": best_epoch if restored else epochs_run}}
+    parts = {"model": model.compat or "torch", "train": sorted({t.compat or "torch" for t in trains}),
+             "preprocess.resize": cfg.preprocess.resize or "antialias"}
+    if parts["model"] != "torch" or parts["train"] != ["torch"] or parts["preprocess.resize"] != "antialias":
+        out["compat"] = parts
+    return out
 
 
 def _last_stage(res: StrategyResult) -> dict[str, Any]:
@@ -361,6 +378,11 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
     write_unit_predictions(workdir / PREDICTIONS, target, parts, res.probabilities)
     if not any(t.keep_optimizer for t in train_configs(strategy)):
         lean_checkpoints(workdir)
+    trains = train_configs(strategy)
+    record = compat_record(ctx.cfg, v.model, trains, final.best_epoch if final else 0,
+                           len(final.history) if final else 0)
+    if final is None:  # features: no epochs, the classifier is what it is
+        record.pop("tested_epoch")
     if "precision" in res.extra:
         summary["precision"] = res.extra["precision"]  # features: of the feature extraction
     return CellResult(
@@ -369,7 +391,7 @@ def _cell(ctx: Context, v: Variant, job: CellJob, target: LoadedTask, pretrained
         messages=list(start.messages), head_reset=start.head_reset,
         prediction_rows={k: len(idx) for k, idx in parts.items()},
         compile=any(t.compile for t in train_configs(strategy)), input_norm=start.input_norm,
-        posthoc=post.record.get("posthoc"), **summary)
+        posthoc=post.record.get("posthoc"), **record, **summary)
 
 
 def write_unit_predictions(path: Path, target: LoadedTask, parts: Mapping[str, np.ndarray],

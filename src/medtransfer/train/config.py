@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from medtransfer.config import check_choice
+from medtransfer.config import Compat, check_choice
 from medtransfer.data.sampling import Sampling
 from medtransfer.errors import ConfigError
 from medtransfer.train.callbacks import (
@@ -62,7 +62,9 @@ class TrainConfig:
     checkpoint_every: Literal["auto", "epoch", "end"] = "auto"
     # balanced: weight each class's loss by n / (k · its count); none: equal weights
     class_weight: ClassWeight = ClassWeight.none
-    restore_best: bool = True  # end training with best.pt's weights, not the last epoch's
+    # end training with best.pt's weights (true) or the last epoch's (false, as Keras); null:
+    # true, false under compat keras
+    restore_best: bool | None = None
     progress: bool = True  # show a progress bar per epoch
     sampling: Sampling = Sampling.none
     precision: Precision = "fp32"  # fp32 exact; bf16/fp16 autocast; auto: bf16/fp16 on CUDA, fp32 on CPU
@@ -70,9 +72,23 @@ class TrainConfig:
     deterministic: bool = True  # false: cuDNN benchmarks convolution algorithms (CUDA only)
     keep_optimizer: bool = False  # a finished unit keeps last.pt with its optimizer state
     compile: bool = False  # torch.compile the model (needs a C++ compiler on the CPU); measure first
+    # keras: Keras 3's optimizers (update rules and defaults: eps 1e-7, Adagrad's accumulator
+    # 0.1, RMSprop's rho 0.9, decoupled weight decay) and ReduceLROnPlateau (absolute min_delta
+    # 1e-4, lr cut after `patience` bad epochs), class-weighted losses divided by the batch size
+    # (not by the weight sum), the last epoch's weights kept (restore_best: null → false);
+    # torch: PyTorch's; null: the study's compat
+    compat: Compat | None = None
 
     def __post_init__(self) -> None:
         check_precision("precision", self.precision)
+        if self.compat is not None:
+            check_choice("compat", self.compat, ("torch", "keras"))
+        if self.restore_best is not None and not isinstance(self.restore_best, bool):
+            raise ConfigError(f"'restore_best': got {self.restore_best!r}; allowed: true, false, null")
+        if self.compat == "keras" and self.optimizer.implementation != "auto":
+            raise ConfigError(f"'optimizer.implementation': got {self.optimizer.implementation!r} "
+                              "with compat keras, whose optimizers have one implementation; "
+                              "allowed: auto")
         for key in ("channels_last", "deterministic", "keep_optimizer", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"'{key}': got {getattr(self, key)!r}; allowed: true, false")
@@ -113,6 +129,16 @@ class TrainConfig:
                 f"'scheduler.warmup_epochs': got {self.scheduler.warmup_epochs}, but epochs is "
                 f"{self.epochs}; allowed: fewer than epochs"
             )
+
+    @property
+    def keras(self) -> bool:
+        """Whether this training follows Keras's semantics (``compat: keras``)."""
+        return self.compat == "keras"
+
+    @property
+    def restores_best(self) -> bool:
+        """``restore_best`` resolved: null is true, or false under ``compat: keras``."""
+        return (not self.keras) if self.restore_best is None else self.restore_best
 
 
 @dataclass

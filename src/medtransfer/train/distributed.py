@@ -249,17 +249,21 @@ class Replicas:
         return (slice(start, stop), True) if stop > start else (slice(0, 1), False)
 
     def batch_loss(
-        self, losses: Tensor, weights: Tensor, proba: Tensor, real: bool, batch_weight: float
+        self, losses: Tensor, weights: Tensor, proba: Tensor, real: bool, batch_weight: float,
+        *, per_sample: bool = False,
     ) -> tuple[Tensor, float, float, float] | None:
         """The loss to backpropagate and the whole batch's weighted loss sum, weight sum and mean
         loss; None when a loss or probability of the batch is not finite in any process (all
         processes agree before anyone calls backward). ``batch_weight``: the whole batch's
-        weight sum (used with more than one process)."""
+        weight sum (used with more than one process). ``per_sample``: the weighted sum is
+        divided by the number of samples instead of the weight sum (Keras's reduction; then
+        ``batch_weight`` is the whole batch's size)."""
         if not self.active:
-            loss = (losses * weights).sum() / weights.sum()
+            total = weights.new_tensor(float(len(weights))) if per_sample else weights.sum()
+            loss = (losses * weights).sum() / total
             if not (torch.isfinite(loss) and torch.isfinite(proba).all()):
                 return None
-            return loss, float((losses.detach() * weights).sum()), float(weights.sum()), loss.item()
+            return loss, float((losses.detach() * weights).sum()), float(total), loss.item()
         if not real:
             weights = torch.zeros_like(weights)
         local = (losses * weights).sum()

@@ -140,11 +140,12 @@ def fit(
     that epoch is recorded (``StopReason.non_finite_loss``). On Ctrl-C the current weights are
     saved to ``last.pt`` (``extra.partial_epoch``), callbacks' ``on_fit_end`` run, and the
     KeyboardInterrupt is re-raised so that a study stops rather than moving on. The model is
-    left in eval mode, with the best weights loaded if ``cfg.restore_best``. ``val_loss``
-    ignores class weights (as Keras). ``env.callbacks`` run after the built-in CSV log,
-    checkpoints, early stopping and progress bar. Under torchrun with an initialized process
-    group, fit trains with DDP (each process takes its share of every batch; only rank 0 writes
-    files): see :mod:`medtransfer.train.distributed`.
+    left in eval mode, with the best weights loaded if ``cfg.restores_best``. ``val_loss``
+    ignores class weights (as Keras); under ``cfg.compat: keras`` a class-weighted training loss
+    is divided by the batch size, as Keras's ``sum_over_batch_size``. ``env.callbacks`` run
+    after the built-in CSV log, checkpoints, early stopping and progress bar. Under torchrun
+    with an initialized process group, fit trains with DDP (each process takes its share of every
+    batch; only rank 0 writes files): see :mod:`medtransfer.train.distributed`.
 
     Each epoch's ``last.pt`` (``checkpoint_every: epoch``) also holds what a resume needs:
     scheduler, random generators, history and callback states. With ``resume``, a ``last.pt``
@@ -217,8 +218,8 @@ class _Fit:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("fit: the model has no trainable parameters (requires_grad is False)")
-        self.optimizer = build_optimizer(trainable, cfg.optimizer, model=model)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs)
+        self.optimizer = build_optimizer(trainable, cfg.optimizer, cfg.compat, model=model)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, cfg.compat)
         _check_monitors(cfg, val is not None)
         self.weights = _class_weights(cfg.class_weight, train.labels, env.num_classes, dev)
         self.reps = Replicas.current()
@@ -331,7 +332,8 @@ class _Fit:
         stepping). With DDP, this process trains on its rows of each batch (see
         ``Replicas.batch_loss``)."""
         labels, weights, reps, dev = self.train.labels, self.weights, self.reps, self.env.device
-        class_w = None if weights is None or not reps.active else weights.double().cpu().numpy()
+        keras_mean = self.cfg.keras and weights is not None  # Keras: sum(w·loss) / batch size
+        class_w = None if weights is None or not reps.active or keras_mean else weights.double().cpu().numpy()
         loss_sum, weight_sum = 0.0, 0.0
         probas: list[np.ndarray] = []
         for start in range(0, len(order), self.cfg.batch_size):
@@ -343,7 +345,7 @@ class _Fit:
             losses, proba = loss_and_proba(logits, yb, self.env.num_classes)
             wb = torch.ones_like(losses) if weights is None else weights[yb]
             batch_w = float(len(batch)) if class_w is None else float(class_w[labels[batch]].sum())
-            step = reps.batch_loss(losses, wb, proba, real, batch_w)
+            step = reps.batch_loss(losses, wb, proba, real, batch_w, per_sample=keras_mean)
             if step is None:
                 return None
             loss, batch_sum, batch_w, batch_loss = step
@@ -393,10 +395,17 @@ class _Fit:
         return self.reps.gather_eval(loss_sum, probas, len(labels))
 
     def result(self, t0: float) -> FitResult:
-        """Restore the best weights (if asked), leave the model in eval mode, and report."""
+        """Restore the best weights (if asked), leave the model in eval mode, and report. Without
+        restoring, ``best.pt`` is removed once training ends: the model is the last epoch's, and
+        whatever loads the unit's model later (``best.pt``, else ``last.pt``) gets that one."""
         model, ckpt = self.model, self.ckpt
-        if self.cfg.restore_best and ckpt.best_path is not None and self.reps.is_main:
+        best_path = ckpt.best_path
+        if self.cfg.restores_best and ckpt.best_path is not None and self.reps.is_main:
             model.load_state_dict(ckpt.best_model_state())
+        elif best_path is not None and self.state.stop_reason is not StopReason.interrupted:
+            if self.reps.is_main:
+                best_path.unlink(missing_ok=True)
+            best_path = None
         self.reps.finish(model)  # the other processes take rank 0's weights
         if self.cfg.channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -406,7 +415,7 @@ class _Fit:
             stop_reason=self.state.stop_reason,
             best_epoch=ckpt.best_epoch,
             best_metric=ckpt.best,
-            best_path=ckpt.best_path,
+            best_path=best_path,
             last_path=ckpt.last_path,
             seconds=time.perf_counter() - t0,
             images_per_second=self.images / self.seconds if self.seconds > 0 else math.nan,

@@ -24,6 +24,14 @@ from torch.optim.lr_scheduler import (
 from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.train.callbacks import check_monitor, require_metric
+from medtransfer.train.keras_optim import (
+    KERAS_DEFAULTS,
+    KerasAdagrad,
+    KerasAdam,
+    KerasPlateau,
+    KerasRMSprop,
+    KerasSGD,
+)
 
 __all__ = [
     "OptimizerConfig",
@@ -86,10 +94,10 @@ def _only_for(obj: Any, applies: dict[str, tuple[Enum, ...]]) -> None:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Optimizer settings. ``eps=None`` keeps torch's default for the chosen optimizer.
-
-    For Keras parity: Keras Adagrad uses ``initial_accumulator_value=0.1, eps=1e-7``; Keras
-    RMSprop uses ``rho`` (here ``alpha``) 0.9 and ``eps=1e-7``.
+    """Optimizer settings. ``eps``, ``initial_accumulator_value`` and ``alpha`` left null take
+    the framework's default for the chosen optimizer: PyTorch's, or Keras's under the training's
+    ``compat: keras`` (eps 1e-7, Adagrad's accumulator 0.1, RMSprop's rho 0.9), which also runs
+    Keras's update rules (:mod:`medtransfer.train.keras_optim`).
 
     ``implementation``: torch's ``auto`` choice for the device (a loop over tensors on CPU),
     ``for_loop``, ``foreach``, or ``fused`` (one kernel per step: on a CPU with large dense
@@ -108,9 +116,10 @@ class OptimizerConfig:
     momentum: float = 0.0  # sgd / rmsprop momentum
     nesterov: bool = False  # sgd: Nesterov momentum
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw moment decay rates
-    eps: float | None = None  # the denominator's epsilon (null: torch's default)
-    initial_accumulator_value: float = 0.0  # adagrad's starting accumulator (Keras: 0.1)
-    alpha: float = 0.99
+    eps: float | None = None  # the denominator's epsilon (null: the framework's, 1e-8 / Keras 1e-7)
+    # adagrad's starting accumulator (null: the framework's, torch 0 / Keras 0.1)
+    initial_accumulator_value: float | None = None
+    alpha: float | None = None  # rmsprop's decay of the squared mean (null: torch 0.99 / Keras rho 0.9)
     implementation: Literal["auto", "for_loop", "foreach", "fused"] = "auto"
     decay: float = 0.0  # Keras time-based decay per step: lr / (1 + decay * steps); 0 = off
     # layer-wise lr decay (BEiT / timm recipe for fine-tuning ViTs): layer k of L (timm's grouping:
@@ -151,10 +160,10 @@ class OptimizerConfig:
         if not (math.isfinite(self.decay) and self.decay >= 0):
             raise _fail("optimizer.decay", self.decay, "a finite number >= 0 (0: off)")
         iav = self.initial_accumulator_value
-        if not (math.isfinite(iav) and iav >= 0):
-            raise _fail("optimizer.initial_accumulator_value", iav, "a number >= 0")
-        if not 0.0 < self.alpha < 1.0:
-            raise _fail("optimizer.alpha", self.alpha, "a number in (0, 1)")
+        if iav is not None and not (math.isfinite(iav) and iav >= 0):
+            raise _fail("optimizer.initial_accumulator_value", iav, "null or a number >= 0")
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
+            raise _fail("optimizer.alpha", self.alpha, "null or a number in (0, 1)")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise _fail("optimizer.layer_decay", self.layer_decay, "null (off) or a number in (0, 1]")
         check_choice("optimizer.implementation", self.implementation,
@@ -228,18 +237,47 @@ _IMPLEMENTATION: dict[str, dict[str, bool]] = {
 
 def build_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: OptimizerConfig,
-    *, model: nn.Module | None = None,
+    compat: str | None = None, *, model: nn.Module | None = None,
 ) -> Optimizer:
     """The torch optimizer ``cfg`` describes, over ``params`` (tensors or param groups), with
     ``cfg.decay`` applied after each step (see :func:`time_decay`); with ``cfg.layer_decay``,
-    over the trainable parameters of ``model`` grouped by layer (see :func:`layer_decay_groups`)."""
+    over the trainable parameters of ``model`` grouped by layer (see :func:`layer_decay_groups`);
+    ``compat: keras`` builds Keras's algorithm with Keras's defaults
+    (:mod:`medtransfer.train.keras_optim`)."""
     if cfg.layer_decay is not None:
         if model is None:
             raise ConfigError("'optimizer.layer_decay': set, but the optimizer was given no model to "
                               "group into layers")
         params = layer_decay_groups(model, cfg)
-    opt = _build(params, cfg)
+    opt = _build_keras(params, cfg) if compat == "keras" else _build(params, cfg)
     return time_decay(opt, cfg.decay) if cfg.decay > 0 else opt
+
+
+def _build_keras(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+                 cfg: OptimizerConfig) -> Optimizer:
+    """Keras 3's optimizer: its update rule, its defaults where ``cfg`` leaves them null."""
+    groups: list[Any] = list(params)
+    if not groups:
+        raise ConfigError("build_optimizer: no parameters to optimize (is every parameter frozen?)")
+    if cfg.implementation != "auto":
+        raise ConfigError(f"'optimizer.implementation': got {cfg.implementation!r} with compat keras, "
+                          "whose optimizers have one implementation; allowed: auto")
+    k = KERAS_DEFAULTS
+    eps = k["eps"] if cfg.eps is None else cfg.eps
+    name, o = cfg.name, OptimizerName
+    if name in (o.adam, o.adamw):
+        return KerasAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=eps, weight_decay=cfg.weight_decay)
+    if name is o.adagrad:
+        iav = k["initial_accumulator_value"] if cfg.initial_accumulator_value is None \
+            else cfg.initial_accumulator_value
+        return KerasAdagrad(groups, lr=cfg.lr, initial_accumulator_value=iav, eps=eps,
+                            weight_decay=cfg.weight_decay)
+    if name is o.rmsprop:
+        rho = k["rho"] if cfg.alpha is None else cfg.alpha
+        return KerasRMSprop(groups, lr=cfg.lr, rho=rho, momentum=cfg.momentum, eps=eps,
+                            weight_decay=cfg.weight_decay)
+    return KerasSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                    weight_decay=cfg.weight_decay)
 
 
 def _groupable(model: nn.Module) -> nn.Module:
@@ -307,19 +345,22 @@ def _build(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], cfg: Optim
         return torch.optim.AdamW(groups, betas=cfg.betas, **common, **eps)
     if name is OptimizerName.adagrad:
         return torch.optim.Adagrad(
-            groups, initial_accumulator_value=cfg.initial_accumulator_value, **common, **eps
+            groups, initial_accumulator_value=cfg.initial_accumulator_value or 0.0, **common, **eps
         )
     if name is OptimizerName.sgd:
         return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
     if name is OptimizerName.rmsprop:
         return torch.optim.RMSprop(
-            groups, alpha=cfg.alpha, momentum=cfg.momentum, **common, **eps
+            groups, alpha=0.99 if cfg.alpha is None else cfg.alpha, momentum=cfg.momentum,
+            **common, **eps
         )
     raise AssertionError(f"unhandled optimizer {name!r}")
 
 
-def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int) -> Scheduler | None:
-    """The per-epoch lr scheduler ``cfg`` describes for a run of ``epochs``, or None."""
+def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int,
+                    compat: str | None = None) -> Scheduler | None:
+    """The per-epoch lr scheduler ``cfg`` describes for a run of ``epochs``, or None;
+    ``compat: keras`` makes ``plateau`` Keras's (:class:`KerasPlateau`)."""
     warmup = cfg.warmup_epochs
     if warmup and warmup >= epochs:
         raise ConfigError(
@@ -327,6 +368,9 @@ def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int) -> 
             f"allowed: fewer than {epochs}"
         )
     main: Scheduler | None
+    if cfg.name is SchedulerName.plateau and compat == "keras":
+        return KerasPlateau(optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
+                            min_lr=cfg.min_lr)
     if cfg.name is SchedulerName.plateau:
         return ReduceLROnPlateau(
             optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr

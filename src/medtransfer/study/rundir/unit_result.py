@@ -97,6 +97,8 @@ class PretrainResult:
     transfer_checkpoint: str | None = None  # what transfer starts from (pretrain.transfer_from: last)
     compile: bool = False
     input_norm: NormPair | None = None
+    tested_epoch: dict[str, Any] | None = None  # {which: best | last, epoch}: the weights evaluated
+    compat: dict[str, Any] | None = None  # the framework semantics each part ran with, where not torch
     files: dict[str, FileRecord] = field(default_factory=dict)
     dir: Path = field(default=Path(), metadata=NOT_SAVED)
 
@@ -125,6 +127,8 @@ class CellResult:
     precision: str | None = None
     compile: bool = False
     input_norm: NormPair | None = None
+    tested_epoch: dict[str, Any] | None = None  # {which: best | last, epoch}: the weights evaluated
+    compat: dict[str, Any] | None = None  # the framework semantics each part ran with, where not torch
     # evaluate's test-time augmentation and temperature, which predict and export apply
     posthoc: dict[str, Any] | None = None
     pruned_at: int | None = None  # a search trial stopped by its pruner after this epoch
