@@ -132,4 +132,4 @@ def test_every_strategy_kind_has_a_registered_runner():
     with pytest.raises(ConfigError, match=r"'strategy.kind': got 'transplant'.*Allowed: features, finetune"):
         strategy_for(unknown)
     with pytest.raises(ValueError, match="registered twice"):
-        register_strategy("freeze")(object)
+        register_strategy("freeze", config=FreezeStrategy)(object)

@@ -128,40 +128,6 @@ class Scratch(_Staged):
         return [(Stage("scratch", FreezeConfig(), self.cfg.train, CacheConfig()), env)]
 
 
-@register_strategy("freeze", config=FreezeStrategy)
-@dataclass(frozen=True)
-class Freeze(_Staged):
-    """Train what ``cfg.freeze`` leaves trainable."""
-
-    cfg: FreezeStrategy
-
-    def stages(self, env: TrainEnv) -> list[tuple[Stage, TrainEnv]]:
-        return [(Stage("freeze", self.cfg.freeze, self.cfg.train, self.cfg.cache), env)]
-
-
-@register_strategy("finetune", config=FinetuneStrategy)
-@dataclass(frozen=True)
-class Finetune(_Staged):
-    """A new head on the frozen base — fitted by logistic regression, or trained (in
-    ``out_dir/head``) — then the unfrozen model."""
-
-    cfg: FinetuneStrategy
-
-    def stages(self, env: TrainEnv) -> list[tuple[Stage, TrainEnv]]:
-        cfg = self.cfg
-        return [
-            (Stage("head", cfg.head_freeze, cfg.head, cfg.cache), env.replace(out_dir=env.out_dir / "head")),
-            (Stage("finetune", cfg.unfreeze, cfg.finetune, cfg.cache), env.replace(seed=env.seed + 1)),
-        ]
-
-    def run_stage(self, stage: Stage, model: nn.Module, data: TransferData,
-                  env: TrainEnv) -> StageResult:
-        if stage.name == "head" and self.cfg.head_fit == "logreg":
-            return fit_probe(model, data, env, C=self.cfg.head_C,
-                             class_weight=self.cfg.finetune.class_weight)
-        return train_stage(stage, model, data, env)
-
-
 def _head_outputs(model: nn.Module, num_classes: int) -> int:
     """Logits of the model's own output layer (1 = single sigmoid logit), else the default."""
     get = getattr(model, "get_classifier", None)
@@ -223,3 +189,39 @@ class Features:
         stage = StageResult(cfg.classifier, "sklearn", f"{how} on '{cfg.layer}' features")
         return StrategyResult(cfg.kind, probabilities, [], [stage], model, estimator,
                               time.perf_counter() - t0, extra)
+
+
+@register_strategy("freeze", config=FreezeStrategy)
+@dataclass(frozen=True)
+class Freeze(_Staged):
+    """Train what ``cfg.freeze`` leaves trainable."""
+
+    cfg: FreezeStrategy
+
+    def stages(self, env: TrainEnv) -> list[tuple[Stage, TrainEnv]]:
+        return [(Stage("freeze", self.cfg.freeze, self.cfg.train, self.cfg.cache), env)]
+
+
+@register_strategy("finetune", config=FinetuneStrategy)
+@dataclass(frozen=True)
+class Finetune(_Staged):
+    """A new head on the frozen base — fitted by logistic regression, or trained (in
+    ``out_dir/head``) — then the unfrozen model."""
+
+    cfg: FinetuneStrategy
+
+    def stages(self, env: TrainEnv) -> list[tuple[Stage, TrainEnv]]:
+        cfg = self.cfg
+        return [
+            (Stage("head", cfg.head_freeze, cfg.head, cfg.cache), env.replace(out_dir=env.out_dir / "head")),
+            (Stage("finetune", cfg.unfreeze, cfg.finetune, cfg.cache), env.replace(seed=env.seed + 1)),
+        ]
+
+    def run_stage(self, stage: Stage, model: nn.Module, data: TransferData,
+                  env: TrainEnv) -> StageResult:
+        if stage.name == "head" and self.cfg.head_fit == "logreg":
+            return fit_probe(model, data, env, C=self.cfg.head_C,
+                             class_weight=self.cfg.finetune.class_weight)
+        return train_stage(stage, model, data, env)
+
+
