@@ -119,16 +119,16 @@ def run_command(args: argparse.Namespace) -> int:
                                 cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                                 retries=args.retries,
                                 runtime_env=read_yaml(args.runtime_env) if args.runtime_env else None)
+    launched = launch_env()  # torchrun / srun: the ranks of one data-parallel run (study.lockstep)
+    if launched is not None and launched.world_size > 1 and "search" in read_yaml(Path(args.config)):
+        raise ConfigError(f"{args.config}: a search runs its trials one process each; it cannot run as "
+                          f"{launched.world_size} data-parallel processes ({launched.launcher}): "
+                          "start it with one process (--workers N runs trials in parallel)")
     path, raw, cfg = load_config(args)
     check_data_paths(cfg, str(path))  # before --out is made: a bad path leaves nothing behind
-    launched = launch_env()  # torchrun / srun: the ranks of one data-parallel run (study.lockstep)
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
         from medtransfer.search import run_search
 
-        if launched is not None and launched.world_size > 1:
-            raise ConfigError(f"{path}: a search runs its trials one process each; it cannot run as "
-                              f"{launched.world_size} data-parallel processes ({launched.launcher}): "
-                              "start it with one process (--workers N runs trials in parallel)")
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
