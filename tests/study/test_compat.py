@@ -14,8 +14,7 @@ from medtransfer.api import run_study
 from medtransfer.errors import ConfigError
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.models.keras import KerasBatchNorm2d
-from medtransfer.study import study_from_dict
-from medtransfer.study.config import resolve_variants
+from medtransfer.study import resolve_variants, study_from_dict
 from medtransfer.study.units import spec_key
 
 

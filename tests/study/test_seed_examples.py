@@ -196,7 +196,7 @@ def test_seed_config_runs_whole_when_shrunk(seed, tmp_path, cache, one_thread):
 
 
 def _variants(cfg: Any) -> list[Any]:
-    from medtransfer.study.config import resolve_variants
+    from medtransfer.study import resolve_variants
 
     return resolve_variants(cfg)
 

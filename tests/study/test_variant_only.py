@@ -3,7 +3,7 @@
 import pytest
 
 from medtransfer.errors import ConfigError
-from medtransfer.study.config import study_from_dict
+from medtransfer.study import study_from_dict
 from medtransfer.study.plan import make_plan
 
 

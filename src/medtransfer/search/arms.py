@@ -17,9 +17,9 @@ from medtransfer.config import deep_merge, to_dict
 from medtransfer.errors import ConfigError
 from medtransfer.study import StudyConfig, VariantSpec, make_plan, resolve_variants
 from medtransfer.study.backbones import backbone_from
-from medtransfer.study.config import check_models
 from medtransfer.study.plan import NO_SOURCE
 from medtransfer.study.search_config import SECTIONS, SearchConfig, nested
+from medtransfer.study.variants import check_models
 
 __all__ = ["SearchArm", "search_arms", "trial_specs", "tuned_config"]
 

@@ -1,9 +1,9 @@
 """Every study shape as one plan of typed jobs.
 
 A study is a matrix: variants × sources × targets × strategies × repeats (× cross-validation
-folds of the target). Seed 000's shape (one ``source``, one ``target``, ``transfer.freeze``) is
-the matrix with one source, one target and one strategy named ``freeze``; a search trial is a
-variant whose cells are scored on validation only. Sources with data are pretrained first
+folds of the target), as :attr:`StudyConfig.shape` gives it — a study written as one ``source``
+and one ``target`` included; a search trial is a variant whose cells are scored on validation
+only. Sources with data are pretrained first
 (:class:`PretrainJob`); each cell (:class:`CellJob`) then starts from its source — the
 pretraining, pretrained weights, or random initialisation for ``scratch`` (source ``none``) —
 transfers by its strategy and is evaluated. A ``features`` cell whose strategy has
@@ -21,15 +21,14 @@ from typing import Literal
 
 from medtransfer.strategies import ScratchStrategy, StrategyConfig
 from medtransfer.study.backbones import backbone_from
-from medtransfer.study.config import StudyConfig, Variant, VariantSpec, resolve_variants
+from medtransfer.study.config import StudyConfig
 from medtransfer.study.pruning import PruneTarget
+from medtransfer.study.sections import VariantSpec
+from medtransfer.study.variants import Variant, resolve_variants
 
-__all__ = ["NO_SOURCE", "SINGLE_SOURCE", "SINGLE_STRATEGY", "SINGLE_TARGET", "CellJob", "Job", "Plan",
-           "PretrainJob", "make_plan", "pretrain_seed", "repeat_seed"]
+__all__ = ["NO_SOURCE", "CellJob", "Job", "Plan", "PretrainJob", "make_plan", "pretrain_seed", "repeat_seed"]
 
 NO_SOURCE = "none"  # the source of scratch cells
-# The names of the one source, target and strategy of a study written as source/target/transfer.
-SINGLE_SOURCE, SINGLE_TARGET, SINGLE_STRATEGY = "source", "target", "freeze"
 Evaluate = Literal["tests", "val"]
 
 
@@ -113,52 +112,36 @@ class Plan:
                 for k in range(max(waves, default=-1) + 1)]
 
 
-def _sources(cfg: StudyConfig) -> dict[str, bool]:
-    """Source name → whether it has data to pretrain on."""
-    if not cfg.is_matrix:
-        return {SINGLE_SOURCE: cfg.source is not None}
-    return {name: spec.data is not None for name, spec in cfg.sources.items()}
-
-
-def _targets(cfg: StudyConfig) -> dict[str, int]:
-    """Target name → cross-validation folds (0: none)."""
-    if not cfg.is_matrix:
-        return {SINGLE_TARGET: cfg.task("target").split.folds or 0}
-    return {name: t.split.folds or 0 for name, t in cfg.targets.items()}
-
-
 def make_plan(cfg: StudyConfig, variants: list[Variant] | None = None, *,
               evaluate: Evaluate = "tests") -> Plan:
     """The jobs of ``cfg`` for ``variants`` (default: the study's own)."""
     variants = variants if variants is not None else resolve_variants(cfg)
-    matrix = cfg.is_matrix
-    sources, targets = _sources(cfg), _targets(cfg)
+    shape = cfg.shape
     pre_repeats = cfg.repeats if cfg.repeat_pretraining else 1
     pretrains: dict[tuple[str, str, int], PretrainJob] = {}
     for v in variants:
-        for s, has_data in sources.items():
-            for r in range(pre_repeats) if has_data else ():
-                label = f"{v.name}.{s}" + (f".r{r}" if cfg.repeat_pretraining else "") if matrix else v.name
+        for s, data in shape.sources.items():
+            for r in range(pre_repeats) if data is not None else ():
+                label = shape.pretrain_label(v.name, s, r if cfg.repeat_pretraining else None)
                 pretrains[(v.name, s, r)] = PretrainJob(v.name, s, r, pretrain_seed(cfg.seed, r), label,
                                                         v.spec)
     cells = []
     for v in variants:
         strategies: dict[str, StrategyConfig] = v.strategies
-        for t, n_folds in targets.items():
+        for t, task in shape.targets.items():
+            n_folds = task.split.folds or 0
             if v.targets is not None and t not in v.targets:
                 continue
             for st, strategy in strategies.items():
                 upstream = backbone_from(strategy)
                 scratch = isinstance(strategies[upstream] if upstream else strategy, ScratchStrategy)
-                names = [NO_SOURCE] if scratch else [s for s in sources
+                names = [NO_SOURCE] if scratch else [s for s in shape.sources
                                                      if v.sources is None or s in v.sources]
                 for s in names:
                     for r in range(cfg.repeats):
                         pre = pretrains.get((v.name, s, r if cfg.repeat_pretraining else 0))
                         for fold in range(n_folds) if n_folds else [None]:
-                            base = f"{v.name}.{s}.{t}.{st}.r{r}" if matrix else v.name
-                            label = base if fold is None else (
-                                f"{base}.f{fold + 1}" if matrix else f"{base}-fold{fold + 1}")
+                            label = shape.cell_label(v.name, s, t, st, r, fold)
                             cells.append(CellJob(v.name, s, t, st, r, fold, repeat_seed(cfg.seed, r),
                                                  label, pre, evaluate, spec=v.spec))
     used = {c.pretrain for c in cells}  # a variant that runs only scratch pretrains nothing

@@ -21,9 +21,10 @@ from medtransfer.data import AugmentConfig, Augmenter, ImageCache
 from medtransfer.data.offline import augmented_copies
 from medtransfer.errors import ConfigError
 from medtransfer.plots import save_figure
-from medtransfer.study.config import StudyConfig, resolve_variants
+from medtransfer.study.config import StudyConfig
 from medtransfer.study.runner import Runner
 from medtransfer.study.tasks import LoadedTask, load_task
+from medtransfer.study.variants import resolve_variants
 
 __all__ = ["augment_grid", "preview_augmentation"]
 

@@ -29,20 +29,12 @@ from medtransfer.freezing import freeze
 from medtransfer.models import build_model, build_pretrained
 from medtransfer.models.loading import HeadPolicy
 from medtransfer.strategies import ScratchStrategy, freeze_configs
-from medtransfer.study.config import (
-    StudyConfig,
-    TaskConfig,
-    Variant,
-    VariantSpec,
-    resolve_variants,
-    study_from_dict,
-)
+from medtransfer.study.config import StudyConfig, TaskConfig, VariantSpec
 from medtransfer.study.executors import ExecutorSettings, InProcess, Session, open_session, preflight
+from medtransfer.study.load import study_from_dict
 from medtransfer.study.lock import run_lock
 from medtransfer.study.manifest import Manifest
 from medtransfer.study.plan import (
-    SINGLE_SOURCE,
-    SINGLE_TARGET,
     CellJob,
     Job,
     Plan,
@@ -54,6 +46,7 @@ from medtransfer.study.results import result_rows, write_results
 from medtransfer.study.rundir.unit_result import CellResult, PretrainResult, UnitResult
 from medtransfer.study.tasks import LoadedTask, audit_tasks, data_summary, load_task, split_task, write_split
 from medtransfer.study.units import Context, run_cell, run_pretrain, source_weights
+from medtransfer.study.variants import Variant, resolve_variants
 from medtransfer.train.allocator import tune_allocator
 from medtransfer.train.distributed import is_main_process
 
@@ -134,13 +127,9 @@ class Runner:
     # -- data ----------------------------------------------------------------------------------
     def task_configs(self) -> dict[str, tuple[str, TaskConfig]]:
         """Every data set: name → (role, task): the sources with data, then the targets."""
-        cfg = self.cfg
-        if not cfg.is_matrix:
-            single = {SINGLE_SOURCE: ("source", cfg.source)} if cfg.source is not None else {}
-            return {**single, SINGLE_TARGET: ("target", cfg.task("target"))}
-        sources = {k: ("source", TaskConfig(s.data, s.split)) for k, s in cfg.sources.items()
-                   if s.data is not None}
-        return {**sources, **{k: ("target", t) for k, t in cfg.targets.items()}}
+        shape = self.cfg.shape
+        sources = {k: ("source", task) for k, task in shape.sources.items() if task is not None}
+        return {**sources, **{k: ("target", t) for k, t in shape.targets.items()}}
 
     def prepare(self, *, write: bool = True) -> None:
         """Load and split every data set, check every model, write the run folder's records
@@ -188,7 +177,7 @@ class Runner:
         open every pretrained weights file, so a bad architecture, option, layer name or
         weights file fails before the first epoch."""
         size, opened = self.ctx.size, set()
-        sources = list(self.cfg.sources) or [SINGLE_SOURCE]
+        sources = list(self.cfg.shape.sources)
         for v in self.variants.values():
             for t in self.tasks.values():
                 model = build_model(v.model, num_classes=t.images.num_classes, in_chans=t.images.channels,

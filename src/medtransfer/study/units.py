@@ -27,7 +27,7 @@ from medtransfer.models.folders import folder_weights_file
 from medtransfer.models.loading import HeadPolicy, load_source_weights
 from medtransfer.strategies import StrategyResult, run_strategy, train_configs
 from medtransfer.strategies.posthoc import apply_posthoc
-from medtransfer.study.config import StudyConfig, Variant, pretrain_model
+from medtransfer.study.config import StudyConfig
 from medtransfer.study.lockstep import unit_for
 from medtransfer.study.plan import NO_SOURCE, CellJob, PretrainJob
 from medtransfer.study.pruning import TrialPruned, TrialPruning
@@ -43,6 +43,7 @@ from medtransfer.study.rundir.unit_result import (
 )
 from medtransfer.study.store import Unit
 from medtransfer.study.tasks import LoadedTask
+from medtransfer.study.variants import Variant, pretrain_model
 from medtransfer.tracking import unit_callbacks
 from medtransfer.train import Callback, TrainConfig, TrainEnv, fit, load_checkpoint, predict_proba
 from medtransfer.train.checkpoint import lean_checkpoints, save_checkpoint
@@ -90,8 +91,7 @@ def source_weights(cfg: StudyConfig, v: Variant, source: str) -> str | None:
     ``model.weights``; none for scratch cells."""
     if source == NO_SOURCE:
         return None
-    spec = cfg.sources.get(source)
-    return spec.weights if spec is not None and spec.weights else v.model.weights
+    return cfg.shape.weights.get(source) or v.model.weights
 
 
 def seeded_build(model_cfg: ModelConfig, task: LoadedTask, size: int, seed: int) -> nn.Module:

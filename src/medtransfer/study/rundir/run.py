@@ -20,7 +20,8 @@ import yaml
 from medtransfer.csvfile import read_csv
 from medtransfer.errors import DataError, IntegrityError
 from medtransfer.integrity import read_record
-from medtransfer.study.config import StudyConfig, study_from_dict
+from medtransfer.study.config import StudyConfig
+from medtransfer.study.load import study_from_dict
 from medtransfer.study.rundir.layout import CONFIG, DATA, MANIFEST, RESULT, RESULTS
 from medtransfer.study.rundir.predictions import POOLED, Predictions, unit_predictions
 from medtransfer.study.rundir.unit import UnitInfo, read_result, read_spec
