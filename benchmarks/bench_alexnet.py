@@ -37,7 +37,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     opt = OptimizerConfig(name=OptimizerName.adagrad, lr=1e-2)
     with tempfile.TemporaryDirectory() as tmp:
-        model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=args.size)
+        model = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=args.size)
         train = _images(rng, args.train_images, args.size)
         cfg = TrainConfig(epochs=2, batch_size=64, optimizer=opt, progress=False,
                           checkpoint_monitor="loss")

@@ -25,7 +25,7 @@ from medtransfer.train.allocator import tune_allocator
 out = {{"allocator": tune_allocator()}}
 for prec in ("fp32", "bf16"):
     out[prec] = alexnet_step("cpu", 128, 64, {steps}, prec, False)
-m = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=128)
+m = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=128)
 for impl in ("for_loop", "fused"):
     opt = torch.optim.Adagrad(m.parameters(), lr=1e-2, **({{"fused": True}} if impl == "fused" else {{}}))
     for p in m.parameters():

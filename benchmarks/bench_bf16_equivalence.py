@@ -46,7 +46,7 @@ def seed_metrics(npz: Path, seed: int, precision: str, out: Path, *, images: int
     train, val, test = load_parts(npz, images)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights for both precisions of a seed
-        model = create_model("alexnet_seed002", num_classes=2, in_chans=1, img_size=28, base=base,
+        model = create_model("alexnet_small", num_classes=2, in_chans=1, img_size=28, base=base,
                              dense=(64, 64))
     cfg = TrainConfig(epochs=epochs, batch_size=64, progress=False, precision=precision,
                       optimizer=OptimizerConfig(name="adam", lr=1e-3))

@@ -21,7 +21,7 @@ from medtransfer.train.compiled import compile_model, compile_problem
 from medtransfer.train.precision import resolve_precision
 
 MODELS: dict[str, tuple[int, int, Callable[[list[nn.Parameter]], torch.optim.Optimizer]]] = {
-    "alexnet_seed000": (128, 1, lambda p: torch.optim.Adagrad(p, lr=1e-2, initial_accumulator_value=0.1)),
+    "alexnet_krizhevsky": (128, 1, lambda p: torch.optim.Adagrad(p, lr=1e-2, initial_accumulator_value=0.1)),
     "efficientnet_lite0": (64, 3, lambda p: torch.optim.Adam(p, lr=1e-3)),
 }
 

@@ -50,7 +50,7 @@ def _run(cache: bool, trainable: int, args: argparse.Namespace, tmp: Path, every
          store: ImageCache | None = None, name: str = "") -> tuple[float, StageResult, torch.nn.Module]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=args.size)
+        model = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=args.size)
     train = _images(np.random.default_rng(1), args.images, args.size)
     cfg = TrainConfig(epochs=args.epochs, batch_size=64, progress=False, checkpoint_monitor="loss",
                       optimizer=OptimizerConfig(name=OptimizerName.adagrad, lr=1e-3,

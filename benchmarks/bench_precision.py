@@ -1,4 +1,4 @@
-"""Training images/s of the seed-000 AlexNet (``alexnet_seed000``, 128 px, batch 64, Adagrad) in
+"""Training images/s of the seed-000 AlexNet (``alexnet_krizhevsky``, 128 px, batch 64, Adagrad) in
 fp32, bf16 autocast and channels-last: a bare training step, and ``fit`` with
 ``train.precision`` fp32 / bf16 (how much of the bare step's speed the training loop keeps).
 
@@ -26,7 +26,7 @@ def alexnet_step(device: str, size: int, batch: int, steps: int, precision: str,
                  channels_last: bool) -> float:
     """Images/s of forward + backward + Adagrad step on one random batch (1 warm-up step)."""
     torch.manual_seed(0)
-    model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=size)
+    model = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=size)
     return bare_step(model, torch.rand(batch, 1, size, size, device=device),
                      lambda p: torch.optim.Adagrad(p, lr=1e-2), precision=precision,
                      channels_last=channels_last, steps=steps)
@@ -37,7 +37,7 @@ def fit_speed(device: str, size: int, n: int, precision: str, channels_last: boo
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8)
     labels = rng.integers(0, 2, n).astype(np.int64)
-    model = create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=size)
+    model = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=size)
     cfg = TrainConfig(epochs=2, batch_size=64, progress=False, checkpoint_monitor="loss",
                       optimizer=OptimizerConfig(name=OptimizerName.adagrad, lr=1e-2),
                       precision=precision, channels_last=channels_last, checkpoint_every="end")

@@ -200,7 +200,7 @@ def alexnet_step(setting: Setting, batch_norm: bool, steps: int = 6) -> float:
     from medtransfer.models.config import ModelConfig
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="alexnet_seed000", batch_norm=batch_norm), num_classes=2,
+    model = build_model(ModelConfig(name="alexnet_krizhevsky", batch_norm=batch_norm), num_classes=2,
                         in_chans=1, img_size=SIZE)
     extra = {"fused": True} if setting.fused else {}
     return bare_step(model, torch.rand(64, 1, SIZE, SIZE),
@@ -216,8 +216,8 @@ def ceiling(setting: Setting, images: int) -> tuple[str, float]:
 
     from medtransfer.models import create_model
 
-    flops = train_flops_per_image(create_model("alexnet_seed000", num_classes=1, in_chans=1, img_size=SIZE),
-                                  torch.rand(8, 1, SIZE, SIZE))
+    model = create_model("alexnet_krizhevsky", num_classes=1, in_chans=1, img_size=SIZE)
+    flops = train_flops_per_image(model, torch.rand(8, 1, SIZE, SIZE))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     least = 0.0
     out = [f"ceiling: a training step of the seed-000 AlexNet is {flops / 1e9:.2f} GFLOP per image"]

@@ -52,7 +52,7 @@ def _config(root: Path, args: argparse.Namespace) -> dict[str, Any]:
             "split": {"test_sets": 1, "test_per_class": args.images // 5,
                       "train_per_class": args.images // 2, "val_fraction": 0.2},
         },
-        "model": {"name": "alexnet_seed002", "options": {"base": 16, "dense": [64, 64]}},
+        "model": {"name": "alexnet_small", "options": {"base": 16, "dense": [64, 64]}},
         "pretrain": {"train": train},
         "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
         "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}}],

@@ -191,7 +191,7 @@ def tiny_study(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
             "split": {"test_sets": 2, "test_per_class": 5, "train_per_class": 15,
                       "val_fraction": 0.2},
         },
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": train},
         "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
         "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}}],

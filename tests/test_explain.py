@@ -47,12 +47,12 @@ def _squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int,
 def _model(seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=SIZE, base=8, dense=(16,))
+        return create_model("alexnet_small", num_classes=1, in_chans=1, img_size=SIZE, base=8, dense=(16,))
 
 
 @pytest.fixture(scope="module")
 def trained() -> nn.Module:
-    """alexnet_seed002 trained briefly to find the square (train accuracy ≥ 0.95)."""
+    """alexnet_small trained briefly to find the square (train accuracy ≥ 0.95)."""
     x, y, _ = _squares(160, seed=0)
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -119,7 +119,7 @@ def test_binary_logit_target_signs():
 
 
 def test_multiclass_cam_and_overlay(tmp_path):
-    model = create_model("alexnet_seed002", num_classes=3, in_chans=3, img_size=16, base=4, dense=(8,))
+    model = create_model("alexnet_small", num_classes=3, in_chans=3, img_size=16, base=4, dense=(8,))
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
     maps = cam_maps(model, x, target=2)
     assert maps.shape == (2, 16, 16) and np.isfinite(maps).all()

@@ -9,11 +9,11 @@ from medtransfer.models.loading import HeadPolicy, load_source_weights
 
 
 def _model(**kw):
-    return create_model("alexnet_seed002", num_classes=1, img_size=32, **kw)
+    return create_model("alexnet_small", num_classes=1, img_size=32, **kw)
 
 
 def test_freeze_last_three_weight_layers_of_alexnet():
-    m = create_model("alexnet_seed000", num_classes=1, img_size=64)
+    m = create_model("alexnet_krizhevsky", num_classes=1, img_size=64)
     report = freeze(m, FreezeConfig(trainable_layers=3))
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     # the last three Linear layers: dense 4096 (2nd), dense 1000, output
@@ -80,7 +80,7 @@ def test_load_source_weights_copies_everything_when_heads_match():
 
 def test_head_reset_when_class_count_differs():
     src = _model()
-    dst = create_model("alexnet_seed002", num_classes=3, img_size=32)
+    dst = create_model("alexnet_small", num_classes=3, img_size=32)
     fresh = dst.classifier.weight.detach().clone()
     report = load_source_weights(dst, src.state_dict(), source_classes=["a", "b"],
                                  target_classes=["x", "y", "z"])
@@ -97,7 +97,7 @@ def test_architecture_mismatch_is_never_silently_skipped():
     src, dst = _model(batch_norm=True), _model()
     with pytest.raises(DataError, match="unexpected.*features.0.1"):
         load_source_weights(dst, src.state_dict())
-    rgb = create_model("alexnet_seed002", num_classes=1, in_chans=3, img_size=32)
+    rgb = create_model("alexnet_small", num_classes=1, in_chans=3, img_size=32)
     with pytest.raises(DataError, match="features.0.0.weight' has shape"):
         load_source_weights(_model(), rgb.state_dict())
 
@@ -129,7 +129,7 @@ def test_freeze_settings_are_exclusive():
 
 
 def test_load_report_names_adapted_and_dropped_tensors():
-    src = create_model("alexnet_seed002", num_classes=5, in_chans=3, img_size=32)
+    src = create_model("alexnet_small", num_classes=5, in_chans=3, img_size=32)
     dst = _model()  # 1 channel, 1 output
     report = load_source_weights(dst, src.state_dict(), adapt_input="features.0.0")
     assert report.adapted == ["features.0.0.weight"]

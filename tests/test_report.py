@@ -47,7 +47,7 @@ def _config(tmp: Path, target: dict[str, int], split: dict) -> dict:
         "name": "tiny", "seed": 3, "cache_dir": str(tmp / "cache"), "preprocess": {"size": 16},
         "source": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
         "target": {"data": {"path": str(tgt), "classes": list(target)}, "split": split},
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": train},
         "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
         "variants": [{"name": "baseline"}, {"name": "bn", "model": {"batch_norm": True}},

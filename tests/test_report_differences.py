@@ -20,7 +20,7 @@ from medtransfer.study import study_from_dict
 
 COLUMNS = ["variant", "source", "target", "strategy", "repeat", "fold", "stage", "test_set", "metric",
            "value"]
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 STRATEGIES = {"scratch": {"kind": "scratch"}, "ft": {"kind": "finetune"},
               "svm": {"kind": "features", "classifier": "svm"},
               "frozen": {"kind": "freeze", "freeze": {"trainable_layers": 2}}}

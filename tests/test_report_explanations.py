@@ -22,7 +22,7 @@ from medtransfer.study import study_from_dict
 from medtransfer.train import load_checkpoint
 
 TRAIN = {"epochs": 1, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.01}}
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _cfg(tmp_path: Path, folders: Callable[..., Path], report: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _study(tmp_path: Path, folders: Callable[..., Path], tracking: dict) -> dict
         "source": {"data": {"path": str(folders(tmp_path / "src", {"a": 20, "b": 20}, 1))}},
         "target": {"data": {"path": str(folders(tmp_path / "tgt", {"c": 20, "d": 20}, 2))},
                    "split": {"test_sets": 1, "test_per_class": 5, "val_fraction": 0.2}},
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": TRAIN},
         "transfer": {"freeze": {"trainable_layers": 3}, "train": TRAIN},
     }

@@ -23,9 +23,9 @@ __all__ = ["KEYS_FILE", "MODEL_NAMES", "NAME", "Key", "format_keys", "keys_markd
 
 # medtransfer.models.list_models(), kept equal by tests/test_cli_fast.py
 MODEL_NAMES = (
-    "alexnet_seed000", "alexnet_seed002", "densenet121", "efficientnet_b0", "efficientnet_lite0",
+    "alexnet_krizhevsky", "alexnet_small", "densenet121", "efficientnet_b0", "efficientnet_lite0",
     "inception_resnet_v2", "inception_v3", "mobilenet_v2", "resnet152", "resnet18", "resnet50",
-    "resnet_seed002", "vgg16", "vgg_seed002",
+    "resnet_cifar", "vgg16", "vgg_small",
 )
 KEYS_FILE = "keys.json"
 NAME = "<name>"  # stands for a name the user chooses (a source, target, strategy, external set)

@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study config")
     run.add_argument("config", help="study YAML file")
     run.add_argument("--out", help="run directory (default: runs/<study name>)")
-    demo = sub.add_parser("demo", help="run the seed-000-shaped study on the embedded demo data")
+    demo = sub.add_parser("demo", help="run the demo study (four regularisations of a pretraining, each "
+                          "transferred) on the embedded demo data")
     demo.add_argument("--out", help="run directory (default: runs/demo)")
     check = sub.add_parser("check", help="check a study config without running it: the resolved config, "
                            "data counts per split, the units to train and those a run folder has done "

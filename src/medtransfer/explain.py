@@ -233,7 +233,7 @@ def overlay(images: np.ndarray, maps: np.ndarray, image_weight: float = 0.55) ->
 def feature_maps(
     model: nn.Module, images: np.ndarray, layer: str, *, input_norm: InputNorm | None = None
 ) -> np.ndarray:
-    """Output of module ``layer`` for the images, (N, C, h, w) float32 (seed 004's feature maps)."""
+    """Output of module ``layer`` for the images, (N, C, h, w) float32 (feature maps)."""
     net = _prepared(model)
     store: list[Tensor] = []
     handle = _layer(net, layer).register_forward_hook(lambda _m, _i, o: store.append(o.detach()))
@@ -268,7 +268,7 @@ def activation_maximization(
     input_norm: InputNorm | None = None,
 ) -> np.ndarray:
     """Images (F, C, H, W) in [0, 1] that maximise the mean activation of each chosen filter of
-    ``layer``: gradient ascent on the input (Adam) from a seeded random start (seed 003)."""
+    ``layer``: gradient ascent on the input (Adam) from a seeded random start."""
     if steps < 1:
         raise ConfigError(f"'steps': got {steps!r}; allowed: an integer >= 1")
     net = _prepared(model)

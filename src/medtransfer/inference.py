@@ -2,7 +2,7 @@
 it was trained with (size, colour, normalisation, classes), and predict class probabilities for
 image files, folders or a CSV of paths.
 
-    model = load_model("runs/seed000", arm="bn")
+    model = load_model("runs/my_study", arm="bn")
     rows = predict(["new/xray1.png", "new/folder"], model)
 """
 

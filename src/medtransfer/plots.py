@@ -285,7 +285,7 @@ def tiles_figure(rows: Sequence[Sequence[np.ndarray]], *, title: str, row_labels
 
 def search_param_figure(param: str, values: Sequence[object], scores: Sequence[float], metric: str,
                         *, log: bool = False) -> Figure:
-    """A search's validation score per value of one hyperparameter (seed 001): a bar of the mean
+    """A search's validation score per value of one hyperparameter: a bar of the mean
     ± sd over the trials with that value, and a box plot of them; a scatter when the values are
     many (a sampled range)."""
     pairs = [(v, float(s)) for v, s in zip(values, scores, strict=True) if math.isfinite(float(s))]

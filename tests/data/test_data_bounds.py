@@ -145,7 +145,7 @@ def test_unsafe_study_name_is_a_config_error(name, tmp_path):
     from medtransfer.study import study_from_dict
 
     raw = {"name": name, "source": {"data": {"path": str(tmp_path)}},
-           "target": {"data": {"path": str(tmp_path)}}, "model": {"name": "alexnet_seed002"},
+           "target": {"data": {"path": str(tmp_path)}}, "model": {"name": "alexnet_small"},
            "variants": [{"name": "v"}]}
     with pytest.raises(ConfigError, match=r"'name'"):
         study_from_dict(raw)

@@ -204,7 +204,7 @@ def _study(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     train = {"epochs": 1, "batch_size": 8, "progress": False}
     data = {"data": {"path": str(tmp_path / "data")}, "split": {"test_fraction": 0.3}}
     return {"name": "inputs", "source": data, "target": data, "audit": False,
-            "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+            "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
             "pretrain": {"train": train}, "transfer": {"train": train}, **extra}
 
 

@@ -36,7 +36,7 @@ def _config(root: Path, folders: Any) -> dict[str, Any]:
                    "split": {"val_fraction": 0.2}},
         "target": {"data": {"path": str(folders(root / "tgt", dict.fromkeys(CLASSES, 24), seed=2))},
                    "split": {"test_sets": 1, "test_per_class": 6, "val_fraction": 0.2}},
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": train}, "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
         "variants": [{"name": "baseline"}], "audit": False,
     }

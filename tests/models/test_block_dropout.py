@@ -14,7 +14,7 @@ from medtransfer.strategies.cached import plan_cache
 SITES = {
     "resnet18": ["relu", "layer1.1", "layer2.1", "layer3.1", "layer4.1"],
     "densenet121": ["features.relu0", *(f"features.denseblock{i}" for i in range(1, 5))],
-    "vgg_seed002": ["features.3", "features.8", "features.15", "features.22", "features.29"],
+    "vgg_small": ["features.3", "features.8", "features.15", "features.22", "features.29"],
     "mobilenet_v2": ["features.1", "features.3", "features.6", "features.13", "features.18.2"],
     "efficientnet_b0": ["blocks.0.0", "blocks.1.1", "blocks.2.1", "blocks.4.2", "blocks.6.0"],
 }
@@ -45,7 +45,7 @@ def test_conv_dropout_follows_every_stage_and_keeps_the_state_dict(name):
 
 
 def test_frozen_stage_dropout_stops_activation_caching():
-    m = build_model(ModelConfig(name="resnet_seed002", conv_dropout=0.2, options={"depth": 8, "base": 4}),
+    m = build_model(ModelConfig(name="resnet_cifar", conv_dropout=0.2, options={"depth": 8, "base": 4}),
                     num_classes=2, in_chans=1, img_size=16)
     freeze(m, FreezeConfig(trainable_layers=1))
     plan = plan_cache(m, (torch.rand(4, 1, 16, 16) * 255).to(torch.uint8).numpy(), augment=None,

@@ -32,8 +32,8 @@ def test_pretrained_loads_the_default_weights_into_a_new_head():
 
 
 def test_pretrained_without_default_weights_names_those_that_have_them():
-    with pytest.raises(ConfigError, match=r"'pretrained': got True, but model 'alexnet_seed000' has no "
+    with pytest.raises(ConfigError, match=r"'pretrained': got True, but model 'alexnet_krizhevsky' has no "
                        r"default pretrained weights; models with ImageNet weights: densenet121, .*resnet18"):
-        create_model("alexnet_seed000", pretrained=True, num_classes=2)
-    with pytest.raises(ConfigError, match=r"did you mean 'alexnet_seed002'"):
+        create_model("alexnet_krizhevsky", pretrained=True, num_classes=2)
+    with pytest.raises(ConfigError, match=r"did you mean 'alexnet_small'"):
         create_model("alexnet_seed00", pretrained=True, num_classes=2)

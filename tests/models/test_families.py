@@ -22,8 +22,8 @@ def test_vgg16_is_configuration_d_and_batch_norm_adds_bn_after_every_conv():
     assert all(isinstance(bn.features[i + 1], nn.BatchNorm2d) for i in convs) and len(convs) == 13
 
 
-def test_vgg_seed002_scales_widths_from_base_with_three_dense_64():
-    m = create_model("vgg_seed002", num_classes=1, in_chans=1, img_size=64, base=4)
+def test_vgg_small_scales_widths_from_base_with_three_dense_64():
+    m = create_model("vgg_small", num_classes=1, in_chans=1, img_size=64, base=4)
     assert _convs(m) == [v for v in scaled(cfgs["D"], 4) if v != "M"]
     assert _convs(m)[:2] == [4, 4] and _convs(m)[-1] == 32
     dense = [lin.out_features for lin in m.classifier if isinstance(lin, nn.Linear)]
@@ -43,8 +43,8 @@ def test_dense_dropout_flag_reaches_every_family():
 
 
 @pytest.mark.parametrize(("depth", "n"), [(8, 1), (20, 3)])
-def test_resnet_seed002_depth_is_6n_plus_2(depth, n):
-    m = create_model("resnet_seed002", num_classes=2, in_chans=1, img_size=32, depth=depth, base=4)
+def test_resnet_cifar_depth_is_6n_plus_2(depth, n):
+    m = create_model("resnet_cifar", num_classes=2, in_chans=1, img_size=32, depth=depth, base=4)
     for stage in (m.layer1, m.layer2, m.layer3):
         assert len(stage) == n
     main_path = [c for name, c in m.named_modules() if isinstance(c, nn.Conv2d) and "downsample" not in name]
@@ -52,9 +52,9 @@ def test_resnet_seed002_depth_is_6n_plus_2(depth, n):
     assert m(torch.rand(2, 1, 32, 32)).shape == (2, 2)
 
 
-def test_resnet_seed002_rejects_other_depths():
+def test_resnet_cifar_rejects_other_depths():
     with pytest.raises(ConfigError, match="'model.options.depth': got 21; allowed: 6n \\+ 2"):
-        create_model("resnet_seed002", num_classes=2, depth=21)
+        create_model("resnet_cifar", num_classes=2, depth=21)
 
 
 def test_repeat_policy_feeds_grey_images_to_a_three_channel_model():

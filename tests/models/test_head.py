@@ -16,8 +16,8 @@ from medtransfer.models.loading import HeadPolicy, load_source_weights
 
 SEED001 = {"pool": "avg", "pool_size": 4, "hidden": [64], "dropout": 0.5, "init": "keras"}
 SEED004 = {"hidden": [64]}
-FAMILIES = ["resnet18", "resnet_seed002", "densenet121", "mobilenet_v2", "vgg_seed002",
-            "alexnet_seed002", "efficientnet_b0", "timm:resnet18", "torchvision:resnet18"]
+FAMILIES = ["resnet18", "resnet_cifar", "densenet121", "mobilenet_v2", "vgg_small",
+            "alexnet_small", "efficientnet_b0", "timm:resnet18", "torchvision:resnet18"]
 
 
 def _build(name, head, size=32, in_chans=1, num_classes=2, **kw):
@@ -64,11 +64,11 @@ def test_seed001_head_is_avgpool4_flatten_dense64_relu_dropout_dense():
 
 
 def test_pooling_choices_give_their_widths():
-    assert _build("resnet_seed002", {"pool": "max"}).head.in_features == 64
-    # resnet_seed002 (base 16) at 32 px: 64 channels × 8 × 8
-    assert _build("resnet_seed002", {"pool": "flatten"}).head.in_features == 64 * 8 * 8
-    assert _build("resnet_seed002", {"pool": "max", "pool_size": 3}).head.in_features == 64 * 2 * 2
-    assert isinstance(_build("resnet_seed002", {"pool": "max"}).head.pool, nn.AdaptiveMaxPool2d)
+    assert _build("resnet_cifar", {"pool": "max"}).head.in_features == 64
+    # resnet_cifar (base 16) at 32 px: 64 channels × 8 × 8
+    assert _build("resnet_cifar", {"pool": "flatten"}).head.in_features == 64 * 8 * 8
+    assert _build("resnet_cifar", {"pool": "max", "pool_size": 3}).head.in_features == 64 * 2 * 2
+    assert isinstance(_build("resnet_cifar", {"pool": "max"}).head.pool, nn.AdaptiveMaxPool2d)
 
 
 def test_head_config_errors_name_the_key_and_the_allowed_values():
@@ -97,7 +97,7 @@ def test_model_check_on_the_meta_device_rejects_heads_the_features_cannot_take()
 
 
 def test_freezing_sees_the_heads_dense_layers():
-    m = _build("resnet_seed002", {"hidden": [16]}, options={"depth": 8, "base": 4})
+    m = _build("resnet_cifar", {"hidden": [16]}, options={"depth": 8, "base": 4})
     freeze(m, FreezeConfig(trainable_layers=2))
     assert [n for n, p in m.named_parameters() if p.requires_grad] == [
         "head.pre_logits.0.weight", "head.pre_logits.0.bias", "head.fc.weight", "head.fc.bias"]
@@ -107,8 +107,8 @@ def test_freezing_sees_the_heads_dense_layers():
 
 def test_loading_drops_the_sources_own_head_and_keeps_or_starts_the_hidden_layers():
     torch.manual_seed(0)
-    plain = create_model("resnet_seed002", num_classes=3, depth=8, base=4, img_size=32)
-    headed = _build("resnet_seed002", {"hidden": [16]}, options={"depth": 8, "base": 4})
+    plain = create_model("resnet_cifar", num_classes=3, depth=8, base=4, img_size=32)
+    headed = _build("resnet_cifar", {"hidden": [16]}, options={"depth": 8, "base": 4})
     before = headed.head.pre_logits[0].weight.clone()
     report = load_source_weights(headed, plain.state_dict())
     assert set(report.dropped) == {"fc.weight", "fc.bias"}
@@ -119,13 +119,13 @@ def test_loading_drops_the_sources_own_head_and_keeps_or_starts_the_hidden_layer
     torch.testing.assert_close(headed.conv1.weight, plain.conv1.weight)
     # from a source with the same head (a pretraining): the hidden layer loads, the output layer
     # is reset for a different class count
-    target = _build("resnet_seed002", {"hidden": [16]}, num_classes=4, options={"depth": 8, "base": 4})
+    target = _build("resnet_cifar", {"hidden": [16]}, num_classes=4, options={"depth": 8, "base": 4})
     report = load_source_weights(target, headed.state_dict())
     torch.testing.assert_close(target.head.pre_logits[0].weight, headed.head.pre_logits[0].weight)
     assert set(report.reset) == {"head.fc.weight", "head.fc.bias"}
     with pytest.raises(DataError, match="no tensors for the output layer of model.head"):
-        load_source_weights(_build("resnet_seed002", {"hidden": [16]}, options={"depth": 8, "base": 4}),
+        load_source_weights(_build("resnet_cifar", {"hidden": [16]}, options={"depth": 8, "base": 4}),
                             plain.state_dict(), head=HeadPolicy.KEEP)
-    other = _build("resnet_seed002", {"hidden": [32]}, options={"depth": 8, "base": 4})
+    other = _build("resnet_cifar", {"hidden": [32]}, options={"depth": 8, "base": 4})
     with pytest.raises(DataError, match="head.pre_logits.0.weight"):
         load_source_weights(other, headed.state_dict())

@@ -18,9 +18,9 @@ from medtransfer.train import save_checkpoint
 
 def _unit(tmp_path: Path) -> Path:
     """A finished pretrain unit folder: best.pt and a result.json vouching for it."""
-    src = create_model("alexnet_seed002", num_classes=2, in_chans=1, img_size=32)
+    src = create_model("alexnet_small", num_classes=2, in_chans=1, img_size=32)
     best = save_checkpoint(tmp_path / "units" / "pretrain-x" / "best.pt", model_state=src.state_dict(),
-                           config={"model": {"name": "alexnet_seed002"}, "classes": ["a", "b"]},
+                           config={"model": {"name": "alexnet_small"}, "classes": ["a", "b"]},
                            epoch=2, metrics={})
     (best.parent / "result.json").write_text(json.dumps({"checkpoint": "best.pt",
                                                          "files": {"best.pt": file_record(best)}}))
@@ -28,7 +28,7 @@ def _unit(tmp_path: Path) -> Path:
 
 
 def _load(spec: str) -> None:
-    build_pretrained(ModelConfig(name="alexnet_seed002", weights=spec), num_classes=2, in_chans=1,
+    build_pretrained(ModelConfig(name="alexnet_small", weights=spec), num_classes=2, in_chans=1,
                      img_size=32, classes=["a", "b"])
 
 

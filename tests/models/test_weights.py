@@ -126,14 +126,14 @@ def test_densenet_old_checkpoint_names_are_fixed():
 
 def test_no_imagenet_weights_and_bad_specs_are_named():
     with pytest.raises(ConfigError, match="seed000. has no ImageNet weights; available for: .*resnet18"):
-        get_imagenet_weights("alexnet_seed000")
+        get_imagenet_weights("alexnet_krizhevsky")
     with pytest.raises(ConfigError, match="'model.weights': got 'imagenet21k'.*file:"):
         ModelConfig(weights="imagenet21k")
     with pytest.raises(ConfigError, match="'model.in_chans_policy'.*Allowed: native, repeat, sum"):
         ModelConfig(in_chans_policy="tile")
 
 
-def _source_checkpoint(tmp_path, name="alexnet_seed002", in_chans=1):
+def _source_checkpoint(tmp_path, name="alexnet_small", in_chans=1):
     src = create_model(name, num_classes=1, in_chans=in_chans, img_size=32)
     path = save_checkpoint(
         tmp_path / "units" / "pretrain-x" / "best.pt", model_state=src.state_dict(),
@@ -145,7 +145,7 @@ def _source_checkpoint(tmp_path, name="alexnet_seed002", in_chans=1):
 
 def test_file_weights_load_with_their_classes_and_normalisation(tmp_path):
     src, path = _source_checkpoint(tmp_path)
-    cfg = ModelConfig(name="alexnet_seed002", weights=f"file:{path}", options={"base": 8})
+    cfg = ModelConfig(name="alexnet_small", weights=f"file:{path}", options={"base": 8})
     built = build_pretrained(cfg, num_classes=3, in_chans=1, img_size=32, classes=["a", "b", "c"])
     assert built.weights.class_names == ("Normal", "TB") and built.weights.origin == str(path)
     assert built.input_norm == ((0.5,), (0.25,))
@@ -159,15 +159,15 @@ def test_run_weights_take_a_unit_folder(tmp_path):
     src, path = _source_checkpoint(tmp_path)
     unit = path.parent
     with pytest.raises(WeightsError, match="not a finished unit"):
-        build_pretrained(ModelConfig(name="alexnet_seed002", weights=f"run:{unit}"), num_classes=2,
+        build_pretrained(ModelConfig(name="alexnet_small", weights=f"run:{unit}"), num_classes=2,
                          in_chans=1, img_size=32)
     (unit / "result.json").write_text(json.dumps({"checkpoint": "best.pt",
                                                   "files": {"best.pt": file_record(path)}}))
-    built = build_pretrained(ModelConfig(name="alexnet_seed002", weights=f"run:{unit}"),
+    built = build_pretrained(ModelConfig(name="alexnet_small", weights=f"run:{unit}"),
                              num_classes=2, in_chans=1, img_size=32, classes=["Normal", "TB"])
     assert not built.report.reset and built.weights.source_dataset == "abc123"
     assert torch.equal(built.model.classifier.weight, src.classifier.weight)
-    with pytest.raises(ConfigError, match="holds a 'alexnet_seed002' model but model.name is 'resnet18'"):
+    with pytest.raises(ConfigError, match="holds a 'alexnet_small' model but model.name is 'resnet18'"):
         build_pretrained(ModelConfig(name="resnet18", weights=f"run:{unit}"), num_classes=2,
                          in_chans=1, img_size=32)
 

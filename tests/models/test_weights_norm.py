@@ -13,14 +13,14 @@ from medtransfer.models.pretrained import build_pretrained
 @pytest.fixture
 def state_file(tmp_path):
     torch.manual_seed(0)
-    model = create_model("alexnet_seed002", num_classes=1, in_chans=3, img_size=32, base=4)
+    model = create_model("alexnet_small", num_classes=1, in_chans=3, img_size=32, base=4)
     path = tmp_path / "weights.pt"
     torch.save(model.state_dict(), path)
     return path
 
 
 def _build(weights, norm, chans=3):
-    cfg = ModelConfig(name="alexnet_seed002", options={"base": 4}, weights=weights,
+    cfg = ModelConfig(name="alexnet_small", options={"base": 4}, weights=weights,
                       weights_norm=norm)
     return build_pretrained(cfg, num_classes=2, in_chans=chans, img_size=32)
 
@@ -33,14 +33,14 @@ def test_a_file_state_dict_carries_no_normalisation_unless_named(state_file):
 
 
 def test_inception_normalisation_for_grey_images_averages_the_channels(state_file):
-    cfg = ModelConfig(name="alexnet_seed002", options={"base": 4}, weights=f"file:{state_file}",
+    cfg = ModelConfig(name="alexnet_small", options={"base": 4}, weights=f"file:{state_file}",
                       weights_norm="inception", in_chans_policy="sum")
     built = build_pretrained(cfg, num_classes=2, in_chans=1, img_size=32)
     assert built.input_norm == ((0.5,), (0.5,))
 
 
 def test_weights_norm_is_a_known_name_and_leaves_random_init_alone():
-    assert build_pretrained(ModelConfig(name="alexnet_seed002", options={"base": 4},
+    assert build_pretrained(ModelConfig(name="alexnet_small", options={"base": 4},
                                         weights_norm="imagenet"),
                             num_classes=2, in_chans=3, img_size=32).input_norm is None
     with pytest.raises(ConfigError, match=r"'model.weights_norm': got 'imagnet'"):
@@ -59,7 +59,7 @@ def test_weights_norm_by_numbers_mean_std_or_a_value_range(state_file):
     pixels in [0, 1] become -1024 + 2048 x, i.e. (x - 0.5) / (1 / 2048)."""
     built = _build(f"file:{state_file}", {"mean": [0.2], "std": [0.3]})
     assert built.input_norm == ((0.2,) * 3, (0.3,) * 3)
-    cfg = ModelConfig(name="alexnet_seed002", options={"base": 4}, weights=f"file:{state_file}",
+    cfg = ModelConfig(name="alexnet_small", options={"base": 4}, weights=f"file:{state_file}",
                       weights_norm={"range": [-1024, 1024]}, in_chans_policy="sum")
     norm = build_pretrained(cfg, num_classes=2, in_chans=1, img_size=32).input_norm
     assert norm == ((0.5,), (1 / 2048,))

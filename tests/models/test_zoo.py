@@ -12,8 +12,8 @@ from medtransfer.models import ModelConfig, build_model, create_model, list_mode
 from medtransfer.models.chain import forward_chain, run_chain
 
 ZOO = [
-    "alexnet_seed000", "alexnet_seed002", "vgg16", "vgg_seed002", "resnet18", "resnet50",
-    "resnet_seed002", "densenet121", "inception_v3", "inception_resnet_v2", "efficientnet_b0",
+    "alexnet_krizhevsky", "alexnet_small", "vgg16", "vgg_small", "resnet18", "resnet50",
+    "resnet_cifar", "densenet121", "inception_v3", "inception_resnet_v2", "efficientnet_b0",
     "efficientnet_lite0", "mobilenet_v2",
 ]
 

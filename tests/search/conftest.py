@@ -12,7 +12,7 @@ import torch
 from medtransfer.models import ModelConfig, build_model
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _weights(path: Path, seed: int) -> Path:

@@ -29,7 +29,7 @@ def _raw(tmp_path: Path, folders: Callable[..., Path], **search) -> dict:
         "source": {"data": {"path": str(folders(tmp_path / "src", {"neg": 30, "pos": 30}, 1))}},
         "target": {"data": {"path": str(folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, 2))},
                    "split": {"test_sets": 2, "test_per_class": 5, "val_fraction": 0.25}},
-        "model": {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}},
+        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
         "pretrain": {"train": TRAIN},
         "transfer": {"freeze": {"trainable_layers": 3}, "train": {
             **TRAIN, "epochs": 3, "early_stopping": {"monitor": "val_loss", "patience": 1}}},

@@ -31,7 +31,7 @@ def _data(n, seed, size=32):
 def _model(seed=0, **kw):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=32, base=4, **kw)
+        return create_model("alexnet_small", num_classes=1, in_chans=1, img_size=32, base=4, **kw)
 
 
 CFG = TrainConfig(epochs=4, batch_size=8, progress=False, optimizer=OptimizerConfig(lr=3e-3),

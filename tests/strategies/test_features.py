@@ -26,7 +26,7 @@ def _data(n, seed, size=32, classes=2):
 def _vgg():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return create_model("vgg_seed002", num_classes=1, in_chans=1, img_size=32, base=4)
+        return create_model("vgg_small", num_classes=1, in_chans=1, img_size=32, base=4)
 
 
 def test_layers_give_the_expected_features():

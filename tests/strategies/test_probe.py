@@ -56,7 +56,7 @@ def _data(n, seed, size=32):
 
 def _model():
     torch.manual_seed(0)
-    return create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=32, base=4)
+    return create_model("alexnet_small", num_classes=1, in_chans=1, img_size=32, base=4)
 
 
 def test_fit_probe_sets_the_output_layer_to_the_logistic_regression(tmp_path):

@@ -39,7 +39,7 @@ def _data(n, seed, size=32):
 def _run(cfg, tmp_path, disk_cache=None, **kw):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create_model("alexnet_seed002", num_classes=1, in_chans=1, img_size=32, base=4)
+        model = create_model("alexnet_small", num_classes=1, in_chans=1, img_size=32, base=4)
     tests = {"test_1": _data(10, 3), "test_2": _data(6, 4)}
     return run_strategy(cfg, model, _data(24, 1), _data(8, 2), tests,
                         TrainEnv(num_classes=2, seed=0, out_dir=tmp_path, cache=disk_cache), **kw)

@@ -117,7 +117,7 @@ def test_layer_decay_scales_the_learning_rate_per_block():
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(trainable, cfg, model=model)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
-    plain = create_model("alexnet_seed002", num_classes=2, in_chans=1, img_size=32, base=4)
+    plain = create_model("alexnet_small", num_classes=2, in_chans=1, img_size=32, base=4)
     with pytest.raises(ConfigError, match="'optimizer.layer_decay': model .* cannot be grouped"):
         build_optimizer(list(plain.parameters()), cfg, model=plain)
     with pytest.raises(ConfigError, match="'optimizer.layer_decay'"):

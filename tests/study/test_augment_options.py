@@ -20,7 +20,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.models import ModelConfig, build_model
 from medtransfer.study import study_from_dict
 
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _features_study(tmp_path: Path, folders: Callable[..., Path], augment: dict, **over) -> dict:

@@ -19,7 +19,7 @@ from medtransfer.study import Runner, study_from_dict
 from medtransfer.study.plan import make_plan
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.01}}
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _cfg(tmp_path: Path, folders: Callable[..., Path], **over: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_study_compat_fills_every_section_and_sections_override_it(tiny_study_co
 
 def test_model_compat_keras_gives_keras_batch_norm_and_glorot_init():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="alexnet_seed002", batch_norm=True, compat="keras"),
+    model = build_model(ModelConfig(name="alexnet_small", batch_norm=True, compat="keras"),
                         num_classes=2, in_chans=1, img_size=32)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(isinstance(m, KerasBatchNorm2d) and (m.eps, m.momentum) == (1e-3, 0.01) for m in bns)
@@ -54,7 +54,7 @@ def test_model_compat_keras_gives_keras_batch_norm_and_glorot_init():
             fan_in, fan_out = m.weight[0].numel(), m.weight.shape[0] * m.weight[0, 0].numel()
             assert float(m.weight.detach().abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5
             assert m.bias is None or not m.bias.any()
-    resnet = build_model(ModelConfig(name="resnet_seed002", compat="torch"), num_classes=2, in_chans=1,
+    resnet = build_model(ModelConfig(name="resnet_cifar", compat="torch"), num_classes=2, in_chans=1,
                          img_size=32)
     assert type(resnet.bn1) is nn.BatchNorm2d and resnet.bn1.eps == 1e-5
 

@@ -25,7 +25,7 @@ HEAD = {"pool": "avg", "pool_size": 2, "hidden": [8], "dropout": 0.5, "init": "k
 
 def _config(base):
     cfg = dict(base, name="tiny_head", audit=False)
-    cfg["model"] = {"name": "alexnet_seed002", "options": {"base": 4}, "head": HEAD}
+    cfg["model"] = {"name": "alexnet_small", "options": {"base": 4}, "head": HEAD}
     # seed 000's BN and dropout variants pretrain with them and transfer into the plain model
     cfg["pretrain"] = {**base["pretrain"], "transfer_from": "last",
                        "model": {"conv_dropout": 0.3, "batch_norm": True}}
@@ -55,7 +55,7 @@ def test_head_last_epoch_and_unified_transfer_end_to_end(tmp_path, tiny_study_co
     assert result["transfer_checkpoint"] == "final.pt" and final["epoch"] == result["epochs_run"]
     # the frozen body of the transferred model is the pretraining's last epoch, its BN folded
     tuned = load_checkpoint(cell / "best.pt")["model_state"]
-    plain = create_model("alexnet_seed002", num_classes=2, base=4, img_size=16)
+    plain = create_model("alexnet_small", num_classes=2, base=4, img_size=16)
     folded = plain.fold_batch_norm(final["model_state"])
     for key in ("features.1.0.weight", "features.1.0.bias"):
         torch.testing.assert_close(tuned[key], folded[key])

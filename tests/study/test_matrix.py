@@ -17,7 +17,7 @@ from medtransfer.report.summary import SUMMARY_COLUMNS
 from medtransfer.study import ExecutorSettings, study_from_dict
 
 TRAIN = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _matrix(tmp_path: Path, folders: Callable[..., Path], **over) -> dict:

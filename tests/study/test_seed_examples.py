@@ -39,7 +39,7 @@ FILES = {"densenet121-a639ec97.pth": "densenet121", "chexnet_model.pth.tar": "de
          "vgg16-397923af.pth": "vgg16", "resnet50-0676ba61.pth": "resnet50",
          "resnet152-394f9c45.pth": "resnet152", "inception_v3.tv_in1k.safetensors": "inception_v3",
          "inception_resnet_v2.tf_in1k.safetensors": "inception_resnet_v2"}
-DENSE = {"vgg16": [64, 64], "alexnet_seed000": [64, 64, 16]}
+DENSE = {"vgg16": [64, 64], "alexnet_krizhevsky": [64, 64, 16]}
 
 
 def _state(name: str) -> dict[str, torch.Tensor]:

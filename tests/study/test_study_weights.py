@@ -17,7 +17,7 @@ from medtransfer.models import ModelConfig, build_model
 from medtransfer.search import run_search
 from medtransfer.study import study_from_dict
 
-MODEL = {"name": "alexnet_seed002", "options": {"base": 4, "dense": [8, 8]}}
+MODEL = {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}}
 
 
 def _weights(path: Path, seed: int = 9) -> dict[str, torch.Tensor]:

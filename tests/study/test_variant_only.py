@@ -9,7 +9,7 @@ from medtransfer.study.plan import make_plan
 
 def _cfg(variants, **extra):
     return study_from_dict({
-        "name": "only", "model": {"name": "alexnet_seed002", "options": {"base": 4}},
+        "name": "only", "model": {"name": "alexnet_small", "options": {"base": 4}},
         "sources": {"src": {"data": {"path": "demo:demo_source"}}},
         "targets": {"tgt": {"data": {"path": "demo:demo_target"}}},
         "strategies": {"scratch": {"kind": "scratch"}, "ft": {"kind": "finetune"},

@@ -59,7 +59,7 @@ rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (96, 1, 32, 32), dtype=np.uint8)
 y = (x.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
 torch.manual_seed(0)
-model = create_model("alexnet_seed000", num_classes=2, in_chans=1, img_size=32)
+model = create_model("alexnet_krizhevsky", num_classes=2, in_chans=1, img_size=32)
 cfg = TrainConfig(epochs=2, batch_size=32, progress=False, checkpoint_every="end",
                   optimizer=OptimizerConfig(name="adagrad", lr=0.01))
 fit(model, (x, y), (x[:32], y[:32]), cfg, TrainEnv(0, sys.argv[1], 2))

@@ -36,9 +36,9 @@ SIZE, STEPS = 64, 3
 # float32 rounding up by 3 steps (up to 6e-4 with Adam and Adagrad; 1e-5 or less elsewhere).
 TOLERANCE = {"entries": 1e-3, "sums": 1e-4, "proba": 1e-4}
 MODELS = {
-    "alexnet": {"name": "alexnet_seed000", "options": {"dense": [32, 32, 16]}},
-    "alexnet_bn": {"name": "alexnet_seed000", "options": {"dense": [32, 32, 16]}, "batch_norm": True},
-    "vgg": {"name": "vgg_seed002", "options": {"base": 4, "dense": [16, 16, 16]}, "binary_output": "pair"},
+    "alexnet": {"name": "alexnet_krizhevsky", "options": {"dense": [32, 32, 16]}},
+    "alexnet_bn": {"name": "alexnet_krizhevsky", "options": {"dense": [32, 32, 16]}, "batch_norm": True},
+    "vgg": {"name": "vgg_small", "options": {"base": 4, "dense": [16, 16, 16]}, "binary_output": "pair"},
 }
 OPTIMIZERS = {
     "adagrad": {"name": "adagrad", "lr": 0.01},

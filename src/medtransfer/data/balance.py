@@ -1,6 +1,6 @@
 """Per-class image counts of a split: the training pool's cap per class (``train_per_class``,
 a number or a mapping of class name → count) and the imbalanced subset of a whole data set
-(``imbalance``, seed 001's 1:10 COVID set). Draws come from the generator passed in."""
+(``imbalance``, e.g. a 1:10 COVID set). Draws come from the generator passed in."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ class SplitConfig:
     # count draws exactly that many of each named class (too few is an error), e.g.
     # {Normal: 500, COVID: 50}, and leaves the other classes whole (null: all)
     train_per_class: int | dict[str, int] | None = None
-    # Imbalance of the whole data set, drawn before any other part (seed 001's 1:10 set): class
+    # Imbalance of the whole data set, drawn before any other part (e.g. a 1:10 set): class
     # name → its image count as a fraction of the largest class's, e.g. {COVID: 0.1}; the other
     # classes keep all their images (null: the data set as it is)
     imbalance: dict[str, float] | None = None

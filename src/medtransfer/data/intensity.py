@@ -1,5 +1,5 @@
 """Intensity preprocessing options of ``preprocess``: Keras's ``rescale`` factor and percentile
-intensity rescaling (skimage's ``rescale_intensity`` to each image's percentiles, seed 002).
+intensity rescaling (skimage's ``rescale_intensity`` to each image's percentiles).
 
 ``percentiles`` changes the stored pixels (applied to each decoded, resized image, so it is part
 of the image cache key); ``rescale`` changes only what the model sees, by folding the factor into

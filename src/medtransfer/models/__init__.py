@@ -11,7 +11,7 @@ from medtransfer.models import vgg as _vgg  # noqa: F401
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
 from medtransfer.models.chain import Step, forward_chain, register_chain
 from medtransfer.models.check import check_model, check_weights_spec
-from medtransfer.models.config import ModelConfig
+from medtransfer.models.config import MODEL_ALIASES, ModelConfig
 from medtransfer.models.factory import create_model
 from medtransfer.models.head import HeadConfig
 from medtransfer.models.pretrained import BuiltModel, build_pretrained, open_weights
@@ -31,6 +31,7 @@ from medtransfer.models.weights import (
 )
 
 __all__ = [
+    "MODEL_ALIASES",
     "BuiltModel",
     "HeadConfig",
     "InChansPolicy",

@@ -1,8 +1,8 @@
 """AlexNet variants of the seeds, as data: conv specs plus dense widths; BN and dropout are flags.
 
-``alexnet_seed000``: Krizhevsky-style convs 96-256-384-384-256 (11/4, 5, 3, 3, 3; Keras "same"
+``alexnet_krizhevsky``: Krizhevsky-style convs 96-256-384-384-256 (11/4, 5, 3, 3, 3; Keras "same"
 padding), 2×2 max-pools after conv 1, 2 and 5, dense 4096-4096-1000 then the output layer.
-``alexnet_seed002``: the course-lab AlexNet with a ``base`` width (base, 2b, 4b, 4b, 2b; 3×3),
+``alexnet_small``: the course-lab AlexNet with a ``base`` width (base, 2b, 4b, 4b, 2b; 3×3),
 pools after blocks 1, 2 and 5, dense 64-64 then the output layer.
 """
 
@@ -63,7 +63,7 @@ def _conv_block(
 
 def keras_init(module: nn.Module) -> None:
     """Keras defaults (Glorot-uniform weights, zero biases). The seeds were trained with them;
-    with torch's defaults the deep 4096-wide dense stack of seed 000 barely trains at lr 1e-2."""
+    with torch's defaults the deep 4096-wide dense stack barely trains at lr 1e-2."""
     if isinstance(module, nn.Conv2d | nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
@@ -125,7 +125,7 @@ class AlexNet(nn.Module):
     def fold_batch_norm(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A batch-norm model's weights for this model without batch norm: each BN folded into
         its conv (weight × γ/σ, bias β − μ·γ/σ), so the convs compute what the BN model computed
-        in eval mode (seed 000's BN-pretrained weights in its "unified" AlexNet). σ uses the
+        in eval mode (BN-pretrained weights transferred into the plain AlexNet). σ uses the
         epsilon of this model's compat (``bn_eps``: Keras's 1e-3 with ``model.compat: keras``)."""
         if any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
             return dict(state)
@@ -168,8 +168,8 @@ class AlexNet(nn.Module):
             keras_init(self.classifier)
 
 
-SEED000_CONVS = [
-    ConvSpec(96, 11, 4, pool=True, dropout_site=False),  # seed 000 puts no dropout on conv 1
+KRIZHEVSKY_CONVS = [
+    ConvSpec(96, 11, 4, pool=True, dropout_site=False),  # no dropout on conv 1
     ConvSpec(256, 5, 1, pool=True),
     ConvSpec(384, 3),
     ConvSpec(384, 3),
@@ -177,14 +177,14 @@ SEED000_CONVS = [
 ]
 
 
-def _seed002_convs(base: int) -> list[ConvSpec]:
+def _small_convs(base: int) -> list[ConvSpec]:
     widths = [base, 2 * base, 4 * base, 4 * base, 2 * base]
     pools = [True, True, False, False, True]
     return [ConvSpec(w, 3, 1, pool=p) for w, p in zip(widths, pools, strict=True)]
 
 
 @register_model(family="alexnet")
-def alexnet_seed000(
+def alexnet_krizhevsky(
     *,
     num_classes: int,
     in_chans: int = 1,
@@ -196,16 +196,16 @@ def alexnet_seed000(
     dense: tuple[int, ...] = (4096, 4096, 1000),
     init: Literal["keras", "torch"] = "keras",
 ) -> AlexNet:
-    """Seed 000's AlexNet (pretraining on TB X-rays, 256 px grayscale in the paper)."""
+    """Krizhevsky's AlexNet: convs 96-256-384-384-256 (11/4, 5, 3, 3, 3), a configurable dense stack."""
     return AlexNet(
-        SEED000_CONVS, list(dense), num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+        KRIZHEVSKY_CONVS, list(dense), num_classes=num_classes, in_chans=in_chans, img_size=img_size,
         batch_norm=batch_norm, conv_dropout=conv_dropout, spatial_dropout=spatial_dropout,
         dense_dropout=dense_dropout, init=init,
     )
 
 
 @register_model(family="alexnet")
-def alexnet_seed002(
+def alexnet_small(
     *,
     num_classes: int,
     in_chans: int = 1,
@@ -218,9 +218,9 @@ def alexnet_seed002(
     dense: tuple[int, ...] = (64, 64),
     init: Literal["keras", "torch"] = "keras",
 ) -> AlexNet:
-    """Seed 002's lab AlexNet: widths base·(1, 2, 4, 4, 2), 3×3 convs, dense 64-64."""
+    """A small AlexNet: widths base·(1, 2, 4, 4, 2), 3×3 convs, dense 64-64."""
     return AlexNet(
-        _seed002_convs(base), list(dense), num_classes=num_classes, in_chans=in_chans,
+        _small_convs(base), list(dense), num_classes=num_classes, in_chans=in_chans,
         img_size=img_size, batch_norm=batch_norm, conv_dropout=conv_dropout,
         spatial_dropout=spatial_dropout, dense_dropout=dense_dropout, init=init,
     )

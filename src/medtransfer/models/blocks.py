@@ -1,7 +1,7 @@
 """``conv_dropout`` for architectures built as stages of blocks (ResNet, DenseNet, VGG,
 MobileNet, EfficientNet, Inception, any ``timm:`` model): dropout on the feature map at the end
 of every stage, where its convolutions end and before the next downsampling (a max-pool, a
-transition or a strided conv) — seed 004's "30% dropout between the convolutional and max
+transition or a strided conv) — "dropout between the convolutional and max
 pooling layers of each block", placed without renaming a single pretrained tensor.
 
 The sites are the class's ``dropout_sites()``, else timm's ``feature_info`` (the output of each

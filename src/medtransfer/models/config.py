@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,6 +55,23 @@ class NormSpec:
         return tuple(map(float, self.mean or ())), tuple(map(float, self.std or ()))
 
 
+# Names the architectures had before they were named for what they are; they still build (with a
+# warning), as the same architecture, so older configs and runs keep working.
+MODEL_ALIASES = {"alexnet_seed000": "alexnet_krizhevsky", "alexnet_seed002": "alexnet_small",
+                 "vgg_seed002": "vgg_small", "resnet_seed002": "resnet_cifar"}
+
+
+def canonical_name(name: str) -> str:
+    """``name``, or the current name of an architecture named by an old alias (with a
+    FutureWarning saying the new name)."""
+    new = MODEL_ALIASES.get(name)
+    if new is None:
+        return name
+    warnings.warn(f"model name '{name}' is now '{new}'; the old name will be removed in a later "
+                  "version", FutureWarning, stacklevel=3)
+    return new
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which architecture, its regularization as flags (0 / False = off), its classification
@@ -64,11 +82,11 @@ class ModelConfig:
     # a registered architecture (medtransfer models), timm:<any timm architecture>, a model folder
     # (timm:local-dir:PATH with timm's config.json + weights; timm:hf-hub:ORG/NAME from the Hugging
     # Face cache, offline) or torchvision:<any torchvision classification model>
-    name: str = "alexnet_seed000"
+    name: str = "alexnet_krizhevsky"
     batch_norm: bool = False  # batch norm after every conv, before its activation
     # dropout on conv feature maps: in the seeds' own CNNs (AlexNet) after each conv block's
     # activation; in block-built architectures (ResNet, DenseNet, VGG, MobileNet, EfficientNet,
-    # Inception, timm:) after every stage, before the next downsampling (seed 004)
+    # Inception, timm:) after every stage, before the next downsampling
     conv_dropout: float = 0.0
     spatial_dropout: float = 0.0  # channel-wise (Dropout2d) rate after each conv block
     dense_dropout: float = 0.0  # dropout rate after the hidden dense layers
@@ -101,6 +119,7 @@ class ModelConfig:
     compat: Compat | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", canonical_name(self.name))
         if self.compat is not None:
             check_choice("model.compat", self.compat, ("torch", "keras"))
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):

@@ -2,7 +2,7 @@
 
 :class:`HeadConfig` says pool → flatten → hidden dense layers (activation, dropout) → output
 layer, as timm's ``ClassifierHead`` / ``NormMlpClassifierHead`` and the seeds' Keras heads do:
-seed 001's ``AveragePooling2D(4×4) → Flatten → Dense 64 relu → Dropout 0.5 → Dense 2`` is
+Keras's common ``AveragePooling2D(4×4) → Flatten → Dense 64 relu → Dropout 0.5 → Dense 2`` is
 ``{pool: avg, pool_size: 4, hidden: [64], dropout: 0.5}``. :func:`install_head` removes the
 model's own head (pooling, dropout, output layer) and puts a :class:`ClassifierHead` named
 ``head`` behind ``forward_features``; the model keeps the head API (``forward_head(x,

@@ -22,7 +22,7 @@ from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError, IntegrityError
 from medtransfer.integrity import check_file, read_record
 from medtransfer.models.adapt import InChansPolicy, first_conv_name
-from medtransfer.models.config import NAMED_WEIGHTS, ModelConfig, NormSpec
+from medtransfer.models.config import MODEL_ALIASES, NAMED_WEIGHTS, ModelConfig, NormSpec
 from medtransfer.models.external import split_name
 from medtransfer.models.external_weights import external_weights
 from medtransfer.models.folders import folder_weights_file
@@ -168,6 +168,7 @@ def _open_weights(cfg: ModelConfig, *, download: bool | None = None, model: nn.M
     meta: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
     model_meta = meta.get("model")
     trained = model_meta.get("name") if isinstance(model_meta, dict) else None
+    trained = MODEL_ALIASES.get(trained, trained) if isinstance(trained, str) else trained
     if trained is not None and trained != cfg.name:
         raise ConfigError(
             f"'model.weights': {path} holds a '{trained}' model but model.name is '{cfg.name}'; "

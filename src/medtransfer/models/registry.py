@@ -23,7 +23,7 @@ from medtransfer.config import check_choice
 from medtransfer.errors import ConfigError
 from medtransfer.models.adapt import apply_in_chans_policy
 from medtransfer.models.blocks import add_block_dropout
-from medtransfer.models.config import ModelConfig
+from medtransfer.models.config import ModelConfig, canonical_name
 from medtransfer.models.external import build_external, check_arch, external_names, split_name
 from medtransfer.models.head import HeadConfig, head_from, install_head
 from medtransfer.models.keras import apply_keras
@@ -78,6 +78,7 @@ def model_info(name: str) -> ModelInfo:
     if split is not None:
         check_arch(*split)
         return ModelInfo(name, functools.partial(build_external, name), 1, split[0])
+    name = canonical_name(name)
     if name not in _REGISTRY:
         also = [f"{lib}:{name}" for lib in ("timm", "torchvision") if name in external_names(lib)]
         if also:

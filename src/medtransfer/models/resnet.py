@@ -1,5 +1,5 @@
 """ResNets: torchvision's ResNet-18/50/152 (its module names, so its ImageNet weights load as
-they are) and seed 002's N-layer ResNet, the Keras CIFAR "ResNet v1" whose depth is 6n + 2.
+they are) and the N-layer ResNet of the Keras CIFAR example, the "ResNet v1" whose depth is 6n + 2.
 
 ResNet-50/152 take ``layout``: ``torchvision`` (v1.5: a block's stride in its 3×3 conv, convs
 without biases) or ``keras`` (``keras.applications.ResNet50`` / ``ResNet152``, v1: the stride
@@ -149,7 +149,7 @@ def resnet50(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
 @register_model(family="resnet")
 def resnet152(*, num_classes: int, in_chans: int = 3, img_size: int = 224,
               dense_dropout: float = 0.0, layout: Layout = "torchvision") -> ResNet:
-    """ResNet-152 (torchvision v1.5, or Keras's v1 with ``layout: keras``; seed 004)."""
+    """ResNet-152 (torchvision v1.5, or Keras's v1 with ``layout: keras``)."""
     model = ResNet(tv.Bottleneck, [3, 8, 36, 3], num_classes=num_classes, in_chans=in_chans,
                    dense_dropout=dense_dropout)
     return _keras_layout(model) if _layout(layout) == "keras" else model
@@ -212,8 +212,8 @@ class CifarResNet(_ResNetHead, nn.Module):
 
 
 @register_model(family="resnet")
-def resnet_seed002(*, num_classes: int, in_chans: int = 1, img_size: int = 128, depth: int = 20,
+def resnet_cifar(*, num_classes: int, in_chans: int = 1, img_size: int = 128, depth: int = 20,
                    base: int = 16, dense_dropout: float = 0.0) -> CifarResNet:
-    """Seed 002's N-layer ResNet: ``depth`` = 6n + 2 (ResNet-20 by default), widths from ``base``."""
+    """The CIFAR N-layer ResNet: ``depth`` = 6n + 2 (ResNet-20 by default), widths from ``base``."""
     return CifarResNet(depth, base=base, num_classes=num_classes, in_chans=in_chans,
                        dense_dropout=dense_dropout)

@@ -5,7 +5,7 @@ module layout as torchvision so its ImageNet weights load by name.
 average pool (``layout: keras``: none, the feature map flattened as in ``keras.applications.VGG16``;
 the same at 224 px), dense 4096-4096 with dropout (``dense_dropout``, 0 unless set: Keras's
 VGG16 has none), then the output layer.
-``vgg_seed002``: seed 002's lab VGG — configuration D at widths ``base``·(1, 2, 4, 8, 8),
+``vgg_small``: a small VGG — configuration D at widths ``base``·(1, 2, 4, 8, 8),
 flattened conv maps, three dense layers of 64 with dropout 0.4, then the output layer.
 """
 
@@ -160,7 +160,7 @@ def vgg16(
 
 
 @register_model(min_img_size=32, family="vgg")
-def vgg_seed002(
+def vgg_small(
     *,
     num_classes: int,
     in_chans: int = 1,
@@ -171,7 +171,7 @@ def vgg_seed002(
     dense: tuple[int, ...] = (64, 64, 64),
     init: Literal["torch", "keras"] = "keras",
 ) -> VGG:
-    """Seed 002's VGG: configuration D scaled to ``base`` channels, flatten, dense 64-64-64."""
+    """A small VGG: configuration D scaled to ``base`` channels, flatten, dense 64-64-64."""
     return VGG(scaled(cfgs["D"], base), num_classes=num_classes, in_chans=in_chans,
                img_size=img_size, batch_norm=batch_norm, dense=dense, dense_dropout=dense_dropout,
                pool_size=None, init=init)

@@ -151,7 +151,7 @@ def _target_figures(
 
 
 def _matrix_figure(run: RunDir, out: Path) -> Plot | None:
-    """Seed 003's bar chart: AUC per target for every (source, strategy) of the first variant,
+    """A source × target study's bar chart: AUC per target for every (source, strategy) of the first variant,
     mean ± maximum deviation over replicates."""
     cfg = run.config
     cells = [c for c in arm_stats(run.results, "auc") if c["variant"] == cfg.variants[0].name]

@@ -86,8 +86,7 @@ def _results_section(doc: Doc, run: RunDir, target: str, ci: list[dict[str, Any]
     doc.heading("Per test set", level=3)
     doc.para(
         f"Each cell: estimate [{level:.0%} bootstrap CI]. Last column: mean ± sd over the "
-        f"{len(tests)} test set(s) with a t-based {level:.0%} CI (test sets as repeats, as in "
-        "seed 000)."
+        f"{len(tests)} test set(s) with a t-based {level:.0%} CI (test sets as repeats)."
     )
     for metric in ("auc", "accuracy"):
         point = "" if metric == "auc" else "default"

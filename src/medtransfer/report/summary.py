@@ -1,7 +1,7 @@
 """Study summaries from ``results.csv``, for every shape: ``summary.csv`` (each arm's mean, sd
 and maximum deviation over its replicates, and its paired difference from scratch),
-``differences.csv`` (paired differences between two strategies, seed 003's FT − FE row) and
-``summary.md`` (seed 000's per-test-set tables, seed 003's source × strategy table).
+``differences.csv`` (paired differences between two strategies, e.g. fine-tuning − features) and
+``summary.md`` (per-test-set tables of each arm, a matrix's source × strategy table).
 
 Replicates are the repeats (each the mean over its test sets or folds) when the study has more
 than one repeat, otherwise the test sets (or cross-validation folds) themselves.
@@ -168,7 +168,7 @@ def _diff(c: dict[str, Any] | None) -> str:
 def matrix_tables(
     cfg: StudyConfig, rows: Sequence[dict[str, Any]], metric: str = "auc"
 ) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Seed 003's Table II per variant: targets as rows, ``mean ± max dev`` per (source,
+    """A matrix's table per variant: targets as rows, ``mean ± max dev`` per (source,
     strategy) column; then the paired differences from scratch."""
     cells = arm_stats(rows, metric)
     cols = _columns(cfg, cells)
@@ -197,7 +197,7 @@ def matrix_tables(
 
 
 def _value_tables(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]], target: str) -> None:
-    """Seed 000's tables for one target: each arm's metric per test set (or fold), mean ± sd."""
+    """The tables of one target: each arm's metric per test set (or fold), mean ± sd."""
     mine = [r for r in rows if r["stage"] == "transfer" and r["target"] == target]
     arms = list(dict.fromkeys((str(r["variant"]), str(r["source"]), str(r["strategy"])) for r in mine))
     tests = sorted({str(r["test_set"]) for r in mine}, key=lambda s: (len(s), s))
@@ -270,7 +270,7 @@ def summary_doc(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> N
         doc.para(
             f"{cfg.repeats} repeat(s) per cell (training seeds; {splits}). A repeat's value is the "
             "mean over the target's test sets. `no transfer` is the scratch reference; max deviation "
-            "is the largest distance of a replicate from the mean (seed 003's Table II)."
+            "is the largest distance of a replicate from the mean."
         )
         for metric in ("auc", "accuracy"):
             tables = [*matrix_tables(cfg, rows, metric), *difference_tables(cfg, rows, metric)]

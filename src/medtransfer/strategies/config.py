@@ -49,7 +49,7 @@ class ScratchStrategy:
 
 @dataclass(frozen=True)
 class FreezeStrategy:
-    """Train what ``freeze`` leaves trainable (default: the last 3 weight layers, seed 000).
+    """Train what ``freeze`` leaves trainable (default: the last 3 weight layers).
     A config written by a user must freeze something (:func:`strategy_from_dict`); a study
     written as source/target whose ``transfer.freeze`` freezes nothing trains the whole model
     from the source's weights in one stage."""
@@ -111,7 +111,7 @@ class FinetuneStrategy:
 
 @dataclass(frozen=True)
 class MLPHeadConfig:
-    """Seed 002's head on features: Dense(hidden) → ReLU → Dropout(dropout) → output."""
+    """A small dense head on features: Dense(hidden) → ReLU → Dropout(dropout) → output."""
 
     hidden: int = 128  # width of the hidden dense layer
     dropout: float = 0.5  # dropout rate after it
@@ -137,7 +137,7 @@ class FeaturesStrategy:
     ``svm`` (LinearSVC, one-vs-rest, probabilities by Platt scaling — sigmoid calibration of its
     decision function over ``calibration_folds`` stratified folds; ``isotonic`` on request;
     ``none``: its raw decision values through a sigmoid, or a softmax over classes — the SVM's
-    own ranking, as seed 003 scored AUC on them) or ``mlp``. ``C`` is the inverse regularization
+    own ranking, for an AUC of the raw SVM) or ``mlp``. ``C`` is the inverse regularization
     strength of both linear models. ``precision``: of the feature extraction, as
     ``train.precision`` (the MLP head trains by ``mlp.train``).
     """
@@ -162,7 +162,7 @@ class FeaturesStrategy:
     precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
     channels_last: bool = False  # extract in NHWC layout (faster on CPUs; same numbers up to rounding)
     # Another strategy of the study (finetune, freeze or scratch) whose trained model of the same
-    # source, target, repeat and fold is the backbone (seed 003's SVM on fine-tuned fc7 features);
+    # source, target, repeat and fold is the backbone (an SVM on a fine-tuned network's features);
     # null: the cell's source model
     backbone_from: str | None = None
 

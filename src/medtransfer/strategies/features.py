@@ -164,7 +164,7 @@ def make_estimator(cfg: FeaturesStrategy, seed: int, labels: np.ndarray) -> Clas
 class DecisionScores(ClassifierMixin, BaseEstimator):
     """A one-vs-rest ``LinearSVC`` whose probabilities are its decision values through a sigmoid
     (two classes) or a softmax (more): uncalibrated, the SVM's own ranking of the images, so a
-    binary AUC is that of its decision function (seed 003 scored AUC on the raw SVM)."""
+    binary AUC is that of its decision function (the raw SVM's ranking)."""
 
     def __init__(self, C: float = 1.0, max_iter: int = 5000, random_state: int | None = None) -> None:
         self.C, self.max_iter, self.random_state = C, max_iter, random_state

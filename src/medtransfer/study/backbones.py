@@ -1,4 +1,4 @@
-"""Strategies whose backbone is another strategy's trained model (``backbone_from``, seed 003's
+"""Strategies whose backbone is another strategy's trained model (``backbone_from``, e.g. a
 linear SVM on the fine-tuned network's fc7 features): the check made when a config is read.
 
 A ``features`` strategy with ``backbone_from: ft`` takes, in each cell, the model that strategy

@@ -1,6 +1,6 @@
 """The study config: what to pretrain, on which source, how to transfer, to which target.
 
-Variants (seed 000's baseline / augmentation / dropout / batch norm) are overrides laid over the
+Variants (e.g. a baseline, augmentation, dropout, batch norm) are overrides laid over the
 shared ``model``, ``pretrain`` and ``transfer`` sections, so each differs only where it says so.
 
 Two ways to write a study: one ``source`` and one ``target`` (pretrain, then transfer by
@@ -57,7 +57,7 @@ class StudyConfig:
     # matrix: named transfer strategies, each with a kind (scratch, features, freeze, finetune)
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 1  # matrix: training seeds per cell (initialisation, order, augmentation)
-    # matrix: each repeat also draws a new split of every target (seed 003); cells of one repeat
+    # matrix: each repeat also draws a new split of every target; cells of one repeat
     # share it, so differences from scratch stay paired
     resample_splits: bool = False
     # matrix: each repeat also pretrains every data source anew (its own seed), so the spread

@@ -1,4 +1,4 @@
-"""A preview of a study's augmentation (seed 002, task 3): for every variant and training stage
+"""A preview of a study's augmentation: for every variant and training stage
 that augments, a PNG grid of training images, each above an augmented version of it.
 
 The images are the study's own training images (drawn by the study's split; never validation or

@@ -1,5 +1,5 @@
 """The study's ``report`` section: which extra tables and figures its report makes — paired
-differences between strategies (seed 003's FT − FE row), first-layer filters, feature maps and
+differences between strategies (e.g. fine-tuning − features), first-layer filters, feature maps and
 activation maximisation (seeds 003, 004). Every figure is off by default, so a report costs what
 it did; the section never enters a unit key (the report is made from finished units)."""
 
@@ -17,7 +17,7 @@ __all__ = ["ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig", "check_la
 
 @dataclass(frozen=True)
 class FeatureMapsConfig:
-    """Feature maps of chosen layers for a few test images, per arm (seed 004)."""
+    """Feature maps of chosen layers for a few test images, per arm."""
 
     layers: list[str] = field(default_factory=list)  # module names; empty: the first and the last conv layer
     images: int = 2  # test images shown (spread over the classes, drawn from the study seed)
@@ -33,7 +33,7 @@ class FeatureMapsConfig:
 @dataclass(frozen=True)
 class ActivationMaxConfig:
     """Activation maximisation: the input that most excites each of a layer's first filters,
-    by gradient ascent from a seeded random image (seed 003)."""
+    by gradient ascent from a seeded random image."""
 
     layer: str | None = None  # a module name; null: the last conv layer
     filters: int = 8  # how many of the layer's first filters

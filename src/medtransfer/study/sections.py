@@ -79,11 +79,11 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # the pretrained weights transfer starts from: best (the best epoch's, best.pt) or last (the
-    # last epoch's, kept as final.pt; seed 000 transferred the last); null: best, last under
+    # last epoch's, kept as final.pt); null: best, last under
     # train.compat keras (a Keras model after fit is the last epoch's)
     transfer_from: Literal["best", "last"] | None = None
     # keys of 'model' that differ for the pretraining only, e.g. {conv_dropout: 0.3}: pretrain
-    # with them, transfer into 'model' (seed 000's "unified" AlexNet); the two must have the
+    # with them, transfer into 'model' (a "unified" model); the two must have the
     # same tensors, except batch_norm in the seeds' AlexNets (folded into the convs)
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -101,7 +101,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Seed 000's transfer: ``freeze`` leaves the last layers trainable; they train on cached
+    """A source/target study's transfer: ``freeze`` leaves the last layers trainable; they train on cached
     activations of the frozen part when that is exact (``cache``; see
     :mod:`medtransfer.strategies.cached`), else on the full model."""
 

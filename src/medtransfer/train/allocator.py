@@ -5,7 +5,7 @@ fresh ``mmap`` pages and unmaps them when freed, and it trims the heap's free to
 A CPU training step allocates and frees the same few hundred MB every step (activations,
 gradients, the optimizer's temporaries: Adagrad's ``sqrt`` of a 76M-parameter AlexNet is 300 MB),
 so every step page-faults all of it back in, zero-filled by the kernel. Raising both thresholds
-to 1 GiB lets malloc reuse those blocks: a bare training step of the seed-000 AlexNet ran 1.2×
+to 1 GiB lets malloc reuse those blocks: a bare training step of the Krizhevsky AlexNet ran 1.2×
 as fast in fp32 and in bf16 on a 2-core CPU (``benchmarks/bench_allocator.py``), with identical
 numbers: the allocator decides where tensors live, never what they hold. The price is that a
 process keeps up to 1 GiB of freed memory (plus fragmentation) instead of returning it.
