@@ -36,4 +36,4 @@ def test_pretrained_without_default_weights_names_those_that_have_them():
                        r"default pretrained weights; models with ImageNet weights: densenet121, .*resnet18"):
         create_model("alexnet_krizhevsky", pretrained=True, num_classes=2)
     with pytest.raises(ConfigError, match=r"did you mean 'alexnet_small'"):
-        create_model("alexnet_seed00", pretrained=True, num_classes=2)
+        create_model("alexnet_smal", pretrained=True, num_classes=2)

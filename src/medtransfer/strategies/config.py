@@ -161,7 +161,7 @@ class FeaturesStrategy:
     disk_cache: bool = True  # keep extracted features in the study's cache folder
     precision: Precision = "fp32"  # of the feature extraction: fp32, bf16, fp16 or auto
     channels_last: bool = False  # extract in NHWC layout (faster on CPUs; same numbers up to rounding)
-    # Another strategy of the study (finetune, freeze or scratch) whose trained model of the same
+    # Another strategy of the study (finetune or freeze) whose trained model of the same
     # source, target, repeat and fold is the backbone (an SVM on a fine-tuned network's features);
     # null: the cell's source model
     backbone_from: str | None = None
