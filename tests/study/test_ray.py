@@ -56,6 +56,28 @@ def test_ray_results_equal_local_results(ray_run, ray_address, tiny_study_config
 
 
 @pytest.mark.slow
+def test_a_search_runs_its_trials_on_ray_workers_as_a_local_search_does(ray_address, tiny_study_config,
+                                                                       tmp_path, one_thread):
+    """Two arms (variants) searched each on its own, two trials at once on two Ray workers: the
+    same trials, scores and tuned study as in this process."""
+    from medtransfer.search import run_search
+
+    def raw() -> dict:
+        cfg = tiny_study_config(tmp_path)
+        cfg.update(audit=False, search={"space": {"transfer.train.optimizer.lr": [1.0e-3, 1.0e-2]}})
+        return cfg
+
+    logs: list[str] = []
+    on_ray = run_search(raw(), tmp_path / "ray", executor=ExecutorSettings("ray", 2, ray_address),
+                        report=False, progress=False, echo=logs.append)
+    here = run_search(raw(), tmp_path / "here", report=False, progress=False, echo=lambda m: None)
+    assert any("up to 2 trial(s) at once (ray)" in m for m in logs)
+    assert any(m.startswith("[baseline-trial-001] pretraining on") for m in logs)  # on a worker
+    assert (on_ray / "trials.csv").read_bytes() == (here / "trials.csv").read_bytes()
+    assert (on_ray / "results.csv").read_bytes() == (here / "results.csv").read_bytes()
+
+
+@pytest.mark.slow
 def test_ray_rerun_reuses_every_unit(ray_run, ray_address, tiny_study_config):
     root, out, _ = ray_run
     results = sorted((out / "units").glob("*/result.json"))

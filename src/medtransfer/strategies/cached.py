@@ -30,8 +30,7 @@ from torch import Tensor, nn
 from medtransfer.config import InputNorm, to_dict
 from medtransfer.models.chain import Step, forward_chain, run_chain
 from medtransfer.train import Augment, FitResult, TensorBatches, TrainConfig, TrainEnv, fit
-from medtransfer.train.batches import input_norm_tensors
-from medtransfer.train.batches import to_float as images_to_float
+from medtransfer.train.batches import input_norm_tensors, unit_float
 from medtransfer.train.precision import resolve_precision
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -65,10 +64,10 @@ class CachePlan:
     reason: str
 
 
-def to_float(images: np.ndarray, dev: torch.device, input_norm: InputNorm | None) -> Tensor:
+def model_input(images: np.ndarray, dev: torch.device, input_norm: InputNorm | None) -> Tensor:
     """Images as ``fit`` feeds them to the model: [0, 1] floats, then ``(x - mean) / std``."""
     mean, std = input_norm_tensors(input_norm, images.shape[1], dev)
-    return (images_to_float(images, dev) - mean) / std
+    return (unit_float(images, dev) - mean) / std
 
 
 def _trace(model: nn.Module, steps: list[Step], x: Tensor) -> tuple[list[set[str]], Tensor]:
@@ -121,7 +120,7 @@ def plan_cache(
         return CachePlan(None, "nothing is frozen")
     dev = torch.device(device)
     model.to(dev).eval()
-    x = to_float(sample, dev, input_norm)
+    x = model_input(sample, dev, input_norm)
     steps = forward_chain(model)
     seen, out = _trace(model, steps, x)
     for names, step in zip(seen, steps, strict=True):
@@ -179,7 +178,7 @@ def prefix_activations(split: PrefixSplit, images: np.ndarray, *, batch_size: in
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = to_float(images[start : start + batch_size], device, input_norm)
+            x = model_input(images[start : start + batch_size], device, input_norm)
             with amp.autocast():
                 y = split.prefix(x.contiguous(memory_format=layout) if x.ndim == 4 else x)
             out.append((y if y.dtype == torch.float32 else y.float()).contiguous())

@@ -30,8 +30,8 @@ from medtransfer.freezing import transformer_blocks
 from medtransfer.strategies.cached import (
     fit_on_activations,
     images_fingerprint,
+    model_input,
     state_hash,
-    to_float,
 )
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
 from medtransfer.train import FitResult, TrainEnv
@@ -119,7 +119,7 @@ def extract_features(
         out = []
         with torch.no_grad(), nhwc(model, cfg.channels_last) as layout:
             for start in range(0, len(images), cfg.batch_size):
-                batch = to_float(images[start : start + cfg.batch_size], dev, input_norm)
+                batch = model_input(images[start : start + cfg.batch_size], dev, input_norm)
                 with amp.autocast():
                     feats = fn(batch.contiguous(memory_format=layout))
                 out.append(feats.float().cpu().numpy())

@@ -25,7 +25,7 @@ __all__ = [
     "logits_to_proba",
     "loss_and_proba",
     "predict_proba",
-    "to_float",
+    "unit_float",
 ]
 
 SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -86,10 +86,10 @@ def batches(
     """(indices, float batch in [0, 1] on ``dev``) in ``order``; converts after the transfer."""
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        yield idx, to_float(images[idx], dev)
+        yield idx, unit_float(images[idx], dev)
 
 
-def to_float(images: np.ndarray, dev: torch.device) -> Tensor:
+def unit_float(images: np.ndarray, dev: torch.device) -> Tensor:
     """[0, 1] float32 images on ``dev`` (on CUDA: copied from pinned memory, non-blocking)."""
     raw = torch.from_numpy(np.ascontiguousarray(images))
     raw = raw.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else raw.to(dev)

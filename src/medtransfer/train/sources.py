@@ -13,7 +13,7 @@ from torch import Tensor
 
 from medtransfer.config import InputNorm
 from medtransfer.errors import DataError
-from medtransfer.train.batches import check_labels, check_split, input_norm_tensors, to_float
+from medtransfer.train.batches import check_labels, check_split, input_norm_tensors, unit_float
 
 __all__ = ["Arrays", "Augment", "BatchSource", "ImageBatches", "TensorBatches"]
 
@@ -59,12 +59,12 @@ class ImageBatches:
 
     def train_batch(self, batch: np.ndarray, rows: slice, gen: torch.Generator) -> Tensor:
         if self.augment is None:
-            return (to_float(self.images[batch[rows]], self.device) - self.mean) / self.std
+            return (unit_float(self.images[batch[rows]], self.device) - self.mean) / self.std
         # The whole (global) batch: with DDP each image gets the augmentation one process gives it.
-        return (self.augment(to_float(self.images[batch], self.device), gen)[rows] - self.mean) / self.std
+        return (self.augment(unit_float(self.images[batch], self.device), gen)[rows] - self.mean) / self.std
 
     def eval_batch(self, idx: np.ndarray) -> Tensor:
-        return (to_float(self.images[idx], self.device) - self.mean) / self.std
+        return (unit_float(self.images[idx], self.device) - self.mean) / self.std
 
 
 class TensorBatches:
