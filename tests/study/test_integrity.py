@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -169,7 +170,7 @@ def test_result_records_size_and_sha256_of_its_files(finished):
 @pytest.mark.slow
 def test_second_run_into_the_same_folder_fails_at_once_naming_the_holder(tmp_path, class_folders):
     cfg = _config(tmp_path, class_folders)
-    cfg["pretrain"]["train"]["epochs"] = 120  # still running while the second run starts and stops
+    cfg["pretrain"]["train"]["epochs"] = 5
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -182,7 +183,11 @@ def test_second_run_into_the_same_folder_fails_at_once_naming_the_holder(tmp_pat
             assert first.poll() is None, first.communicate()[0]
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        first.send_signal(signal.SIGSTOP)  # paused mid-training, its lock held, while the second runs
+        try:
+            second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert second.returncode != 0
         err = second.stdout + second.stderr
         assert "data:" not in err and "audit" not in err  # at once: no data loaded, nothing trained
