@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from medtransfer.document import Doc
 from medtransfer.errors import ConfigError
+from medtransfer.report.sections import search_section
 from medtransfer.search import run_search
+from medtransfer.search.arms import check_final, final_params, search_arms
 from medtransfer.study import load_study, resolve_variants
 
 pytest.importorskip("optuna")
@@ -31,7 +35,7 @@ def test_final_keys_change_the_final_run_only_and_the_trials_are_reused(tmp_path
     by_arm = {"a.head": {"strategies.head.train.epochs": 1, "strategies.head.train.early_stopping": STOP}}
     logs: list[str] = []
     run_search(matrix_search(tmp_path, space=space, final=final, final_by_arm=by_arm), out,
-               echo=logs.append, progress=False)
+               echo=logs.append, progress=False, report=False)
     assert not [m for m in logs if "trial-" in m and "reused" not in m and "→" not in m], logs
     after = _units(out)
     trials = {k: v for k, v in after.items() if "trial-" in k}
@@ -49,13 +53,15 @@ def test_final_keys_change_the_final_run_only_and_the_trials_are_reused(tmp_path
     assert tuned["b-head"].strategies["head"].train.epochs == 2
     assert not tuned["a-head"].strategies["head"].train.restore_best
     text = (out / "best.yaml").read_text()
-    assert ("# arm a.head, final run only (search.final; not its trials): strategies.head.train.restore_best"
-            "=false, strategies.head.train.epochs=1") in text
+    assert ("# arm a.head, its final run only (search.final, final_by_arm; not the trials): "
+            "strategies.head.train.restore_best=false, strategies.head.train.epochs=1") in text
     md = (out / "search.md").read_text().split("## Final run")[1]
     assert "| a.head | strategies.head.train.early_stopping |" in md
     assert "| b.head | strategies.head.train.restore_best | false |" in md
     assert "b.head | strategies.head.train.early_stopping" not in md
-    assert "arm a.head: <code>strategies.head.train.epochs</code>" in (out / "report.html").read_text()
+    doc = Doc(markdown=True, base=out)
+    search_section(doc, SimpleNamespace(path=out))  # the report's section: it reads the run folder
+    assert "arm a.head: `strategies.head.train.epochs` = `1`" in doc.render()
 
 
 def test_per_study_final_keys_reach_every_variant(tmp_path, matrix_search):
@@ -73,7 +79,7 @@ def test_per_study_final_keys_reach_every_variant(tmp_path, matrix_search):
     units = _units(out)
     assert sorted(v["epochs_run"] for k, v in units.items() if "trial-" in k) == [2, 2]  # as configured
     assert sorted(v["epochs_run"] for k, v in units.items() if "trial-" not in k) == [1, 1]
-    assert "arm study, final run only" in (out / "best.yaml").read_text()
+    assert "# arm study, its final run only" in (out / "best.yaml").read_text()
 
 
 def test_final_errors_name_the_keys(tmp_path, matrix_search, tiny_study_config):
@@ -86,8 +92,9 @@ def test_final_errors_name_the_keys(tmp_path, matrix_search, tiny_study_config):
           "a", final={"strategies.head.train.early_stoping": STOP})
     fails(r"'search.final.strategies.head.train.early_stopping': .*'patiense'.*did you mean 'patience'",
           "b", final={"strategies.head.train.early_stopping": {"patiense": 0}})
-    fails(r"'search.final.strategies.head.train.optimizer': 'search.space.strategies.head.train.optimizer.lr' "
-          r"searches it", "c", final={"strategies.head.train.optimizer": {"name": "sgd"}})
+    fails(r"'search.final.strategies.head.train.optimizer': "
+          r"'search.space.strategies.head.train.optimizer.lr' searches it", "c",
+          final={"strategies.head.train.optimizer": {"name": "sgd"}})
     fails(r"'search.final_by_arm.a.hed': no such arm; did you mean 'a.head'\? The arms .*: a.head, b.head",
           "d", final_by_arm={"a.hed": {"strategies.head.train.epochs": 1}})
     fails(r"'search.final_by_arm.a.head.strategies.head.train.early_stopping.patience': "
@@ -101,15 +108,29 @@ def test_final_errors_name_the_keys(tmp_path, matrix_search, tiny_study_config):
           final={"strategies.other.train.epochs": 1})
     raw = matrix_search(tmp_path, final_by_arm={"a.head": {"strategies.scratch.train.epochs": 1}})
     raw["strategies"]["scratch"] = {"kind": "scratch", "train": raw["strategies"]["head"]["train"]}
-    with pytest.raises(ConfigError, match=r"'search.final_by_arm.a.head.strategies.scratch.train.epochs': arm "
-                                          r"a.head runs strategy head; the key would be ignored"):
+    with pytest.raises(ConfigError, match=r"'search.final_by_arm.a.head.strategies.scratch.train.epochs': "
+                                          r"arm a.head runs strategy head; the key would be ignored"):
         run_search(raw, tmp_path / "k")
     raw = tiny_study_config(tmp_path)
     raw["variants"][1]["transfer"] = {"train": {"epochs": 3}}
-    raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-3]}, "final": {"transfer.train.epochs": 1}}
+    raw["search"] = {"space": {"transfer.train.optimizer.lr": [1.0e-3]},
+                     "final": {"transfer.train.epochs": 1}}
     with pytest.raises(ConfigError, match=r"'search.final.transfer.train.epochs': variants\[1\] \(bn\) sets"):
         run_search(raw, tmp_path / "i")
     raw["variants"].pop(1)
     raw["search"]["final"] = {"strategies.head.train.epochs": 1}
-    with pytest.raises(ConfigError, match=r"'search.final': 'strategies.' keys need a matrix study"):
+    with pytest.raises(ConfigError, match=r"'search.final.strategies.head.train.epochs': 'strategies.' "
+                                          r"keys need a matrix study"):
         run_search(raw, tmp_path / "j")
+
+
+def test_seed001_stops_only_its_imagenet_models_final_run_early():
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    cfg = load_study(examples / "seed001.yaml")
+    assert cfg.search is not None
+    arms = search_arms(cfg, cfg.search)
+    check_final(cfg, cfg.search, arms)
+    final = {a.label: final_params(cfg.search, a) for a in arms}
+    assert final["imagenet.head"]["strategies.head.train.early_stopping"] == STOP  # Keras's defaults
+    assert "strategies.head.train.early_stopping" not in final["chexnet.head"]
+    assert {f["strategies.head.train.restore_best"] for f in final.values()} == {False}  # Keras's fit

@@ -204,9 +204,10 @@ def _final_para(doc: Doc, run: RunDir) -> None:
     """What ``search.final`` and ``final_by_arm`` set for the final run alone (the run folder's
     search.yaml records the search)."""
     path = run.path / "search.yaml"
-    search = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("search") if path.is_file() else None
-    groups = [("every arm", (search or {}).get("final") or {}),
-              *((f"arm {arm}", keys) for arm, keys in ((search or {}).get("final_by_arm") or {}).items())]
+    recorded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    search = (recorded or {}).get("search") or {}
+    groups = [("every arm", search.get("final") or {}),
+              *((f"arm {arm}", keys) for arm, keys in (search.get("final_by_arm") or {}).items())]
     said = [f"{who}: " + ", ".join(f"`{k}` = `{json.dumps(v)}`" for k, v in keys.items())
             for who, keys in groups if keys]
     if said:

@@ -25,7 +25,14 @@ import yaml
 from medtransfer.config import to_dict
 from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
-from medtransfer.search.arms import SearchArm, check_final, check_space, final_params, search_arms, tuned_config
+from medtransfer.search.arms import (
+    SearchArm,
+    check_final,
+    check_space,
+    final_params,
+    search_arms,
+    tuned_config,
+)
 from medtransfer.search.optimize import JOURNAL, TrialRecord, optimize
 from medtransfer.search.tables import best_trials, final_text, write_trials
 from medtransfer.study import ExecutorSettings, StudyConfig, study_from_dict
@@ -106,6 +113,7 @@ def _header(name: str, search: SearchConfig, n: int, best: list[tuple[str, Trial
         lines.append(f"# arm {label}: {b.trial} ({chosen}; {b.value:.4f})")
     for label, keys in final.items():
         if keys:
-            lines.append(f"# arm {label}, final run only (search.final; not its trials): {final_text(keys)}")
+            lines.append(f"# arm {label}, its final run only (search.final, final_by_arm; not the trials): "
+                         f"{final_text(keys)}")
     lines.append("# Settings at their default value are left out. Run: medtransfer run best.yaml")
     return "\n".join([*lines, ""])

@@ -131,20 +131,26 @@ def trial_specs(cfg: StudyConfig, arm: SearchArm, trial: str, params: dict[str, 
     return specs
 
 
-def check_space(cfg: StudyConfig, search: SearchConfig) -> None:
-    """Every searched key must exist: a typo would otherwise fail every trial, one by one."""
-    first = {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
-    if any(k.startswith("strategies.") for k in first) and not cfg.is_matrix:
-        raise ConfigError("'search.space': 'strategies.' keys need a matrix study (sources, targets, "
+def _first_point(search: SearchConfig) -> dict[str, Any]:
+    """Every searched key's first value (a range's low end): a point the checks resolve."""
+    return {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
+
+
+def _resolve(cfg: StudyConfig, where: str, params: dict[str, Any]) -> None:
+    """The study with one variant of ``params`` must resolve; errors are prefixed with ``where``."""
+    if any(k.startswith("strategies.") for k in params) and not cfg.is_matrix:
+        raise ConfigError(f"'{where}': 'strategies.' keys need a matrix study (sources, targets, "
                           "strategies); this study's strategy is its 'transfer' section")
     try:
-        _resolve(cfg, first)
+        resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(params))],
+                                             search=None))
     except ConfigError as exc:
-        raise ConfigError(f"'search.space': {exc}") from None
+        raise ConfigError(f"'{where}': {exc}") from None
 
 
-def _resolve(cfg: StudyConfig, params: dict[str, Any]) -> None:
-    resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(params))], search=None))
+def check_space(cfg: StudyConfig, search: SearchConfig) -> None:
+    """Every searched key must exist: a typo would otherwise fail every trial, one by one."""
+    _resolve(cfg, "search.space", _first_point(search))
 
 
 def check_final(cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm]) -> None:
@@ -159,24 +165,15 @@ def check_final(cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm]) -
                               + f" The arms (as search.md labels them): {', '.join(labels)}")
     groups = [("search.final", search.final, None),
               *((f"search.final_by_arm.{a}", keys, a) for a, keys in search.final_by_arm.items())]
-    first = {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
-    for where, keys, label in groups:
-        if any(k.startswith("strategies.") for k in keys) and not cfg.is_matrix:
-            raise ConfigError(f"'{where}': 'strategies.' keys need a matrix study (sources, targets, "
-                              "strategies); this study's strategy is its 'transfer' section")
+    first = _first_point(search)
+    for where, keys, owner in groups:
         for key, value in keys.items():
-            try:
-                _resolve(cfg, {key: value})
-            except ConfigError as exc:
-                raise ConfigError(f"'{where}.{key}': {exc}") from None
-            arm = next((a for a in arms if a.label == label), None)
+            _resolve(cfg, f"{where}.{key}", {key: value})
+            arm = next((a for a in arms if a.label == owner), None)
             if arm is not None and not _applies(key, arm.strategy):
-                raise ConfigError(f"'{where}.{key}': arm {label} runs strategy {arm.strategy}; the key "
+                raise ConfigError(f"'{where}.{key}': arm {owner} runs strategy {arm.strategy}; the key "
                                   "would be ignored")
-        try:
-            _resolve(cfg, {**first, **search.final, **keys})
-        except ConfigError as exc:
-            raise ConfigError(f"'{where}': with the searched keys: {exc}") from None
+        _resolve(cfg, where, {**first, **search.final, **keys})  # together with the searched keys
 
 
 def tuned_config(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig,

@@ -92,8 +92,9 @@ def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search:
     changed = {arm: keys for arm, keys in (final or {}).items() if keys}
     if changed:
         doc.heading("Final run")
-        doc.para("The tuned arms' run on the test sets sets these keys of `search.final` over the best "
-                 "trial's settings (the trials did not); other arms run as their best trial.")
+        rest = "" if len(changed) == len(arms) else "; the other arms run as their best trial"
+        doc.para("The tuned arms' run on the test sets sets these keys (`search.final`, `final_by_arm`) "
+                 f"over the best trial's settings; the trials did not{rest}.")
         doc.table(["arm", "key", "value"], [[arm, k, json.dumps(v)] for arm, keys in changed.items()
                                             for k, v in keys.items()])
     write_text_atomic(out / "search.md", doc.render())

@@ -132,7 +132,8 @@ class SearchConfig:
 
     def _check_final(self) -> None:
         if not isinstance(self.final, dict):
-            raise ConfigError(f"'search.final': expected a mapping of dotted keys to values, got {self.final!r}")
+            raise ConfigError(f"'search.final': expected a mapping of dotted keys to values, "
+                              f"got {self.final!r}")
         self._check_final_keys("search.final", self.final)
         if not isinstance(self.final_by_arm, dict):
             raise ConfigError(f"'search.final_by_arm': expected a mapping of arm labels to mappings of "
