@@ -10,8 +10,9 @@ never looked at), optionally pruned after any epoch, and kept in the run folder'
 so a killed search resumes (:mod:`.optimize`). The trials go to ``trials.csv`` and ``search.md``
 (:mod:`.tables`); the tuned study — each arm with its best point — is written back as a runnable
 ``best.yaml`` and run once on the test sets into the same folder, so the report compares the
-tuned arms like any study's. ``search.final`` sets keys for that final run alone (seed 001 stopped
-its final run early on the validation loss); search.md and best.yaml say which.
+tuned arms like any study's. ``search.final`` (every arm) and ``final_by_arm`` (one arm) set keys
+for that final run alone (seed 001 stopped its final ImageNet run early on the validation loss);
+search.md, best.yaml and the report say which.
 """
 
 from __future__ import annotations
