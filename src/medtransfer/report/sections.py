@@ -7,6 +7,8 @@ import csv
 import json
 import math
 
+import yaml
+
 from medtransfer.document import Doc, fmt
 from medtransfer.plots import search_plot
 from medtransfer.study.rundir import RunDir
@@ -198,6 +200,21 @@ def arm_word(run: RunDir) -> str:
     return "arm" if run.config.is_matrix else "variant"
 
 
+def _final_para(doc: Doc, run: RunDir) -> None:
+    """What ``search.final`` and ``final_by_arm`` set for the final run alone (the run folder's
+    search.yaml records the search)."""
+    path = run.path / "search.yaml"
+    recorded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    search = (recorded or {}).get("search") or {}
+    groups = [("every arm", search.get("final") or {}),
+              *((f"arm {arm}", keys) for arm, keys in (search.get("final_by_arm") or {}).items())]
+    said = [f"{who}: " + ", ".join(f"`{k}` = `{json.dumps(v)}`" for k, v in keys.items())
+            for who, keys in groups if keys]
+    if said:
+        doc.para("The final run set, beyond each arm's best trial (`search.final`, `final_by_arm`; "
+                 "not used by the trials) — " + "; ".join(said) + ".")
+
+
 def search_section(doc: Doc, run: RunDir) -> None:
     """The search that chose this run's configuration (``trials.csv`` beside it): each arm's
     chosen point and its figures of the validation score per hyperparameter value. Nothing for a
@@ -218,6 +235,7 @@ def search_section(doc: Doc, run: RunDir) -> None:
     doc.para(f"{len(trials)} trials ({tuned}), each scored on the validation set only (`trials.csv`, "
              "`search.md`); the configuration reported above is the best of each, evaluated once on "
              "the tests.")
+    _final_para(doc, run)
     best = [t for t in trials if t.get("rank") == "1" and t.get(score)]
     if best:
         doc.table(["arm", "trial", *keys, f"val {score.removeprefix('val_')}"],

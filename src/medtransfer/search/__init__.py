@@ -10,7 +10,9 @@ never looked at), optionally pruned after any epoch, and kept in the run folder'
 so a killed search resumes (:mod:`.optimize`). The trials go to ``trials.csv`` and ``search.md``
 (:mod:`.tables`); the tuned study — each arm with its best point — is written back as a runnable
 ``best.yaml`` and run once on the test sets into the same folder, so the report compares the
-tuned arms like any study's.
+tuned arms like any study's. ``search.final`` (every arm) and ``final_by_arm`` (one arm) set keys
+for that final run alone (seed 001 stopped its final ImageNet run early on the validation loss);
+search.md, best.yaml and the report say which.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ import yaml
 from medtransfer.config import to_dict
 from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
-from medtransfer.search.arms import SearchArm, check_space, search_arms, tuned_config
+from medtransfer.search.arms import (
+    SearchArm,
+    check_final,
+    check_space,
+    final_params,
+    search_arms,
+    tuned_config,
+)
 from medtransfer.search.optimize import JOURNAL, TrialRecord, optimize
-from medtransfer.search.tables import best_trials, write_trials
+from medtransfer.search.tables import best_trials, final_text, write_trials
 from medtransfer.study import ExecutorSettings, StudyConfig, study_from_dict
 from medtransfer.study.search_config import SearchConfig, nested
 
@@ -48,6 +57,7 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
     try:
         check_space(cfg, cfg.search)
         arms = search_arms(cfg, cfg.search)
+        check_final(cfg, cfg.search, arms)
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
     executor = executor or ExecutorSettings()
@@ -71,7 +81,8 @@ def _search(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig, arms: l
          f"up to {executor.workers} trial(s) at once ({executor.kind})")
     with runner.session(executor):
         records = optimize(runner, search, arms, out, workers=executor.workers, echo=echo)
-    write_trials(out, records, [a.label for a in arms], search)
+    write_trials(out, records, [a.label for a in arms], search,
+                 {a.label: final_params(search, a) for a in arms})
     best = best_trials(records)
     failed = [a.label for a in arms if a.space and best.get(a.label) is None]
     if failed:
@@ -80,7 +91,8 @@ def _search(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig, arms: l
     chosen = {a.name: {} if not a.space else dict(best[a.label].params)  # type: ignore[union-attr]
               for a in arms}
     tuned = tuned_config(raw, cfg, search, chosen, arms)
-    header = _header(cfg.name, search, len(records), [(a.label, best.get(a.label)) for a in arms])
+    header = _header(cfg.name, search, len(records), [(a.label, best.get(a.label)) for a in arms],
+                     {a.label: final_params(search, a) for a in arms})
     best_cfg = study_from_dict(tuned, base=base)
     write_text_atomic(out / "best.yaml", header + yaml.safe_dump(to_dict(best_cfg, skip_defaults=True),
                                                                  sort_keys=False))
@@ -88,8 +100,9 @@ def _search(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig, arms: l
     return run_study(best_cfg, out, progress=progress, report=report, echo=echo, executor=executor)
 
 
-def _header(name: str, search: SearchConfig, n: int, best: list[tuple[str, TrialRecord | None]]) -> str:
-    """best.yaml's comment: what was tuned, and each arm's chosen trial."""
+def _header(name: str, search: SearchConfig, n: int, best: list[tuple[str, TrialRecord | None]],
+            final: dict[str, dict[str, Any]]) -> str:
+    """best.yaml's comment: what was tuned, each arm's chosen trial and what search.final set."""
     how = "each arm on its own" if search.per == "arm" else "one setting for every arm"
     lines = [f"# The study as tuned by search '{name}' ({n} trials, {how}, by validation "
              f"{search.objective.metric}):"]
@@ -99,5 +112,9 @@ def _header(name: str, search: SearchConfig, n: int, best: list[tuple[str, Trial
             continue
         chosen = ", ".join(f"{k}={v}" for k, v in b.params.items())
         lines.append(f"# arm {label}: {b.trial} ({chosen}; {b.value:.4f})")
+    for label, keys in final.items():
+        if keys:
+            lines.append(f"# arm {label}, its final run only (search.final, final_by_arm; not the trials): "
+                         f"{final_text(keys)}")
     lines.append("# Settings at their default value are left out. Run: medtransfer run best.yaml")
     return "\n".join([*lines, ""])

@@ -4,7 +4,8 @@ With ``search.per: arm`` every arm of the study — a variant × source × targe
 report compares them — is tuned on its own: its trials are variants restricted to that arm
 (``only``, ``only_sources``, ``only_targets``), and the tuned study has one variant per arm with its
 best point. With ``per: study`` one trial lays the same point over every variant, and the tuned
-study keeps the study's variants with the best point in the shared sections.
+study keeps the study's variants with the best point in the shared sections. ``search.final``'s
+keys (and ``final_by_arm``'s of one arm) are laid over the tuned study only, never over a trial.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from medtransfer.config import deep_merge, to_dict
+from medtransfer.config import closest, deep_merge, to_dict
 from medtransfer.errors import ConfigError
 from medtransfer.study import StudyConfig, VariantSpec, make_plan, resolve_variants
 from medtransfer.study.backbones import backbone_from
 from medtransfer.study.plan import NO_SOURCE
-from medtransfer.study.search_config import SECTIONS, SearchConfig, nested
+from medtransfer.study.search_config import SECTIONS, SearchConfig, nested, overlap
 from medtransfer.study.variants import check_models
 
-__all__ = ["SearchArm", "search_arms", "trial_specs", "tuned_config"]
+__all__ = ["SearchArm", "check_final", "check_space", "search_arms", "trial_specs", "tuned_config"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,20 @@ def _flat(tree: Any, prefix: str = "") -> list[str]:
     return [p for k, v in tree.items() for p in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
-def _overlap(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
-
-
 def _check_fixed(cfg: StudyConfig, search: SearchConfig) -> None:
-    """A key a variant sets cannot be searched: the trial's value would silently replace it."""
+    """A key a variant sets cannot be searched or set by ``final``: the trial's or the final
+    run's value would silently replace it (or, per study, be replaced by it)."""
     for i, spec in enumerate(cfg.variants):
         fixed = _flat({s: getattr(spec, s) for s in SECTIONS})
-        for key in search.space:
-            hit = next((f for f in fixed if _overlap(key, f)), None)
-            if hit is not None:
-                raise ConfigError(f"'search.space.{key}': variants[{i}] ({spec.name}) sets '{hit}'; a "
-                                  "searched key cannot also be fixed by a variant (remove one of them)")
+        groups = [("search.space", search.space), ("search.final", search.final),
+                  *((f"search.final_by_arm.{a}", keys) for a, keys in search.final_by_arm.items())]
+        for where, keys in groups:
+            for key in keys:
+                hit = next((f for f in fixed if overlap(key, f)), None)
+                if hit is not None:
+                    what = "a searched key" if where == "search.space" else "a key of the final run"
+                    raise ConfigError(f"'{where}.{key}': variants[{i}] ({spec.name}) sets '{hit}'; "
+                                      f"{what} cannot also be fixed by a variant (remove one of them)")
 
 
 def _applies(key: str, strategy: str | None) -> bool:
@@ -97,6 +99,13 @@ def search_arms(cfg: StudyConfig, search: SearchConfig) -> list[SearchArm]:
     return arms
 
 
+def final_params(search: SearchConfig, arm: SearchArm) -> dict[str, Any]:
+    """The keys the final run of ``arm`` sets (``search.final``'s and its own of ``final_by_arm``;
+    those of its strategy)."""
+    keys = {**search.final, **search.final_by_arm.get(arm.label, {})}
+    return {k: v for k, v in keys.items() if _applies(k, arm.strategy)}
+
+
 def _laid_over(spec: VariantSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The variant's overrides with ``params`` laid over them."""
     extra = nested(params)
@@ -122,33 +131,66 @@ def trial_specs(cfg: StudyConfig, arm: SearchArm, trial: str, params: dict[str, 
     return specs
 
 
-def check_space(cfg: StudyConfig, search: SearchConfig) -> None:
-    """Every searched key must exist: a typo would otherwise fail every trial, one by one."""
-    first = {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
-    if any(k.startswith("strategies.") for k in first) and not cfg.is_matrix:
-        raise ConfigError("'search.space': 'strategies.' keys need a matrix study (sources, targets, "
+def _first_point(search: SearchConfig) -> dict[str, Any]:
+    """Every searched key's first value (a range's low end): a point the checks resolve."""
+    return {k: v[0] if isinstance(v, list) else v["low"] for k, v in search.space.items()}
+
+
+def _resolve(cfg: StudyConfig, where: str, params: dict[str, Any]) -> None:
+    """The study with one variant of ``params`` must resolve; errors are prefixed with ``where``."""
+    if any(k.startswith("strategies.") for k in params) and not cfg.is_matrix:
+        raise ConfigError(f"'{where}': 'strategies.' keys need a matrix study (sources, targets, "
                           "strategies); this study's strategy is its 'transfer' section")
     try:
-        resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(first))],
+        resolve_variants(dataclasses.replace(cfg, variants=[VariantSpec("check", **nested(params))],
                                              search=None))
     except ConfigError as exc:
-        raise ConfigError(f"'search.space': {exc}") from None
+        raise ConfigError(f"'{where}': {exc}") from None
+
+
+def check_space(cfg: StudyConfig, search: SearchConfig) -> None:
+    """Every searched key must exist: a typo would otherwise fail every trial, one by one."""
+    _resolve(cfg, "search.space", _first_point(search))
+
+
+def check_final(cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm]) -> None:
+    """Every key of ``search.final`` and ``final_by_arm`` must exist and take its value (with the
+    space's first point), and ``final_by_arm`` must name arms of the study."""
+    labels = [a.label for a in arms]
+    for label in search.final_by_arm:
+        if label not in labels:
+            hint = closest(label, labels)
+            raise ConfigError(f"'search.final_by_arm.{label}': no such arm"
+                              + (f"; did you mean {hint!r}?" if hint else ";")
+                              + f" The arms (as search.md labels them): {', '.join(labels)}")
+    groups = [("search.final", search.final, None),
+              *((f"search.final_by_arm.{a}", keys, a) for a, keys in search.final_by_arm.items())]
+    first = _first_point(search)
+    for where, keys, owner in groups:
+        for key, value in keys.items():
+            _resolve(cfg, f"{where}.{key}", {key: value})
+            arm = next((a for a in arms if a.label == owner), None)
+            if arm is not None and not _applies(key, arm.strategy):
+                raise ConfigError(f"'{where}.{key}': arm {owner} runs strategy {arm.strategy}; the key "
+                                  "would be ignored")
+        _resolve(cfg, where, {**first, **search.final, **keys})  # together with the searched keys
 
 
 def tuned_config(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig,
                  best: dict[str, dict[str, Any]], arms: list[SearchArm]) -> dict[str, Any]:
     """The study as tuned, a runnable config: per arm, a variant per arm with its best point
-    (named like the arm); per study, the best point in the shared sections. ``best`` maps an arm's
-    name to its chosen params (empty for an arm no searched key applies to)."""
+    (named like the arm); per study, the best point in the shared sections; either with
+    ``search.final``'s keys laid over. ``best`` maps an arm's name to its chosen params (empty for
+    an arm no searched key applies to)."""
     out = {k: v for k, v in raw.items() if k not in ("search", "name")}
     if search.per == "study":
-        params = nested(best["study"])
+        params = nested({**best["study"], **final_params(search, arms[0])})
         out.update({s: deep_merge(raw.get(s) or {}, params[s]) for s in SECTIONS if s in params})
     else:
         tuned = []
         for arm in arms:
             spec = arm_spec(cfg, arm, arm.variants[0], arm.name if cfg.is_matrix else arm.variants[0].name,
-                            best[arm.name])
+                            {**best[arm.name], **final_params(search, arm)})
             tuned.append(to_dict(spec, skip_defaults=True))
         out["variants"] = tuned
     return {"name": f"{cfg.name}_best", **out}

@@ -33,10 +33,11 @@ from medtransfer.study.store import stable_hash
 __all__ = ["JOURNAL", "TrialRecord", "optimize"]
 
 JOURNAL = "search.journal"
-# What decides a trial's result; the budget (trials) and top_k do not, so raising the budget
-# continues the same Optuna studies.
+# What decides a trial's result; the budget (trials), top_k and the final run's keys do not, so
+# raising the budget or changing final continues the same Optuna studies.
 _DECIDING = ("seed", "preprocess", "model", "pretrain", "transfer", "source", "target", "sources",
              "targets", "strategies", "repeats", "resample_splits", "repeat_pretraining", "variants")
+_NOT_DECIDING = ("trials", "top_k", "final", "final_by_arm")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Pending:
 
 def fingerprint(cfg: StudyConfig, search: SearchConfig) -> str:
     data = {k: v for k, v in to_dict(cfg).items() if k in _DECIDING}
-    data["search"] = {k: v for k, v in to_dict(search).items() if k not in ("trials", "top_k")}
+    data["search"] = {k: v for k, v in to_dict(search).items() if k not in _NOT_DECIDING}
     return stable_hash(data, 12)
 
 

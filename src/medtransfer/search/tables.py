@@ -3,6 +3,7 @@ and top trials, its figures) and the figures of the score per hyperparameter val
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from medtransfer.plots import search_figures
 from medtransfer.search.optimize import TrialRecord
 from medtransfer.study.search_config import SearchConfig
 
-__all__ = ["best_trials", "write_trials"]
+__all__ = ["best_trials", "final_text", "write_trials"]
 
 
 def best_trials(records: list[TrialRecord]) -> dict[str, TrialRecord | None]:
@@ -25,6 +26,11 @@ def best_trials(records: list[TrialRecord]) -> dict[str, TrialRecord | None]:
         if r.rank == 1 and r.value is not None:
             out[r.arm] = r
     return out
+
+
+def final_text(keys: dict[str, Any]) -> str:
+    """``search.final``'s keys of one arm as one line: ``key=value, …`` (values as JSON)."""
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in keys.items())
 
 
 def _fmt(value: float | None) -> str:
@@ -38,8 +44,10 @@ def _table(rows: list[TrialRecord], keys: list[str]) -> tuple[list[str], list[li
     return head, body
 
 
-def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search: SearchConfig) -> None:
-    """``trials.csv``, ``search.md`` and ``plots/search_*.png`` of a finished search."""
+def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search: SearchConfig,
+                 final: dict[str, dict[str, Any]] | None = None) -> None:
+    """``trials.csv``, ``search.md`` and ``plots/search_*.png`` of a finished search; ``final``:
+    each arm's ``search.final`` keys (what its final run sets beyond its best trial)."""
     metric, keys = search.objective.metric, list(search.space)
     flat: list[dict[str, Any]] = [
         {"arm": r.arm, "rank": r.rank, "trial": r.trial, **r.params,
@@ -81,4 +89,12 @@ def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search:
             doc.images([(p.caption, p.png) for p in plots])
     doc.para("Selected on the validation set only; `best.yaml` (each arm with its best point) is "
              "evaluated once on the test sets (results.csv, summary.md, report.html in this folder).")
+    changed = {arm: keys for arm, keys in (final or {}).items() if keys}
+    if changed:
+        doc.heading("Final run")
+        rest = "" if len(changed) == len(arms) else "; the other arms run as their best trial"
+        doc.para("The tuned arms' run on the test sets sets these keys (`search.final`, `final_by_arm`) "
+                 f"over the best trial's settings; the trials did not{rest}.")
+        doc.table(["arm", "key", "value"], [[arm, k, json.dumps(v)] for arm, keys in changed.items()
+                                            for k, v in keys.items()])
     write_text_atomic(out / "search.md", doc.render())

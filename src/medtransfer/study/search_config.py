@@ -2,7 +2,9 @@
 
 A search tunes each arm of the study on its own by default (``per: arm``): every variant × source
 × target × strategy gets its own trials and its own best point, as seeds 001 and 004 compare
-choices after tuning each one. ``per: study`` tunes one setting shared by every arm.
+choices after tuning each one. ``per: study`` tunes one setting shared by every arm. ``final``
+and ``final_by_arm`` set keys for the tuned arms' run on the test sets alone (seed 001 stopped its
+final ImageNet run early on the validation loss, not its trials).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from medtransfer.config import check_choice, check_seed
 from medtransfer.errors import ConfigError
 
 __all__ = ["PER", "PRUNERS", "SAMPLERS", "SECTIONS", "ObjectiveConfig", "PrunerConfig", "SearchConfig",
-           "nested"]
+           "nested", "overlap"]
 
 SECTIONS = ("model", "pretrain", "transfer", "strategies")
 SAMPLERS = ("grid", "random", "tpe")
@@ -83,6 +85,13 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)  # stop unpromising trials early
     top_k: int = 5  # trials listed in search.md's top table of each arm
     seed: int = 0  # the sampler's seed (with the study seed, the trials proposed)
+    # dotted keys (as in space) → the value every tuned arm's final run on the test sets uses;
+    # the trials keep the study's (e.g. strategies.head.train.restore_best: false); a mapping is
+    # laid over the key's own, as a variant's overrides are
+    final: dict[str, Any] = field(default_factory=dict)
+    # per: arm: an arm's label (as search.md shows it, e.g. imagenet.head) → dotted keys and values
+    # for that arm's final run alone, beside final's
+    final_by_arm: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("search.sampler", self.sampler, SAMPLERS)
@@ -92,9 +101,7 @@ class SearchConfig:
                               "transfer.train.optimizer.lr: [1.0e-4, 1.0e-3]")
         for key, spec in self.space.items():
             where = f"search.space.{key}"
-            if key.split(".", 1)[0] not in SECTIONS or "." not in key:
-                raise ConfigError(f"'{where}': keys are dotted paths into {', '.join(SECTIONS)} "
-                                  "(e.g. transfer.train.optimizer.lr, model.name)")
+            _check_path(where, key)
             if isinstance(spec, dict):
                 if self.sampler == "grid":
                     raise ConfigError(f"'{where}': a range needs sampler random or tpe; grid takes a list")
@@ -116,11 +123,43 @@ class SearchConfig:
         if self.top_k < 1:
             raise ConfigError(f"'search.top_k': got {self.top_k}; allowed: an integer >= 1")
         check_seed("search.seed", self.seed)
+        self._check_final()
         if self.pruner.name != "none" and self.objective.metric not in EPOCH_METRICS:
             raise ConfigError(f"'search.pruner.name': {self.pruner.name} watches the objective after "
                               f"every epoch, but 'search.objective.metric' {self.objective.metric!r} is "
                               f"computed only at the end; use one of {', '.join(EPOCH_METRICS)}, or "
                               "pruner none")
+
+    def _check_final(self) -> None:
+        if not isinstance(self.final, dict):
+            raise ConfigError(f"'search.final': expected a mapping of dotted keys to values, "
+                              f"got {self.final!r}")
+        self._check_final_keys("search.final", self.final)
+        if not isinstance(self.final_by_arm, dict):
+            raise ConfigError(f"'search.final_by_arm': expected a mapping of arm labels to mappings of "
+                              f"dotted keys to values, got {self.final_by_arm!r}")
+        if self.final_by_arm and self.per != "arm":
+            raise ConfigError("'search.final_by_arm': per: study tunes one setting for every arm and runs "
+                              "it once; set its final keys in search.final (or use per: arm)")
+        for label, keys in self.final_by_arm.items():
+            where = f"search.final_by_arm.{label}"
+            if not isinstance(keys, dict) or not keys:
+                raise ConfigError(f"'{where}': expected a non-empty mapping of dotted keys to values, "
+                                  f"got {keys!r}")
+            self._check_final_keys(where, keys)
+            for key in keys:
+                common = next((k for k in self.final if overlap(key, k)), None)
+                if common is not None:
+                    raise ConfigError(f"'{where}.{key}': 'search.final.{common}' sets it for every arm; "
+                                      "set it in one place")
+
+    def _check_final_keys(self, where: str, keys: dict[str, Any]) -> None:
+        for key in keys:
+            _check_path(f"{where}.{key}", key)
+            searched = next((s for s in self.space if overlap(key, s)), None)
+            if searched is not None:
+                raise ConfigError(f"'{where}.{key}': 'search.space.{searched}' searches it, and the "
+                                  "final run would silently replace the tuned value; remove one of them")
 
     def n_trials(self) -> int:
         """Trials per arm."""
@@ -129,6 +168,17 @@ class SearchConfig:
             return self.trials
         size = math.prod(len(v) for v in self.space.values())
         return size if self.trials is None else min(size, self.trials)
+
+
+def _check_path(where: str, key: Any) -> None:
+    if not isinstance(key, str) or key.split(".", 1)[0] not in SECTIONS or "." not in key:
+        raise ConfigError(f"'{where}': keys are dotted paths into {', '.join(SECTIONS)} "
+                          "(e.g. transfer.train.optimizer.lr, model.name)")
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether dotted keys ``a`` and ``b`` name the same setting or one holds the other."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def nested(params: dict[str, Any]) -> dict[str, Any]:
