@@ -223,8 +223,8 @@ def target_means_figure(means: Sequence[TargetMean], strategies: Sequence[str]) 
     first = means[0]
     ax.set_ylabel(f"{first.metric.upper()}, mean over {first.n_targets} targets\n"
                   f"({first.level:.0%} t-interval, paired {first.over})")
-    ci = [m for m in means if not math.isnan(m.low)]
-    ax.set_ylim(min([0.4, *(m.low - 0.03 for m in ci)]), max([1.0, *(m.high + 0.03 for m in ci)]))
+    bounded = [m for m in means if not math.isnan(m.low)]
+    ax.set_ylim(min([0.4, *(m.low - 0.03 for m in bounded)]), max([1.0, *(m.high + 0.03 for m in bounded)]))
     fig.legend(fontsize=7, loc="outside right upper")
     return fig
 

@@ -131,7 +131,7 @@ def _cell(m: TargetMean | None) -> str:
 
 def _method(cfg: StudyConfig, over: str) -> str:
     """How the cells were computed, for the table's caption."""
-    rep = over.removesuffix("s")
+    rep = over.removesuffix("s").replace(" ", "-")
     if over == "repeats":
         split = (", and its own split draw of every target" if cfg.resample_splits else "") + (
             ", from the same pretraining" if cfg.repeat_pretraining else "")
