@@ -88,6 +88,14 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_f
         assert row in trained, trained
     stats = (out / "summary.csv").read_text().splitlines()
     assert stats[0] == ",".join(SUMMARY_COLUMNS)
+    # seed 003's Figure 3: every arm's mean over both targets, in a table, a CSV and a figure
+    means = [r for r in csv.DictReader((out / "target_means.csv").open())
+             if r["stage"] == "transfer" and r["metric"] == "auc"]
+    arms = {("none", "scratch")} | {(s, st) for s in ("srcdata", "fromfile") for st in ("svm", "finetune")}
+    assert sorted((r["source"], r["strategy"]) for r in means) == sorted(arms)
+    assert all(r["targets"] == "tgta;tgtb" and r["n"] == "2" for r in means)
+    assert "AUC mean over targets, per source × strategy" in report
+    assert (out / "plots" / "target_means_auc.png").is_file()
     units = sorted(p.name for p in (out / "units").iterdir())
     assert len(units) == 1 + len(expected)  # one pretraining unit, one per cell
 

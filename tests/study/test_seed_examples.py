@@ -151,6 +151,10 @@ def _raw(seed: str, tmp: Path, cache: Path) -> dict[str, Any]:
     if "targets" in raw:  # a matrix: its first target and at most two sources, to stay seconds
         raw["targets"] = dict(list(raw["targets"].items())[:1])
         raw["sources"] = dict(list(raw["sources"].items())[:2])
+        groups = raw.get("report", {}).get("target_groups", {})  # of the targets kept, if any
+        groups = {g: [t for t in names if t in raw["targets"]] for g, names in groups.items()}
+        if groups:
+            raw["report"]["target_groups"] = {g: names for g, names in groups.items() if names}
     raw["preprocess"] = {**raw["preprocess"], "size": SIZE.get(seed, 32)}
     model = raw.get("model", {})
     if model.get("head", {}).get("pool_size"):
@@ -196,6 +200,7 @@ def test_seed_config_runs_whole_when_shrunk(seed, tmp_path, cache, one_thread):
                if r["stage"] != "pretrain" and r["variant"] != "*"}
         want = {(v.name, s) for v in _variants(cfg) for s in v.strategies}
         assert ran == want
+        assert (out / "target_means.csv").is_file()  # a matrix's means over targets
     assert (out / "report.html").is_file() == report
 
 

@@ -1,13 +1,16 @@
 """The report's figures for a run: learning curves of every unit, pooled ROC curves with
-bootstrap bands, confusion matrices, forest plots of the comparisons, reliability diagram."""
+bootstrap bands, confusion matrices, forest plots of the comparisons, reliability diagram, and a
+matrix's bars per target and per source averaged over targets."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from medtransfer.document import p_text
 from medtransfer.evaluate import confusion
@@ -23,10 +26,13 @@ from medtransfer.plots import (
     roc_figure,
     save_figure,
 )
-from medtransfer.report.summary import NO_SOURCE, arm_stats
+from medtransfer.report.replicates import NO_SOURCE
+from medtransfer.report.summary import arm_stats, internal_rows
+from medtransfer.report.target_means import TargetMean, target_means
+from medtransfer.study.report_config import ALL_TARGETS
 from medtransfer.study.rundir import HISTORY, POOLED, Arm, Predictions, RunDir
 
-__all__ = ["run_figures"]
+__all__ = ["run_figures", "target_means_figure"]
 
 
 def _save(fig: Any, out: Path, name: str, caption: str) -> Plot:
@@ -193,6 +199,54 @@ def _matrix_figure(run: RunDir, out: Path) -> Plot | None:
     return _save(fig, out, "matrix_auc", "AUC per target: scratch and each source × strategy")
 
 
+def target_means_figure(means: Sequence[TargetMean], strategies: Sequence[str]) -> Figure:
+    """Seed 003's Figure 3 for one variant's means over a group of targets: bars grouped by source
+    (no transfer first), one bar per strategy (colour by its place in ``strategies``), error bars
+    the t-interval; hatched where the arm misses some of the group's targets; dashed: no transfer."""
+    sources = list(dict.fromkeys(m.source for m in means))
+    fig = _figure(1.5 + 0.45 * len(means), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / max(sum(m.source == s for m in means) for s in sources)
+    drawn: set[str] = set()
+    for i, s in enumerate(sources):
+        bars = [m for m in means if m.source == s]
+        for j, m in enumerate(bars):
+            ci = not math.isnan(m.low)
+            ax.bar(i + (j - (len(bars) - 1) / 2) * width, m.mean, width,
+                   yerr=[[m.mean - m.low], [m.high - m.mean]] if ci else None, capsize=2,
+                   color=f"C{list(strategies).index(m.strategy) % 10}", hatch="" if m.complete else "//",
+                   label=None if m.strategy in drawn else m.strategy)
+            drawn.add(m.strategy)
+    for m in [m for m in means if m.source == NO_SOURCE][:1]:
+        ax.axhline(m.mean, color=f"C{list(strategies).index(m.strategy) % 10}", lw=0.8, ls="--")
+    ax.set_xticks(range(len(sources)), ["no transfer" if s == NO_SOURCE else s for s in sources])
+    first = means[0]
+    ax.set_ylabel(f"{first.metric.upper()}, mean over {first.n_targets} targets\n"
+                  f"({first.level:.0%} t-interval, paired {first.over})")
+    bounded = [m for m in means if not math.isnan(m.low)]
+    ax.set_ylim(min([0.4, *(m.low - 0.03 for m in bounded)]), max([1.0, *(m.high + 0.03 for m in bounded)]))
+    fig.legend(fontsize=7, loc="outside right upper")
+    return fig
+
+
+def _target_means_figures(run: RunDir, out: Path) -> list[Plot]:
+    """Per variant, AUC averaged over all targets (:func:`target_means_figure`)."""
+    cfg = run.config
+    if not cfg.is_matrix:
+        return []
+    rows = internal_rows(run.results, run.data)
+    means = [m for m in target_means(cfg, rows, "auc") if m.group == ALL_TARGETS]
+    plots = []
+    for v in dict.fromkeys(m.variant for m in means):
+        fig = target_means_figure([m for m in means if m.variant == v], list(cfg.strategies))
+        several = len(cfg.variants) > 1
+        plots.append(_save(fig, out, "target_means_auc" + (f"_{v}" if several else ""),
+                           "AUC averaged over all targets per source and strategy"
+                           + (f" — variant {v}" if several else "")
+                           + " (hatched: fewer targets; dashed: no transfer)"))
+    return plots
+
+
 def run_figures(
     run: RunDir, out: Path, comparisons: Sequence[dict[str, Any]], *, n_boot: int = 500, seed: int = 0
 ) -> dict[str, list[Plot]]:
@@ -207,6 +261,7 @@ def run_figures(
     matrix = _matrix_figure(run, out)
     if matrix is not None:
         sections["Comparisons"].append(matrix)
+    sections["Comparisons"].extend(_target_means_figures(run, out))
     for target in run.arms:
         _target_figures(run, target, sections, out, comparisons, n_boot, seed)
     return {k: v for k, v in sections.items() if v}

@@ -35,7 +35,7 @@ from medtransfer.report.sections import (
 from medtransfer.report.summary import internal_rows, summary_doc
 from medtransfer.report.text import sentence
 from medtransfer.stats import t_interval
-from medtransfer.study.rundir import CONFIG, POOLED, RunDir, load_run
+from medtransfer.study.rundir import CONFIG, DIFFERENCES, POOLED, TARGET_MEANS, RunDir, load_run
 from medtransfer.version import __version__
 
 __all__ = ["write_report"]
@@ -278,7 +278,7 @@ def _render(
         f"{arm_word(run)}s: {', '.join(arms)} · "
         f"seed {run.config.seed} · medtransfer {__version__}. Tables: `metrics_ci.csv`, "
         "`comparisons.csv`, `results.csv`, `summary.csv`"
-        + (", `differences.csv`." if (run.path / "differences.csv").is_file() else ".")
+        + "".join(f", `{name}`" for name in (DIFFERENCES, TARGET_MEANS) if (run.path / name).is_file()) + "."
     )
     findings_section(doc, run, ci, cmp, level=level, alpha=alpha)
     data_section(doc, run)

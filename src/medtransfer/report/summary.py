@@ -1,7 +1,8 @@
 """Study summaries from ``results.csv``, for every shape: ``summary.csv`` (each arm's mean, sd
 and maximum deviation over its replicates, and its paired difference from scratch),
-``differences.csv`` (paired differences between two strategies, e.g. fine-tuning − features) and
-``summary.md`` (per-test-set tables of each arm, a matrix's source × strategy table).
+``differences.csv`` (paired differences between two strategies, e.g. fine-tuning − features),
+a matrix's ``target_means.csv`` (:mod:`.target_means`) and ``summary.md`` (per-test-set tables of
+each arm, a matrix's source × strategy tables).
 
 Replicates are the repeats (each the mean over its test sets or folds) when the study has more
 than one repeat, otherwise the test sets (or cross-validation folds) themselves.
@@ -21,44 +22,22 @@ from scipy import stats
 from medtransfer.csvfile import write_csv
 from medtransfer.document import Doc, fmt
 from medtransfer.fileio import write_text_atomic
+from medtransfer.report.replicates import ARM, NO_SOURCE, replicates
+from medtransfer.report.target_means import target_means_doc, write_target_means
 from medtransfer.stats import t_interval
 from medtransfer.study.config import StudyConfig
 from medtransfer.study.report_config import difference_pairs
-from medtransfer.study.rundir import load_run
+from medtransfer.study.rundir import DIFFERENCES, SUMMARY, load_run
 
 __all__ = ["DIFFERENCE_COLUMNS", "NO_SOURCE", "SUMMARY_COLUMNS", "arm_stats", "matrix_tables",
            "strategy_differences", "summary_doc", "write_summary"]
 
-NO_SOURCE = "none"
 SOURCE_METRICS = ["accuracy", "auc", "loss"]
 TARGET_METRICS = ["accuracy", "auc", "recall", "specificity", "f1"]
-ARM = ("variant", "target", "source", "strategy")
 SUMMARY_COLUMNS = (*ARM, "stage", "metric", "mean", "sd", "max_dev", "n", "over", "diff", "diff_low",
                    "diff_high", "diff_n")
 DIFFERENCE_COLUMNS = ("variant", "target", "source", "strategy", "minus", "stage", "metric", "diff",
                       "diff_low", "diff_high", "sd", "n", "over")
-Key = tuple[str, str, str, str]
-
-
-def _replicates(
-    rows: Sequence[dict[str, Any]], metric: str, stage: str
-) -> tuple[dict[Key, dict[Any, float]], str]:
-    """Each arm's metric per replicate, and what the replicates are."""
-    repeats = {str(r["repeat"]) for r in rows if r["stage"] == stage}
-    over = (
-        "repeats"
-        if len(repeats) > 1
-        else "folds"
-        if any(r["fold"] not in ("", "-") for r in rows if r["stage"] == stage)
-        else "test sets"
-    )
-    acc: dict[Key, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["stage"] == stage and r["metric"] == metric:
-            key = tuple(str(r[k]) for k in ARM)
-            rep = r["repeat"] if over == "repeats" else (r["test_set"] if stage == "transfer" else r["fold"])
-            acc[key][rep].append(float(r["value"]))  # type: ignore[index]
-    return {k: {rep: float(np.mean(v)) for rep, v in d.items()} for k, d in acc.items()}, over
 
 
 def arm_stats(
@@ -67,7 +46,7 @@ def arm_stats(
     """Per arm: mean, sd, maximum deviation from the mean and n over its replicates; for arms
     with a source, the paired difference from the scratch arm (same variant, target and
     replicates) with a 95% t-interval."""
-    per, over = _replicates(rows, metric, stage)
+    per, over = replicates(rows, metric, stage)
     scratch = {(k[0], k[1]): v for k, v in per.items() if k[2] == NO_SOURCE}
     out = []
     for key, values in per.items():
@@ -108,7 +87,7 @@ def strategy_differences(
     """For each pair (a, b): strategy a minus strategy b per variant, target and source (b's
     scratch cells, source ``none``, where b has no cell of that source), paired by replicate as
     in :func:`arm_stats`, with a 95% t-interval."""
-    per, over = _replicates(rows, metric, stage)
+    per, over = replicates(rows, metric, stage)
     out = []
     for a, b in pairs:
         for (variant, target, source, strategy), values in per.items():
@@ -277,6 +256,7 @@ def summary_doc(doc: Doc, cfg: StudyConfig, rows: Sequence[dict[str, Any]]) -> N
             for title, head, body in tables:
                 doc.heading(title, 3)
                 doc.table(head, body)
+            target_means_doc(doc, cfg, rows, metric)
     _pretrain_table(doc, cfg, rows)
     if len(repeats) <= 1:
         for target in dict.fromkeys(str(r["target"]) for r in rows if r["stage"] == "transfer"):
@@ -308,8 +288,9 @@ def internal_rows(rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> list[
 
 
 def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], data: dict[str, Any]) -> Path:
-    """``summary.csv`` (every arm's statistics over internal test sets, folds or repeats) and
-    ``summary.md`` (the tables) into ``out``."""
+    """``summary.csv`` (every arm's statistics over internal test sets, folds or repeats), a
+    matrix's ``differences.csv`` and ``target_means.csv``, and ``summary.md`` (the tables) into
+    ``out``."""
     rows = internal_rows(rows, data)
     stats_rows = [
         s
@@ -317,10 +298,12 @@ def write_summary(out: Path, cfg: StudyConfig, rows: Sequence[dict[str, Any]], d
         for m in ("auc", "accuracy")
         for s in arm_stats(rows, m, stage)
     ]
-    write_csv(out / "summary.csv", stats_rows, SUMMARY_COLUMNS)
+    write_csv(out / SUMMARY, stats_rows, SUMMARY_COLUMNS)
+    if cfg.is_matrix:
+        write_target_means(out, cfg, rows)
     pairs = difference_pairs(cfg.report, cfg.strategies) if cfg.is_matrix else []
     if pairs:
-        write_csv(out / "differences.csv", [d for stage in ("transfer", "val") for m in ("auc", "accuracy")
+        write_csv(out / DIFFERENCES, [d for stage in ("transfer", "val") for m in ("auc", "accuracy")
                                             for d in strategy_differences(rows, pairs, m, stage)],
                   DIFFERENCE_COLUMNS)
     doc = Doc(markdown=True, base=out)

@@ -79,8 +79,8 @@ class StudyConfig:
     # Python modules imported first (e.g. my_pkg.models), so model.name can name the models they
     # register with @register_model
     imports: list[str] = field(default_factory=list)
-    # what the report adds: strategy differences, first-layer filters, feature maps, activation
-    # maximisation
+    # what the report adds: strategy differences, means over groups of targets, first-layer
+    # filters, feature maps, activation maximisation
     report: ReportConfig = field(default_factory=ReportConfig)
     # how every cell's network is evaluated after training: temperature calibration and test-time
     # augmentation, off by default (stored with the model: predict and export apply them)
@@ -117,7 +117,7 @@ class StudyConfig:
         check_device("device", self.device)
         if self.repeats < 1:
             raise ConfigError(f"'repeats': got {self.repeats!r}; allowed: an integer >= 1")
-        self.report.check(self.strategies, self.is_matrix)
+        self.report.check(self.strategies, self.is_matrix, list(self.targets))
         targets = self.targets if self.is_matrix else {"target": self.target}
         no_val = [name for name, t in targets.items() if t is not None and t.split.val_fraction == 0]
         if self.evaluate.calibration != "none" and no_val:

@@ -1,18 +1,22 @@
 """The study's ``report`` section: which extra tables and figures its report makes — paired
-differences between strategies (e.g. fine-tuning − features), first-layer filters, feature maps and
-activation maximisation (seeds 003, 004). Every figure is off by default, so a report costs what
-it did; the section never enters a unit key (the report is made from finished units)."""
+differences between strategies (e.g. fine-tuning − features), means over named groups of targets,
+first-layer filters, feature maps and activation maximisation (seeds 003, 004). Every figure is
+off by default, so a report costs what it did; the section never enters a unit key (the report is
+made from finished units)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medtransfer.config import closest
+from medtransfer.config import check_choice, closest
 from medtransfer.errors import ConfigError
 
-__all__ = ["ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig", "check_layers", "difference_pairs"]
+__all__ = ["ALL_TARGETS", "ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig", "check_layers",
+           "difference_pairs", "target_groups"]
+
+ALL_TARGETS = "all"  # the group of every target (target_means.csv's group); no named group takes it
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class ReportConfig:
     # report.html; null: [the finetune, the features strategy] when the matrix has exactly one
     # of each kind, else none; []: none
     differences: list[tuple[str, str]] | None = None
+    # Named groups of a matrix's targets, e.g. {ISIC: [isic_a, isic_b, isic_c]}: the mean over each
+    # group's targets per variant × source × strategy, with a 95% t-interval over each repeat's mean
+    # across the group's targets (repeats paired across targets), in target_means.csv, summary.md and
+    # report.html, beside the mean over all targets (always there)
+    target_groups: dict[str, list[str]] = field(default_factory=dict)
     filters: bool = False  # first-layer filters of every source model and arm, drawn in plots/
     feature_maps: FeatureMapsConfig | None = None  # feature maps of each arm's model (null: off)
     activation_max: ActivationMaxConfig | None = None  # activation maximisation per arm (null: off)
@@ -67,8 +76,11 @@ class ReportConfig:
         """Whether any model figure (filters, feature maps, activation maximisation) is asked for."""
         return self.filters or self.feature_maps is not None or self.activation_max is not None
 
-    def check(self, strategies: Mapping[str, Mapping[str, Any]], matrix: bool) -> None:
-        """Every strategy a difference names exists, and the two of a pair differ."""
+    def check(self, strategies: Mapping[str, Mapping[str, Any]], matrix: bool,
+              targets: Collection[str] = ()) -> None:
+        """Every strategy a difference names exists, and the two of a pair differ; every target a
+        group names is a target of the study."""
+        self._check_groups(matrix, targets)
         if self.differences and not matrix:
             raise ConfigError("'report.differences': differences between strategies need a matrix "
                               "study (sources, targets, strategies); this study has one strategy")
@@ -82,6 +94,30 @@ class ReportConfig:
             if pair[0] == pair[1]:
                 raise ConfigError(f"'report.differences[{i}]': got {list(pair)!r}; name two "
                                   "different strategies, [a, b] for a − b")
+
+    def _check_groups(self, matrix: bool, targets: Collection[str]) -> None:
+        if self.target_groups and not matrix:
+            raise ConfigError("'report.target_groups': groups of targets need a matrix study (sources, "
+                              "targets, strategies); this study has one target")
+        for group, names in self.target_groups.items():
+            where = f"'report.target_groups.{group}'"
+            if group == ALL_TARGETS:
+                raise ConfigError(f"{where}: '{ALL_TARGETS}' names the group of every target, which is "
+                                  "always there; give this group another name")
+            if not names:
+                raise ConfigError(f"{where}: the group is empty; name one or more targets of the study "
+                                  f"({', '.join(targets)})")
+            for name in names:
+                check_choice(f"report.target_groups.{group}", name, targets)  # a target of the study
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ConfigError(f"{where}: names {', '.join(dupes)} more than once")
+
+
+def target_groups(report: ReportConfig, targets: Collection[str]) -> dict[str, list[str]]:
+    """The groups whose means over targets the report gives: every target (``ALL_TARGETS``) first,
+    then ``report.target_groups`` in the order written."""
+    return {ALL_TARGETS: list(targets), **report.target_groups}
 
 
 def check_layers(report: ReportConfig, model: Any) -> None:

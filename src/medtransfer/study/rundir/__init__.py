@@ -12,6 +12,7 @@ from medtransfer.study.rundir.layout import (
     CLASSIFIER,
     CONFIG,
     DATA,
+    DIFFERENCES,
     FINAL,
     HISTORY,
     LAST,
@@ -20,6 +21,8 @@ from medtransfer.study.rundir.layout import (
     RESULT,
     RESULTS,
     SPLITS,
+    SUMMARY,
+    TARGET_MEANS,
     UNIT_SPEC,
     UNITS,
     VOUCHED,
@@ -54,10 +57,11 @@ from medtransfer.study.rundir.unit_result import (
 )
 
 __all__ = [
-    "BACKBONE", "BEST", "CLASSIFIER", "CONFIG", "DATA", "FINAL", "HISTORY", "LAST", "MANIFEST", "POOLED",
-    "PREDICTIONS", "RESULT", "RESULTS", "SPLITS", "UNITS", "UNIT_SPEC", "VOUCHED", "Arm", "CellResult",
-    "FileRecord", "NormPair", "Predictions", "PretrainResult", "RunDir", "StageRecord", "StrategyRecord",
-    "TrainedModel", "UnitInfo", "UnitResult", "is_features", "load_run", "read_manifest",
-    "read_predictions", "read_result", "read_results", "read_spec", "result_from_json", "result_to_json",
-    "trained_checkpoint", "unit_file", "unit_model", "unit_predictions", "unit_problem", "youden_threshold",
+    "BACKBONE", "BEST", "CLASSIFIER", "CONFIG", "DATA", "DIFFERENCES", "FINAL", "HISTORY", "LAST", "MANIFEST",
+    "POOLED", "PREDICTIONS", "RESULT", "RESULTS", "SPLITS", "SUMMARY", "TARGET_MEANS", "UNITS", "UNIT_SPEC",
+    "VOUCHED", "Arm", "CellResult", "FileRecord", "NormPair", "Predictions", "PretrainResult", "RunDir",
+    "StageRecord", "StrategyRecord", "TrainedModel", "UnitInfo", "UnitResult", "is_features", "load_run",
+    "read_manifest", "read_predictions", "read_result", "read_results", "read_spec", "result_from_json",
+    "result_to_json", "trained_checkpoint", "unit_file", "unit_model", "unit_predictions", "unit_problem",
+    "youden_threshold",
 ]

@@ -7,6 +7,10 @@
     <run>/splits/<name>.csv  part,id,label of every image
     <run>/manifest.json      every finished job → its unit and result (a record with a digest)
     <run>/results.csv        one tidy row per metric
+    <run>/summary.csv        each arm's statistics over its replicates (the report's)
+    <run>/differences.csv    paired differences between two strategies of a matrix (the report's)
+    <run>/target_means.csv   a matrix's source × strategy means over targets and target groups
+                             (the report's)
     <run>/units/<kind>-<label>-<key>/
         unit.json            the unit's spec (what decides its result) and key
         result.json          its result (a record with a digest, vouching for the files below)
@@ -21,14 +25,18 @@ from __future__ import annotations
 
 from medtransfer.strategies.linear_head import BACKBONE_FILE, CLASSIFIER_FILE
 
-__all__ = ["BACKBONE", "BEST", "CLASSIFIER", "CONFIG", "DATA", "FINAL", "HISTORY", "LAST", "MANIFEST",
-           "PREDICTIONS", "RESULT", "RESULTS", "SPLITS", "UNITS", "UNIT_SPEC", "VOUCHED"]
+__all__ = ["BACKBONE", "BEST", "CLASSIFIER", "CONFIG", "DATA", "DIFFERENCES", "FINAL", "HISTORY", "LAST",
+           "MANIFEST", "PREDICTIONS", "RESULT", "RESULTS", "SPLITS", "SUMMARY", "TARGET_MEANS", "UNITS",
+           "UNIT_SPEC", "VOUCHED"]
 
 CONFIG = "config.yaml"
 DATA = "data.yaml"
 SPLITS = "splits"
 MANIFEST = "manifest.json"
 RESULTS = "results.csv"
+SUMMARY = "summary.csv"
+DIFFERENCES = "differences.csv"
+TARGET_MEANS = "target_means.csv"
 UNITS = "units"
 
 UNIT_SPEC = "unit.json"
