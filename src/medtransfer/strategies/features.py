@@ -196,8 +196,9 @@ class MLPHead(nn.Module):
     def __init__(self, in_features: int, outputs: int, cfg: MLPHeadConfig, *,
                  sigmoid_pair: bool = False) -> None:
         super().__init__()
+        hidden = nn.Linear(in_features, cfg.hidden)  # drawn first: the seed's initial weights
         out = (SigmoidPairLinear if sigmoid_pair else nn.Linear)(cfg.hidden, outputs)
-        self.net = nn.Sequential(nn.Linear(in_features, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout), out)
+        self.net = nn.Sequential(hidden, nn.ReLU(), nn.Dropout(cfg.dropout), out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
