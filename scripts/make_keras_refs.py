@@ -8,8 +8,10 @@ Run it in a TensorFlow environment kept apart from medtransfer's (the tests neve
 1. ``tests/data/keras_step_refs.npz`` (``tests/train/test_keras_steps.py``): small Keras models
    trained a few steps on one fixed batch (no shuffle, no augmentation, no dropout) — seed 000's
    AlexNet without and with batch norm (its code; dense widths 32-32-16 to stay small) and a
-   VGG-style net (seed 002's, base 4) with a Dense head, two softmax outputs and class weights —
-   each with Adagrad, Adam and SGD (Nesterov momentum). 64 × 64 grey inputs, 8 images, 3 steps.
+   VGG-style net (seed 002's, base 4) with a Dense head, two softmax outputs and class weights,
+   and the same net with two sigmoid outputs trained with ``binary_crossentropy`` on one-hot
+   labels (seed 004's output; ``vgg_sigmoid``, its ``proba`` Keras's two raw sigmoids) — each
+   with Adagrad, Adam and SGD (Nesterov momentum). 64 × 64 grey inputs, 8 images, 3 steps.
    The initial weights are Glorot-uniform draws of numpy's PCG64 seeded per tensor (stored:
    seed, bound and sum; the test draws them again), set into the Keras model before training:
    they are that model's initial weights. After every step, each tensor's sum, sum of absolute
@@ -70,7 +72,7 @@ def alexnet(batch_norm: bool) -> keras.Model:
     return model
 
 
-def vgg() -> keras.Model:
+def vgg(activation: str = "softmax") -> keras.Model:
     """Seed 002's VGG at base 4: configuration D's 13 convs, flatten, 3 × Dense 16, Dense 2."""
     model = keras.Sequential([keras.Input((SIZE, SIZE, 1))])
     for width, convs in [(4, 2), (8, 2), (16, 3), (32, 3), (32, 3)]:
@@ -80,11 +82,13 @@ def vgg() -> keras.Model:
     model.add(layers.Flatten())
     for _ in range(3):
         model.add(layers.Dense(16, activation="relu"))
-    model.add(layers.Dense(2, activation="softmax"))
+    model.add(layers.Dense(2, activation=activation))
     return model
 
 
-CASES = {"alexnet": lambda: alexnet(False), "alexnet_bn": lambda: alexnet(True), "vgg": vgg}
+CASES = {"alexnet": lambda: alexnet(False), "alexnet_bn": lambda: alexnet(True), "vgg": vgg,
+         "vgg_sigmoid": lambda: vgg("sigmoid")}
+PAIRS = {"vgg": "categorical_crossentropy", "vgg_sigmoid": "binary_crossentropy"}  # one-hot labels
 
 
 def glorot_bound(shape: tuple[int, ...]) -> float:
@@ -141,7 +145,7 @@ def record(model: keras.Model, positions: np.ndarray) -> np.ndarray:
     return rows
 
 
-def step_refs() -> dict[str, np.ndarray]:
+def step_refs(cases: list[str] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2 * N, SIZE, SIZE, 1), dtype=np.uint8)
     labels = np.array([0, 1, 0, 0, 1, 0, 1, 0], dtype=np.int64)
@@ -150,6 +154,8 @@ def step_refs() -> dict[str, np.ndarray]:
     counts = np.bincount(labels)
     class_weight = {k: float(N / (2 * c)) for k, c in enumerate(counts)}  # sklearn's "balanced"
     for case, build in CASES.items():
+        if cases is not None and case not in cases:
+            continue
         for opt_name, make_opt in OPTIMIZERS.items():
             keras.utils.set_random_seed(0)
             model = build()
@@ -158,9 +164,8 @@ def step_refs() -> dict[str, np.ndarray]:
             out[f"{case}/tensors"] = np.array([[i, j, *w.shape, *[0] * (4 - w.ndim)]
                                                for i, j, w in tensors(model)])
             positions = out[f"{case}/positions"] = positions_of(model)
-            pair = case == "vgg"
-            model.compile(optimizer=make_opt(),
-                          loss="categorical_crossentropy" if pair else "binary_crossentropy")
+            pair = case in PAIRS
+            model.compile(optimizer=make_opt(), loss=PAIRS.get(case, "binary_crossentropy"))
             steps = [record(model, positions)]
             callback = keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda epoch, logs, m=model, s=steps, p=positions: s.append(record(m, p)))
@@ -220,10 +225,17 @@ def app_refs(out_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``--only steps`` / ``--only apps`` writes one of the two."""
+    """``--only steps`` / ``--only apps`` writes one of the two; ``--cases A,B`` (with steps)
+    recomputes only those cases' step entries and keeps the file's others."""
     only = argv[argv.index("--only") + 1] if "--only" in argv else None
     if only in (None, "steps"):
-        np.savez_compressed(DATA / "keras_step_refs.npz", **step_refs())
+        path = DATA / "keras_step_refs.npz"
+        cases = argv[argv.index("--cases") + 1].split(",") if "--cases" in argv else None
+        refs = step_refs(cases)
+        if cases is not None:
+            with np.load(path) as old:
+                refs = {**{k: old[k] for k in old.files if k.split("/")[0] not in cases}, **refs}
+        np.savez_compressed(path, **refs)
     if only in (None, "apps"):
         app_refs(DATA / "keras_apps")
     for path in [DATA / "keras_step_refs.npz", *sorted((DATA / "keras_apps").iterdir())]:

@@ -16,7 +16,7 @@ ROOT = Path(medtransfer.__file__).parent
 LAYERS = [
     {"errors", "version"},
     {"config", "fileio", "catalog", "integrity", "csvfile", "document"},
-    {"calibration", "data", "evaluate", "explain", "freezing", "stats"},
+    {"calibration", "data", "evaluate", "explain", "freezing", "sigmoid_pair", "stats"},
     {"models", "plots", "train"},
     {"strategies", "tracking", "audit"},
     {"study"},

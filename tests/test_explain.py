@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from medtransfer.explain import (
     to_tensor,
 )
 from medtransfer.models import create_model
+from medtransfer.sigmoid_pair import use_sigmoid_pair
 
 SIZE, SQUARE = 24, 6
 
@@ -116,6 +119,21 @@ def test_binary_logit_target_signs():
     assert BinaryLogitTarget(0)(out[0]).item() == -2.5
     with pytest.raises(ConfigError):
         BinaryLogitTarget(2)
+
+
+def test_sigmoid_pair_cam_targets_the_raw_outputs_even_when_confident():
+    torch.manual_seed(0)
+    plain = create_model("alexnet_small", num_classes=2, in_chans=1, img_size=16, base=4, dense=(8,))
+    with torch.no_grad():  # outputs of about ±30, where log σ(z)'s gradient all but vanishes
+        plain.get_classifier().weight.mul_(300.0)
+        plain.get_classifier().bias.copy_(torch.tensor([-30.0, 30.0]))
+    pair = copy.deepcopy(plain)
+    use_sigmoid_pair(pair)
+    x = np.random.default_rng(0).integers(0, 256, (3, 1, 16, 16), dtype=np.uint8)
+    expected = cam_maps(plain, x, target=[0, 1, 1])
+    assert expected.max() > 0.5
+    np.testing.assert_allclose(cam_maps(pair, x, target=[0, 1, 1]), expected, atol=1e-4)
+    np.testing.assert_allclose(cam_maps(pair, x), cam_maps(plain, x), atol=1e-4)  # predicted: argmax
 
 
 def test_multiclass_cam_and_overlay(tmp_path):

@@ -30,10 +30,12 @@ from medtransfer.config import InputNorm, check_choice
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.fileio import write_bytes_atomic
 from medtransfer.freezing import transformer_blocks
+from medtransfer.sigmoid_pair import has_sigmoid_pair, sigmoid_pair_logits
 
 __all__ = [
     "CAM_METHODS",
     "BinaryLogitTarget",
+    "SigmoidPairTarget",
     "activation_maximization",
     "cam_maps",
     "conv_layers",
@@ -62,6 +64,18 @@ class BinaryLogitTarget:
 
     def __call__(self, model_output: Tensor) -> Tensor:
         return self.sign * (model_output[..., 0])
+
+
+class SigmoidPairTarget:
+    """Grad-CAM target for a sigmoid pair (:mod:`medtransfer.sigmoid_pair`): the class's dense
+    output ``z`` (recovered from its log-sigmoid), not the log-sigmoid, whose gradient vanishes
+    as the network grows confident."""
+
+    def __init__(self, category: int) -> None:
+        self.category = category
+
+    def __call__(self, model_output: Tensor) -> Tensor:
+        return sigmoid_pair_logits(model_output[..., self.category])
 
 
 def to_tensor(images: np.ndarray, input_norm: InputNorm | None = None) -> Tensor:
@@ -211,7 +225,8 @@ def cam_maps(
     n_classes = 2 if single else logits.shape[1]
     if any(not 0 <= c < n_classes for c in cats):
         raise ConfigError(f"'target': class indices must lie in [0, {n_classes - 1}], got {cats}")
-    targets = [BinaryLogitTarget(c) if single else ClassifierOutputTarget(c) for c in cats]
+    pair = SigmoidPairTarget if has_sigmoid_pair(net) else ClassifierOutputTarget
+    targets = [BinaryLogitTarget(c) if single else pair(c) for c in cats]
     cam_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     out = []
     with cam_cls(model=net, target_layers=[_layer(net, layer, x[:1])],

@@ -111,6 +111,24 @@ def test_mlp_head_trains_with_fit_on_cached_features(tmp_path):
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
 
 
+def test_mlp_head_of_a_sigmoid_pair_model_is_a_sigmoid_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    feats = (rng.normal(0, 1, (40, 8)) + y[:, None]).astype(np.float32)
+    cfg = MLPHeadConfig(hidden=16, dropout=0.0, train=TrainConfig(epochs=1, batch_size=8, progress=False))
+    env = TrainEnv(num_classes=2, seed=0, out_dir=tmp_path)
+    head, res = fit_mlp(feats, y, (feats[:10], y[:10]), cfg, env, outputs=2, sigmoid_pair=True)
+    assert type(head.net[-1]).__name__ == "SigmoidPairLinear"
+    with torch.no_grad():
+        z = (head.net[:-1](torch.from_numpy(feats)) @ head.net[-1].weight.T + head.net[-1].bias).double()
+    p = torch.sigmoid(z).numpy()
+    np.testing.assert_allclose(mlp_proba(head, feats), p / p.sum(1, keepdims=True), rtol=1e-5)
+    # val_loss: Keras's binary_crossentropy, the two sigmoids against one-hot labels
+    t = np.eye(2)[y[:10]]
+    bce = -(t * np.log(p[:10]) + (1 - t) * np.log(1 - p[:10])).mean()
+    assert res.history[0]["val_loss"] == pytest.approx(bce, rel=1e-5)
+
+
 def test_weights_hash_covers_0_dim_buffers_and_changes_with_weights():
     from medtransfer.strategies.features import weights_hash
 

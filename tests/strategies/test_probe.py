@@ -21,6 +21,7 @@ from medtransfer.strategies.features import extract_features
 from medtransfer.strategies.probe import fit_probe, probe_weights
 from medtransfer.train import TrainConfig, TrainEnv, predict_proba
 from medtransfer.train.batches import logits_to_proba as probabilities
+from medtransfer.train.batches import loss_and_proba
 from medtransfer.train.config import ClassWeight
 
 TRAIN = TrainConfig(epochs=2, batch_size=8, progress=False)
@@ -39,6 +40,18 @@ def test_probe_weights_give_scikit_learns_probabilities(k, outputs):
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=5000)).fit(x, y)
     logits = torch.from_numpy(x) @ torch.from_numpy(w).T + torch.from_numpy(b)
     np.testing.assert_allclose(probabilities(logits).numpy(), ref.predict_proba(x), atol=1e-5)
+
+
+def test_probe_weights_for_a_sigmoid_pair_give_the_regressions_probabilities_and_loss():
+    x, y = _feats(40, 2, 0)
+    w, b = probe_weights(x, y, 2, 2, C=0.5, balanced=False, sigmoid_pair=True)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=5000)).fit(x, y)
+    np.testing.assert_allclose(w[0], -w[1]) and np.testing.assert_allclose(b[0], -b[1])
+    scores = torch.nn.functional.logsigmoid(torch.from_numpy(x) @ torch.from_numpy(w).T + torch.from_numpy(b))
+    np.testing.assert_allclose(probabilities(scores).numpy(), ref.predict_proba(x), atol=1e-5)
+    losses, _ = loss_and_proba(scores, torch.from_numpy(y), 2, sigmoid_pair=True)
+    log_loss = -np.log(ref.predict_proba(x)[np.arange(len(y)), y])
+    np.testing.assert_allclose(losses.numpy(), log_loss, rtol=1e-4)
 
 
 def test_probe_needs_every_class():

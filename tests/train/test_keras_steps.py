@@ -2,7 +2,9 @@
 
 ``tests/data/keras_step_refs.npz`` (written by ``scripts/make_keras_refs.py`` with Keras 3.15 /
 TensorFlow 2.21) holds small Keras models — seed 000's AlexNet without and with batch norm, a
-VGG-style net with a Dense head, two softmax outputs and class weights — trained 3 steps on one
+VGG-style net with a Dense head, two softmax outputs and class weights, and the same net with two
+sigmoid outputs and ``binary_crossentropy`` (``binary_output: sigmoid_pair``; Keras's raw sigmoids
+are normalised to sum to 1 before they are compared) — trained 3 steps on one
 fixed batch with Adagrad, Adam and SGD (Nesterov), from initial weights both sides draw the
 same way. Here medtransfer's models start from those weights (converted by the ``keras:``
 loader), ``fit`` trains them the same 3 steps (one batch of all 8 images per epoch), and after
@@ -39,6 +41,8 @@ MODELS = {
     "alexnet": {"name": "alexnet_krizhevsky", "options": {"dense": [32, 32, 16]}},
     "alexnet_bn": {"name": "alexnet_krizhevsky", "options": {"dense": [32, 32, 16]}, "batch_norm": True},
     "vgg": {"name": "vgg_small", "options": {"base": 4, "dense": [16, 16, 16]}, "binary_output": "pair"},
+    "vgg_sigmoid": {"name": "vgg_small", "options": {"base": 4, "dense": [16, 16, 16]},
+                    "binary_output": "sigmoid_pair"},
 }
 OPTIMIZERS = {
     "adagrad": {"name": "adagrad", "lr": 0.01},
@@ -48,7 +52,8 @@ OPTIMIZERS = {
 # PyTorch's rules are Keras's here: SGD at a constant rate, no batch norm; the class weights of
 # the VGG case are "balanced" over the one batch, so their sum is the batch size (the loss
 # reduction then agrees too; tests/train/test_keras_optim.py checks it on uneven batches)
-SAME_IN_BOTH = {("alexnet", "sgd"), ("vgg", "sgd")}
+SAME_IN_BOTH = {("alexnet", "sgd"), ("vgg", "sgd"), ("vgg_sigmoid", "sgd")}
+WEIGHTED = {"vgg", "vgg_sigmoid"}  # trained with class weights
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +126,7 @@ def _run(refs: dict[str, np.ndarray], case: str, opt: str, compat: str, tmp: Pat
     images, labels = refs["images"][:, None], refs["labels"]
     train = from_dict(TrainConfig, {"epochs": STEPS, "batch_size": len(labels), "optimizer": OPTIMIZERS[opt],
                                     "checkpoint_monitor": "loss", "progress": False, "compat": compat,
-                                    "class_weight": "balanced" if case == "vgg" else "none"})
+                                    "class_weight": "balanced" if case in WEIGHTED else "none"})
     steps = _Steps()
     fit(model, (images[: len(labels)], labels), None, train, TrainEnv(0, tmp, 2, callbacks=[steps]))
     proba = predict_proba(model, images, batch_size=16)
@@ -136,7 +141,10 @@ def _errors(refs: dict[str, np.ndarray], case: str, opt: str, states: list[list[
     tensors, positions = refs[f"{case}/tensors"], refs[f"{case}/positions"]
     keras_steps = refs[f"{case}/{opt}/steps"]
     first_dense = next(t for t, row in enumerate(tensors) if row[4] == 0 and row[3] > 0)
-    out = {"entries": 0.0, "sums": 0.0, "proba": float(np.abs(proba - refs[f"{case}/{opt}/proba"]).max())}
+    theirs_proba = refs[f"{case}/{opt}/proba"]
+    if case == "vgg_sigmoid":  # Keras's two sigmoids, normalised as medtransfer's probabilities
+        theirs_proba = theirs_proba / theirs_proba.sum(axis=1, keepdims=True)
+    out = {"entries": 0.0, "sums": 0.0, "proba": float(np.abs(proba - theirs_proba).max())}
     for step in range(1, STEPS + 1):
         for t, (row, mine) in enumerate(zip(tensors, states[step - 1], strict=True)):
             theirs = keras_steps[step, t]

@@ -90,8 +90,11 @@ class ModelConfig:
     conv_dropout: float = 0.0
     spatial_dropout: float = 0.0  # channel-wise (Dropout2d) rate after each conv block
     dense_dropout: float = 0.0  # dropout rate after the hidden dense layers
-    # two classes: one sigmoid logit (single) or two softmax logits (pair)
-    binary_output: Literal["single", "pair"] = "single"
+    # two classes: one sigmoid logit (single), two softmax logits (pair), or two independent
+    # sigmoids trained with the mean binary cross-entropy on one-hot labels (sigmoid_pair: Keras's
+    # Dense(2, sigmoid) + binary_crossentropy; label = argmax, probabilities = the two sigmoids
+    # normalised to sum to 1, p1 / (p0 + p1)); sigmoid_pair only for two classes
+    binary_output: Literal["single", "pair", "sigmoid_pair"] = "single"
     options: dict[str, Any] = field(default_factory=dict)  # the builder's own keyword arguments
     # grey images into RGB weights: native (as they are), repeat (×3 at the input), sum (first
     # conv summed over RGB)
@@ -122,6 +125,7 @@ class ModelConfig:
         object.__setattr__(self, "name", canonical_name(self.name))
         if self.compat is not None:
             check_choice("model.compat", self.compat, ("torch", "keras"))
+        check_choice("model.binary_output", self.binary_output, ("single", "pair", "sigmoid_pair"))
         for key in ("conv_dropout", "spatial_dropout", "dense_dropout"):
             rate = getattr(self, key)
             if not 0.0 <= rate < 1.0:
@@ -152,7 +156,13 @@ class ModelConfig:
             )
 
     def outputs(self, num_classes: int) -> int:
-        """Logit count: binary tasks use one sigmoid logit unless ``binary_output: pair``."""
+        """Logit count: binary tasks use one sigmoid logit unless ``binary_output`` is ``pair``
+        or ``sigmoid_pair`` (two outputs); ``sigmoid_pair`` needs two classes."""
+        if self.binary_output == "sigmoid_pair" and num_classes != 2:
+            raise ConfigError(
+                f"'model.binary_output': got 'sigmoid_pair' for {num_classes} classes; it is Keras's "
+                "Dense(2, sigmoid) for two classes; use pair (softmax) or single for this task"
+            )
         return 1 if num_classes == 2 and self.binary_output == "single" else num_classes
 
     def model_in_chans(self, data_chans: int) -> int:

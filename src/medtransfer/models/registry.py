@@ -27,6 +27,7 @@ from medtransfer.models.config import ModelConfig, canonical_name
 from medtransfer.models.external import build_external, check_arch, external_names, split_name
 from medtransfer.models.head import HeadConfig, head_from, install_head
 from medtransfer.models.keras import apply_keras
+from medtransfer.sigmoid_pair import use_sigmoid_pair
 
 Builder = Callable[..., nn.Module]
 
@@ -153,7 +154,8 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     error if switched on, except ``conv_dropout``: dropout after every stage of the
     architecture (:mod:`medtransfer.models.blocks`). ``cfg.head`` replaces its own head;
     ``cfg.compat: keras`` gives it Keras's initialisation and batch norm
-    (:mod:`medtransfer.models.keras`)."""
+    (:mod:`medtransfer.models.keras`); ``cfg.binary_output: sigmoid_pair`` makes its output layer
+    a :class:`~medtransfer.sigmoid_pair.SigmoidPairLinear`."""
     params = inspect.signature(_builder(cfg.name)).parameters
     flags = {
         "batch_norm": cfg.batch_norm,
@@ -182,6 +184,8 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_chans: int, img_size: 
     if cfg.head is not None:
         install_head(model, cfg.head, num_classes=cfg.outputs(num_classes),
                      in_chans=cfg.model_in_chans(in_chans), img_size=img_size, name=cfg.name)
+    if cfg.binary_output == "sigmoid_pair":
+        use_sigmoid_pair(model)
     if cfg.compat == "keras":
         apply_keras(model, cfg.name)
     apply_in_chans_policy(model, cfg.in_chans_policy)

@@ -27,6 +27,7 @@ from medtransfer.config import InputNorm, closest
 from medtransfer.data import ImageCache
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.freezing import transformer_blocks
+from medtransfer.sigmoid_pair import SigmoidPairLinear
 from medtransfer.strategies.cached import (
     fit_on_activations,
     images_fingerprint,
@@ -35,7 +36,7 @@ from medtransfer.strategies.cached import (
 )
 from medtransfer.strategies.config import FeaturesStrategy, MLPHeadConfig
 from medtransfer.train import FitResult, TrainEnv
-from medtransfer.train.batches import nhwc
+from medtransfer.train.batches import logits_to_proba, nhwc
 from medtransfer.train.precision import resolve_precision
 
 FEATURES_VERSION = 1
@@ -189,12 +190,15 @@ class DecisionScores(ClassifierMixin, BaseEstimator):
 
 
 class MLPHead(nn.Module):
-    """Dense(hidden) → ReLU → Dropout → output layer, on feature vectors."""
+    """Dense(hidden) → ReLU → Dropout → output layer, on feature vectors; ``sigmoid_pair``: the
+    output layer is a :class:`~medtransfer.sigmoid_pair.SigmoidPairLinear`, as the model's."""
 
-    def __init__(self, in_features: int, outputs: int, cfg: MLPHeadConfig) -> None:
+    def __init__(self, in_features: int, outputs: int, cfg: MLPHeadConfig, *,
+                 sigmoid_pair: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, cfg.hidden), nn.ReLU(),
-                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, outputs))
+        hidden = nn.Linear(in_features, cfg.hidden)  # drawn first: the seed's initial weights
+        out = (SigmoidPairLinear if sigmoid_pair else nn.Linear)(cfg.hidden, outputs)
+        self.net = nn.Sequential(hidden, nn.ReLU(), nn.Dropout(cfg.dropout), out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -208,11 +212,12 @@ def fit_mlp(
     env: TrainEnv,
     *,
     outputs: int,
+    sigmoid_pair: bool = False,
 ) -> tuple[MLPHead, FitResult]:
     """Train :class:`MLPHead` with ``fit`` on cached features (initialised from ``env.seed``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(env.seed)
-        head = MLPHead(feats.shape[1], outputs, cfg)
+        head = MLPHead(feats.shape[1], outputs, cfg, sigmoid_pair=sigmoid_pair)
     val_t = None if val is None else (torch.from_numpy(val[0]), val[1])
     res = fit_on_activations(head, head.forward, torch.from_numpy(feats), labels, val_t, cfg.train, env)
     return head, res
@@ -221,13 +226,7 @@ def fit_mlp(
 def mlp_proba(head: MLPHead, feats: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     head.to(device).eval()
     with torch.no_grad():
-        logits = head(torch.from_numpy(feats).to(device))
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        logits = torch.stack([1 - p, p], dim=1)
-    else:
-        logits = torch.softmax(logits, dim=1)
-    return logits.cpu().numpy()
+        return logits_to_proba(head(torch.from_numpy(feats).to(device))).cpu().numpy()
 
 
 def sklearn_proba(estimator: Any, feats: np.ndarray, num_classes: int) -> np.ndarray:

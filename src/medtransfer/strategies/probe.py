@@ -19,6 +19,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError
 from medtransfer.freezing import FreezeConfig, freeze
+from medtransfer.sigmoid_pair import SigmoidPairLinear
 from medtransfer.strategies.base import StageResult, TransferData
 from medtransfer.strategies.config import FeaturesStrategy
 from medtransfer.strategies.features import extract_features
@@ -42,11 +43,12 @@ def output_layer(model: nn.Module) -> nn.Linear:
 
 def probe_weights(
     feats: np.ndarray, labels: np.ndarray, outputs: int, num_classes: int, *, C: float,
-    balanced: bool, max_iter: int = 5000,
+    balanced: bool, max_iter: int = 5000, sigmoid_pair: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weight (outputs, D), bias (outputs,)) of an L2 logistic regression on standardised
     ``feats`` with the standardisation folded in, laid out for an output layer of ``outputs``
-    logits: 1 (sigmoid), 2 for two classes (softmax of [-z/2, z/2] = sigmoid(z)) or one per class."""
+    logits: 1 (sigmoid), 2 for two classes (softmax of [-z/2, z/2] = sigmoid(z)) or one per class;
+    a sigmoid pair gets [-z, z] (σ(z) / (σ(-z) + σ(z)) = σ(z), and its loss is the regression's)."""
     scaler = StandardScaler().fit(feats)
     clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced" if balanced else None)
     clf.fit(scaler.transform(feats), labels)
@@ -58,7 +60,8 @@ def probe_weights(
             "classes; a logistic regression cannot fit the missing ones"
         )
     if num_classes == 2 and outputs == 2:
-        coef, bias = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
+        half = 1.0 if sigmoid_pair else 0.5
+        coef, bias = np.concatenate([-coef * half, coef * half]), np.concatenate([-bias * half, bias * half])
     elif coef.shape[0] != outputs:
         raise ConfigError(
             f"'strategy.head_fit': the output layer has {outputs} outputs for {num_classes} classes"
@@ -76,7 +79,8 @@ def fit_probe(model: nn.Module, data: TransferData, env: TrainEnv, *, C: float,
     feats = extract_features(model, data.train[0], spec, input_norm=env.input_norm,
                              device=env.device, cache=env.cache)
     weight, bias = probe_weights(feats, data.train[1], layer.out_features, env.num_classes, C=C,
-                                 balanced=class_weight is ClassWeight.balanced)
+                                 balanced=class_weight is ClassWeight.balanced,
+                                 sigmoid_pair=isinstance(layer, SigmoidPairLinear))
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight))
         if layer.bias is not None:

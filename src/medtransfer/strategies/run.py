@@ -19,6 +19,7 @@ from torch import nn
 from medtransfer.csvfile import write_csv
 from medtransfer.errors import ConfigError
 from medtransfer.freezing import FreezeConfig
+from medtransfer.sigmoid_pair import has_sigmoid_pair
 from medtransfer.strategies.base import (
     Stage,
     StageResult,
@@ -171,7 +172,8 @@ class Features:
             # The head sees features, not images: no input normalisation to record with it.
             head, res = fit_mlp(f_train, data.train[1], evaluated.get("val"), cfg.mlp,
                                 env.replace(input_norm=None),
-                                outputs=_head_outputs(model, env.num_classes))
+                                outputs=_head_outputs(model, env.num_classes),
+                                sigmoid_pair=has_sigmoid_pair(model))
             stage = StageResult("mlp", "cached", f"MLP on cached '{cfg.layer}' features", None, res)
             probabilities = {name: mlp_proba(head, f, env.device) for name, (f, _) in evaluated.items()}
             return StrategyResult(cfg.kind, probabilities, _history([stage]), [stage], model, head,

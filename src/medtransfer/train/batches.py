@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from medtransfer.config import InputNorm
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.sigmoid_pair import sigmoid_pair_loss
 from medtransfer.train.precision import resolve_precision
 
 __all__ = [
@@ -106,10 +107,18 @@ def logits_to_proba(logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def loss_and_proba(logits: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-sample losses and (B, K) probabilities for a single-logit or K-logit head."""
+def loss_and_proba(logits: Tensor, y: Tensor, num_classes: int, *,
+                   sigmoid_pair: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-sample losses and (B, K) probabilities for a single-logit or K-logit head;
+    ``sigmoid_pair``: the two log-sigmoids of a :class:`~medtransfer.sigmoid_pair.SigmoidPairLinear`
+    (mean binary cross-entropy on one-hot labels)."""
     cols = logits.shape[1] if logits.ndim == 2 else None
-    if cols == 1 and num_classes == 2:
+    if sigmoid_pair and cols == num_classes == 2:
+        losses = sigmoid_pair_loss(logits, y)
+    elif sigmoid_pair:
+        raise ConfigError(f"model output has shape {tuple(logits.shape)} for num_classes={num_classes}; "
+                          "a sigmoid pair is (batch, 2) for two classes")
+    elif cols == 1 and num_classes == 2:
         z = logits[:, 0]
         losses = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
     elif cols == num_classes:

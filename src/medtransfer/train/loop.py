@@ -17,6 +17,7 @@ from medtransfer.config import to_dict
 from medtransfer.data.sampling import Sampling, epoch_order, epoch_size
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.evaluate import compute_metrics
+from medtransfer.sigmoid_pair import has_sigmoid_pair
 from medtransfer.train.allocator import tune_allocator
 from medtransfer.train.batches import check_labels, loss_and_proba, predict_proba
 from medtransfer.train.callbacks import (
@@ -207,6 +208,7 @@ class _Fit:
                  train_mode: Callable[[nn.Module], None] | None, resume: bool = False) -> None:
         self.model, self.train, self.val, self.cfg, self.env = model, train, val, cfg, env
         self.train_mode = train_mode or nn.Module.train
+        self.sigmoid_pair = has_sigmoid_pair(model)  # its loss: binary cross-entropy per output
         dev = env.device
         self.amp: Amp = resolve_precision(cfg.precision, dev, "train.precision")
         self.scaler = self.amp.scaler()
@@ -342,7 +344,7 @@ class _Fit:
             yb = torch.from_numpy(labels[batch[rows]]).to(dev)
             self.optimizer.zero_grad(set_to_none=True)
             logits = self._forward(self.net, self.train.train_batch(batch, rows, self.augment_gen))
-            losses, proba = loss_and_proba(logits, yb, self.env.num_classes)
+            losses, proba = loss_and_proba(logits, yb, self.env.num_classes, sigmoid_pair=self.sigmoid_pair)
             wb = torch.ones_like(losses) if weights is None else weights[yb]
             batch_w = float(len(batch)) if class_w is None else float(class_w[labels[batch]].sum())
             step = reps.batch_loss(losses, wb, proba, real, batch_w, per_sample=keras_mean)
@@ -389,7 +391,7 @@ class _Fit:
                 idx = mine[start : start + size]
                 yb = torch.from_numpy(labels[idx]).to(self.env.device)
                 losses, proba = loss_and_proba(self._forward(self.model, source.eval_batch(idx)), yb,
-                                               self.env.num_classes)
+                                               self.env.num_classes, sigmoid_pair=self.sigmoid_pair)
                 loss_sum += float(losses.sum())
                 probas.append(proba.cpu().numpy())
         return self.reps.gather_eval(loss_sum, probas, len(labels))

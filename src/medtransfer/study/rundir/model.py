@@ -74,7 +74,8 @@ def unit_model(run: RunDir, unit: UnitInfo, *, in_chans: int | None = None,
     if cfg.classifier == "mlp":
         strategy = unit.cell.strategy
         dim = int(strategy.extra["features_dim"]) if strategy is not None else 0
-        head = MLPHead(dim, model_cfg.outputs(num_classes), cfg.mlp)
+        head = MLPHead(dim, model_cfg.outputs(num_classes), cfg.mlp,
+                       sigmoid_pair=model_cfg.binary_output == "sigmoid_pair")
         head.load_state_dict(load_checkpoint(unit.checkpoint)["model_state"])
     else:
         if unit.has(CLASSIFIER):
