@@ -68,3 +68,32 @@ def test_user_pages_name_no_issue_numbers(page):
     hits = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if ISSUE.search(line)]
     assert not hits, (f"{page} names issue numbers (history goes to docs/development.md or the "
                       f"changelog): {hits}")
+
+
+def _seed_counts() -> dict[str, tuple[int, int, int]]:
+    """Faithful / approximate / not available rows of each seed's table in docs/seeds.md."""
+    counts: dict[str, list[int]] = {}
+    seed = None
+    for line in (DOCS / "seeds.md").read_text().splitlines():
+        if m := re.match(r"## Seed (\d+)", line):
+            seed = m.group(1)
+            counts[seed] = [0, 0, 0]
+        elif seed and re.match(r"\| \d+ \|", line):
+            verdict = line.rstrip(" |").rsplit("|", 1)[-1].strip()
+            kind = next(k for k, word in enumerate(("faithful", "approximate", "not available"))
+                        if verdict.startswith(word))
+            counts[seed][kind] += 1
+    return {s: (c[0], c[1], c[2]) for s, c in counts.items()}
+
+
+def test_the_seed_fidelity_counts_quoted_are_the_tables_counts():
+    counts = _seed_counts()
+    assert set(counts) == {"000", "001", "002", "003", "004"}
+    summary = (DOCS / "seeds.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    studies = (DOCS / "seed-studies.md").read_text()
+    for seed, (f, a, n) in counts.items():
+        assert re.search(rf"\| \[{seed}\]\(#seed-{seed}\) \| {f} \| {a} \| {n} \(\d+\) \| {f + a + n} \|",
+                         summary), seed
+        assert re.search(rf"{seed}:\s+{f} / {a} / {n}\b", readme), seed
+        assert re.search(rf"seed {seed}\s+{f} / {a} / {n}\b", studies), seed
