@@ -156,12 +156,16 @@ def cam_layer(model: nn.Module, example: Tensor | None = None) -> tuple[str, nn.
 
 class TokenGrid:
     """pytorch-grad-cam ``reshape_transform``: transformer tokens (N, T, D) → (N, D, h, w) on the
-    patch grid, the first ``prefix`` (class/register) tokens dropped; 4-D maps pass unchanged."""
+    patch grid, the first ``prefix`` (class/register) tokens dropped; 4-D maps pass unchanged,
+    except a channels-last model's (N, h, w, D) (timm's Swin: ``output_fmt`` NHWC), which is
+    turned to (N, D, h, w)."""
 
-    def __init__(self, prefix: int, grid: tuple[int, int] | None) -> None:
-        self.prefix, self.grid = prefix, grid
+    def __init__(self, prefix: int, grid: tuple[int, int] | None, channels_last: bool = False) -> None:
+        self.prefix, self.grid, self.channels_last = prefix, grid, channels_last
 
     def __call__(self, x: Tensor) -> Tensor:
+        if x.ndim == 4 and self.channels_last:
+            return x.permute(0, 3, 1, 2)
         if x.ndim != 3:
             return x
         tokens = x[:, self.prefix :]
@@ -172,10 +176,12 @@ class TokenGrid:
 
 
 def token_grid(model: nn.Module) -> TokenGrid:
-    """The :class:`TokenGrid` of ``model`` (timm's ``num_prefix_tokens`` and patch grid)."""
+    """The :class:`TokenGrid` of ``model`` (timm's ``num_prefix_tokens``, patch grid and
+    ``output_fmt``)."""
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     return TokenGrid(int(getattr(model, "num_prefix_tokens", 0) or 0),
-                     (int(grid[0]), int(grid[1])) if grid is not None else None)
+                     (int(grid[0]), int(grid[1])) if grid is not None else None,
+                     channels_last=str(getattr(model, "output_fmt", "NCHW")) == "NHWC")
 
 
 def _layer(model: nn.Module, name: str | None, example: Tensor | None = None) -> nn.Module:

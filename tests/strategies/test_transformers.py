@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medtransfer.errors import ConfigError
-from medtransfer.explain import cam_layer, cam_maps
+from medtransfer.explain import cam_layer, cam_maps, token_grid
 from medtransfer.freezing import FreezeConfig, freeze, layer_units, train_mode, transformer_blocks
 from medtransfer.models import create_model
 from medtransfer.strategies import CacheConfig, Stage, TransferData, plan_cache, train_stage
@@ -100,6 +100,24 @@ def test_grad_cam_of_a_vit_maps_its_patch_tokens():
     maps = cam_maps(model, images, input_norm=((0.5,), (0.5,)))
     assert maps.shape == (3, 16, 16) and np.isfinite(maps).all() and maps.max() > 0
     assert len(np.unique(np.round(maps[0], 4))) > 1  # a map over the 4×4 patch grid, not a constant
+
+
+def test_grad_cam_of_a_swin_turns_its_channels_last_blocks_to_maps():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("timm:swin_tiny_patch4_window7_224", num_classes=1, in_chans=1, img_size=32,
+                             window_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 1)).eval()
+    name, layer = cam_layer(model)
+    assert name == "layers.1.blocks.0.norm1"
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    model(torch.zeros(2, 1, 32, 32))
+    handle.remove()
+    assert seen[0].shape == (2, 4, 4, 16)  # Swin's blocks run channels last: (N, h, w, D)
+    assert token_grid(model)(seen[0]).shape == (2, 16, 4, 4)  # what Grad-CAM weighs: D channels
+    images = np.random.default_rng(0).random((3, 1, 32, 32)).astype(np.float32)
+    maps = cam_maps(model, images)
+    assert maps.shape == (3, 32, 32) and np.isfinite(maps).all()
 
 
 def test_layer_decay_scales_the_learning_rate_per_block():
