@@ -22,7 +22,8 @@ def test_demo_runs_shrunk(tmp_path, capsys):
     args = ["demo", "--out", str(out), "--no-progress",
             "--set", "preprocess.size=32", "--set", "pretrain.train.epochs=1",
             "--set", "transfer.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}",
-            "--set", "model.options={dense: [32, 32, 16]}"]  # seconds instead of minutes
+            "--set", "model.options={dense: [32, 32, 16]}",  # seconds instead of minutes
+            "--set", "source.split.train_per_class=48"]
     assert main(args) == 0
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))

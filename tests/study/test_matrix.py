@@ -100,7 +100,7 @@ def test_matrix_runs_every_cell_writes_tables_and_reuses_units(tmp_path, class_f
     assert len(units) == 1 + len(expected)  # one pretraining unit, one per cell
 
     logs.clear()
-    run_study(study_from_dict(_matrix(tmp_path, class_folders)), out, echo=logs.append)
+    run_study(study_from_dict(_matrix(tmp_path, class_folders)), out, echo=logs.append, report=False)
     assert sum("done earlier, reused" in m for m in logs) == len(units)
     assert _rows(out) == rows
 
