@@ -125,7 +125,8 @@ def test_densenet_old_checkpoint_names_are_fixed():
 
 
 def test_no_imagenet_weights_and_bad_specs_are_named():
-    with pytest.raises(ConfigError, match="alexnet_krizhevsky. has no ImageNet weights; available for: .*resnet18"):
+    with pytest.raises(ConfigError,
+                       match="alexnet_krizhevsky. has no ImageNet weights; available for: .*resnet18"):
         get_imagenet_weights("alexnet_krizhevsky")
     with pytest.raises(ConfigError, match="'model.weights': got 'imagenet21k'.*file:"):
         ModelConfig(weights="imagenet21k")
