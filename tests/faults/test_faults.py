@@ -18,20 +18,6 @@ from medtransfer.study import study_from_dict
 SEEDS = range(6)
 
 
-def _config(root: Path, folders: Any) -> dict[str, Any]:
-    train = {"epochs": 1, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
-    return {
-        "name": "faults", "seed": 5, "cache_dir": str(root / "cache"), "preprocess": {"size": 16},
-        "source": {"data": {"path": str(folders(root / "src", {"neg": 30, "pos": 30}, seed=1))},
-                   "split": {"val_fraction": 0.2}},
-        "target": {"data": {"path": str(folders(root / "tgt", {"normal": 24, "covid": 24}, seed=2))},
-                   "split": {"test_sets": 1, "test_per_class": 6, "val_fraction": 0.2}},
-        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
-        "pretrain": {"train": train}, "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
-        "variants": [{"name": "baseline"}], "audit": False,
-    }
-
-
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -52,9 +38,9 @@ FAULTS: dict[str, Callable[[Path], None]] = {
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory, class_folders) -> tuple[Path, dict[str, Any]]:
+def clean(tmp_path_factory, class_folders, tiny_study_of) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("faults")
-    cfg = _config(root, class_folders)
+    cfg = tiny_study_of(root, class_folders, "faults", ("normal", "covid"))
     return run_study(study_from_dict(cfg), root / "clean", echo=lambda m: None, report=False), cfg
 
 

@@ -28,24 +28,10 @@ from medtransfer.study import study_from_dict
 CLASSES = ("=c", "+e'f")  # class names a spreadsheet would run as formulas
 
 
-def _config(root: Path, folders: Any) -> dict[str, Any]:
-    train = {"epochs": 1, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
-    return {
-        "name": "readers", "seed": 5, "cache_dir": str(root / "cache"), "preprocess": {"size": 16},
-        "source": {"data": {"path": str(folders(root / "src", {"neg": 30, "pos": 30}, seed=1))},
-                   "split": {"val_fraction": 0.2}},
-        "target": {"data": {"path": str(folders(root / "tgt", dict.fromkeys(CLASSES, 24), seed=2))},
-                   "split": {"test_sets": 1, "test_per_class": 6, "val_fraction": 0.2}},
-        "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
-        "pretrain": {"train": train}, "transfer": {"freeze": {"trainable_layers": 3}, "train": train},
-        "variants": [{"name": "baseline"}], "audit": False,
-    }
-
-
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory, class_folders) -> tuple[Path, dict[str, Any]]:
+def clean(tmp_path_factory, class_folders, tiny_study_of) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("readers")
-    cfg = _config(root, class_folders)
+    cfg = tiny_study_of(root, class_folders, "readers", CLASSES)
     return run_study(study_from_dict(cfg), root / "clean", echo=lambda m: None, report=False), cfg
 
 
