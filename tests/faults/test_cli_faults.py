@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_faults import _config  # the tiny study of this folder's tests
 
 from medtransfer.api import run_study
 from medtransfer.cli import main
@@ -29,9 +28,10 @@ CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_hand
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, class_folders) -> Path:
+def finished(tmp_path_factory, class_folders, tiny_study_of) -> Path:
     root = tmp_path_factory.mktemp("cli_faults")
-    return run_study(study_from_dict(_config(root, class_folders)), root / "run", echo=lambda m: None,
+    cfg = tiny_study_of(root, class_folders, "faults", ("normal", "covid"))
+    return run_study(study_from_dict(cfg), root / "run", echo=lambda m: None,
                      report=False)
 
 
@@ -75,8 +75,8 @@ def test_out_onto_a_folder_or_a_read_only_folder_is_one_line(command, finished, 
     assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))  # nothing half-written
 
 
-def test_ctrl_c_during_a_run_says_rerun_and_releases_the_lock(tmp_path, class_folders):
-    cfg = _config(tmp_path, class_folders)
+def test_ctrl_c_during_a_run_says_rerun_and_releases_the_lock(tmp_path, class_folders, tiny_study_of):
+    cfg = tiny_study_of(tmp_path, class_folders, "faults", ("normal", "covid"))
     cfg["pretrain"]["train"] = {**cfg["pretrain"]["train"], "epochs": 200}  # long enough to interrupt
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
