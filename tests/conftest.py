@@ -183,6 +183,7 @@ def tiny_study(root: Path, folders: Callable[..., Path]) -> dict[str, Any]:
         "seed": 3,
         "cache_dir": str(root / "cache"),
         "preprocess": {"size": 16},
+        "report": {"figure_formats": ["png"]},  # SVG too: tests/test_report.py, test_plots.py
         "source": {"data": {"path": str(folders(root / "src", {"neg": 40, "pos": 40}, seed=1))},
                    "split": {"val_fraction": 0.2}},
         "target": {

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -240,3 +241,29 @@ def test_choose_threshold_rejects_bad_input():
         choose_threshold([1, 1], [0.2, 0.8])
     with pytest.raises(DataError, match="p_val"):
         choose_threshold([0, 1], [0.2, float("nan")])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_threshold_metrics_equal_sklearns_with_absent_and_unpredicted_classes(k):
+    rng = np.random.default_rng(k)
+    for n in (1, 7, 60):
+        y = rng.integers(0, max(k - 1, 1), n)  # the last class never occurs in y ...
+        proba = rng.dirichlet(np.ones(k), n)
+        proba[:, 0] *= 0.01 if k > 2 else 1.0  # ... and the first is rarely predicted
+        proba /= proba.sum(1, keepdims=True)
+        m = compute_metrics(y, proba)
+        pred = (proba[:, 1] >= 0.5).astype(int) if k == 2 else proba.argmax(1)
+        average = "binary" if k == 2 else "macro"
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score),
+                         ("f1", skm.f1_score)):
+            assert m[name] == pytest.approx(fn(y, pred, average=average, zero_division=0)), name
+        per = skm.f1_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
+        assert [m[f"f1_{c}"] for c in range(k)] == pytest.approx(per)
+        assert m["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+        if k > 2:
+            recall = skm.recall_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
+            assert [m[f"recall_{c}"] for c in range(k)] == pytest.approx(recall)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sklearn warns of a class only predicted
+                assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from medtransfer.errors import DataError
+from medtransfer.document import Doc
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.plots import (
+    FigureDir,
     ForestRow,
     confusion_figure,
     forest_figure,
@@ -22,6 +24,7 @@ from medtransfer.plots import (
     roc_figure,
     save_figure,
 )
+from medtransfer.study.report_config import ReportConfig
 
 
 def _check_files(paths: list[Path]) -> None:
@@ -104,3 +107,29 @@ def test_svg_output_is_reproducible(tmp_path):
     a = save_figure(confusion_figure([[3, 1], [0, 4]], ["a", "b"], "t"), tmp_path / "a")[1]
     b = save_figure(confusion_figure([[3, 1], [0, 4]], ["a", "b"], "t"), tmp_path / "b")[1]
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_figure_formats_are_the_files_written_and_linked_and_stale_twins_go(tmp_path):
+    fig = lambda: confusion_figure([[3, 1], [0, 4]], ["a", "b"], "t")  # noqa: E731
+    png = FigureDir(tmp_path, ("png", "svg")).save(fig(), "cm")
+    assert {p.name for p in tmp_path.iterdir()} == {"cm.png", "cm.svg"}
+    assert FigureDir(tmp_path, ("png", "pdf")).save(fig(), "cm") == png  # a report rewritten
+    assert {p.name for p in tmp_path.iterdir()} == {"cm.png", "cm.pdf"}  # the old SVG is gone
+    assert (tmp_path / "cm.pdf").read_bytes().startswith(b"%PDF")
+    doc = Doc(markdown=True, base=tmp_path)
+    doc.images([("Confusion", png)])
+    assert doc.render().strip() == "![Confusion](cm.png) ([PDF](cm.pdf))"
+    FigureDir(tmp_path, ("png",)).save(fig(), "cm")
+    doc = Doc(markdown=True, base=tmp_path)
+    doc.images([("Confusion", png)])
+    assert doc.render().strip() == "![Confusion](cm.png)"
+    assert {p.name for p in tmp_path.iterdir()} == {"cm.png"}
+
+
+@pytest.mark.parametrize(("formats", "match"), [
+    (["svg"], "expected png"), (["png", "png"], "each once"), (["png", "eps"], r"figure_formats\[1\]"),
+])
+def test_figure_formats_need_png_once_and_known_formats(formats, match):
+    assert ReportConfig(figure_formats=["png", "svg", "pdf"]).figure_formats == ["png", "svg", "pdf"]
+    with pytest.raises(ConfigError, match=match):
+        ReportConfig(figure_formats=formats)

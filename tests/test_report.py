@@ -45,6 +45,7 @@ def _config(tmp: Path, target: dict[str, int], split: dict) -> dict:
     train = {"epochs": 2, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.003}}
     return {
         "name": "tiny", "seed": 3, "cache_dir": str(tmp / "cache"), "preprocess": {"size": 16},
+        "report": {"figure_formats": ["png"]},
         "source": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
         "target": {"data": {"path": str(tgt), "classes": list(target)}, "split": split},
         "model": {"name": "alexnet_small", "options": {"base": 4, "dense": [8, 8]}},
@@ -60,8 +61,9 @@ def _config(tmp: Path, target: dict[str, int], split: dict) -> dict:
 def binary_run(tmp_path_factory, one_thread) -> Path:
     tmp = tmp_path_factory.mktemp("binary")
     split = {"test_sets": 2, "test_per_class": 6, "train_per_class": 15, "val_fraction": 0.25}
-    cfg = study_from_dict(_config(tmp, {"normal": 30, "covid": 30}, split))
-    out = run_study(cfg, tmp / "run", echo=lambda m: None)
+    raw = _config(tmp, {"normal": 30, "covid": 30}, split)
+    raw["report"] = {"figure_formats": ["png", "svg"]}  # each figure's SVG twin checked below
+    out = run_study(study_from_dict(raw), tmp / "run", echo=lambda m: None, report=False)
     write_report(out, n_boot=200, gallery_images=4)
     return out
 
@@ -71,7 +73,7 @@ def multiclass_run(tmp_path_factory, one_thread) -> Path:
     tmp = tmp_path_factory.mktemp("multi")
     split = {"test_sets": 1, "test_per_class": 5, "train_per_class": 12, "val_fraction": 0.25}
     cfg = study_from_dict(_config(tmp, {"a": 20, "b": 20, "c": 20}, split))
-    out = run_study(cfg, tmp / "run", echo=lambda m: None)
+    out = run_study(cfg, tmp / "run", echo=lambda m: None, report=False)
     write_report(out, n_boot=200, gallery_images=3)
     return out
 

@@ -102,17 +102,20 @@ class Doc:
 
     def images(self, items: list[tuple[str, Path]]) -> None:
         """PNGs (caption, path) in a grid: embedded as data URIs in HTML, linked (with their SVG
-        twins) in Markdown."""
+        or PDF twins where saved) in Markdown."""
         out = []
         for caption, png in items:
             rel = png.relative_to(self.base) if png.is_relative_to(self.base) else png
+            twins = [s for s in ("svg", "pdf") if png.with_suffix(f".{s}").is_file()]
             if self.markdown:
-                out.append(f"![{caption}]({rel}) ([SVG]({Path(rel).with_suffix('.svg')}))\n")
+                links = ", ".join(f"[{s.upper()}]({Path(rel).with_suffix(f'.{s}')})" for s in twins)
+                out.append(f"![{caption}]({rel})" + (f" ({links})" if links else "") + "\n")
                 continue
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             cap = html.escape(caption)
             out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{cap}">'
-                       f"<figcaption>{cap} — <code>{html.escape(str(rel))}</code> (+ .svg)"
+                       f"<figcaption>{cap} — <code>{html.escape(str(rel))}</code>"
+                       + "".join(f" (+ .{s})" for s in twins) +
                        "</figcaption></figure>")
         self.parts.append("\n".join(out) if self.markdown else '<div class="figs">' + "".join(out) + "</div>")
 

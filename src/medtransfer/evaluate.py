@@ -1,4 +1,6 @@
-"""Classification metrics from predicted probabilities, computed with scikit-learn.
+"""Classification metrics from predicted probabilities: threshold metrics from one confusion
+count (equal to scikit-learn's, which re-validates its inputs in every call and took 40 ms per
+set), rank metrics (AUC, average precision) with scikit-learn.
 
 Every function returns plain Python floats (counts included) so results serialise as they are.
 Undefined rank metrics (AUC with a single class present) are NaN rather than an error, because a
@@ -17,7 +19,6 @@ from typing import Literal
 
 import numpy as np
 from sklearn.metrics import (
-    accuracy_score,
     average_precision_score,
     balanced_accuracy_score,
     brier_score_loss,
@@ -87,20 +88,41 @@ def binary_metrics(
         raise DataError(f"threshold: got {threshold!r}; allowed: a probability in [0, 1]")
     p = _finite_scores(proba_pos, "proba_pos", len(y), ndim=1)
     pred = (p >= threshold).astype(np.int64)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel().tolist()
+    (tn, fp), (fn, tp) = _counts(y, pred, 2).tolist()
     auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
     return {
-        "accuracy": float(accuracy_score(y, pred)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "specificity": float(recall_score(y, pred, pos_label=0, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
+        "accuracy": (tp + tn) / len(y),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "auc": auc,
         "tp": float(tp),
         "tn": float(tn),
         "fp": float(fp),
         "fn": float(fn),
     }
+
+
+def _counts(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """The k × k confusion counts (rows true, columns predicted) of labels in [0, k)."""
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, 0 when ``den`` is 0 (scikit-learn's ``zero_division=0``)."""
+    return float(num / den) if den else 0.0
+
+
+def _per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 (0 where undefined) and which classes occur in the
+    labels or the predictions: what scikit-learn's macro averages run over."""
+    tp, true, predicted = np.diag(cm).astype(np.float64), cm.sum(axis=1), cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(true > 0, tp / true, 0.0)
+        f1 = np.where(true + predicted > 0, 2 * tp / (true + predicted), 0.0)
+    return precision, recall, f1, (true + predicted) > 0
 
 
 def multiclass_metrics(y_true: object, proba: object) -> dict[str, float]:
@@ -120,16 +142,17 @@ def multiclass_metrics(y_true: object, proba: object) -> dict[str, float]:
         auc = float(roc_auc_score(y, p_norm, multi_class="ovr", average="macro", labels=classes))
     else:
         auc = math.nan
+    cm = _counts(y, pred, k)
+    precision, recall, f1, present = _per_class(cm)
     out = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "precision": float(precision_score(y, pred, average="macro", zero_division=0)),
-        "recall": float(recall_score(y, pred, average="macro", zero_division=0)),
-        "f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "accuracy": float(np.trace(cm) / len(y)),
+        "balanced_accuracy": float(recall[cm.sum(axis=1) > 0].mean()),  # over the classes in y
+        "precision": float(precision[present].mean()),
+        "recall": float(recall[present].mean()),
+        "f1": float(f1[present].mean()),
         "auc": auc,
     }
-    per_class = recall_score(y, pred, labels=classes, average=None, zero_division=0)
-    out.update({f"recall_{c}": float(r) for c, r in zip(classes, per_class, strict=True)})
+    out.update({f"recall_{c}": float(r) for c, r in enumerate(recall)})
     return out
 
 
@@ -151,9 +174,8 @@ def compute_metrics(y_true: object, proba: object, threshold: float = 0.5) -> di
 def f1_per_class(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:
     """``f1_macro`` (over the classes present in ``y`` or ``pred``, as scikit-learn, so the
     multiclass ``f1``) and ``f1_<c>`` for every class c < k (0 when undefined)."""
-    per = f1_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
-    return {"f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
-            **{f"f1_{c}": float(v) for c, v in enumerate(per)}}
+    _, _, f1, present = _per_class(_counts(y, pred, k))
+    return {"f1_macro": float(f1[present].mean()), **{f"f1_{c}": float(v) for c, v in enumerate(f1)}}
 
 
 def confusion(y_true: object, y_pred: object, num_classes: int) -> list[list[int]]:

@@ -27,6 +27,7 @@ from medtransfer.fileio import write_bytes_atomic
 from medtransfer.stats.bootstrap import bootstrap_weights
 
 __all__ = [
+    "FigureDir",
     "ForestRow",
     "Plot",
     "confusion_figure",
@@ -56,6 +57,21 @@ class ForestRow:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class FigureDir:
+    """A folder of figures and the formats each is saved in (``report.figure_formats``)."""
+
+    path: Path
+    formats: tuple[str, ...] = ("png", "svg")
+
+    def save(self, fig: Figure, name: str) -> Path:
+        """Save ``fig`` as ``name`` in every format, removing its files in the other formats (of
+        an earlier report), so the folder holds what the report links; returns the PNG."""
+        for fmt in {"svg", "pdf"} - set(self.formats):  # the vector formats (report.figure_formats)
+            (self.path / f"{name}.{fmt}").unlink(missing_ok=True)
+        return save_figure(fig, self.path / name, self.formats)[0]
+
+
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -65,14 +81,15 @@ def _figure(width: float, height: float) -> Figure:
 def save_figure(
     fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 110
 ) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.svg`` (reproducible SVG ids, no timestamps),
+    """Save ``fig`` as ``stem.png``, ``stem.svg``, ... (reproducible SVG ids, no timestamps),
     each atomically: a full disk is a DiskFullError naming the file and leaves the old one."""
     paths = []
-    with mpl.rc_context({"svg.hashsalt": "medtransfer", "svg.fonttype": "path"}):
+    with mpl.rc_context({"svg.hashsalt": "medtransfer", "svg.fonttype": "path", "pdf.fonttype": 42}):
         for fmt in formats:
             # Appended, not with_suffix: a matrix arm's name ("src.ft") holds a dot.
             path = stem.parent / f"{stem.name}.{fmt}"
-            meta = {"Date": None} if fmt == "svg" else {"Software": None}
+            meta = {"Software": None} if fmt == "png" else {"Date": None} if fmt == "svg" else \
+                {"CreationDate": None, "Producer": None}
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
             write_bytes_atomic(path, buf.getvalue())
@@ -341,7 +358,7 @@ def _hashable(value: Any) -> Any:
     return value if value is None or isinstance(value, int | float | str) else str(value)
 
 
-def search_figures(out: Path, trials: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str,
+def search_figures(out: FigureDir, trials: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str,
                    log_keys: Collection[str] = (), arm: str | None = None) -> list[Plot]:
     """One figure per searched key: the finished trials' validation ``metric`` per value (bar of
     mean ± sd and box plot; a scatter for a sampled range). ``trials``: ``{"params", "value"}``;
@@ -351,7 +368,6 @@ def search_figures(out: Path, trials: Sequence[Mapping[str, Any]], keys: Sequenc
     for key in keys if done else []:
         fig = search_param_figure(key, [_hashable(t["params"].get(key)) for t in done],
                                   [float(t["value"]) for t in done], metric, log=key in log_keys)
-        stem = search_plot(out, key, arm).with_suffix("")
         what = f"Validation {metric} per value of {key}" + (f" ({arm})" if arm else "")
-        plots.append(Plot(what, save_figure(fig, stem)[0]))
+        plots.append(Plot(what, out.save(fig, search_plot(out.path, key, arm).stem)))
     return plots

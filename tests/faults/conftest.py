@@ -14,6 +14,7 @@ def tiny_study(root: Path, folders: Any, name: str, classes: Sequence[str]) -> d
     train = {"epochs": 1, "batch_size": 16, "progress": False, "optimizer": {"name": "adam", "lr": 0.001}}
     return {
         "name": name, "seed": 5, "cache_dir": str(root / "cache"), "preprocess": {"size": 16},
+        "report": {"figure_formats": ["png"]},
         "source": {"data": {"path": str(folders(root / "src", {"neg": 30, "pos": 30}, seed=1))},
                    "split": {"val_fraction": 0.2}},
         "target": {"data": {"path": str(folders(root / "tgt", dict.fromkeys(classes, 24), seed=2))},

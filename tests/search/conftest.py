@@ -29,7 +29,7 @@ def _matrix_search(tmp_path: Path, folders: Callable[..., Path], **search: Any) 
     tgt = folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, seed=2)
     return {
         "name": "arm_search", "seed": 3, "cache_dir": str(tmp_path / "cache"), "audit": False,
-        "preprocess": {"size": 16}, "model": MODEL,
+        "preprocess": {"size": 16}, "model": MODEL, "report": {"figure_formats": ["png"]},
         "sources": {"a": {"weights": f"file:{_weights(tmp_path / 'a.pt', 1)}"},
                     "b": {"weights": f"file:{_weights(tmp_path / 'b.pt', 2)}"}},
         "targets": {"t": {"data": {"path": str(tgt)},

@@ -25,7 +25,7 @@ def _raw(tmp_path: Path, folders: Callable[..., Path], **search) -> dict:
              "transfer.freeze.trainable_layers": [1, 3]}
     return {
         "name": "tiny_search", "seed": 3, "cache_dir": str(tmp_path / "cache"), "audit": False,
-        "preprocess": {"size": 16},
+        "preprocess": {"size": 16}, "report": {"figure_formats": ["png"]},
         "source": {"data": {"path": str(folders(tmp_path / "src", {"neg": 30, "pos": 30}, 1))}},
         "target": {"data": {"path": str(folders(tmp_path / "tgt", {"normal": 30, "covid": 30}, 2))},
                    "split": {"test_sets": 2, "test_per_class": 5, "val_fraction": 0.25}},
@@ -78,7 +78,7 @@ def test_grid_search_of_12_trials_sorted_best_written_back_and_rerun_does_no_wor
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/result.json")}
     logs.clear()
-    run_search(_raw(tmp_path, class_folders), out, echo=logs.append, progress=False)
+    run_search(_raw(tmp_path, class_folders), out, echo=logs.append, progress=False, report=False)
     assert {p: p.stat().st_mtime_ns for p in (out / "units").glob("*/result.json")} == stamps
     assert not any("pretraining on" in m or "transfer to" in m for m in logs)
 

@@ -13,7 +13,7 @@ import pytest
 
 from medtransfer.document import Doc
 from medtransfer.errors import DataError
-from medtransfer.plots import search_figures, search_param_figure, search_plot
+from medtransfer.plots import FigureDir, search_figures, search_param_figure, search_plot
 from medtransfer.report.sections import search_section
 
 LRS = [1e-4, 1e-3, 1e-2]
@@ -47,7 +47,7 @@ def test_a_sampled_range_is_a_scatter_and_failed_trials_are_left_out(tmp_path):
     (ax,) = fig.axes
     assert ax.get_xscale() == "log" and len(ax.collections[0].get_offsets()) == 20
     trials = [*_trials(6), {"trial": "trial-099", "params": {"lr": 5.0, "optimizer": "adam"}, "value": None}]
-    plots = search_figures(tmp_path, trials, ["lr", "optimizer"], "auc")
+    plots = search_figures(FigureDir(tmp_path, ("png",)), trials, ["lr", "optimizer"], "auc")
     assert [p.png for p in plots] == [search_plot(tmp_path, "lr"), search_plot(tmp_path, "optimizer")]
     bar = search_param_figure("lr", [t["params"]["lr"] for t in trials[:6]], [t["value"] for t in trials[:6]],
                               "auc").axes[0]
@@ -60,7 +60,7 @@ def test_the_report_shows_the_search_beside_the_run(tmp_path):
     keys = ["transfer.train.optimizer.lr", "transfer.train.batch_size"]
     trials = [{"trial": f"t{k}", "params": {keys[0]: LRS[k % 3], keys[1]: 16 * (1 + k % 2)},
                "value": 0.5 + k / 20} for k in range(6)]
-    search_figures(tmp_path / "plots", trials, keys, "auc")
+    search_figures(FigureDir(tmp_path / "plots", ("png",)), trials, keys, "auc")
     with (tmp_path / "trials.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "trial", *keys, "val_auc", "best_epoch", "state"])

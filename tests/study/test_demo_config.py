@@ -23,7 +23,7 @@ def test_demo_runs_shrunk(tmp_path, capsys):
             "--set", "preprocess.size=32", "--set", "pretrain.train.epochs=1",
             "--set", "transfer.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}",
             "--set", "model.options={dense: [32, 32, 16]}",  # seconds instead of minutes
-            "--set", "source.split.train_per_class=48"]
+            "--set", "source.split.train_per_class=48", "--set", "report.figure_formats=[png]"]
     assert main(args) == 0
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -37,7 +37,8 @@ def test_demo_cv_example_reports_every_fold(tmp_path):
     out = tmp_path / "cv"
     args = ["run", str(example), "--out", str(out), "--no-progress",
             "--set", "preprocess.size=32", "--set", "pretrain.train.epochs=1",
-            "--set", "transfer.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}"]
+            "--set", "transfer.train.epochs=1", "--set", f"cache_dir={tmp_path / 'cache'}",
+            "--set", "report.figure_formats=[png]"]
     assert main(args) == 0
     with (out / "summary.csv").open() as fh:
         rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(fh) if r["stage"] == "transfer"}

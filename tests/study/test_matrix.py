@@ -35,6 +35,7 @@ def _matrix(tmp_path: Path, folders: Callable[..., Path], **over) -> dict:
     cfg = {
         "name": "tiny_matrix", "seed": 3, "cache_dir": str(tmp_path / "cache"),
         "preprocess": {"size": 16}, "model": MODEL, "pretrain": {"train": TRAIN},
+        "report": {"figure_formats": ["png"]},
         "sources": {"srcdata": {"data": {"path": str(src)}, "split": {"val_fraction": 0.2}},
                     "fromfile": {"weights": f"file:{weights}"}},
         "targets": {"tgta": {"data": {"path": str(tgt_a)}, "split": split},

@@ -149,6 +149,7 @@ def _raw(seed: str, tmp: Path, cache: Path) -> dict[str, Any]:
     raw = _shrink(read_yaml(EXAMPLES / f"{seed}.yaml"))
     _small_models(raw)
     raw.update(name=seed, cache_dir=str(cache), audit=False, repeats=1)
+    raw["report"] = {**raw.get("report", {}), "figure_formats": ["png"]}
     if "targets" in raw:  # a matrix: its first target and at most two sources, to stay seconds
         raw["targets"] = dict(list(raw["targets"].items())[:1])
         raw["sources"] = dict(list(raw["sources"].items())[:2])

@@ -26,7 +26,7 @@ from medtransfer.explain import (
     scale_tiles,
     to_tensor,
 )
-from medtransfer.plots import save_figure, tiles_figure
+from medtransfer.plots import FigureDir, tiles_figure
 from medtransfer.report.gallery import pick_images, test_images
 from medtransfer.study.report_config import ReportConfig
 from medtransfer.study.rundir import Arm, RunDir, TrainedModel, unit_model
@@ -63,17 +63,17 @@ def _shown(images: np.ndarray) -> list[np.ndarray]:
     return [a[0] if a.shape[0] != 3 else a.transpose(1, 2, 0) for a in x]
 
 
-def _filters_figure(model: nn.Module, name: str, out: Path) -> tuple[str, Path]:
+def _filters_figure(model: nn.Module, name: str, out: FigureDir) -> tuple[str, Path]:
     weights = first_layer_filters(model)[:MAX_FILTERS]
     tiles = [w.transpose(1, 2, 0) if w.shape[0] == 3 else w.mean(axis=0) for w in weights]
     rows = [tiles[i:i + PER_ROW] for i in range(0, len(tiles), PER_ROW)]
     layer = conv_layers(model)[0][0]
     fig = tiles_figure(rows, title=f"{name}: first-layer filters ({layer}, {len(tiles)} shown)")
-    return f"{name}: first-layer filters", save_figure(fig, out / f"filters_{_stem(name)}")[0]
+    return f"{name}: first-layer filters", out.save(fig, f"filters_{_stem(name)}")
 
 
 def _maps_figures(model: nn.Module, norm: Any, images: np.ndarray, titles: list[str], name: str,
-                  layers: list[str], channels: int, out: Path) -> list[tuple[str, Path]]:
+                  layers: list[str], channels: int, out: FigureDir) -> list[tuple[str, Path]]:
     if not layers:
         first = conv_layers(model)[0][0] if conv_layers(model) else None
         last = last_conv_layer(model, to_tensor(images[:1], norm))[0]
@@ -90,12 +90,12 @@ def _maps_figures(model: nn.Module, norm: Any, images: np.ndarray, titles: list[
                            title=f"{name}: feature maps of {layer} ({maps.shape[1]} channels, "
                                  f"{maps.shape[2]}×{maps.shape[3]})")
         drawn.append((f"{name}: feature maps of {layer}",
-                      save_figure(fig, out / f"featuremaps_{_stem(name)}_{_stem(layer)}")[0]))
+                      out.save(fig, f"featuremaps_{_stem(name)}_{_stem(layer)}")))
     return drawn
 
 
 def _actmax_figure(model: nn.Module, norm: Any, run: RunDir, cfg: ReportConfig, name: str, seed: int,
-                   out: Path) -> tuple[str, Path]:
+                   out: FigureDir) -> tuple[str, Path]:
     am = cfg.activation_max
     assert am is not None
     chans, (h, w) = run.config.preprocess.channels, run.config.preprocess.hw
@@ -108,10 +108,10 @@ def _actmax_figure(model: nn.Module, norm: Any, run: RunDir, cfg: ReportConfig, 
     tiles = [a[0] if chans != 3 else a.transpose(1, 2, 0) for a in imgs]
     fig = tiles_figure([tiles], col_labels=[f"filter {f}" for f in filters],
                        title=f"{name}: inputs maximising {layer}'s filters ({am.steps} steps)")
-    return f"{name}: activation maximisation of {layer}", save_figure(fig, out / f"actmax_{_stem(name)}")[0]
+    return f"{name}: activation maximisation of {layer}", out.save(fig, f"actmax_{_stem(name)}")
 
 
-def model_figures(run: RunDir, out: Path, cfg: ReportConfig, *, seed: int = 0) -> Explanations:
+def model_figures(run: RunDir, out: FigureDir, cfg: ReportConfig, *, seed: int = 0) -> Explanations:
     """Every figure ``cfg`` asks for, of every source model (filters) and every arm."""
     expl = Explanations()
     chans = run.config.preprocess.channels

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from matplotlib.figure import Figure
 from medtransfer.document import p_text
 from medtransfer.evaluate import confusion
 from medtransfer.plots import (
+    FigureDir,
     ForestRow,
     Plot,
     _figure,
@@ -24,7 +24,6 @@ from medtransfer.plots import (
     read_history,
     reliability_figure,
     roc_figure,
-    save_figure,
 )
 from medtransfer.report.replicates import NO_SOURCE
 from medtransfer.report.summary import arm_stats, internal_rows
@@ -35,12 +34,11 @@ from medtransfer.study.rundir import HISTORY, POOLED, Arm, Predictions, RunDir
 __all__ = ["run_figures", "target_means_figure"]
 
 
-def _save(fig: Any, out: Path, name: str, caption: str) -> Plot:
-    paths = save_figure(fig, out / name)
-    return Plot(caption, paths[0])
+def _save(fig: Any, out: FigureDir, name: str, caption: str) -> Plot:
+    return Plot(caption, out.save(fig, name))
 
 
-def _forest(rows: Sequence[dict[str, Any]], metric: str, out: Path, suffix: str = "") -> Plot | None:
+def _forest(rows: Sequence[dict[str, Any]], metric: str, out: FigureDir, suffix: str = "") -> Plot | None:
     chosen = [r for r in rows if r["metric"] == metric]
     if not chosen:
         return None
@@ -62,7 +60,7 @@ def _forest(rows: Sequence[dict[str, Any]], metric: str, out: Path, suffix: str 
     )
 
 
-def _learning_curves(run: RunDir, out: Path) -> list[Plot]:
+def _learning_curves(run: RunDir, out: FigureDir) -> list[Plot]:
     """Every pretraining unit, and each arm's (first) cell."""
     plots = []
     units = [("pretrain", u.job["id"], u, "source") for u in run.pretrains]
@@ -95,7 +93,7 @@ def _target_figures(
     run: RunDir,
     target: str,
     sections: dict[str, list[Plot]],
-    out: Path,
+    out: FigureDir,
     comparisons: Sequence[dict[str, Any]],
     n_boot: int,
     seed: int,
@@ -156,7 +154,7 @@ def _target_figures(
     sections["Calibration"].append(_save(fig, out, f"calibration{sfx}", f"Reliability diagram ({where})"))
 
 
-def _matrix_figure(run: RunDir, out: Path) -> Plot | None:
+def _matrix_figure(run: RunDir, out: FigureDir) -> Plot | None:
     """A source × target study's bar chart: AUC per target for every (source, strategy) of the first variant,
     mean ± maximum deviation over replicates."""
     cfg = run.config
@@ -229,7 +227,7 @@ def target_means_figure(means: Sequence[TargetMean], strategies: Sequence[str]) 
     return fig
 
 
-def _target_means_figures(run: RunDir, out: Path) -> list[Plot]:
+def _target_means_figures(run: RunDir, out: FigureDir) -> list[Plot]:
     """Per variant, AUC averaged over all targets (:func:`target_means_figure`)."""
     cfg = run.config
     if not cfg.is_matrix:
@@ -248,9 +246,9 @@ def _target_means_figures(run: RunDir, out: Path) -> list[Plot]:
 
 
 def run_figures(
-    run: RunDir, out: Path, comparisons: Sequence[dict[str, Any]], *, n_boot: int = 500, seed: int = 0
+    run: RunDir, out: FigureDir, comparisons: Sequence[dict[str, Any]], *, n_boot: int = 500, seed: int = 0
 ) -> dict[str, list[Plot]]:
-    """Draw every figure into ``out`` (PNG + SVG); returns them grouped by section."""
+    """Draw every figure into ``out`` (in its formats); returns them grouped by section."""
     sections: dict[str, list[Plot]] = {
         "Learning curves": _learning_curves(run, out),
         "ROC curves": [],

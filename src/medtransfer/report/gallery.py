@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from medtransfer.data import ImageCache, ImageSet, load_dataset
 from medtransfer.errors import DataError
 from medtransfer.explain import cam_maps, dead_filter_share, overlay
-from medtransfer.plots import save_figure
+from medtransfer.plots import FigureDir
 from medtransfer.study.rundir import POOLED, Arm, Predictions, RunDir, is_features, unit_model
 
 __all__ = ["Gallery", "gradcam_gallery", "pick_images", "test_images"]
@@ -79,7 +79,7 @@ def _drawable(arm: Arm) -> str | None:
     return None
 
 
-def gradcam_gallery(run: RunDir, out: Path, *, n_images: int = 4, seed: int = 0,
+def gradcam_gallery(run: RunDir, out: FigureDir, *, n_images: int = 4, seed: int = 0,
                     dead_batch: int = 256) -> Gallery:
     """Grad-CAM and Grad-CAM++ of the same ``n_images`` pooled test images for every arm of
     each target, and the share of dead ReLU filters over (up to ``dead_batch``) test images."""
@@ -109,7 +109,7 @@ def test_images(run: RunDir, target: str, arms: list[Arm]) -> tuple[Predictions,
     return ref, data, rows
 
 
-def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery, out: Path,
+def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery, out: FigureDir,
                     n_images: int, seed: int, dead_batch: int) -> None:
     ref, data, rows = test_images(run, target, arms)
     rng = np.random.default_rng(seed)
@@ -139,5 +139,5 @@ def _target_gallery(run: RunDir, target: str, arms: list[Arm], gallery: Gallery,
             file = str(ref.ids[k]).replace("\\", "/").rsplit("/", 1)[-1]
             titles.append(f"{file}\ntrue {label}\npred {guess} ({p.max():.2f})")
         fig = _figure(list(zip(shown, cams, campp, strict=True)), titles, name)
-        gallery.images[name] = save_figure(fig, out / f"gradcam_{name}")[0]
+        gallery.images[name] = out.save(fig, f"gradcam_{name}")
         gallery.dead[name] = dead_filter_share(model, census, input_norm=norm)

@@ -13,7 +13,7 @@ from medtransfer.csvfile import write_csv
 from medtransfer.document import Doc, fmt, p_text
 from medtransfer.errors import IntegrityError, MedTransferError
 from medtransfer.fileio import write_text_atomic
-from medtransfer.plots import Plot
+from medtransfer.plots import FigureDir, Plot
 from medtransfer.report.analysis import (
     CI_COLUMNS,
     COMPARISON_COLUMNS,
@@ -314,7 +314,7 @@ def write_report(
     gallery_images: int = 4,
     seed: int | None = None,
 ) -> Path:
-    """Write ``metrics_ci.csv``, ``comparisons.csv``, ``plots/`` (PNG + SVG; with the study's
+    """Write ``metrics_ci.csv``, ``comparisons.csv``, ``plots/`` (``report.figure_formats``; with the study's
     ``report`` section also filters, feature maps, activation maximisation), ``report.md`` and
     the self-contained ``report.html`` into a finished run directory; returns the HTML path."""
     run = load_run(run_dir)
@@ -323,7 +323,7 @@ def write_report(
     write_csv(run.path / "metrics_ci.csv", ci, CI_COLUMNS)
     cmp = comparison_rows(run, reference, n_boot=n_boot, level=level, alpha=alpha, seed=seed)
     write_csv(run.path / "comparisons.csv", cmp, COMPARISON_COLUMNS)
-    plots_dir = run.path / "plots"
+    plots_dir = FigureDir(run.path / "plots", tuple(run.config.report.figure_formats))
     plots = run_figures(run, plots_dir, cmp, n_boot=min(n_boot, 500), seed=seed)
     gallery: Gallery | None = None
     error = None

@@ -82,7 +82,7 @@ def _search(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig, arms: l
     with runner.session(executor):
         records = optimize(runner, search, arms, out, workers=executor.workers, echo=echo)
     write_trials(out, records, [a.label for a in arms], search,
-                 {a.label: final_params(search, a) for a in arms})
+                 {a.label: final_params(search, a) for a in arms}, cfg.report.figure_formats)
     best = best_trials(records)
     failed = [a.label for a in arms if a.space and best.get(a.label) is None]
     if failed:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from medtransfer.csvfile import write_csv
 from medtransfer.document import Doc
 from medtransfer.fileio import write_text_atomic
-from medtransfer.plots import search_figures
+from medtransfer.plots import FigureDir, search_figures
 from medtransfer.search.optimize import TrialRecord
 from medtransfer.study.search_config import SearchConfig
 
@@ -45,9 +46,10 @@ def _table(rows: list[TrialRecord], keys: list[str]) -> tuple[list[str], list[li
 
 
 def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search: SearchConfig,
-                 final: dict[str, dict[str, Any]] | None = None) -> None:
-    """``trials.csv``, ``search.md`` and ``plots/search_*.png`` of a finished search; ``final``:
-    each arm's ``search.final`` keys (what its final run sets beyond its best trial)."""
+                 final: dict[str, dict[str, Any]] | None = None,
+                 formats: Sequence[str] = ("png", "svg")) -> None:
+    """``trials.csv``, ``search.md`` and ``plots/search_*`` (in ``formats``) of a finished search;
+    ``final``: each arm's ``search.final`` keys (what its final run sets beyond its best trial)."""
     metric, keys = search.objective.metric, list(search.space)
     flat: list[dict[str, Any]] = [
         {"arm": r.arm, "rank": r.rank, "trial": r.trial, **r.params,
@@ -78,7 +80,8 @@ def write_trials(out: Path, records: list[TrialRecord], arms: list[str], search:
         doc.table(head, body[: search.top_k])
         doc.heading(f"{prefix}All trials")
         doc.table(head, body)
-        plots = search_figures(out / "plots", [{"params": r.params, "value": r.value} for r in rows],
+        plots = search_figures(FigureDir(out / "plots", tuple(formats)),
+                               [{"params": r.params, "value": r.value} for r in rows],
                                [k for k in keys if any(k in r.params for r in rows)], metric, logs,
                                arm=arm if len(arms) > 1 else None)
         if plots:

@@ -13,10 +13,11 @@ from typing import Any
 from medtransfer.config import check_choice, closest
 from medtransfer.errors import ConfigError
 
-__all__ = ["ALL_TARGETS", "ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig", "check_layers",
-           "difference_pairs", "target_groups"]
+__all__ = ["ALL_TARGETS", "FIGURE_FORMATS", "ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig",
+           "check_layers", "difference_pairs", "target_groups"]
 
 ALL_TARGETS = "all"  # the group of every target (target_means.csv's group); no named group takes it
+FIGURE_FORMATS = ("png", "svg", "pdf")  # what plots.save_figure writes; the report embeds the PNG
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class ReportConfig:
     filters: bool = False  # first-layer filters of every source model and arm, drawn in plots/
     feature_maps: FeatureMapsConfig | None = None  # feature maps of each arm's model (null: off)
     activation_max: ActivationMaxConfig | None = None  # activation maximisation per arm (null: off)
+    # Files of every figure in plots/: png (always: the report embeds it), svg and pdf (vector, for
+    # papers). Each format costs about as much as the PNG: [png] halves a report's drawing time
+    figure_formats: list[str] = field(default_factory=lambda: ["png", "svg"])
+
+    def __post_init__(self) -> None:
+        for i, fmt in enumerate(self.figure_formats):
+            check_choice(f"report.figure_formats[{i}]", fmt, FIGURE_FORMATS)
+        if "png" not in self.figure_formats or len(set(self.figure_formats)) != len(self.figure_formats):
+            raise ConfigError(f"'report.figure_formats': got {self.figure_formats!r}; expected png (the "
+                              f"report embeds it) and any of svg, pdf, each once")
 
     @property
     def explains(self) -> bool:
