@@ -175,16 +175,12 @@ class Runner:
     def _check_models(self) -> None:
         """Build each variant's model for every data set, freeze it as each strategy says and
         open every pretrained weights file, so a bad architecture, option, layer name or
-        weights file fails before the first epoch."""
+        weights file fails before the first epoch (each model built once: with its weights
+        where a source has some)."""
         size, opened = self.ctx.size, set()
         sources = list(self.cfg.shape.sources)
         for v in self.variants.values():
-            for t in self.tasks.values():
-                model = build_model(v.model, num_classes=t.images.num_classes, in_chans=t.images.channels,
-                                    img_size=size)
-                for strategy in v.strategies.values() if t.role == "target" else ():
-                    for fz in freeze_configs(strategy):
-                        freeze(model, fz)
+            built: dict[str, torch.nn.Module] = {}  # data set → a model of it, with weights if any
             transfers = any(not isinstance(st, ScratchStrategy) for st in v.strategies.values())
             for s in sources if transfers else ():  # a variant that only trains from scratch
                 weights = source_weights(self.cfg, v, s)
@@ -197,9 +193,16 @@ class Runner:
                     if key not in opened:
                         opened.add(key)
                         head = v.transfer.head if t.role == "target" else HeadPolicy.AUTO
-                        build_pretrained(dataclasses.replace(v.model, weights=weights),
-                                         num_classes=t.images.num_classes, in_chans=t.images.channels,
-                                         img_size=size, classes=t.classes, head=head)
+                        model = build_pretrained(dataclasses.replace(v.model, weights=weights),
+                                                 num_classes=t.images.num_classes, in_chans=t.images.channels,
+                                                 img_size=size, classes=t.classes, head=head).model
+                        built.setdefault(t.name, model)
+            for t in self.tasks.values():
+                model = built.get(t.name) or build_model(
+                    v.model, num_classes=t.images.num_classes, in_chans=t.images.channels, img_size=size)
+                for strategy in v.strategies.values() if t.role == "target" else ():
+                    for fz in freeze_configs(strategy):
+                        freeze(model, fz)
 
     def target(self, name: str, repeat: int) -> LoadedTask:
         """Target ``name`` as repeat ``repeat`` splits it (the study's split unless resampled)."""
