@@ -22,6 +22,7 @@ from medtransfer.api import run_study
 from medtransfer.errors import ConfigError
 from medtransfer.export import export_model
 from medtransfer.inference import load_model, predict
+from medtransfer.plots import FigureDir
 from medtransfer.report.gallery import gradcam_gallery
 from medtransfer.report.rundir import load_run
 from medtransfer.study import study_from_dict
@@ -136,7 +137,7 @@ def test_a_vit_folder_runs_every_strategy_with_calibration_and_tta(tmp_path, tin
     assert meta["posthoc"]["tta"] == ["hflip"]
     assert meta["input"]["normalisation_inside_model"]["mean"] == [0.5]
     # the report's Grad-CAM gallery draws the ViT arms too (tokens on the patch grid)
-    gallery = gradcam_gallery(load_run(out), tmp_path / "plots", n_images=2)
+    gallery = gradcam_gallery(load_run(out), FigureDir(tmp_path / "plots", ("png",)), n_images=2)
     assert {"vit.pretrained.lpft", "vit.pretrained.last_block", "vit.none.scratch"} <= set(gallery.images)
 
 
