@@ -46,14 +46,26 @@ KILL_POINTS = {
 }
 
 
+def _killable(root: Path, tiny_study_config) -> dict:
+    cfg = tiny_study_config(root)
+    cfg["pretrain"]["train"]["epochs"] = 4  # long enough to be caught mid-unit
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_study_config) -> list[str]:
+    """results.csv of the study run once without interruption (the same images in every test:
+    the tiny study's folders are drawn from fixed seeds)."""
+    root = tmp_path_factory.mktemp("reference")
+    out = run_study(study_from_dict(_killable(root, tiny_study_config)), root / "run", echo=lambda m: None,
+                    report=False)
+    return _results(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_config):
-    cfg = tiny_study_config(tmp_path)
-    cfg["pretrain"]["train"]["epochs"] = 4  # long enough to be caught mid-unit
-    ref = tmp_path / "reference"
-    run_study(study_from_dict(cfg), ref, echo=lambda m: None, report=False)
-
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_config, reference):
+    cfg = _killable(tmp_path, tiny_study_config)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "killed"
@@ -76,7 +88,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, point, tiny_study_con
         assert after[unit] == mtime, unit
     assert sum("done earlier, reused" in m for m in logs) == len(finished)
     assert len(after) == 4
-    assert _results(out) == _results(ref)
+    assert _results(out) == reference
 
 
 def test_a_pretraining_stopped_after_epoch_3_resumes_there(tmp_path, tiny_study_config, monkeypatch):
