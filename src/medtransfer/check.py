@@ -2,8 +2,10 @@
 
 The config is read and checked as ``run`` reads it, every data set is loaded and split (through
 the image cache, as a run would), every model is built, and the plan is laid against the run
-folder: which units would be trained and which are done there already and would be reused. The
-run folder is only read; nothing is trained.
+folder: which units would be trained and which are done there already and would be reused. Of a
+search: its arms, their trials (kept from the run folder's journal or to run) and the points of
+each arm's space that cannot run (:mod:`medtransfer.search.preview`). The run folder is only
+read; nothing is trained.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,7 +26,10 @@ from medtransfer.study.store import Unit
 from medtransfer.study.tasks import data_summary
 from medtransfer.study.units import cell_spec, pretrain_spec
 
-__all__ = ["CheckReport", "UnitPlan", "check_study", "format_check"]
+if TYPE_CHECKING:
+    from medtransfer.search.preview import SearchPreview
+
+__all__ = ["CheckReport", "UnitPlan", "check_search", "check_study", "format_check"]
 
 # a unit keeps best.pt and last.pt (with the optimiser's state: up to two more copies of the
 # weights with Adam); float32 weights
@@ -50,6 +55,7 @@ class CheckReport:
     data: dict[str, dict[str, Any]]
     units: list[UnitPlan]
     disk_bytes: int
+    search: SearchPreview | None = None  # a search's arms (then ``units`` is empty)
 
     @property
     def to_train(self) -> list[UnitPlan]:
@@ -87,13 +93,34 @@ def _params(cfg: StudyConfig, plan: Plan, variant: str) -> int:
     return 0 if model is None else sum(p.numel() for p in model.parameters())
 
 
+def _prepared(cfg: StudyConfig, out: Path, source: str, echo: Callable[[str], None]) -> Runner:
+    """A runner whose data sets are loaded and split, the run folder untouched."""
+    check_data_paths(cfg, source)
+    runner = Runner(cfg, out, progress=False, echo=echo)
+    runner.prepare(write=False)
+    return runner
+
+
+def _data(runner: Runner) -> dict[str, dict[str, Any]]:
+    return {name: data_summary(task) for name, task in runner.tasks.items()}
+
+
+def check_search(cfg: StudyConfig, out: Path, *, source: str = "",
+                 echo: Callable[[str], None] = lambda msg: None) -> CheckReport:
+    """Check the search ``cfg`` declares as a search into ``out`` would, without training or
+    writing there: its keys and arms, its data, the points each arm's trials could take."""
+    from medtransfer.search.preview import preview_search
+
+    preview = preview_search(cfg, out, source=source)  # before the data: config mistakes first
+    return CheckReport(config=to_dict(cfg), data=_data(_prepared(cfg, out, source, echo)), units=[],
+                       disk_bytes=0, search=preview)
+
+
 def check_study(cfg: StudyConfig, out: Path, *, source: str = "",
                 echo: Callable[[str], None] = lambda msg: None) -> CheckReport:
     """Check ``cfg`` as a run into ``out`` would, without training or writing there; raises the
     run's own errors (ConfigError, DataError) on the first problem."""
-    check_data_paths(cfg, source)
-    runner = Runner(cfg, out, progress=False, echo=echo)
-    runner.prepare(write=False)  # loads and splits every data set
+    runner = _prepared(cfg, out, source, echo)
     plan = make_plan(cfg)
     units = _units(runner, plan)
     sizes: dict[str, int] = {}
@@ -105,7 +132,7 @@ def check_study(cfg: StudyConfig, out: Path, *, source: str = "",
             disk += sizes[job.variant] * _BYTES_PER_PARAM_PER_UNIT
     return CheckReport(
         config=to_dict(cfg),
-        data={name: data_summary(task) for name, task in runner.tasks.items()},
+        data=_data(runner),
         units=[UnitPlan(job.label, unit.kind, unit.dir.name, unit.done()) for job, unit in units],
         disk_bytes=disk,
     )
@@ -123,6 +150,10 @@ def format_check(report: CheckReport, out: Path) -> str:
             lines.append(f"  {part:<10} {total:>6} images  {classes}")
         if summary["skipped_images"]:
             lines.append(f"  skipped: {len(summary['skipped_images'])} unreadable images")
+    if report.search is not None:
+        from medtransfer.search.preview import format_search
+
+        return "\n".join([*lines, "", *format_search(report.search, out)])
     lines += ["", f"# plan (run folder {out})"]
     for title, group in (("to train", report.to_train), (f"reused from {out}", report.reused)):
         lines.append(f"{title}: {len(group)} units")

@@ -146,12 +146,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 def check_command(args: argparse.Namespace) -> int:
     """``medtransfer check``: the resolved config and the plan; trains and writes nothing."""
-    from medtransfer.check import check_study, format_check
+    from medtransfer.check import check_search, check_study, format_check
 
     path, raw, cfg = load_config(args)
-    if "search" in raw:
-        raise ConfigError(f"{path}: a search config; check takes a study (without 'search', the "
-                          "study the search varies is checked)")
+    if "search" in raw:  # named as run names a search's folder
+        out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
+        report = check_search(cfg, out, source=str(path))
+        print(format_check(report, out))
+        warned = " (with the warnings above)" if report.search and report.search.warnings else ""
+        print(f"ok: the config, its search and its data pass{warned}; nothing was trained, nothing "
+              "written to the run folder")
+        return 0
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     print(format_check(check_study(cfg, out, source=str(path)), out))
     print("ok: the config and its data pass; nothing was trained, nothing written to the run folder")

@@ -26,14 +26,7 @@ import yaml
 from medtransfer.config import to_dict
 from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
-from medtransfer.search.arms import (
-    SearchArm,
-    check_final,
-    check_space,
-    final_params,
-    search_arms,
-    tuned_config,
-)
+from medtransfer.search.arms import SearchArm, checked_arms, final_params, tuned_config
 from medtransfer.search.optimize import JOURNAL, TrialRecord, optimize
 from medtransfer.search.tables import best_trials, final_text, write_trials
 from medtransfer.study import ExecutorSettings, StudyConfig, study_from_dict
@@ -54,12 +47,7 @@ def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, prog
     cfg = study_from_dict(raw, base=base, source_name=source_name)
     if cfg.search is None:
         raise ConfigError(f"{source_name}: no 'search' section; run it with medtransfer run")
-    try:
-        check_space(cfg, cfg.search)
-        arms = search_arms(cfg, cfg.search)
-        check_final(cfg, cfg.search, arms)
-    except ConfigError as exc:
-        raise ConfigError(f"{source_name}: {exc}") from None
+    arms = checked_arms(cfg, cfg.search, source_name)
     executor = executor or ExecutorSettings()
     preflight(executor, Path(out))
     with run_lock(out):

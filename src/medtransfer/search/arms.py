@@ -22,7 +22,8 @@ from medtransfer.study.plan import NO_SOURCE
 from medtransfer.study.search_config import SECTIONS, SearchConfig, nested, overlap
 from medtransfer.study.variants import check_models
 
-__all__ = ["SearchArm", "check_final", "check_space", "search_arms", "trial_specs", "tuned_config"]
+__all__ = ["SearchArm", "check_final", "check_space", "checked_arms", "search_arms", "trial_specs",
+           "tuned_config"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,18 @@ def check_final(cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm]) -
                 raise ConfigError(f"'{where}.{key}': arm {owner} runs strategy {arm.strategy}; the key "
                                   "would be ignored")
         _resolve(cfg, where, {**first, **search.final, **keys})  # together with the searched keys
+
+
+def checked_arms(cfg: StudyConfig, search: SearchConfig, source: str = "") -> list[SearchArm]:
+    """The arms ``search`` tunes, after its space and final keys are checked; errors are
+    prefixed with ``source`` (the config file)."""
+    try:
+        check_space(cfg, search)
+        arms = search_arms(cfg, search)
+        check_final(cfg, search, arms)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    return arms
 
 
 def tuned_config(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig,

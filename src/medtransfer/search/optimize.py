@@ -30,7 +30,7 @@ from medtransfer.study.rundir.unit_result import CellResult
 from medtransfer.study.search_config import SearchConfig
 from medtransfer.study.store import stable_hash
 
-__all__ = ["JOURNAL", "TrialRecord", "optimize"]
+__all__ = ["JOURNAL", "JournalCount", "TrialRecord", "budget", "journal_counts", "optimize"]
 
 JOURNAL = "search.journal"
 # What decides a trial's result; the budget (trials), top_k and the final run's keys do not, so
@@ -78,6 +78,40 @@ def fingerprint(cfg: StudyConfig, search: SearchConfig) -> str:
     return stable_hash(data, 12)
 
 
+def _study_name(cfg: StudyConfig, arm: SearchArm, tag: str) -> str:
+    return f"{cfg.name}.{arm.name}.{tag}"
+
+
+@dataclass(frozen=True)
+class JournalCount:
+    """An arm's trials in a run folder's journal: finished (kept by a rerun) and left running
+    by a killed search (run again with their parameters)."""
+
+    finished: int = 0
+    running: int = 0
+
+
+def journal_counts(out: Path, cfg: StudyConfig, search: SearchConfig,
+                   arms: list[SearchArm]) -> dict[str, JournalCount]:
+    """Each arm's (by label) trials that a search into ``out`` would find in its journal; the
+    folder is only read (no journal: none)."""
+    path = out / JOURNAL
+    if not path.is_file():
+        return {a.label: JournalCount() for a in arms}
+    storage = open_storage(str(path))
+    tag = fingerprint(cfg, search)
+    counts = {}
+    for a in arms:
+        try:
+            trials = storage.get_all_trials(storage.get_study_id_from_name(_study_name(cfg, a, tag)),
+                                            deepcopy=False)
+        except KeyError:  # no study of this arm (another config, or not started)
+            trials = []
+        counts[a.label] = JournalCount(sum(t.state.is_finished() for t in trials),
+                                       sum(t.state == optuna.trial.TrialState.RUNNING for t in trials))
+    return counts
+
+
 def _suggest(trial: Any, key: str, spec: Any) -> Any:
     if isinstance(spec, list):
         return trial.suggest_categorical(key, spec)
@@ -110,7 +144,8 @@ class _Grid(optuna.samplers.GridSampler):
         return None
 
 
-def _budget(search: SearchConfig, arm: SearchArm) -> int:
+def budget(search: SearchConfig, arm: SearchArm) -> int:
+    """Trials ``arm`` runs in all: its grid (capped by ``trials``) or ``trials``."""
     if not arm.space:
         return 0
     if search.sampler != "grid":
@@ -144,8 +179,8 @@ class _Search:
         storage = open_storage(self.journal)
         tag = fingerprint(self.cfg, search)
         self.arms = [_Arm(arm, i, optuna.create_study(
-            study_name=f"{self.cfg.name}.{arm.name}.{tag}", storage=storage, load_if_exists=True,
-            direction=search.objective.direction, pruner=make_pruner(search.pruner)), _budget(search, arm))
+            study_name=_study_name(self.cfg, arm, tag), storage=storage, load_if_exists=True,
+            direction=search.objective.direction, pruner=make_pruner(search.pruner)), budget(search, arm))
             for i, arm in enumerate(arms)]
 
     def run(self) -> None:
