@@ -81,9 +81,36 @@ def test_a_pruned_search_trains_fewer_epochs_and_finds_the_same_best(tmp_path, m
     assert "pruned after epoch" in (pruned / "search.md").read_text()
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+# The search, run as the CLI runs it, but its third trial stops at the start of its second epoch
+# (one epoch trained, its unit.json written, no result) and says so: the test kills it there, and
+# does not race a trial that takes a fraction of a second.
+PAUSED = """
+import sys, time
+from pathlib import Path
+from medtransfer.study.units import Context
+from medtransfer.train import Callback
+
+marker = Path(sys.argv[1])
+
+
+class Pause(Callback):
+    def on_epoch_start(self, state):
+        if state.epoch == 2:
+            marker.write_text("paused")
+            time.sleep(600)
+
+
+real = Context.callbacks
+Context.callbacks = lambda self, unit_dir, name, spec: [
+    *real(self, unit_dir, name, spec), *([Pause()] if "trial-003" in Path(unit_dir).name else [])]
+from medtransfer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _wait_for(path: Path, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not path.is_file():
         assert proc.poll() is None, f"the search ended before it could be killed (rc {proc.returncode})"
         assert time.monotonic() < deadline, "timed out waiting for the search"
         time.sleep(0.2)
@@ -105,14 +132,16 @@ def test_a_search_killed_mid_trial_resumes_with_its_trials_and_sampler_history(t
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(raw))
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    cmd = [sys.executable, "-m", "medtransfer.cli", "run", str(config), "--no-report", "--no-progress"]
+    args = ["run", str(config), "--no-report", "--no-progress"]
+    cmd = [sys.executable, "-m", "medtransfer.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED, str(marker), *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # kill -9 while the third trial trains: two told, a third asked and running
-        _wait_for(lambda: _finished(killed) >= 2 and any(
-            (u / "unit.json").is_file() and not (u / "result.json").is_file()
-            for u in (killed / "units").glob("trial-a-head-trial-003*")), 300, proc)
+        _wait_for(marker, 300, proc)
+        assert any((u / "unit.json").is_file() and not (u / "result.json").is_file()
+                   for u in (killed / "units").glob("trial-a-head-trial-003*"))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
