@@ -32,7 +32,7 @@ def test_check_lists_each_arms_trials_and_what_the_journal_keeps(tmp_path, capsy
     text = capsys.readouterr().out
     assert not out.exists()  # nothing written, not even the folder
     assert "# data" in text and "t (target):" in text
-    assert "2 arm(s) tuned each arm on its own; sampler grid, ranked by validation auc" in text
+    assert "2 arm(s), each tuned on its own; sampler grid, ranked by validation auc" in text
     for arm in ("a.head", "b.head"):
         assert f"  {arm}: 2 trial(s); 0 finished in the journal (kept), 2 to run" in text
     assert "tunes strategies.head.train.optimizer.lr" in text and "each trial trains 1 cell(s)" in text

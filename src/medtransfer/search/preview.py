@@ -131,10 +131,10 @@ def preview_search(cfg: StudyConfig, out: Path, *, source: str = "") -> SearchPr
 
 def format_search(preview: SearchPreview, out: Path) -> list[str]:
     """The search part of ``medtransfer check``'s output, as lines."""
-    how = "each arm on its own" if preview.per == "arm" else "one setting for every arm"
+    how = (f"{len(preview.arms)} arm(s), each tuned on its own" if preview.per == "arm"
+           else "one setting tuned for every arm")
     lines = [f"# search (run folder {out})",
-             f"{len(preview.arms)} arm(s) tuned {how}; sampler {preview.sampler}, ranked by "
-             f"{preview.objective}, pruner {preview.pruner}"]
+             f"{how}; sampler {preview.sampler}, ranked by {preview.objective}, pruner {preview.pruner}"]
     for a in preview.arms:
         if not a.space:
             lines.append(f"  {a.label}: no searched key applies; runs as configured")
@@ -156,7 +156,7 @@ def format_search(preview: SearchPreview, out: Path) -> list[str]:
             lines.append(f"    warning: {f.count} of {a.points} point(s) cannot run, so their trials would "
                          f"fail (e.g. {_point(f.example)}): {f.why}")
     total = sum(a.to_run for a in preview.arms)
-    lines.append(f"trials to run: {total}; then the tuned study (one variant per arm"
-                 f"{'' if preview.per == 'arm' else ': the study with the best point'}) runs once on the "
-                 "test sets")
+    tuned = ("the tuned study (one variant per arm, each with its best point)" if preview.per == "arm"
+             else "the study with the best point")
+    lines.append(f"trials to run: {total}; then {tuned} runs once on the test sets")
     return lines
