@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.train import OptimizerConfig, TrainConfig, TrainEnv, fit, predict_proba
+from medtransfer.train import precision as precision_module
 from medtransfer.train.checkpoint import lean_checkpoints, load_checkpoint
 from medtransfer.train.precision import resolve_precision
 
@@ -43,6 +46,25 @@ def test_resolve_on_cpu():
     assert resolve_precision("bf16", "cpu").name == "bf16"
     with pytest.raises(ConfigError, match=r"'train.precision'.*fp16.*allowed there: fp32, bf16, auto"):
         resolve_precision("fp16", "cpu", "train.precision")
+
+
+def test_bf16_on_a_cpu_that_only_emulates_it_warns_once(monkeypatch):
+    monkeypatch.setattr(precision_module, "_warned_emulated", False)
+    monkeypatch.setattr(precision_module, "_cpu_bf16_native", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"'train.precision': bf16 on a CPU without bf16 hardware.*"
+                                            r"30x slower than fp32 on one such CPU"):
+        assert resolve_precision("bf16", "cpu", "train.precision").name == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        resolve_precision("bf16", "cpu", "train.precision")
+        monkeypatch.setattr(precision_module, "_warned_emulated", False)
+        monkeypatch.setattr(precision_module, "_cpu_bf16_native", lambda: True)
+        resolve_precision("bf16", "cpu", "train.precision")  # hardware bf16: nothing to say
+        monkeypatch.setattr(precision_module, "_cpu_bf16_native", lambda: None)
+        resolve_precision("bf16", "cpu", "train.precision")  # torch cannot tell: nothing to say
+    assert precision_module._cpu_bf16_native() is None  # patched above; the real probe answers a bool
+    monkeypatch.undo()
+    assert isinstance(precision_module._cpu_bf16_native(), bool)
 
 
 def test_invalid_precision_names_key_and_values():

@@ -10,6 +10,7 @@ supports it, fp16 on other CUDA GPUs, and fp32 elsewhere (the CPU's exact defaul
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +34,32 @@ def check_precision(key: str, value: object) -> None:
 
 def _cuda_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _cpu_bf16_native() -> bool | None:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); None where torch cannot
+    tell."""
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is None for probe in probes):
+        return None
+    return any(bool(probe()) for probe in probes)  # type: ignore[misc]
+
+
+_warned_emulated = False
+
+
+def _warn_emulated_bf16(key: str) -> None:
+    """Once per process: bf16 asked of a CPU that only emulates it, where it is far slower than
+    fp32 (a bare AlexNet training step: 1.5 against 44.8 images/s on an AVX2 CPU)."""
+    global _warned_emulated
+    if _warned_emulated or _cpu_bf16_native() is not False:
+        return
+    _warned_emulated = True
+    warnings.warn(f"'{key}': bf16 on a CPU without bf16 hardware (no AVX512-BF16 or AMX; torch's CPU "
+                  f"capability: {torch.backends.cpu.get_cpu_capability()}): torch emulates it, measured "
+                  "30x slower than fp32 on one such CPU (benchmarks/bench_precision.py); fp32 is the "
+                  "faster choice here", RuntimeWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -73,6 +100,8 @@ def resolve_precision(precision: str, device: str | torch.device, key: str = "pr
     if precision == "fp32":
         return Amp("fp32", kind)
     if precision == "bf16" and (kind == "cpu" or (kind == "cuda" and _cuda_bf16())):
+        if kind == "cpu":
+            _warn_emulated_bf16(key)
         return Amp("bf16", kind)
     if precision == "fp16" and kind == "cuda":
         return Amp("fp16", kind)
