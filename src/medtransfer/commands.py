@@ -127,13 +127,14 @@ def run_command(args: argparse.Namespace) -> int:
     path, raw, cfg = load_config(args)
     check_data_paths(cfg, str(path))  # before --out is made: a bad path leaves nothing behind
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
-        from medtransfer.search import run_search
+        from medtransfer.search import plan_search, run_search
 
         out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
+        plan = plan_search(raw, base=path.resolve().parent, source_name=str(path))  # before run.log is made
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
                        report=not args.no_report, source_name=str(path), echo=LogEcho(),
-                       executor=executor)
+                       executor=executor, plan=plan)
         print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
         return 0
     out = Path(args.out) if args.out else Path("runs") / cfg.name

@@ -4,12 +4,14 @@ trained, nothing written."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import optuna
 import yaml
 
 from medtransfer.cli import main
+from medtransfer.search import run_search
 from medtransfer.search.arms import search_arms
 from medtransfer.search.optimize import JOURNAL, _study_name, fingerprint
 from medtransfer.study import study_from_dict
@@ -88,3 +90,21 @@ def test_check_warns_of_points_that_cannot_run_and_fails_when_none_can(tmp_path,
     err = capsys.readouterr().err
     assert f"{path}: search arm a.head: none of its 2 point(s) can run" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_search_says_which_points_cannot_run_and_refuses_an_arm_with_none(tmp_path, capsys, matrix_search):
+    cfg = matrix_search(tmp_path)
+    cfg["search"]["space"]["strategies.head.freeze.trainable_layers"] = [2, 99]
+    logs: list[str] = []
+    out = run_search(cfg, tmp_path / "run", echo=logs.append, progress=False, report=False)
+    said = [m for m in logs if "point(s) cannot run" in m]
+    assert [m.split(":")[1].strip() for m in said] == ["arm a.head", "arm b.head"]
+    assert logs.index(said[-1]) < next(i for i, m in enumerate(logs) if m.startswith("search: 2 arm(s)"))
+    with (out / "trials.csv").open() as fh:
+        assert sum(row["state"].startswith("failed:") for row in csv.DictReader(fh)) == 4  # told, as before
+
+    cfg["search"]["space"] = {"strategies.head.freeze.trainable_layers": [98, 99]}
+    path = _write(tmp_path / "search.yaml", cfg)
+    assert main(["run", str(path), "--out", str(tmp_path / "dead"), "--no-progress"]) == 2
+    assert f"{path}: search arm a.head: none of its 2 point(s) can run" in capsys.readouterr().err
+    assert not (tmp_path / "dead").exists()  # refused before anything was written or trained

@@ -18,6 +18,7 @@ search.md, best.yaml and the report say which.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +29,54 @@ from medtransfer.errors import ConfigError, MedTransferError
 from medtransfer.fileio import write_text_atomic
 from medtransfer.search.arms import SearchArm, checked_arms, final_params, tuned_config
 from medtransfer.search.optimize import JOURNAL, TrialRecord, optimize
+from medtransfer.search.preview import point_warnings, preview_arms
 from medtransfer.search.tables import best_trials, final_text, write_trials
 from medtransfer.study import ExecutorSettings, StudyConfig, study_from_dict
 from medtransfer.study.search_config import SearchConfig, nested
 
-__all__ = ["JOURNAL", "SearchArm", "SearchConfig", "TrialRecord", "nested", "run_search"]
+__all__ = ["JOURNAL", "SearchArm", "SearchConfig", "SearchPlan", "TrialRecord", "nested", "plan_search",
+           "run_search"]
 
 
-def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, progress: bool = True,
-               report: bool = True, echo: Callable[[str], None] = print, source_name: str = "<config>",
-               executor: ExecutorSettings | None = None) -> Path:
-    """Run the search that ``raw`` (a study config with a ``search`` section) declares on
-    ``executor``'s workers, then the tuned study on the tests, holding ``out``'s run lock
-    throughout; returns ``out``."""
-    from medtransfer.study.executors import preflight
-    from medtransfer.study.lock import run_lock
+@dataclass(frozen=True)
+class SearchPlan:
+    """A search's config checked: the study, its arms, and what to say of points that cannot run."""
 
+    cfg: StudyConfig
+    arms: list[SearchArm]
+    warnings: list[str]
+
+
+def plan_search(raw: dict[str, Any], *, base: Path | None = None,
+                source_name: str = "<config>") -> SearchPlan:
+    """Check the search ``raw`` declares without running or writing anything: its keys, its arms
+    and every point of their spaces as a trial would check it. An arm none of whose points can run
+    is an error now, not after the other arms' trials."""
     cfg = study_from_dict(raw, base=base, source_name=source_name)
     if cfg.search is None:
         raise ConfigError(f"{source_name}: no 'search' section; run it with medtransfer run")
     arms = checked_arms(cfg, cfg.search, source_name)
+    return SearchPlan(cfg, arms, point_warnings(preview_arms(cfg, cfg.search, arms, source=source_name)))
+
+
+def run_search(raw: dict[str, Any], out: Path, *, base: Path | None = None, progress: bool = True,
+               report: bool = True, echo: Callable[[str], None] = print, source_name: str = "<config>",
+               executor: ExecutorSettings | None = None, plan: SearchPlan | None = None) -> Path:
+    """Run the search that ``raw`` (a study config with a ``search`` section) declares on
+    ``executor``'s workers, then the tuned study on the tests, holding ``out``'s run lock
+    throughout; returns ``out``. ``plan``: :func:`plan_search`'s, when the caller checked first."""
+    from medtransfer.study.executors import preflight
+    from medtransfer.study.lock import run_lock
+
+    plan = plan or plan_search(raw, base=base, source_name=source_name)
+    assert plan.cfg.search is not None
     executor = executor or ExecutorSettings()
     preflight(executor, Path(out))
     with run_lock(out):
-        return _search(raw, cfg, cfg.search, arms, Path(out), base=base, progress=progress, report=report,
-                       echo=echo, executor=executor)
+        for line in plan.warnings:  # points whose trials will be told as failed
+            echo(line)
+        return _search(raw, plan.cfg, plan.cfg.search, plan.arms, Path(out), base=base, progress=progress,
+                       report=report, echo=echo, executor=executor)
 
 
 def _search(raw: dict[str, Any], cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm], out: Path,

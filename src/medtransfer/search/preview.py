@@ -18,12 +18,13 @@ from typing import Any
 
 from medtransfer.errors import ConfigError
 from medtransfer.search.arms import SearchArm, checked_arms, final_params, trial_specs
-from medtransfer.search.optimize import budget, journal_counts
+from medtransfer.search.optimize import JournalCount, budget, journal_counts
 from medtransfer.search.tables import final_text
 from medtransfer.study import StudyConfig, make_plan, resolve_variants
 from medtransfer.study.search_config import SearchConfig
 
-__all__ = ["MAX_POINTS", "ArmPreview", "SearchPreview", "format_search", "preview_search"]
+__all__ = ["MAX_POINTS", "ArmPreview", "SearchPreview", "format_search", "point_warnings", "preview_arms",
+           "preview_search"]
 
 MAX_POINTS = 500  # points checked per arm (about 20 ms each); a larger space: its first ones
 
@@ -109,24 +110,45 @@ def _point(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def preview_search(cfg: StudyConfig, out: Path, *, source: str = "") -> SearchPreview:
-    """What a search of ``cfg`` into ``out`` would run; raises the search's own ConfigError on a
-    combination that cannot work, or on an arm whose every point fails."""
-    search = cfg.search
-    if search is None:
-        raise ConfigError(f"{source or '<config>'}: no 'search' section")
-    arms = checked_arms(cfg, search, source)
-    counts = journal_counts(Path(out), cfg, search, arms)
-    previews = [_arm(cfg, search, a, counts[a.label].finished, counts[a.label].running) for a in arms]
+def preview_arms(cfg: StudyConfig, search: SearchConfig, arms: list[SearchArm], *, out: Path | None = None,
+                 source: str = "") -> list[ArmPreview]:
+    """Each arm's points checked as its trials' would be (and, with ``out``, its trials in that
+    run folder's journal); a ConfigError, prefixed with ``source``, for an arm whose every point
+    fails: the search could only end in an error, after the other arms' trials."""
+    counts = journal_counts(out, cfg, search, arms) if out is not None else {}
+    previews = []
+    for a in arms:
+        count = counts.get(a.label, JournalCount())
+        previews.append(_arm(cfg, search, a, count.finished, count.running))
     dead = [p for p in previews
             if p.exhaustive and p.checked and sum(f.count for f in p.failing) == p.checked]
     if dead:
         p, first = dead[0], dead[0].failing[0]
         raise ConfigError(f"{source + ': ' if source else ''}search arm {p.label}: none of its "
                           f"{p.points} point(s) can run (e.g. {_point(first.example)}): {first.why}")
+    return previews
+
+
+def preview_search(cfg: StudyConfig, out: Path, *, source: str = "") -> SearchPreview:
+    """What a search of ``cfg`` into ``out`` would run; raises the search's own ConfigError on a
+    combination that cannot work, or on an arm whose every point fails."""
+    search = cfg.search
+    if search is None:
+        raise ConfigError(f"{source or '<config>'}: no 'search' section")
+    previews = preview_arms(cfg, search, checked_arms(cfg, search, source), out=Path(out), source=source)
     return SearchPreview(search.per, search.sampler,
                          f"validation {search.objective.metric} ({search.objective.direction})",
                          search.pruner.name, previews)
+
+
+def _warning(a: ArmPreview, f: Failing) -> str:
+    return (f"{f.count} of {a.points} point(s) cannot run, so their trials would fail (e.g. "
+            f"{_point(f.example)}): {f.why}")
+
+
+def point_warnings(previews: list[ArmPreview]) -> list[str]:
+    """One line per arm and reason its points cannot run, as a search's log says them."""
+    return [f"search: arm {a.label}: {_warning(a, f)}" for a in previews for f in a.failing]
 
 
 def format_search(preview: SearchPreview, out: Path) -> list[str]:
@@ -153,8 +175,7 @@ def format_search(preview: SearchPreview, out: Path) -> list[str]:
         if a.checked < a.points:
             lines.append(f"    checked the first {a.checked} of its {a.points} points")
         for f in a.failing:
-            lines.append(f"    warning: {f.count} of {a.points} point(s) cannot run, so their trials would "
-                         f"fail (e.g. {_point(f.example)}): {f.why}")
+            lines.append(f"    warning: {_warning(a, f)}")
     total = sum(a.to_run for a in preview.arms)
     tuned = ("the tuned study (one variant per arm, each with its best point)" if preview.per == "arm"
              else "the study with the best point")
