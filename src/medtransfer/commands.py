@@ -107,6 +107,14 @@ def load_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any], StudyCo
         raise config_error(_blame(problems, from_file, overrides, path)) from None
 
 
+def run_folder(args: argparse.Namespace, path: Path, raw: dict[str, Any], cfg: StudyConfig) -> Path:
+    """Where ``run`` writes and ``check`` looks: ``--out``, else ``runs/<name>`` (of a search, its
+    config's name or else the file's stem)."""
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / (str(raw.get("name", path.stem)) if "search" in raw else cfg.name)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``medtransfer run`` / ``demo``: nothing is written before the config and data paths pass."""
     from medtransfer.api import LogEcho, check_data_paths, run_log, run_study
@@ -129,7 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
     if "search" in raw:  # a search: its trials on validation, then the best config on the tests
         from medtransfer.search import plan_search, run_search
 
-        out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
+        out = run_folder(args, path, raw, cfg)
         plan = plan_search(raw, base=path.resolve().parent, source_name=str(path))  # before run.log is made
         with run_log(out):
             run_search(raw, out, base=path.resolve().parent, progress=not args.no_progress,
@@ -137,7 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
                        executor=executor, plan=plan)
         print(f"trials: {out / 'search.md'}\nbest config: {out / 'best.yaml'}")
         return 0
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    out = run_folder(args, path, raw, cfg)
     run_study(cfg, out, progress=not args.no_progress, report=not args.no_report, executor=executor,
               echo=LogEcho())
     if launched is None or launched.rank == 0:  # the other ranks of a data-parallel run wrote nothing
@@ -150,15 +158,15 @@ def check_command(args: argparse.Namespace) -> int:
     from medtransfer.check import check_search, check_study, format_check
 
     path, raw, cfg = load_config(args)
-    if "search" in raw:  # named as run names a search's folder
-        out = Path(args.out) if args.out else Path("runs") / str(raw.get("name", path.stem))
+    if "search" in raw:
+        out = run_folder(args, path, raw, cfg)
         report = check_search(cfg, out, source=str(path))
         print(format_check(report, out))
         warned = " (with the warnings above)" if report.search and report.search.warnings else ""
         print(f"ok: the config, its search and its data pass{warned}; nothing was trained, nothing "
               "written to the run folder")
         return 0
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    out = run_folder(args, path, raw, cfg)
     print(format_check(check_study(cfg, out, source=str(path)), out))
     print("ok: the config and its data pass; nothing was trained, nothing written to the run folder")
     return 0

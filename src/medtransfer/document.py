@@ -11,7 +11,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Doc", "fmt", "p_text"]
+# The files a figure may be saved as (report.figure_formats): the PNG, which documents embed, and
+# the vector twins they link where saved.
+FIGURE_FORMATS = ("png", "svg", "pdf")
+VECTOR_FORMATS = FIGURE_FORMATS[1:]
+
+__all__ = ["FIGURE_FORMATS", "VECTOR_FORMATS", "Doc", "fmt", "p_text"]
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1100px;
@@ -106,7 +111,7 @@ class Doc:
         out = []
         for caption, png in items:
             rel = png.relative_to(self.base) if png.is_relative_to(self.base) else png
-            twins = [s for s in ("svg", "pdf") if png.with_suffix(f".{s}").is_file()]
+            twins = [s for s in VECTOR_FORMATS if png.with_suffix(f".{s}").is_file()]
             if self.markdown:
                 links = ", ".join(f"[{s.upper()}]({Path(rel).with_suffix(f'.{s}')})" for s in twins)
                 out.append(f"![{caption}]({rel})" + (f" ({links})" if links else "") + "\n")

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from medtransfer.csvfile import read_csv
+from medtransfer.document import VECTOR_FORMATS
 from medtransfer.errors import DataError
 from medtransfer.evaluate import confidence_bins
 from medtransfer.fileio import write_bytes_atomic
@@ -67,7 +68,7 @@ class FigureDir:
     def save(self, fig: Figure, name: str) -> Path:
         """Save ``fig`` as ``name`` in every format, removing its files in the other formats (of
         an earlier report), so the folder holds what the report links; returns the PNG."""
-        for fmt in {"svg", "pdf"} - set(self.formats):  # the vector formats (report.figure_formats)
+        for fmt in set(VECTOR_FORMATS) - set(self.formats):
             (self.path / f"{name}.{fmt}").unlink(missing_ok=True)
         return save_figure(fig, self.path / name, self.formats)[0]
 

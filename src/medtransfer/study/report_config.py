@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medtransfer.config import check_choice, closest
+from medtransfer.document import FIGURE_FORMATS
 from medtransfer.errors import ConfigError
 
-__all__ = ["ALL_TARGETS", "FIGURE_FORMATS", "ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig",
-           "check_layers", "difference_pairs", "target_groups"]
+__all__ = ["ALL_TARGETS", "ActivationMaxConfig", "FeatureMapsConfig", "ReportConfig", "check_layers",
+           "difference_pairs", "target_groups"]
 
 ALL_TARGETS = "all"  # the group of every target (target_means.csv's group); no named group takes it
-FIGURE_FORMATS = ("png", "svg", "pdf")  # what plots.save_figure writes; the report embeds the PNG
 
 
 @dataclass(frozen=True)

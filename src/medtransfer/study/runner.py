@@ -193,13 +193,16 @@ class Runner:
                     if key not in opened:
                         opened.add(key)
                         head = v.transfer.head if t.role == "target" else HeadPolicy.AUTO
-                        model = build_pretrained(dataclasses.replace(v.model, weights=weights),
-                                                 num_classes=t.images.num_classes, in_chans=t.images.channels,
-                                                 img_size=size, classes=t.classes, head=head).model
-                        built.setdefault(t.name, model)
+                        loaded = build_pretrained(dataclasses.replace(v.model, weights=weights),
+                                                  num_classes=t.images.num_classes,
+                                                  in_chans=t.images.channels, img_size=size,
+                                                  classes=t.classes, head=head)
+                        built.setdefault(t.name, loaded.model)
             for t in self.tasks.values():
-                model = built.get(t.name) or build_model(
-                    v.model, num_classes=t.images.num_classes, in_chans=t.images.channels, img_size=size)
+                model = built.get(t.name)
+                if model is None:  # no weights file for this data set: the plain architecture
+                    model = build_model(v.model, num_classes=t.images.num_classes, in_chans=t.images.channels,
+                                        img_size=size)
                 for strategy in v.strategies.values() if t.role == "target" else ():
                     for fz in freeze_configs(strategy):
                         freeze(model, fz)
